@@ -1,0 +1,236 @@
+"""Configuration: credentials, endpoints, timing. Frozen attrs values; no I/O, no trio.
+
+The API secret never appears in a repr; the API key shows only its first four
+characters. ``attrs.asdict()`` would still include the secret: never log it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Final, Literal
+from urllib.parse import urlsplit
+
+import attrs
+
+from .errors import ConfigError
+
+Category = Literal["linear", "inverse", "spot", "option"]
+CATEGORIES: Final[tuple[str, ...]] = ("linear", "inverse", "spot", "option")
+#: categories that can hold positions (GET /v5/position/list accepts only these)
+POSITION_CATEGORIES: Final[tuple[str, ...]] = ("linear", "inverse", "option")
+
+# --- protocol limits (BYBIT_V5.md §3, §4, §8) -------------------------------------------
+SPOT_MAX_ARGS_PER_REQUEST: Final = 10
+PUBLIC_ARGS_CHAR_BUDGET: Final = 21_000
+OPTION_MAX_ARGS_PER_CONNECTION: Final = 2_000
+DEFAULT_HEARTBEAT_INTERVAL: Final = 20.0
+DEFAULT_RECV_WINDOW_MS: Final = 5_000
+#: auth ``expires`` margin; the docs' +1 s fails on small clock skew (pybit #152)
+AUTH_EXPIRY_MARGIN_MS: Final = 10_000
+MAX_MESSAGE_SIZE: Final = 1 << 20  # Bybit frames are a few KiB; refuse anything over 1 MiB
+CLOSE_TIMEOUT: Final = 2.0
+
+
+def mask_key(key: str) -> str:
+    """``'abcd…'``: enough to tell keys apart in logs, useless to an attacker."""
+    return f"'{key[:4]}…'" if key else "''"
+
+
+@attrs.frozen
+class Credentials:
+    """An API key pair. ``repr`` shows ``api_key`` masked and never the secret."""
+
+    api_key: str = attrs.field(repr=mask_key)
+    api_secret: str = attrs.field(repr=False)
+
+    @property
+    def key_hint(self) -> str:
+        return mask_key(self.api_key)
+
+    def __str__(self) -> str:  # str() of a frozen attrs class is its repr; make it explicit
+        return f"Credentials(api_key={self.key_hint})"
+
+
+@attrs.frozen
+class Endpoints:
+    """Where to connect. ``ws_public_base`` gets ``/v5/public/{category}`` appended."""
+
+    ws_public_base: str
+    ws_private_url: str
+    rest_url: str
+    verify_tls: bool = True
+
+    def public_url(self, category: str) -> str:
+        return f"{self.ws_public_base.rstrip('/')}/v5/public/{category}"
+
+    @classmethod
+    def mainnet(cls) -> Endpoints:
+        return cls("wss://stream.bybit.com", "wss://stream.bybit.com/v5/private", "https://api.bybit.com")
+
+    @classmethod
+    def testnet(cls) -> Endpoints:
+        return cls("wss://stream-testnet.bybit.com", "wss://stream-testnet.bybit.com/v5/private",
+                   "https://api-testnet.bybit.com")
+
+    @classmethod
+    def demo(cls) -> Endpoints:
+        # The demo host serves only private streams; public data comes from mainnet.
+        return cls("wss://stream.bybit.com", "wss://stream-demo.bybit.com/v5/private",
+                   "https://api-demo.bybit.com")
+
+    @classmethod
+    def local(cls, stream_url: str, rest_url: str) -> Endpoints:
+        """A base like ``ws://127.0.0.1:8765`` (our simulator, or a relay)."""
+        return cls(stream_url.rstrip("/"), f"{stream_url.rstrip('/')}/v5/private", rest_url.rstrip("/"))
+
+    @classmethod
+    def choose(cls, *, testnet: bool = False, demo: bool = False, stream_url: str | None = None,
+               rest_url: str | None = None) -> Endpoints:
+        if testnet and demo:
+            raise ConfigError("--testnet and --demo exclude each other: demo trading is a mainnet account mode")
+        base = cls.testnet() if testnet else cls.demo() if demo else cls.mainnet()
+        if stream_url is not None:
+            _check_url(stream_url, ("ws", "wss"), "--stream-url")
+            base = attrs.evolve(base, ws_public_base=stream_url.rstrip("/"),
+                                ws_private_url=f"{stream_url.rstrip('/')}/v5/private")
+        if rest_url is not None:
+            _check_url(rest_url, ("http", "https"), "--rest-url")
+            base = attrs.evolve(base, rest_url=rest_url.rstrip("/"))
+        return base
+
+
+def _check_url(url: str, schemes: tuple[str, ...], flag: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in schemes or not parts.netloc:
+        raise ConfigError(f"{flag} {url!r} is not a {'/'.join(schemes)}:// URL with a host")
+    if parts.path not in ("", "/"):
+        raise ConfigError(f"{flag} {url!r} must be a base URL without a path; "
+                          "/v5/public/<category> and /v5/private are appended")
+
+
+def _positive(_inst: object, attribute: attrs.Attribute, value: float) -> None:
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        raise ConfigError(f"{attribute.name} must be a positive number of seconds, got {value!r}")
+
+
+def _non_negative(_inst: object, attribute: attrs.Attribute, value: float) -> None:
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+        raise ConfigError(f"{attribute.name} must be >= 0, got {value!r}")
+
+
+def _positive_int(_inst: object, attribute: attrs.Attribute, value: int) -> None:
+    if not (isinstance(value, int) and value > 0):
+        raise ConfigError(f"{attribute.name} must be a positive integer, got {value!r}")
+
+
+@attrs.frozen
+class RestartPolicy:
+    """One-for-one restarts.
+
+    Outages (``TransportError``) are retried forever with capped exponential backoff and
+    full jitter; the first retry is fast. Crashes (any other exception) are retried the
+    same way but also counted: ``max_restarts`` crashes within ``window`` seconds end the
+    stream with :class:`~hybrid_actors.errors.RestartIntensityExceeded`.
+    """
+
+    backoff_initial: float = attrs.field(default=0.25, validator=_positive)
+    backoff_max: float = attrs.field(default=30.0, validator=_positive)
+    #: an actor that ran this long without failing starts again from ``backoff_initial``
+    stable_after: float = attrs.field(default=60.0, validator=_positive)
+    max_restarts: int = attrs.field(default=5, validator=_positive_int)
+    window: float = attrs.field(default=60.0, validator=_positive)
+
+
+@attrs.frozen
+class SubscriptionPolicy:
+    """How the subscription manager talks to the public sockets."""
+
+    #: topics per subscribe frame (spot is always capped at 10 by the exchange)
+    chunk_size: int = attrs.field(default=10, validator=_positive_int)
+    #: subscribe/unsubscribe frames per second per socket (token bucket)
+    requests_per_second: float = attrs.field(default=20.0, validator=_positive)
+    burst: int = attrs.field(default=10, validator=_positive_int)
+    #: wait this long after a position closes before unsubscribing its ticker
+    unsubscribe_grace: float = attrs.field(default=2.0, validator=_non_negative)
+    ack_timeout: float = attrs.field(default=10.0, validator=_positive)
+    retry_initial: float = attrs.field(default=1.0, validator=_positive)
+    retry_max: float = attrs.field(default=60.0, validator=_positive)
+    #: ``handler not found`` (unknown symbol) is retried this rarely
+    unknown_symbol_retry: float = attrs.field(default=300.0, validator=_positive)
+    #: a confirmed topic with no data for this long is resubscribed
+    silence_timeout: float = attrs.field(default=60.0, validator=_positive)
+
+
+@attrs.frozen
+class StreamConfig:
+    """Everything :func:`hybrid_actors.open_hybrid_stream` needs. Immutable; secret masked."""
+
+    credentials: Credentials
+    endpoints: Endpoints = attrs.field(factory=Endpoints.mainnet)
+    categories: tuple[str, ...] = attrs.field(default=("linear",), converter=tuple)
+    heartbeat_interval: float = attrs.field(default=DEFAULT_HEARTBEAT_INTERVAL, validator=_positive)
+    #: a ping unanswered this long marks the socket dead; default: one interval
+    pong_timeout: float | None = attrs.field(default=None)
+    reconcile_interval: float = attrs.field(default=300.0, validator=_positive)
+    connect_timeout: float = attrs.field(default=10.0, validator=_positive)
+    auth_timeout: float = attrs.field(default=10.0, validator=_positive)
+    rest_timeout: float = attrs.field(default=10.0, validator=_positive)
+    rest_attempts: int = attrs.field(default=4, validator=_positive_int)
+    recv_window_ms: int = attrs.field(default=DEFAULT_RECV_WINDOW_MS, validator=_positive_int)
+    max_message_size: int = attrs.field(default=MAX_MESSAGE_SIZE, validator=_positive_int)
+    #: private socket idle cut (``max_active_time`` URL parameter), e.g. "60s"; None = server default
+    max_active_time: str | None = None
+    restart: RestartPolicy = attrs.field(factory=RestartPolicy)
+    subscriptions: SubscriptionPolicy = attrs.field(factory=SubscriptionPolicy)
+    #: lifecycle events buffered for a slow consumer before the producers wait
+    event_buffer: int = attrs.field(default=4096, validator=_positive_int)
+    #: settle coins queried for linear positions (GET /v5/position/list needs one)
+    linear_settle_coins: tuple[str, ...] = attrs.field(default=("USDT", "USDC"), converter=tuple)
+
+    @categories.validator
+    def _check_categories(self, _attribute: attrs.Attribute, value: tuple[str, ...]) -> None:
+        if not value:
+            raise ConfigError("at least one category is needed")
+        for category in value:
+            if category not in POSITION_CATEGORIES:
+                raise ConfigError(f"category {category!r} cannot hold positions; choose from "
+                                  f"{', '.join(POSITION_CATEGORIES)}")
+        if len(set(value)) != len(value):
+            raise ConfigError(f"category listed twice in {value!r}")
+
+    @pong_timeout.validator
+    def _check_pong_timeout(self, attribute: attrs.Attribute, value: float | None) -> None:
+        if value is not None:
+            _positive(self, attribute, value)
+
+    @max_active_time.validator
+    def _check_max_active_time(self, _attribute: attrs.Attribute, value: str | None) -> None:
+        if value is None:
+            return
+        seconds = parse_duration(value)
+        if not 30 <= seconds <= 600:
+            raise ConfigError(f"max_active_time {value!r} must be between 30s and 600s (Bybit's range)")
+
+    @property
+    def effective_pong_timeout(self) -> float:
+        return self.pong_timeout if self.pong_timeout is not None else self.heartbeat_interval
+
+    @property
+    def private_url(self) -> str:
+        url = self.endpoints.ws_private_url
+        if self.max_active_time is not None:
+            url += f"?max_active_time={self.max_active_time}"
+        return url
+
+
+def parse_duration(text: str) -> int:
+    """``"45s"`` → 45, ``"2m"`` → 120 seconds (Bybit's ``max_active_time`` forms)."""
+    raw = text.strip()
+    try:
+        if raw.endswith("s"):
+            return int(raw[:-1])
+        if raw.endswith("m"):
+            return int(raw[:-1]) * 60
+    except ValueError:
+        pass
+    raise ConfigError(f"duration {text!r} must look like '45s' or '2m'")
