@@ -179,7 +179,7 @@ class StreamConfig:
     recv_window_ms: int = attrs.field(default=DEFAULT_RECV_WINDOW_MS, validator=_positive_int)
     max_message_size: int = attrs.field(default=MAX_MESSAGE_SIZE, validator=_positive_int)
     #: private socket idle cut (``max_active_time`` URL parameter), e.g. "60s"; None = server default
-    max_active_time: str | None = None
+    max_active_time: str | None = attrs.field(default=None)
     restart: RestartPolicy = attrs.field(factory=RestartPolicy)
     subscriptions: SubscriptionPolicy = attrs.field(factory=SubscriptionPolicy)
     #: lifecycle events buffered for a slow consumer before the producers wait

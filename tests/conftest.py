@@ -7,8 +7,15 @@ import pathlib
 import pytest
 import trio.testing
 
-VECTORS = pathlib.Path(__file__).resolve().parents[2] / "shared" / "bybit-vectors"
-LOCAL_VECTORS = pathlib.Path(__file__).resolve().parent / "vectors"
+#: verbatim copies of ../shared/bybit-vectors (sources inside each file; see vectors/README.md)
+VECTORS = pathlib.Path(__file__).resolve().parent / "vectors"
+SHARED_VECTORS = pathlib.Path(__file__).resolve().parents[2] / "shared" / "bybit-vectors"
+
+
+def load_vector(name: str) -> dict:
+    import json
+
+    return json.loads((VECTORS / name).read_text())
 
 
 @pytest.fixture

@@ -1,0 +1,400 @@
+"""Pure domain state: positions, merged tickers, and the combiner that turns them into events.
+
+No trio, no I/O, no clocks: timestamps are arguments. Everything here is exercised
+exhaustively by unit and property tests.
+
+- :class:`PositionBook`   open positions keyed by ``(category, symbol, position_idx)``;
+  stale pushes ignored; a REST snapshot is authoritative and returns the diff.
+- :class:`TickerBook`     one connection's merged ``tickers.*`` state (snapshot + deltas).
+- :class:`Combiner`       book + latest mark prices → :class:`PositionUpdate` /
+  :class:`PositionClosed`, deduplicated, with unrealized PnL from the fresh mark.
+"""
+
+from __future__ import annotations
+
+import decimal
+from collections.abc import Iterable, Mapping
+from decimal import Decimal
+from types import MappingProxyType
+from typing import Any, ClassVar, Final, Literal
+
+import attrs
+
+from .protocol.frames import Position, TickerFrame, TickerSnapshot
+
+__all__ = ["Key", "BookDiff", "PositionBook", "TickerBook", "Mark", "PositionUpdate", "PositionClosed",
+           "PositionEvent", "Event", "Combiner", "unrealized_pnl", "Source"]
+
+Key = tuple[str, str, int]
+Source = Literal["ticker", "position", "rest"]
+ZERO: Final = Decimal(0)
+#: one context for all PnL arithmetic, whatever the caller's thread-local context says
+_CTX: Final = decimal.Context(prec=28, rounding=decimal.ROUND_HALF_EVEN)
+
+
+# --- positions --------------------------------------------------------------------------
+
+@attrs.frozen
+class BookDiff:
+    """What a push or snapshot changed. ``closed`` holds each position's last open record."""
+
+    opened: tuple[Position, ...] = ()
+    changed: tuple[Position, ...] = ()
+    closed: tuple[Position, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.opened or self.changed or self.closed)
+
+
+@attrs.define(eq=False)
+class PositionBook:
+    """Open positions by ``(category, symbol, position_idx)`` (hedge mode has idx 1 and 2).
+
+    Ordering uses ``(updatedTime, seq)``: a record older than what we applied is stale and
+    ignored; an equal one is applied (a settings-only change re-uses seq, §5). A snapshot
+    replaces everything in its categories except entries the book knows to be strictly
+    newer (a push that raced the REST call); a position absent from the snapshot is
+    closed unless the book saw it updated after the snapshot was taken (``as_of_ms``).
+    """
+
+    _open: dict[Key, Position] = attrs.Factory(dict)
+    _versions: dict[Key, tuple[int, int]] = attrs.Factory(dict)
+    _by_symbol: dict[tuple[str, str], set[Key]] = attrs.Factory(dict)
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+    def get(self, key: Key) -> Position | None:
+        return self._open.get(key)
+
+    def open_positions(self) -> tuple[Position, ...]:
+        return tuple(self._open.values())
+
+    def keys_for(self, category: str, symbol: str) -> tuple[Key, ...]:
+        return tuple(self._by_symbol.get((category, symbol), ()))
+
+    def symbols(self, category: str) -> frozenset[str]:
+        """The desired ticker subscriptions of ``category``: symbols with an open position."""
+        return frozenset(sym for (cat, sym), keys in self._by_symbol.items() if cat == category and keys)
+
+    def apply_push(self, positions: Iterable[Position]) -> BookDiff:
+        diff = _DiffBuilder()
+        for position in positions:
+            known = self._versions.get(position.key)
+            if known is not None and position.updated_time is not None and position.version < known:
+                continue  # stale: we already applied something newer
+            self._set(position, diff)
+        return diff.build()
+
+    def apply_snapshot(self, positions: Iterable[Position], categories: Iterable[str],
+                       as_of_ms: int | None) -> BookDiff:
+        scope = frozenset(categories)
+        latest: dict[Key, Position] = {}
+        for position in positions:
+            if position.category in scope:
+                prior = latest.get(position.key)
+                if prior is None or position.version >= prior.version:
+                    latest[position.key] = position
+        diff = _DiffBuilder()
+        for key, position in latest.items():
+            known = self._versions.get(key)
+            if known is not None and position.updated_time is not None and position.version < known:
+                continue  # a push newer than the snapshot already arrived
+            self._set(position, diff)
+        for key, current in list(self._open.items()):
+            if key[0] not in scope or key in latest:
+                continue
+            if as_of_ms is not None and current.updated_time is not None and current.updated_time > as_of_ms:
+                continue  # opened after the snapshot was taken
+            self._remove(key, diff)
+            if as_of_ms is not None:
+                self._versions[key] = (as_of_ms, -1)  # tombstone: older pushes stay ignored
+        return diff.build()
+
+    def _set(self, position: Position, diff: _DiffBuilder) -> None:
+        key = position.key
+        if position.updated_time is not None:
+            self._versions[key] = position.version
+        previous = self._open.get(key)
+        if position.is_open:
+            self._open[key] = position
+            self._by_symbol.setdefault((key[0], key[1]), set()).add(key)
+            if previous is None:
+                diff.opened.append(position)
+            elif previous != position:
+                diff.changed.append(position)
+        elif previous is not None:
+            self._remove(key, diff)
+
+    def _remove(self, key: Key, diff: _DiffBuilder) -> None:
+        diff.closed.append(self._open.pop(key))
+        keys = self._by_symbol.get((key[0], key[1]))
+        if keys is not None:
+            keys.discard(key)
+            if not keys:
+                del self._by_symbol[(key[0], key[1])]
+
+
+@attrs.define
+class _DiffBuilder:
+    opened: list[Position] = attrs.Factory(list)
+    changed: list[Position] = attrs.Factory(list)
+    closed: list[Position] = attrs.Factory(list)
+
+    def build(self) -> BookDiff:
+        return BookDiff(tuple(self.opened), tuple(self.changed), tuple(self.closed))
+
+
+# --- tickers ----------------------------------------------------------------------------
+
+@attrs.define(eq=False)
+class TickerBook:
+    """Merged ticker state of one public connection; create a new one per connection.
+
+    A snapshot replaces a symbol's state; a delta updates it in place (absent fields are
+    unchanged). A delta with no snapshot before it on this connection, or with a ``cs``
+    lower than the last one, is ignored and counted. ``markPrice`` is read from the
+    merged state only, so a delta without it keeps the last one.
+    """
+
+    category: str | None = None
+    _state: dict[str, dict[str, Any]] = attrs.Factory(dict)
+    _marks: dict[str, Decimal] = attrs.Factory(dict)
+    _cs: dict[str, int] = attrs.Factory(dict)
+    last_ts: dict[str, int] = attrs.Factory(dict)
+    orphan_deltas: int = 0
+    out_of_order: int = 0
+
+    def apply(self, frame: TickerFrame) -> Decimal | None:
+        """Merge ``frame``; return the mark price if this frame set or changed it."""
+        symbol = frame.symbol
+        cs = frame.cs
+        if isinstance(frame, TickerSnapshot):
+            self._state[symbol] = dict(frame.data)
+            snapshot = True
+        else:
+            state = self._state.get(symbol)
+            if state is None:
+                self.orphan_deltas += 1
+                return None
+            last_cs = self._cs.get(symbol)
+            if cs is not None and last_cs is not None and cs < last_cs:
+                self.out_of_order += 1
+                return None
+            state.update(frame.data)
+            snapshot = False
+        if cs is not None:
+            self._cs[symbol] = cs
+        self.last_ts[symbol] = frame.ts
+        mark = frame.mark_price
+        if mark is None:
+            if snapshot:
+                self._marks.pop(symbol, None)
+            return None
+        if not snapshot and self._marks.get(symbol) == mark:
+            return None
+        self._marks[symbol] = mark
+        return mark
+
+    def mark_price(self, symbol: str) -> Decimal | None:
+        return self._marks.get(symbol)
+
+    def ticker(self, symbol: str) -> Mapping[str, Any] | None:
+        """A read-only view of the merged fields (no copy)."""
+        state = self._state.get(symbol)
+        return None if state is None else MappingProxyType(state)
+
+    def symbols(self) -> frozenset[str]:
+        return frozenset(self._state)
+
+    def forget(self, symbol: str) -> None:
+        for table in (self._state, self._marks, self._cs, self.last_ts):
+            table.pop(symbol, None)
+
+
+# --- events -----------------------------------------------------------------------------
+
+@attrs.frozen
+class Mark:
+    """The latest mark price of a symbol and when the exchange / we saw it (epoch ms)."""
+
+    price: Decimal
+    exchange_ts: int | None
+    received_ts: int
+
+
+def unrealized_pnl(category: str, side: str, size: Decimal, entry: Decimal | None,
+                   mark: Decimal | None) -> Decimal | None:
+    """Linear and option: ``(mark - entry) * size``; inverse: ``size * (1/entry - 1/mark)``
+    (computed as ``size * (mark - entry) / (entry * mark)``, one rounding); negated for Sell.
+    None when a price is unknown."""
+    if side == "" or size == 0:
+        return ZERO
+    if entry is None or mark is None:
+        return None
+    if category == "inverse":
+        if entry == 0 or mark == 0:
+            return None
+        pnl = _CTX.divide(_CTX.multiply(size, _CTX.subtract(mark, entry)), _CTX.multiply(entry, mark))
+    else:
+        pnl = _CTX.multiply(_CTX.subtract(mark, entry), size)
+    if side == "Sell":
+        pnl = _CTX.minus(pnl)
+    return pnl if pnl != 0 else ZERO
+
+
+def _plain(value: Decimal | None) -> str | None:
+    """Decimal → JSON string without exponent (``1E-7`` → ``0.0000001``)."""
+    return None if value is None else format(value, "f")
+
+
+@attrs.frozen
+class PositionEvent:
+    """Base of the two events; ``name`` is the event name the bot routes on.
+
+    ``source`` says what caused it: ``"ticker"`` (mark moved; conflatable), ``"position"``
+    (a private push) or ``"rest"`` (a snapshot after (re)connect or reconciliation).
+    Timestamps are epoch milliseconds.
+    """
+
+    name: ClassVar[str]
+
+    symbol: str
+    category: str
+    side: str
+    size: Decimal
+    entry_price: Decimal | None
+    mark_price: Decimal | None
+    unrealized_pnl: Decimal | None
+    position_idx: int
+    source: Source
+    exchange_ts: int | None
+    received_ts: int
+
+    @property
+    def key(self) -> Key:
+        return (self.category, self.symbol, self.position_idx)
+
+    @property
+    def is_lifecycle(self) -> bool:
+        """Open / size / side / entry changes are never dropped; price moves may conflate."""
+        return self.source != "ticker"
+
+    def as_dict(self) -> dict[str, Any]:
+        """The event's data with Decimals kept (for Python consumers such as the bridge)."""
+        return {"symbol": self.symbol, "category": self.category, "side": self.side, "size": self.size,
+                "entry_price": self.entry_price, "mark_price": self.mark_price,
+                "unrealized_pnl": self.unrealized_pnl, "position_idx": self.position_idx,
+                "source": self.source, "exchange_ts": self.exchange_ts, "received_ts": self.received_ts}
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON contract: decimals as strings, timestamps as integer ms."""
+        return {"event": self.name, "symbol": self.symbol, "category": self.category, "side": self.side,
+                "size": _plain(self.size), "entry_price": _plain(self.entry_price),
+                "mark_price": _plain(self.mark_price), "unrealized_pnl": _plain(self.unrealized_pnl),
+                "position_idx": self.position_idx, "source": self.source,
+                "exchange_ts": self.exchange_ts, "received_ts": self.received_ts}
+
+
+@attrs.frozen
+class PositionUpdate(PositionEvent):
+    """``position.update``: a position's state with a fresh mark price and PnL."""
+
+    name: ClassVar[str] = "position.update"
+
+
+@attrs.frozen
+class PositionClosed(PositionEvent):
+    """``position.closed``: size is 0; side and entry are the closed position's last ones."""
+
+    name: ClassVar[str] = "position.closed"
+
+    @property
+    def is_lifecycle(self) -> bool:
+        return True
+
+
+Event = PositionUpdate | PositionClosed
+
+
+_Observed = tuple[str, Decimal, Decimal | None, Decimal | None]
+
+
+@attrs.define(eq=False)
+class Combiner:
+    """Book + marks → deduplicated events. Kept outside the socket actors, so an actor
+    restart loses none of it."""
+
+    book: PositionBook = attrs.Factory(PositionBook)
+    marks: dict[tuple[str, str], Mark] = attrs.Factory(dict)
+    _shown: dict[Key, _Observed] = attrs.Factory(dict)
+    _views: dict[Key, PositionUpdate] = attrs.Factory(dict)
+
+    def apply_push(self, positions: Iterable[Position], *, received_ts: int) -> list[Event]:
+        return self._diff_events(self.book.apply_push(positions), "position", received_ts)
+
+    def apply_snapshot(self, positions: Iterable[Position], *, categories: Iterable[str],
+                       as_of_ms: int | None, received_ts: int) -> list[Event]:
+        diff = self.book.apply_snapshot(positions, categories, as_of_ms)
+        return self._diff_events(diff, "rest", received_ts)
+
+    def apply_marks(self, category: str, marks: Mapping[str, Mark]) -> list[Event]:
+        """New mark prices from one public batch; events for the positions they move."""
+        events: list[Event] = []
+        for symbol, mark in marks.items():
+            self.marks[(category, symbol)] = mark
+            for key in self.book.keys_for(category, symbol):
+                position = self.book.get(key)
+                if position is not None:
+                    self._emit_if_changed(self._view(position, "ticker", mark.received_ts), events)
+        return events
+
+    def desired_symbols(self, category: str) -> frozenset[str]:
+        return self.book.symbols(category)
+
+    def current(self) -> tuple[PositionUpdate, ...]:
+        """The latest view of every open position (what ``stream.positions()`` returns)."""
+        return tuple(self._views.values())
+
+    def _diff_events(self, diff: BookDiff, source: Source, received_ts: int) -> list[Event]:
+        events: list[Event] = []
+        for position in (*diff.opened, *diff.changed):
+            self._emit_if_changed(self._view(position, source, received_ts), events)
+        for position in diff.closed:
+            if self._shown.pop(position.key, None) is None:
+                continue
+            self._views.pop(position.key, None)
+            mark = self._mark_for(position)
+            events.append(PositionClosed(
+                symbol=position.symbol, category=position.category, side=position.side, size=ZERO,
+                entry_price=position.entry_price, mark_price=mark[0], unrealized_pnl=ZERO,
+                position_idx=position.position_idx, source=source,
+                exchange_ts=position.updated_time, received_ts=received_ts))
+        return events
+
+    def _emit_if_changed(self, view: PositionUpdate, events: list[Event]) -> None:
+        observed = (view.side, view.size, view.entry_price, view.mark_price)
+        self._views[view.key] = view
+        if self._shown.get(view.key) != observed:
+            self._shown[view.key] = observed
+            events.append(view)
+
+    def _mark_for(self, position: Position) -> tuple[Decimal | None, int | None]:
+        """The fresher of the ticker mark and the mark the position record carried."""
+        mark = self.marks.get((position.category, position.symbol))
+        if mark is not None and (position.mark_price is None or mark.exchange_ts is None
+                                 or position.updated_time is None
+                                 or mark.exchange_ts >= position.updated_time):
+            return mark.price, mark.exchange_ts
+        return position.mark_price, position.updated_time
+
+    def _view(self, position: Position, source: Source, received_ts: int) -> PositionUpdate:
+        mark_price, mark_ts = self._mark_for(position)
+        return PositionUpdate(
+            symbol=position.symbol, category=position.category, side=position.side, size=position.size,
+            entry_price=position.entry_price, mark_price=mark_price,
+            unrealized_pnl=unrealized_pnl(position.category, position.side, position.size,
+                                          position.entry_price, mark_price),
+            position_idx=position.position_idx, source=source,
+            exchange_ts=mark_ts if source == "ticker" else position.updated_time,
+            received_ts=received_ts)
