@@ -1,0 +1,35 @@
+"""hybrid_actors: live Bybit v5 positions for a trading bot.
+
+The private ``position`` stream (plus a REST snapshot after every connect) gives the
+position lifecycle; public ``tickers.{symbol}`` streams give the mark price; supervised
+trio actors combine them into one event stream of ``position.update`` /
+``position.closed``::
+
+    async with hybrid_actors.open_hybrid_stream(config) as stream:
+        async for event in stream:
+            ...
+"""
+
+from .config import Credentials as Credentials
+from .config import Endpoints as Endpoints
+from .config import RestartPolicy as RestartPolicy
+from .config import StreamConfig as StreamConfig
+from .config import SubscriptionPolicy as SubscriptionPolicy
+from .errors import AuthRejected as AuthRejected
+from .errors import ConfigError as ConfigError
+from .errors import HybridActorsError as HybridActorsError
+from .errors import RestartIntensityExceeded as RestartIntensityExceeded
+from .errors import TransportError as TransportError
+from .health import HealthReport as HealthReport
+from .state import PositionClosed as PositionClosed
+from .state import PositionUpdate as PositionUpdate
+from .supervisor import HybridStream as HybridStream
+from .supervisor import open_hybrid_stream as open_hybrid_stream
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AuthRejected", "ConfigError", "Credentials", "Endpoints", "HealthReport", "HybridActorsError",
+    "HybridStream", "PositionClosed", "PositionUpdate", "RestartIntensityExceeded", "RestartPolicy",
+    "StreamConfig", "SubscriptionPolicy", "TransportError", "open_hybrid_stream", "__version__",
+]

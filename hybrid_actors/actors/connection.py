@@ -1,0 +1,91 @@
+"""What every socket-owning actor does the same way: open the transport, register a
+:class:`~.links.Link`, drain its outbox onto the socket, die when the heartbeat says so,
+and report odd frames without flooding the log."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import attrs
+import trio
+
+from ..errors import HeartbeatTimeout
+from ..protocol.frames import MalformedFrame, UnknownFrame
+from ..transport import Transport, open_transport
+from .hub import Hub
+from .links import OUTBOX_SIZE, Link
+
+__all__ = ["open_link", "FrameReporter"]
+
+log = logging.getLogger("hybrid_actors.frames")
+
+
+@attrs.define(eq=False)
+class Connection:
+    transport: Transport
+    link: Link
+    nursery: trio.Nursery
+
+
+async def _pump_outbox(transport: Transport, outbox: trio.MemoryReceiveChannel[str]) -> None:
+    async with outbox:
+        async for text in outbox:
+            await transport.send(text)
+
+
+async def _die_with(link: Link) -> None:
+    await link.dead.wait()
+    raise HeartbeatTimeout(f"{link.name}: {link.death_reason}; treating the socket as dead")
+
+
+@asynccontextmanager
+async def open_link(hub: Hub, name: str, url: str) -> AsyncIterator[Connection]:
+    """Connect ``url`` as connection ``name`` (generation counted by the registry)."""
+    config = hub.config
+    stats = hub.health.link(name)
+    send, recv = trio.open_memory_channel[str](OUTBOX_SIZE)
+    async with open_transport(url, label=name, max_message_size=config.max_message_size,
+                              connect_timeout=config.connect_timeout,
+                              verify_tls=config.endpoints.verify_tls) as transport:
+        with hub.links.register(name, send) as link:
+            stats.connects += 1
+            stats.connected = True
+            stats.connected_at = trio.current_time()
+            log.getChild(name).info("%s connected (generation %d)", name, link.generation)
+            try:
+                async with send, trio.open_nursery() as nursery:
+                    nursery.start_soon(_pump_outbox, transport, recv)
+                    nursery.start_soon(_die_with, link)
+                    yield Connection(transport, link, nursery)
+                    nursery.cancel_scope.cancel()
+            finally:
+                stats.connected = False
+                stats.disconnected_at = trio.current_time()
+
+
+@attrs.define(eq=False)
+class FrameReporter:
+    """Logs malformed/unknown frames with context, at most once per second per kind."""
+
+    name: str
+    _last: dict[str, float] = attrs.Factory(dict)
+    _suppressed: dict[str, int] = attrs.Factory(dict)
+
+    def report(self, frame: MalformedFrame | UnknownFrame, hub: Hub) -> None:
+        stats = hub.health.link(self.name)
+        if isinstance(frame, MalformedFrame):
+            stats.malformed += 1
+            kind, detail = "malformed", f"{frame.reason}; frame: {frame.excerpt}"
+        else:
+            stats.unknown += 1
+            kind, detail = "unknown", frame.reason
+        now = trio.current_time()
+        if now - self._last.get(kind, -1e18) < 1.0:
+            self._suppressed[kind] = self._suppressed.get(kind, 0) + 1
+            return
+        self._last[kind] = now
+        more = self._suppressed.pop(kind, 0)
+        suffix = f" ({more} more since the last report)" if more else ""
+        log.warning("%s: ignored a %s frame: %s%s", self.name, kind, detail, suffix)

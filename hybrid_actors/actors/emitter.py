@@ -1,0 +1,98 @@
+"""Combiner / emitter actor: position lifecycle + mark prices → ordered, deduplicated events.
+
+Two inputs, one state: lifecycle messages (bounded channel, never dropped) and mark
+prices (conflating mailbox). Each input is applied to the combiner and its events are
+enqueued in the same synchronous step, so a price update can never overtake the
+lifecycle event of the position it belongs to. Before taking the next lifecycle
+message the actor waits for room in the output queue: a slow consumer slows the
+private stream's intake (backpressure), while price updates keep conflating.
+
+After each lifecycle message the desired ticker set per category is published to the
+subscription manager.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import NoReturn
+
+import attrs
+import trio
+
+from ..messages import Lifecycle, PositionsPushed, PositionsSnapshot
+from ..state import Event, Mark
+from .hub import Hub
+
+__all__ = ["CombinerActor"]
+
+log = logging.getLogger(__name__)
+
+
+@attrs.define(eq=False)
+class CombinerActor:
+    hub: Hub
+    name: str = "combiner"
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> NoReturn:
+        hub = self.hub
+        if hub.health.actor(self.name).starts > 1:
+            # a crash may have lost the message being applied: heal from REST at once
+            hub.request_reconcile()
+        async with hub.lifecycle_recv.clone() as inbox, trio.open_nursery() as nursery:
+            nursery.start_soon(self._lifecycle, inbox)
+            nursery.start_soon(self._prices)
+            task_status.started()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _lifecycle(self, inbox: trio.MemoryReceiveChannel[Lifecycle]) -> NoReturn:
+        hub = self.hub
+        while True:
+            await hub.events.wait_for_space()
+            message = await inbox.receive()
+            self.apply(message)
+
+    def apply(self, message: Lifecycle) -> list[Event]:
+        hub = self.hub
+        combiner = hub.combiner
+        if isinstance(message, PositionsPushed):
+            events = combiner.apply_push(message.positions, received_ts=message.received_ts)
+        else:
+            events = combiner.apply_snapshot(message.positions, categories=message.categories,
+                                             as_of_ms=message.as_of_ms, received_ts=message.received_ts)
+            self._snapshot_applied(message, events)
+        self._emit(events)
+        hub.desired.set({c: combiner.desired_symbols(c) for c in hub.config.categories})
+        return events
+
+    def _snapshot_applied(self, message: PositionsSnapshot, events: Sequence[Event]) -> None:
+        hub = self.hub
+        if message.reason == "reconcile":
+            hub.health.reconciliations += 1
+            if events:
+                hub.health.reconcile_corrections += len(events)
+                log.warning("REST reconciliation corrected %d position(s) the streams had missed: %s",
+                            len(events), ", ".join(f"{e.name} {e.symbol}/{e.position_idx}" for e in events[:10]))
+        hub.first_snapshot.set()
+
+    async def _prices(self) -> NoReturn:
+        hub = self.hub
+        combiner = hub.combiner
+        while True:
+            batch = await hub.marks.take()
+            by_category: dict[str, dict[str, Mark]] = {}
+            for (category, symbol), mark in batch.items():
+                by_category.setdefault(category, {})[symbol] = mark
+            for category, marks in by_category.items():
+                self._emit(combiner.apply_marks(category, marks))
+
+    def _emit(self, events: Sequence[Event]) -> None:
+        if not events:
+            return
+        hub = self.hub
+        put = hub.events.put
+        for event in events:
+            put(event)
+        hub.health.events_emitted += len(events)
+        hub.health.last_event_ms = events[-1].received_ts
+        hub.health.last_event_at = trio.current_time()

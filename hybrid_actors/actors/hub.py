@@ -1,0 +1,123 @@
+"""The :class:`Hub`: every channel and piece of state that must outlive an actor.
+
+The supervisor builds one hub and hands it to every actor incarnation. Channel ends in
+the hub are the originals; an actor uses a ``clone()`` of the ends it consumes and
+closes its clone when it exits, so a restarted actor finds the queued messages intact.
+Books, desired topics, subscription state and ping deadlines live here, which is why
+a restart loses nothing.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable
+from typing import Final
+
+import attrs
+import trio
+
+from ..config import StreamConfig
+from ..health import Health
+from ..messages import Lifecycle, SubscriptionMessage
+from ..protocol.session import Session
+from ..rest import RestClient
+from ..state import Combiner, Mark
+from .links import Link, LinkRegistry
+from .mailboxes import EventQueue, LatestByKey, Watch
+
+__all__ = ["Hub", "CategorySubscriptions", "Failed", "LIFECYCLE_BUFFER", "SUBSCRIPTION_INBOX"]
+
+LIFECYCLE_BUFFER: Final = 256
+SUBSCRIPTION_INBOX: Final = 256
+
+
+@attrs.frozen
+class Failed:
+    """A symbol the exchange refused; retried at ``retry_at`` (trio time)."""
+
+    kind: str
+    ret_msg: str
+    retry_at: float
+    attempts: int
+
+
+@attrs.define(eq=False)
+class CategorySubscriptions:
+    """Desired vs confirmed ticker topics of one category (symbols, not topic strings)."""
+
+    category: str
+    link: Link | None = None
+    session: Session | None = None
+    confirmed: set[str] = attrs.Factory(set)
+    confirmed_at: dict[str, float] = attrs.Factory(dict)
+    #: symbol → "subscribe" | "unsubscribe" while a request for it awaits its ack
+    inflight: dict[str, str] = attrs.Factory(dict)
+    failed: dict[str, Failed] = attrs.Factory(dict)
+    #: unknown outcome (error ack naming another topic, ack timeout): retry not before
+    retry_at: dict[str, float] = attrs.Factory(dict)
+    attempts: dict[str, int] = attrs.Factory(dict)
+    #: closed positions' symbols: unsubscribe when the grace period ends
+    leaving: dict[str, float] = attrs.Factory(dict)
+    #: confirmed topics gone silent: unsubscribe, then subscribe again
+    resubscribe: set[str] = attrs.Factory(set)
+    tokens: float = 0.0
+    tokens_at: float = -math.inf
+    requests_sent: int = 0
+    resubscribes: int = 0
+
+    def reset_for(self, link: Link, session: Session, burst: int) -> None:
+        """A new connection: nothing is subscribed on it yet."""
+        self.link = link
+        self.session = session
+        self.confirmed.clear()
+        self.confirmed_at.clear()
+        self.inflight.clear()
+        self.retry_at.clear()
+        self.attempts.clear()
+        self.leaving.clear()
+        self.resubscribe.clear()
+        self.tokens = float(burst)
+        self.tokens_at = trio.current_time()
+
+
+@attrs.define(eq=False)
+class Hub:
+    config: StreamConfig
+    rest: RestClient
+    wall_clock: Callable[[], float] = time.time
+    rng: random.Random = attrs.field(factory=random.Random, repr=False)
+    combiner: Combiner = attrs.Factory(Combiner)
+    health: Health = attrs.Factory(Health)
+    events: EventQueue = attrs.field(init=False)
+    marks: LatestByKey[tuple[str, str], Mark] = attrs.Factory(LatestByKey)
+    desired: Watch[dict[str, frozenset[str]]] = attrs.field(init=False)
+    links: LinkRegistry = attrs.field(init=False)
+    subscriptions: dict[str, CategorySubscriptions] = attrs.field(init=False)
+    #: trio time of the last ticker frame per category and symbol (public → manager)
+    activity: dict[str, dict[str, float]] = attrs.field(init=False)
+    lifecycle_send: trio.MemorySendChannel[Lifecycle] = attrs.field(init=False)
+    lifecycle_recv: trio.MemoryReceiveChannel[Lifecycle] = attrs.field(init=False)
+    subs_send: trio.MemorySendChannel[SubscriptionMessage] = attrs.field(init=False)
+    subs_recv: trio.MemoryReceiveChannel[SubscriptionMessage] = attrs.field(init=False)
+    #: set to ask the reconciler for a REST snapshot now (e.g. after a combiner crash)
+    reconcile_now: trio.Event = attrs.Factory(trio.Event)
+    #: set once the first REST snapshot has been applied by the combiner
+    first_snapshot: trio.Event = attrs.Factory(trio.Event)
+
+    def __attrs_post_init__(self) -> None:
+        cats = self.config.categories
+        self.events = EventQueue(capacity=self.config.event_buffer)
+        self.desired = Watch({c: frozenset() for c in cats})
+        self.links = LinkRegistry(self.config.heartbeat_interval)
+        self.subscriptions = {c: CategorySubscriptions(c) for c in cats}
+        self.activity = {c: {} for c in cats}
+        self.lifecycle_send, self.lifecycle_recv = trio.open_memory_channel[Lifecycle](LIFECYCLE_BUFFER)
+        self.subs_send, self.subs_recv = trio.open_memory_channel[SubscriptionMessage](SUBSCRIPTION_INBOX)
+
+    def wall_ms(self) -> int:
+        return int(self.wall_clock() * 1000)
+
+    def request_reconcile(self) -> None:
+        self.reconcile_now.set()

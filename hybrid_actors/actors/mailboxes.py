@@ -1,0 +1,168 @@
+"""Mailboxes with a plan for "full", for the places a plain memory channel is the wrong shape.
+
+- :class:`Watch`        a value whose latest version is all that matters (desired topics):
+  readers wait for a newer version; writers never block.
+- :class:`LatestByKey`  conflating mailbox for mark prices: the reader takes everything
+  written since its last take as one dict (latest per key wins); writers never block, so
+  a socket reader never waits for a slow consumer, and one wakeup covers a whole batch.
+- :class:`EventQueue`   the stream's output: lifecycle events are kept in order and never
+  dropped (producers wait for space before taking more input); price-only updates of a
+  position conflate while queued (latest price wins) without passing its lifecycle events.
+
+Lifecycle and ordinary commands use bounded ``trio.open_memory_channel`` channels.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Hashable
+from typing import Generic, TypeVar
+
+import attrs
+import trio
+
+from ..state import Event, Key
+
+__all__ = ["Watch", "LatestByKey", "EventQueue", "StreamClosed"]
+
+T = TypeVar("T")
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+class StreamClosed(Exception):
+    """The event queue was closed; iteration ends."""
+
+
+@attrs.define(eq=False)
+class Watch(Generic[T]):
+    value: T
+    version: int = 0
+    _changed: trio.Event = attrs.field(factory=trio.Event, repr=False)
+
+    def set(self, value: T) -> None:
+        if value == self.value:
+            return
+        self.value = value
+        self.version += 1
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def wait_newer(self, version: int) -> T:
+        while self.version <= version:
+            await self._changed.wait()
+        return self.value
+
+
+@attrs.define(eq=False)
+class LatestByKey(Generic[K, V]):
+    _latest: dict[K, V] = attrs.Factory(dict)
+    _ready: trio.Event = attrs.Factory(trio.Event)
+    puts: int = 0
+
+    def put(self, key: K, value: V) -> None:
+        """Record ``value``; call :meth:`commit` once per batch to wake the reader."""
+        self._latest[key] = value
+        self.puts += 1
+
+    def commit(self) -> None:
+        if self._latest:
+            self._ready.set()
+
+    async def take(self) -> dict[K, V]:
+        await self._ready.wait()
+        batch, self._latest, self._ready = self._latest, {}, trio.Event()
+        return batch
+
+
+@attrs.define(eq=False, slots=True)
+class _Slot:
+    event: Event
+
+
+@attrs.define(eq=False)
+class EventQueue:
+    """Ordered output with per-position conflation of price-only updates.
+
+    ``capacity`` bounds queued lifecycle events: producers call :meth:`wait_for_space`
+    before taking their next input, then enqueue synchronously with the state change
+    that produced the events, so nothing is reordered between producers.
+    """
+
+    capacity: int = 4096
+    _queue: deque[_Slot] = attrs.Factory(deque)
+    _price_slots: dict[Key, _Slot] = attrs.Factory(dict)
+    _lifecycle: int = 0
+    _readable: trio.Event = attrs.Factory(trio.Event)
+    _space: trio.Event = attrs.Factory(trio.Event)
+    _closed: BaseException | None = None
+    conflated: int = 0
+    delivered: int = 0
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    @property
+    def lifecycle_queued(self) -> int:
+        return self._lifecycle
+
+    def put(self, event: Event) -> None:
+        """Enqueue without waiting (see :meth:`wait_for_space`)."""
+        if self._closed is not None:
+            return
+        key = event.key
+        if event.is_lifecycle:
+            self._price_slots.pop(key, None)  # later prices must queue after this event
+            self._queue.append(_Slot(event))
+            self._lifecycle += 1
+        else:
+            slot = self._price_slots.get(key)
+            if slot is not None:
+                slot.event = event  # latest price wins, in the earlier slot's place
+                self.conflated += 1
+                return
+            slot = _Slot(event)
+            self._price_slots[key] = slot
+            self._queue.append(slot)
+        self._readable.set()
+
+    async def wait_for_space(self) -> None:
+        while self._lifecycle >= self.capacity and self._closed is None:
+            await self._space.wait()
+
+    def close(self, error: BaseException | None = None) -> None:
+        """End the stream; readers get ``error`` (or :class:`StreamClosed`) once drained."""
+        if self._closed is None:
+            self._closed = error if error is not None else StreamClosed("the hybrid stream has stopped")
+            self._readable.set()
+            self._space.set()
+
+    async def get_batch(self, max_items: int | None = None) -> list[Event]:
+        """Everything queued (at least one event), in order."""
+        while not self._queue:
+            if self._closed is not None:
+                raise self._closed
+            await self._readable.wait()
+            if not self._queue and self._closed is None:
+                self._readable = trio.Event()
+        count = len(self._queue) if max_items is None else min(max_items, len(self._queue))
+        out: list[Event] = []
+        popleft = self._queue.popleft
+        for _ in range(count):
+            slot = popleft()
+            event = slot.event
+            if event.is_lifecycle:
+                self._lifecycle -= 1
+            elif self._price_slots.get(event.key) is slot:
+                del self._price_slots[event.key]
+            out.append(event)
+        if not self._queue and self._closed is None:
+            self._readable = trio.Event()
+        if self._lifecycle < self.capacity:
+            self._space.set()
+            self._space = trio.Event()
+        self.delivered += len(out)
+        return out
+
+    async def get(self) -> Event:
+        return (await self.get_batch(1))[0]

@@ -1,0 +1,134 @@
+"""Private stream actor: owns the private socket and the position lifecycle.
+
+On every (re)connect: auth with a fresh ``expires`` → wait for the auth ack (never
+subscribe before it: Bybit answers ``Request not authorized``) → subscribe ``position``
+→ fetch the REST ``position/list`` snapshot (all settle coins, all pages) and hand it to
+the combiner as authoritative. Bybit sends no snapshot on subscribe, so this is how
+opens and closes missed while disconnected are recovered. Ready when the snapshot is
+queued. Pushes that arrive meanwhile are forwarded at once; the book's version rule
+keeps whichever is newer.
+
+A rejected auth raises :class:`~hybrid_actors.errors.AuthRejected`, which ends the
+stream: retrying bad credentials only risks an IP ban.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import NoReturn
+
+import attrs
+import trio
+
+from ..config import AUTH_EXPIRY_MARGIN_MS
+from ..errors import AuthRejected, ConnectionLost, HandshakeError
+from ..messages import PositionsPushed, PositionsSnapshot
+from ..protocol.frames import (AuthResult, Frame, MalformedFrame, Pong, PositionPush, SubscribeResult,
+                               UnknownFrame, decode)
+from ..protocol.session import AckOutcome, Session
+from ..transport import Transport
+from .connection import FrameReporter, open_link
+from .hub import Hub
+from .links import Link
+
+__all__ = ["PrivateStreamActor"]
+
+log = logging.getLogger(__name__)
+NAME = "private"
+
+
+@attrs.define(eq=False)
+class PrivateStreamActor:
+    hub: Hub
+    name: str = NAME
+    _session: Session = attrs.field(init=False, factory=lambda: Session(None, id_prefix="p"))
+    _auth: AuthResult | None = attrs.field(init=False, default=None)
+    _authed: trio.Event = attrs.field(init=False, factory=trio.Event)
+    _subscribed: trio.Event = attrs.field(init=False, factory=trio.Event)
+    _sub_outcome: AckOutcome | None = attrs.field(init=False, default=None)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> NoReturn:
+        hub = self.hub
+        config = hub.config
+        credentials = config.credentials
+        if not hub.rest.synced:
+            await hub.rest.sync_time()  # auth `expires` is checked against the exchange's clock
+        async with open_link(hub, self.name, config.private_url) as conn:
+            conn.nursery.start_soon(self._read, conn.transport, conn.link)
+            expires = hub.rest.now_ms() + AUTH_EXPIRY_MARGIN_MS
+            conn.link.offer(self._session.auth(credentials.api_key, credentials.api_secret, expires))
+            await self._wait(self._authed, config.auth_timeout, "an answer to auth")
+            assert self._auth is not None
+            if not self._auth.success:
+                raise AuthRejected(
+                    f"private stream: auth rejected for key {credentials.key_hint}: {self._auth.ret_msg!r}. "
+                    "Check that the API key and secret belong together, that the key was made for this "
+                    "environment (mainnet / testnet / demo), and that this machine's clock is correct.",
+                    key_hint=credentials.key_hint, ret_msg=self._auth.ret_msg)
+            for request in self._session.subscribe(["position"], trio.current_time())[0]:
+                conn.link.offer(request.text)
+            await self._wait(self._subscribed, config.auth_timeout, "an ack of the position subscription")
+            outcome = self._sub_outcome
+            assert outcome is not None
+            if not outcome.confirmed:
+                reason = outcome.failure.ret_msg if outcome.failure else "no reason given"
+                raise ConnectionLost(f"private stream: subscribing 'position' was refused: {reason}")
+            snapshot = await hub.rest.positions(config.categories)
+            await hub.lifecycle_send.send(PositionsSnapshot(
+                snapshot.categories, snapshot.positions, snapshot.as_of_ms, hub.wall_ms(), reason="connect"))
+            log.info("private stream live (generation %d): %d position records from %d REST page(s)",
+                     conn.link.generation, len(snapshot.positions), snapshot.requests)
+            task_status.started()
+            await trio.sleep_forever()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    @staticmethod
+    async def _wait(event: trio.Event, timeout: float, what: str) -> None:
+        with trio.move_on_after(timeout):
+            await event.wait()
+            return
+        raise HandshakeError(f"private stream: no {what} within {timeout:g}s")
+
+    async def _read(self, transport: Transport, link: Link) -> NoReturn:
+        hub = self.hub
+        stats = hub.health.link(self.name)
+        reporter = FrameReporter(self.name)
+        categories = frozenset(hub.config.categories)
+        while True:
+            batch = await transport.receive_batch()
+            now = trio.current_time()
+            received_ms = hub.wall_ms()
+            link.last_frame_at = now
+            stats.frames += len(batch)
+            stats.batches += 1
+            for raw in batch:
+                frame = decode(raw)
+                if isinstance(frame, PositionPush):
+                    positions = tuple(p for p in frame.positions if p.category in categories)
+                    if positions:
+                        await hub.lifecycle_send.send(PositionsPushed(positions, received_ms))
+                else:
+                    self._control(frame, link, now, reporter)
+
+    def _control(self, frame: Frame, link: Link, now: float, reporter: FrameReporter) -> None:
+        if isinstance(frame, Pong):
+            link.pong_received(frame.req_id, now)
+        elif isinstance(frame, AuthResult):
+            if self._authed.is_set():
+                reporter.report(UnknownFrame("a second auth answer", {}), self.hub)
+                return
+            self._session.receive_auth(frame)
+            self._auth = frame
+            link.conn_id = frame.conn_id
+            self._authed.set()
+        elif isinstance(frame, SubscribeResult):
+            outcome = self._session.receive_ack(frame)
+            if outcome is None:
+                reporter.report(UnknownFrame(f"unsolicited {frame.op} ack: {frame.ret_msg!r}", {}), self.hub)
+            elif not self._subscribed.is_set():
+                self._sub_outcome = outcome
+                self._subscribed.set()
+        elif isinstance(frame, (MalformedFrame, UnknownFrame)):
+            reporter.report(frame, self.hub)
+        else:
+            reporter.report(UnknownFrame(f"{type(frame).__name__} on the private socket", {}), self.hub)

@@ -1,0 +1,96 @@
+"""Public stream actor: one per category; owns that category's public socket.
+
+Ready when connected and announced to the subscription manager (which then subscribes
+the desired set on this new connection). Merged ticker state is per connection: a
+new :class:`~hybrid_actors.state.TickerBook` on every connect, so a delta from a new
+connection never patches a stale snapshot.
+
+Hot path, per read: decode each message once, merge it, and record changed marks in
+the conflating mailbox; wake the combiner once per batch. No channel send and no task
+hop per ticker.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import NoReturn
+
+import attrs
+import trio
+
+from ..messages import AckReceived, LinkDown, LinkUp
+from ..protocol.frames import Frame, MalformedFrame, Pong, SubscribeResult, TickerFrame, UnknownFrame, decode
+from ..state import Mark, TickerBook
+from ..transport import Transport
+from .connection import FrameReporter, open_link
+from .hub import Hub
+from .links import Link
+
+__all__ = ["PublicStreamActor"]
+
+log = logging.getLogger(__name__)
+
+
+@attrs.define(eq=False)
+class PublicStreamActor:
+    hub: Hub
+    category: str
+
+    @property
+    def name(self) -> str:
+        return f"public:{self.category}"
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> NoReturn:
+        hub = self.hub
+        url = hub.config.endpoints.public_url(self.category)
+        async with open_link(hub, self.name, url) as conn:
+            link = conn.link
+            book = TickerBook(self.category)
+            hub.activity[self.category].clear()
+            await hub.subs_send.send(LinkUp(self.category, link))
+            try:
+                task_status.started()
+                await self._read(conn.transport, link, book)
+            finally:
+                try:
+                    hub.subs_send.send_nowait(LinkDown(self.category, link.generation))
+                except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+                    pass  # the manager also notices the new generation on the next LinkUp
+
+    async def _read(self, transport: Transport, link: Link, book: TickerBook) -> NoReturn:
+        hub = self.hub
+        category = self.category
+        stats = hub.health.link(self.name)
+        activity = hub.activity[category]
+        marks = hub.marks
+        wall = hub.wall_clock
+        reporter = FrameReporter(self.name)
+        while True:
+            batch = await transport.receive_batch()
+            now = trio.current_time()
+            received_ms = int(wall() * 1000)
+            link.last_frame_at = now
+            stats.frames += len(batch)
+            stats.batches += 1
+            for raw in batch:
+                frame = decode(raw, category=category)
+                if isinstance(frame, TickerFrame):
+                    activity[frame.symbol] = now
+                    mark = book.apply(frame)
+                    if mark is not None:
+                        marks.put((category, frame.symbol), Mark(mark, frame.ts, received_ms))
+                else:
+                    await self._control(frame, link, now, reporter)
+            marks.commit()
+
+    async def _control(self, frame: Frame, link: Link, now: float, reporter: FrameReporter) -> None:
+        if isinstance(frame, Pong):
+            link.pong_received(frame.req_id, now)
+        elif isinstance(frame, SubscribeResult):
+            if frame.conn_id and link.conn_id is None:
+                link.conn_id = frame.conn_id
+            await self.hub.subs_send.send(AckReceived(self.category, link.generation, frame))
+        elif isinstance(frame, (MalformedFrame, UnknownFrame)):
+            reporter.report(frame, self.hub)
+        else:
+            reporter.report(UnknownFrame(f"{type(frame).__name__} on a public socket", {}), self.hub)

@@ -1,0 +1,248 @@
+"""Subscription manager actor: drives each public socket from confirmed to desired topics.
+
+Desired = symbols with an open position (published by the combiner). Confirmed = topics
+the current connection acked. The manager sends the difference as subscribe /
+unsubscribe frames through the socket's outbox, and:
+
+- rate-limits frames per socket (token bucket: ``requests_per_second``, ``burst``);
+- treats ``already subscribed`` as success;
+- marks ``handler not found`` / ``Invalid symbol`` symbols failed: reported, retried
+  only every ``unknown_symbol_retry`` seconds, never blocking other symbols;
+- retries everything else (error acks naming no topic or another topic, ack timeouts)
+  with exponential backoff and jitter;
+- waits ``unsubscribe_grace`` before unsubscribing a closed position's symbol, so a
+  flipped position does not churn;
+- resubscribes a confirmed topic that has been silent for ``silence_timeout``;
+- on a new connection (a restarted public actor) starts from nothing confirmed, so the
+  whole desired set is subscribed again.
+
+All of that state lives in the hub (:class:`~.hub.CategorySubscriptions`), so a
+restarted manager carries on where it was; stale acks of older connections are ignored.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import NoReturn
+
+import attrs
+import trio
+
+from ..messages import AckReceived, LinkDown, LinkUp, SubscriptionMessage
+from ..protocol.client import max_args_per_request, symbol_of_topic, ticker_topic
+from ..protocol.session import AckOutcome, Session
+from .hub import CategorySubscriptions, Failed, Hub
+
+__all__ = ["SubscriptionManager"]
+
+log = logging.getLogger(__name__)
+
+
+@attrs.define(eq=False)
+class SubscriptionManager:
+    hub: Hub
+    name: str = "subscriptions"
+    _wake: trio.Event = attrs.field(init=False, factory=trio.Event)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> NoReturn:
+        hub = self.hub
+        async with hub.subs_recv.clone() as inbox, trio.open_nursery() as nursery:
+            nursery.start_soon(self._receive, inbox)
+            nursery.start_soon(self._watch_desired)
+            task_status.started()
+            while True:
+                self._wake = trio.Event()
+                due = self.reconcile(trio.current_time())
+                with trio.move_on_at(due):
+                    await self._wake.wait()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _receive(self, inbox: trio.MemoryReceiveChannel[SubscriptionMessage]) -> None:
+        async for message in inbox:
+            self.handle(message, trio.current_time())
+            self._wake.set()
+
+    async def _watch_desired(self) -> NoReturn:
+        desired = self.hub.desired
+        while True:
+            version = desired.version
+            self._wake.set()
+            await desired.wait_newer(version)
+
+    # -- inputs ---------------------------------------------------------------------------
+    def handle(self, message: SubscriptionMessage, now: float) -> None:
+        subs = self.hub.subscriptions.get(message.category)
+        if subs is None:
+            log.error("subscription message for unconfigured category %r ignored", message.category)
+            return
+        if isinstance(message, LinkUp):
+            current = subs.link
+            if current is not None and current.generation > message.link.generation:
+                return  # an older connection announced itself late
+            policy = self.hub.config.subscriptions
+            session = Session(message.category, policy.chunk_size, id_prefix=f"{message.category}{message.link.generation}-")
+            subs.reset_for(message.link, session, policy.burst)
+        elif isinstance(message, LinkDown):
+            if subs.link is not None and subs.link.generation == message.generation:
+                subs.link = None
+                subs.session = None
+                subs.inflight.clear()
+                subs.confirmed.clear()
+        elif isinstance(message, AckReceived):
+            if subs.link is None or subs.session is None or subs.link.generation != message.generation:
+                return  # an ack from a connection that is gone
+            outcome = subs.session.receive_ack(message.result)
+            if outcome is None:
+                log.warning("public:%s: unsolicited %s ack ignored: %r", message.category,
+                            message.result.op, message.result.ret_msg)
+                return
+            self._apply(subs, outcome, now)
+
+    def _apply(self, subs: CategorySubscriptions, outcome: AckOutcome, now: float) -> None:
+        policy = self.hub.config.subscriptions
+        health = self.hub.health
+        op = outcome.request.op
+        for topic in outcome.confirmed:
+            symbol = symbol_of_topic(topic)
+            if symbol is None:
+                continue
+            subs.inflight.pop(symbol, None)
+            if op == "subscribe":
+                subs.confirmed.add(symbol)
+                subs.confirmed_at[symbol] = now
+                subs.attempts.pop(symbol, None)
+                subs.retry_at.pop(symbol, None)
+                if subs.failed.pop(symbol, None) is not None:
+                    log.info("public:%s: %s subscribed after earlier refusals", subs.category, symbol)
+            else:
+                subs.confirmed.discard(symbol)
+                subs.confirmed_at.pop(symbol, None)
+                subs.leaving.pop(symbol, None)
+                subs.resubscribe.discard(symbol)
+        for topic, failure in outcome.failed:
+            symbol = symbol_of_topic(topic)
+            if symbol is None:
+                continue
+            subs.inflight.pop(symbol, None)
+            previous = subs.failed.get(symbol)
+            subs.failed[symbol] = Failed(failure.kind, failure.ret_msg, now + policy.unknown_symbol_retry,
+                                         previous.attempts + 1 if previous else 1)
+            health.subscription_failed(now, subs.category, symbol, failure.ret_msg)
+            log.error("public:%s: the exchange refused tickers.%s (%s); its position gets no live mark "
+                      "price; retrying in %gs", subs.category, symbol, failure.ret_msg,
+                      policy.unknown_symbol_retry)
+        for topic in outcome.unknown:
+            symbol = symbol_of_topic(topic)
+            if symbol is None:
+                continue
+            subs.inflight.pop(symbol, None)
+            if op == "subscribe":
+                reason = outcome.failure.ret_msg if outcome.failure else "unknown"
+                self._retry_later(subs, symbol, now, reason)
+
+    def _retry_later(self, subs: CategorySubscriptions, symbol: str, now: float, reason: str) -> None:
+        policy = self.hub.config.subscriptions
+        attempts = subs.attempts.get(symbol, 0) + 1
+        subs.attempts[symbol] = attempts
+        delay = min(policy.retry_max, policy.retry_initial * 2 ** (attempts - 1))
+        delay *= self.hub.rng.uniform(0.5, 1.5)
+        subs.retry_at[symbol] = now + delay
+        self.hub.health.subscription_failed(now, subs.category, symbol, reason)
+        log.warning("public:%s: subscribing %s did not succeed (%s); attempt %d, retrying in %.2fs",
+                    subs.category, symbol, reason, attempts, delay)
+
+    # -- the diff -------------------------------------------------------------------------
+    def reconcile(self, now: float) -> float:
+        """Send what is due on every socket; return the time anything next becomes due."""
+        due = math.inf
+        desired = self.hub.desired.value
+        for category, subs in self.hub.subscriptions.items():
+            due = min(due, self._reconcile(subs, desired.get(category, frozenset()), now))
+        return due
+
+    def _reconcile(self, subs: CategorySubscriptions, desired: frozenset[str], now: float) -> float:
+        link, session = subs.link, subs.session
+        if link is None or session is None or link.dead.is_set():
+            return math.inf
+        policy = self.hub.config.subscriptions
+        due = math.inf
+        for request in session.overdue(now, policy.ack_timeout):
+            for topic in request.topics:
+                symbol = symbol_of_topic(topic)
+                if symbol is not None and subs.inflight.pop(symbol, None) == "subscribe":
+                    self._retry_later(subs, symbol, now, f"no ack within {policy.ack_timeout:g}s")
+        # Grace before unsubscribing; a symbol that came back is kept.
+        for symbol in [s for s in subs.leaving if s in desired]:
+            del subs.leaving[symbol]
+        for symbol in subs.confirmed:
+            if symbol not in desired and symbol not in subs.leaving:
+                subs.leaving[symbol] = now + policy.unsubscribe_grace
+        # Silent topics.
+        activity = self.hub.activity[subs.category]
+        for symbol in subs.confirmed:
+            if symbol in desired and symbol not in subs.inflight and symbol not in subs.resubscribe:
+                last = max(activity.get(symbol, -math.inf), subs.confirmed_at.get(symbol, -math.inf))
+                if now - last >= policy.silence_timeout:
+                    log.warning("public:%s: no data for tickers.%s in %gs; resubscribing", subs.category,
+                                symbol, policy.silence_timeout)
+                    subs.resubscribe.add(symbol)
+                    subs.resubscribes += 1
+                else:
+                    due = min(due, last + policy.silence_timeout)
+        # What to send.
+        unsubscribe = []
+        for symbol, when in subs.leaving.items():
+            if when > now:
+                due = min(due, when)
+            elif symbol in subs.confirmed and symbol not in subs.inflight:
+                unsubscribe.append(symbol)
+        unsubscribe += [s for s in subs.resubscribe if s in subs.confirmed and s not in subs.inflight
+                        and s not in subs.leaving]
+        subscribe = []
+        for symbol in sorted(desired):
+            if symbol in subs.confirmed or symbol in subs.inflight:
+                continue
+            failed = subs.failed.get(symbol)
+            not_before = max(subs.retry_at.get(symbol, -math.inf), failed.retry_at if failed else -math.inf)
+            if not_before > now:
+                due = min(due, not_before)
+            else:
+                subscribe.append(symbol)
+        # Send within the token bucket.
+        subs.tokens = min(float(policy.burst), subs.tokens + (now - subs.tokens_at) * policy.requests_per_second)
+        subs.tokens_at = now
+        per_frame = max_args_per_request(subs.category, policy.chunk_size)
+        for op, symbols in (("unsubscribe", unsubscribe), ("subscribe", subscribe)):
+            while symbols and subs.tokens >= 1:
+                chunk, symbols = symbols[:per_frame], symbols[per_frame:]
+                topics = [ticker_topic(s) for s in chunk]
+                if op == "subscribe":
+                    requests, refused = session.subscribe(topics, now)
+                    for topic in refused:
+                        self._refuse_over_budget(subs, topic, now)
+                else:
+                    requests = session.unsubscribe(topics, now)
+                for request in requests:
+                    if not link.offer(request.text):
+                        return now + policy.ack_timeout  # writer gone or stuck: the ack timeout retries
+                    subs.tokens -= 1
+                    subs.requests_sent += 1
+                    for topic in request.topics:
+                        symbol = symbol_of_topic(topic)
+                        if symbol is not None:
+                            subs.inflight[symbol] = op
+            if symbols:
+                due = min(due, now + (1 - subs.tokens) / policy.requests_per_second)
+        for request in session.pending:
+            due = min(due, request.sent_at + policy.ack_timeout)
+        return due
+
+    def _refuse_over_budget(self, subs: CategorySubscriptions, topic: str, now: float) -> None:
+        symbol = symbol_of_topic(topic) or topic
+        policy = self.hub.config.subscriptions
+        subs.failed[symbol] = Failed("args_budget", "over the 21,000-character args budget of one connection",
+                                     now + policy.unknown_symbol_retry, 1)
+        self.hub.health.subscription_failed(now, subs.category, symbol, "args budget exhausted")
+        log.error("public:%s: tickers.%s does not fit this connection's args budget; no live mark price",
+                  subs.category, symbol)

@@ -1,0 +1,90 @@
+"""Counters the actors update and the :class:`HealthReport` that ``stream.health()`` returns.
+
+Pure: no trio. Times are passed in (trio time for ages, epoch ms for event stamps).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any, Literal
+
+import attrs
+
+__all__ = ["ActorStats", "LinkStats", "Health", "HealthReport"]
+
+ActorState = Literal["starting", "running", "backoff", "stopped", "failed"]
+
+
+@attrs.define
+class ActorStats:
+    name: str
+    state: ActorState = "starting"
+    starts: int = 0
+    crashes: int = 0
+    outages: int = 0
+    last_error: str | None = None
+    last_change: float = 0.0
+
+    @property
+    def restarts(self) -> int:
+        return max(0, self.starts - 1)
+
+
+@attrs.define
+class LinkStats:
+    """Per connection name (``private``, ``public:linear``...), across generations."""
+
+    frames: int = 0
+    batches: int = 0
+    malformed: int = 0
+    unknown: int = 0
+    connects: int = 0
+    connected: bool = False
+    connected_at: float | None = None
+    disconnected_at: float | None = None
+    last_error: str | None = None
+
+
+@attrs.frozen
+class HealthReport:
+    status: Literal["ok", "degraded", "down"]
+    actors: dict[str, dict[str, Any]]
+    connections: dict[str, dict[str, Any]]
+    subscriptions: dict[str, dict[str, Any]]
+    events: dict[str, Any]
+    positions: int
+    problems: tuple[str, ...]
+
+    def as_dict(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+
+@attrs.define(eq=False)
+class Health:
+    actors: dict[str, ActorStats] = attrs.Factory(dict)
+    links: dict[str, LinkStats] = attrs.Factory(dict)
+    events_emitted: int = 0
+    last_event_ms: int | None = None
+    last_event_at: float | None = None
+    #: (trio time, category, symbol, reason) of recent subscription failures
+    subscription_failures: deque[tuple[float, str, str, str]] = attrs.Factory(lambda: deque(maxlen=1000))
+    reconciliations: int = 0
+    reconcile_corrections: int = 0
+
+    def actor(self, name: str) -> ActorStats:
+        stats = self.actors.get(name)
+        if stats is None:
+            stats = self.actors[name] = ActorStats(name)
+        return stats
+
+    def link(self, name: str) -> LinkStats:
+        stats = self.links.get(name)
+        if stats is None:
+            stats = self.links[name] = LinkStats()
+        return stats
+
+    def subscription_failed(self, now: float, category: str, symbol: str, reason: str) -> None:
+        self.subscription_failures.append((now, category, symbol, reason))
+
+    def failures_within(self, now: float, window: float) -> int:
+        return sum(1 for at, *_ in self.subscription_failures if now - at <= window)

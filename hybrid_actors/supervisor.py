@@ -1,0 +1,279 @@
+"""The supervisor: one nursery, one supervised loop per actor, one-for-one restarts.
+
+Children, in start order: combiner, heartbeat, subscription manager, one public stream
+per category, private stream, reconciler. Each runs in its own loop:
+
+- it is (re)started with a fresh instance; the shared :class:`~.actors.hub.Hub` keeps
+  the books, desired topics, subscription state and queued messages, so nothing is lost;
+- ``TransportError`` (an outage: refused, reset, timed out, half-open, REST down) is
+  retried forever with capped exponential backoff and full jitter, first retry fast,
+  and the delay starts over once an incarnation has been stable for ``stable_after``;
+- any other exception is a crash (a bug): logged with its traceback and retried the
+  same way, but counted; ``max_restarts`` crashes within ``window`` seconds end the
+  stream with :class:`~.errors.RestartIntensityExceeded`;
+- :class:`~.errors.AuthRejected` (bad credentials) ends the stream at once.
+
+A failing child never tears down its siblings: only the supervisor's own errors
+(escalations) cancel the nursery.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from typing import Any, Literal, NoReturn, Protocol
+
+import attrs
+import trio
+
+from .actors.emitter import CombinerActor
+from .actors.heartbeat import HeartbeatActor
+from .actors.hub import Hub
+from .actors.mailboxes import StreamClosed
+from .actors.private_ws import PrivateStreamActor
+from .actors.public_ws import PublicStreamActor
+from .actors.reconciler import ReconcilerActor
+from .actors.subscriptions import SubscriptionManager
+from .config import StreamConfig
+from .errors import AuthRejected, HybridActorsError, RestartIntensityExceeded, SupervisorError, TransportError
+from .health import HealthReport
+from .rest import open_rest_client
+from .state import Event, PositionUpdate
+
+__all__ = ["Supervisor", "HybridStream", "open_hybrid_stream", "ChildSpec"]
+
+log = logging.getLogger(__name__)
+
+
+class Actor(Protocol):
+    name: str
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = ...) -> NoReturn: ...
+
+
+@attrs.frozen
+class ChildSpec:
+    name: str
+    make: Callable[[], Actor]
+
+
+def _leaves(exc: BaseException) -> Iterator[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            yield from _leaves(inner)
+    else:
+        yield exc
+
+
+def classify(exc: BaseException) -> tuple[Literal["fatal", "outage", "crash"], BaseException]:
+    """What a failure means, and the leaf exception that best describes it."""
+    leaves = [e for e in _leaves(exc) if not isinstance(e, trio.Cancelled)] or [exc]
+    for leaf in leaves:
+        if isinstance(leaf, AuthRejected):
+            return "fatal", leaf
+    for leaf in leaves:
+        if not isinstance(leaf, TransportError):
+            return "crash", leaf
+    return "outage", leaves[0]
+
+
+@attrs.define(eq=False)
+class Supervisor:
+    hub: Hub
+    children: tuple[ChildSpec, ...] = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        hub = self.hub
+        specs = [ChildSpec("combiner", lambda: CombinerActor(hub)),
+                 ChildSpec("heartbeat", lambda: HeartbeatActor(hub)),
+                 ChildSpec("subscriptions", lambda: SubscriptionManager(hub))]
+        for category in hub.config.categories:
+            specs.append(ChildSpec(f"public:{category}", lambda c=category: PublicStreamActor(hub, c)))
+        specs.append(ChildSpec("private", lambda: PrivateStreamActor(hub)))
+        specs.append(ChildSpec("reconciler", lambda: ReconcilerActor(hub)))
+        self.children = tuple(specs)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> NoReturn:
+        """Start every child in order (each ready before the next), then supervise forever."""
+        async with trio.open_nursery() as nursery:
+            for spec in self.children:
+                await nursery.start(self._supervise, spec)
+            task_status.started()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _supervise(self, spec: ChildSpec, *, task_status: trio.TaskStatus[None]) -> NoReturn:
+        policy = self.hub.config.restart
+        stats = self.hub.health.actor(spec.name)
+        crashes: deque[float] = deque(maxlen=policy.max_restarts)
+        attempt = 0
+        status: trio.TaskStatus[None] | None = task_status
+        while True:
+            started_at = trio.current_time()
+            stats.starts += 1
+            stats.state = "starting"
+            stats.last_change = started_at
+            try:
+                async with trio.open_nursery() as incarnation:
+                    await incarnation.start(spec.make().run)
+                    stats.state = "running"
+                    stats.last_change = trio.current_time()
+                    if status is not None:
+                        status.started()
+                        status = None
+                # run() never returns normally; if it does, that is a bug worth restarting for
+                raise SupervisorError(f"actor {spec.name!r} returned instead of running forever")
+            except Exception as exc:  # noqa: BLE001 - classified below; Cancelled is a BaseException
+                kind, leaf = classify(exc)
+                now = trio.current_time()
+                stats.last_error = f"{type(leaf).__name__}: {leaf}"
+                stats.last_change = now
+                if kind == "fatal":
+                    stats.state = "failed"
+                    log.error("%s: %s", spec.name, leaf)
+                    raise leaf from None
+                if now - started_at >= policy.stable_after:
+                    attempt = 0
+                if kind == "crash":
+                    stats.crashes += 1
+                    crashes.append(now)
+                    log.error("%s crashed (%d in the last %gs); restarting it alone", spec.name,
+                              sum(1 for t in crashes if now - t < policy.window), policy.window,
+                              exc_info=leaf)
+                    if len(crashes) == policy.max_restarts and now - crashes[0] < policy.window:
+                        stats.state = "failed"
+                        raise RestartIntensityExceeded(spec.name, policy.max_restarts, policy.window,
+                                                       leaf) from exc
+                else:
+                    stats.outages += 1
+                    log.warning("%s: %s", spec.name, leaf)
+            delay = self.hub.rng.uniform(0, min(policy.backoff_max, policy.backoff_initial * 2 ** attempt))
+            attempt += 1
+            stats.state = "backoff"
+            log.info("%s: restarting in %.2fs (attempt %d)", spec.name, delay, attempt)
+            await trio.sleep(delay)
+
+
+@attrs.define(eq=False)
+class HybridStream:
+    """The running stream. Iterate it for events; ask it for positions and health."""
+
+    hub: Hub
+    supervisor: Supervisor
+
+    def __aiter__(self) -> HybridStream:
+        return self
+
+    async def __anext__(self) -> Event:
+        try:
+            return await self.hub.events.get()
+        except StreamClosed:
+            raise StopAsyncIteration from None
+
+    async def batches(self, max_items: int | None = None) -> list[Event]:
+        """Every queued event (at least one), in order: the efficient way to consume.
+        Raises :class:`~.actors.mailboxes.StreamClosed` when the stream has ended."""
+        return await self.hub.events.get_batch(max_items)
+
+    def positions(self) -> tuple[PositionUpdate, ...]:
+        """The current view of every open position (latest mark and PnL)."""
+        return self.hub.combiner.current()
+
+    def health(self) -> HealthReport:
+        return build_health_report(self.hub)
+
+
+def build_health_report(hub: Hub) -> HealthReport:
+    now = trio.current_time()
+    health = hub.health
+    problems: list[str] = []
+    actors = {}
+    for name, stats in health.actors.items():
+        actors[name] = {"state": stats.state, "restarts": stats.restarts, "crashes": stats.crashes,
+                        "outages": stats.outages, "last_error": stats.last_error,
+                        "since_s": round(now - stats.last_change, 3)}
+        if stats.state != "running":
+            problems.append(f"actor {name} is {stats.state}" + (f": {stats.last_error}" if stats.last_error else ""))
+    connections: dict[str, dict[str, Any]] = {}
+    for name, link_stats in health.links.items():
+        link = hub.links.get(name)
+        connections[name] = {
+            "connected": link_stats.connected, "connects": link_stats.connects,
+            "generation": link.generation if link else hub.links.generation(name),
+            "conn_id": link.conn_id if link else None,
+            "rtt_ms": round(link.rtt * 1000, 3) if link and link.rtt is not None else None,
+            "last_frame_age_s": round(now - link.last_frame_at, 3) if link else None,
+            "frames": link_stats.frames, "malformed": link_stats.malformed, "unknown": link_stats.unknown,
+        }
+        if not link_stats.connected:
+            problems.append(f"{name} is disconnected")
+    subscriptions: dict[str, dict[str, Any]] = {}
+    for category, subs in hub.subscriptions.items():
+        desired = hub.desired.value.get(category, frozenset())
+        missing = sorted(desired - subs.confirmed)
+        subscriptions[category] = {
+            "desired": len(desired), "confirmed": len(subs.confirmed), "pending": len(subs.inflight),
+            "missing": missing[:50], "failed": {s: f.ret_msg for s, f in sorted(subs.failed.items())},
+            "requests_sent": subs.requests_sent, "resubscribes": subs.resubscribes,
+        }
+        if subs.failed:
+            problems.append(f"{category}: no ticker for {', '.join(sorted(subs.failed))}")
+    events = {"emitted": health.events_emitted, "delivered": hub.events.delivered,
+              "queued": len(hub.events), "conflated": hub.events.conflated,
+              "last_event_age_s": round(now - health.last_event_at, 3) if health.last_event_at is not None else None,
+              "subscription_failures_1h": health.failures_within(now, 3600.0),
+              "reconciliations": health.reconciliations, "reconcile_corrections": health.reconcile_corrections}
+    if any(a["state"] == "failed" for a in actors.values()):
+        status: Literal["ok", "degraded", "down"] = "down"
+    elif problems:
+        status = "degraded"
+    else:
+        status = "ok"
+    return HealthReport(status, actors, connections, subscriptions, events, len(hub.combiner.book), tuple(problems))
+
+
+@asynccontextmanager
+async def open_hybrid_stream(config: StreamConfig, *, wall_clock: Callable[[], float] = time.time,
+                             rng: random.Random | None = None) -> AsyncIterator[HybridStream]:
+    """Run the supervised actors; yield once the private snapshot is applied and every
+    public socket is up.
+
+    Raises :class:`~.errors.AuthRejected` for bad credentials and
+    :class:`~.errors.RestartIntensityExceeded` for a crash loop, from the ``async with``
+    (a failure while you iterate cancels your block first). Outages never end it.
+    """
+    random_source = rng or random.Random()
+    try:
+        async with open_rest_client(config.endpoints.rest_url, config.credentials,
+                                    recv_window_ms=config.recv_window_ms, timeout=config.rest_timeout,
+                                    attempts=config.rest_attempts, verify_tls=config.endpoints.verify_tls,
+                                    wall_clock=wall_clock, linear_settle_coins=config.linear_settle_coins,
+                                    rng=random_source) as rest:
+            hub = Hub(config, rest, wall_clock=wall_clock, rng=random_source)
+            supervisor = Supervisor(hub)
+            async with trio.open_nursery() as nursery:
+                await nursery.start(supervisor.run)
+                await hub.first_snapshot.wait()
+                try:
+                    yield HybridStream(hub, supervisor)
+                finally:
+                    hub.events.close()
+                    nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        _raise_meaningful(group)
+        raise
+
+
+def _raise_meaningful(group: BaseExceptionGroup) -> None:
+    """Unwrap the one error that ended the stream, so callers can ``except AuthRejected``."""
+    leaves = [e for e in _leaves(group) if not isinstance(e, trio.Cancelled)]
+    for kind in (AuthRejected, RestartIntensityExceeded, HybridActorsError):
+        for leaf in leaves:
+            if isinstance(leaf, kind):
+                raise leaf from group if len(leaves) > 1 else None
+    if len(leaves) == 1 and isinstance(leaves[0], Exception) and not isinstance(leaves[0], StreamClosed):
+        raise leaves[0]
+
