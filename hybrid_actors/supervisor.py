@@ -81,26 +81,30 @@ def classify(exc: BaseException) -> tuple[Literal["fatal", "outage", "crash"], B
     return "outage", leaves[0]
 
 
+def default_children(hub: Hub) -> tuple[ChildSpec, ...]:
+    specs = [ChildSpec("combiner", lambda: CombinerActor(hub)),
+             ChildSpec("heartbeat", lambda: HeartbeatActor(hub)),
+             ChildSpec("subscriptions", lambda: SubscriptionManager(hub))]
+    for category in hub.config.categories:
+        specs.append(ChildSpec(f"public:{category}", lambda c=category: PublicStreamActor(hub, c)))
+    specs.append(ChildSpec("private", lambda: PrivateStreamActor(hub)))
+    specs.append(ChildSpec("reconciler", lambda: ReconcilerActor(hub)))
+    return tuple(specs)
+
+
 @attrs.define(eq=False)
 class Supervisor:
     hub: Hub
-    children: tuple[ChildSpec, ...] = attrs.field(init=False)
+    children: tuple[ChildSpec, ...] | None = None
 
     def __attrs_post_init__(self) -> None:
-        hub = self.hub
-        specs = [ChildSpec("combiner", lambda: CombinerActor(hub)),
-                 ChildSpec("heartbeat", lambda: HeartbeatActor(hub)),
-                 ChildSpec("subscriptions", lambda: SubscriptionManager(hub))]
-        for category in hub.config.categories:
-            specs.append(ChildSpec(f"public:{category}", lambda c=category: PublicStreamActor(hub, c)))
-        specs.append(ChildSpec("private", lambda: PrivateStreamActor(hub)))
-        specs.append(ChildSpec("reconciler", lambda: ReconcilerActor(hub)))
-        self.children = tuple(specs)
+        if self.children is None:
+            self.children = default_children(self.hub)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> NoReturn:
         """Start every child in order (each ready before the next), then supervise forever."""
         async with trio.open_nursery() as nursery:
-            for spec in self.children:
+            for spec in self.children or ():
                 await nursery.start(self._supervise, spec)
             task_status.started()
         raise AssertionError("unreachable")  # pragma: no cover

@@ -78,7 +78,7 @@ class CategorySubscriptions:
         self.attempts.clear()
         self.leaving.clear()
         self.resubscribe.clear()
-        self.tokens = float(burst)
+        self.tokens = burst * 1.0  # a token count, not a price
         self.tokens_at = trio.current_time()
 
 

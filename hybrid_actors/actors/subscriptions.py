@@ -210,7 +210,7 @@ class SubscriptionManager:
             else:
                 subscribe.append(symbol)
         # Send within the token bucket.
-        subs.tokens = min(float(policy.burst), subs.tokens + (now - subs.tokens_at) * policy.requests_per_second)
+        subs.tokens = min(policy.burst * 1.0, subs.tokens + (now - subs.tokens_at) * policy.requests_per_second)
         subs.tokens_at = now
         per_frame = max_args_per_request(subs.category, policy.chunk_size)
         for op, symbols in (("unsubscribe", unsubscribe), ("subscribe", subscribe)):

@@ -1,0 +1,181 @@
+"""``python -m hybrid_actors`` (also the ``hybrid-actors`` console script).
+
+Subcommands:
+
+- ``run``        stream your Bybit positions (keys from BYBIT_API_KEY / BYBIT_API_SECRET)
+- ``demo``       the same stream against the built-in simulator: no keys, no network
+- ``simulator``  serve the local Bybit v5 simulator for other processes
+
+Events go to stdout (JSON lines or a live table); logs go to stderr.
+Exit codes: 0 done, 1 crash loop / unexpected error, 2 bad usage or configuration,
+3 credentials rejected.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from contextlib import nullcontext
+from typing import TextIO
+
+import trio
+
+from . import __version__
+from .config import POSITION_CATEGORIES, Credentials, Endpoints, StreamConfig
+from .errors import AuthRejected, ConfigError, HybridActorsError, RestartIntensityExceeded
+from .output import JsonlWriter, TableView, position_table
+from .supervisor import HybridStream, open_hybrid_stream
+
+__all__ = ["main", "build_parser"]
+
+log = logging.getLogger("hybrid_actors")
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_AUTH = 0, 1, 2, 3
+TABLE_REFRESH = 0.5
+
+
+def _check_positive(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Durations and rates (never prices) are floats; argparse parses them, we bound them."""
+    for name in ("heartbeat_interval", "seconds", "rate"):
+        value = getattr(args, name, None)
+        if value is not None and not value > 0:
+            parser.error(f"--{name.replace('_', '-')} must be > 0, got {value}")
+    for name in ("symbols", "positions"):
+        value = getattr(args, name, None)
+        if value is not None and value < 0:
+            parser.error(f"--{name} must be >= 0, got {value}")
+
+
+def _add_stream_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--category", action="append", choices=POSITION_CATEGORIES, dest="categories",
+                        help="position category to follow; repeat for several (default: linear)")
+    parser.add_argument("--output", choices=("jsonl", "table"), default=None,
+                        help="jsonl: one event per line on stdout; table: a live position table "
+                             "(default: table on a terminal, jsonl otherwise)")
+    parser.add_argument("--heartbeat-interval", type=float, default=20.0, metavar="SECONDS",
+                        help="JSON ping interval on every socket (default 20)")
+    parser.add_argument("--seconds", type=float, default=None,
+                        help="stop by itself after this many seconds")
+    parser.add_argument("--log-level", default="INFO",
+                        choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m hybrid_actors", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", action="version", version=f"hybrid_actors {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,demo,simulator}")
+
+    run = sub.add_parser("run", help="stream live Bybit positions (keys from the environment)",
+                         description="Stream Bybit positions with live mark prices. Keys come from "
+                                     "BYBIT_API_KEY and BYBIT_API_SECRET.")
+    env = run.add_mutually_exclusive_group()
+    env.add_argument("--testnet", action="store_true", help="use Bybit testnet")
+    env.add_argument("--demo", action="store_true", help="use Bybit demo trading (mainnet demo account)")
+    run.add_argument("--stream-url", metavar="ws://HOST:PORT",
+                     help="WebSocket base; /v5/public/{category} and /v5/private are appended")
+    run.add_argument("--rest-url", metavar="http://HOST:PORT", help="REST base URL")
+    _add_stream_options(run)
+
+    demo = sub.add_parser("demo", help="run the stream against the built-in simulator (no keys, no network)")
+    demo.add_argument("--symbols", type=int, default=20, help="instruments the simulator lists (default 20)")
+    demo.add_argument("--positions", type=int, default=5, help="positions open at start (default 5)")
+    demo.add_argument("--rate", type=float, default=10.0, help="ticker pushes per second per symbol")
+    demo.add_argument("--seed", type=int, default=7, help="random seed of prices and the scenario")
+    _add_stream_options(demo)
+
+    sub.add_parser("simulator", help="serve the local Bybit v5 simulator (see 'simulator --help')",
+                   add_help=False)
+    return parser
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(stream=sys.stderr, level=getattr(logging, level),
+                        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+
+
+def _credentials_from_env() -> Credentials:
+    key = os.environ.get("BYBIT_API_KEY", "").strip()
+    secret = os.environ.get("BYBIT_API_SECRET", "").strip()
+    if not key or not secret:
+        raise ConfigError("set BYBIT_API_KEY and BYBIT_API_SECRET in the environment (a read-only key with "
+                          "'Positions' permission is enough); or try 'python -m hybrid_actors demo'")
+    return Credentials(key, secret)
+
+
+async def consume(stream: HybridStream, output: str, stdout: TextIO) -> None:
+    """Write events until the stream ends (or the caller's deadline cancels us)."""
+    if output == "jsonl":
+        writer = JsonlWriter(stdout.buffer)
+        while True:
+            writer.write_batch(await stream.batches())
+    with TableView() as view:
+        while True:
+            with trio.move_on_after(TABLE_REFRESH):
+                while True:
+                    await stream.batches()  # drain; the table shows current state
+            health = stream.health()
+            view.show(position_table(stream.positions(), footer=f"stream {health.status}; "
+                                     f"{health.events['emitted']} events"))
+
+
+async def _run(config: StreamConfig, output: str, seconds: float | None) -> None:
+    with trio.move_on_after(seconds) if seconds else nullcontext():
+        async with open_hybrid_stream(config) as stream:
+            await consume(stream, output, sys.stdout)
+
+
+def _config_from(args: argparse.Namespace, credentials: Credentials, endpoints: Endpoints) -> StreamConfig:
+    return StreamConfig(credentials=credentials, endpoints=endpoints,
+                        categories=tuple(args.categories or ("linear",)),
+                        heartbeat_interval=args.heartbeat_interval)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "simulator":
+        from .testing.cli import main as simulator_main
+
+        return simulator_main(argv[1:])
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _check_positive(parser, args)
+    _configure_logging(args.log_level)
+    output = args.output or ("table" if sys.stdout.isatty() else "jsonl")
+    try:
+        if args.command == "run":
+            endpoints = Endpoints.choose(testnet=args.testnet, demo=args.demo, stream_url=args.stream_url,
+                                         rest_url=args.rest_url)
+            config = _config_from(args, _credentials_from_env(), endpoints)
+            trio.run(_run, config, output, args.seconds)
+        else:
+            from .demo import run_demo
+
+            trio.run(run_demo, args, output)
+    except ConfigError as exc:
+        print(f"hybrid_actors: configuration error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except AuthRejected as exc:
+        print(f"hybrid_actors: {exc}", file=sys.stderr)
+        return EXIT_AUTH
+    except RestartIntensityExceeded as exc:
+        print(f"hybrid_actors: stopped: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except HybridActorsError as exc:
+        print(f"hybrid_actors: stopped: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return EXIT_OK
+    except BrokenPipeError:  # the reader of our stdout went away (e.g. `| head`)
+        try:
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the interpreter's final flush
+        except OSError:
+            pass
+        return EXIT_OK
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,130 @@
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+import trio
+import trio.testing
+
+from hybrid_actors.actors.mailboxes import EventQueue, LatestByKey, StreamClosed, Watch
+from hybrid_actors.state import PositionClosed, PositionUpdate
+
+pytestmark = pytest.mark.unit
+
+
+def ev(symbol: str, mark: str, source: str = "ticker", closed: bool = False, idx: int = 0):
+    cls = PositionClosed if closed else PositionUpdate
+    return cls(symbol=symbol, category="linear", side="Buy", size=Decimal("0" if closed else "1"),
+               entry_price=Decimal("100"), mark_price=Decimal(mark), unrealized_pnl=Decimal(mark) - 100,
+               position_idx=idx, source=source, exchange_ts=1, received_ts=2)
+
+
+async def test_price_updates_conflate_per_position_latest_wins():
+    q = EventQueue(capacity=10)
+    q.put(ev("BTC", "101"))
+    q.put(ev("ETH", "201"))
+    q.put(ev("BTC", "102"))
+    q.put(ev("BTC", "103"))
+    batch = await q.get_batch()
+    assert [(e.symbol, e.mark_price) for e in batch] == [("BTC", Decimal("103")), ("ETH", Decimal("201"))]
+    assert q.conflated == 2
+
+
+async def test_lifecycle_events_are_never_merged_nor_overtaken():
+    q = EventQueue(capacity=10)
+    q.put(ev("BTC", "101"))
+    q.put(ev("BTC", "105", source="position"))  # size change
+    q.put(ev("BTC", "102"))
+    q.put(ev("BTC", "103"))
+    q.put(ev("BTC", "103", closed=True, source="position"))
+    q.put(ev("BTC", "104"))
+    batch = await q.get_batch()
+    assert [(type(e).__name__, e.source, e.mark_price) for e in batch] == [
+        ("PositionUpdate", "ticker", Decimal("101")),
+        ("PositionUpdate", "position", Decimal("105")),
+        ("PositionUpdate", "ticker", Decimal("103")),
+        ("PositionClosed", "position", Decimal("103")),
+        ("PositionUpdate", "ticker", Decimal("104")),
+    ]
+
+
+async def test_hedge_legs_conflate_separately():
+    q = EventQueue()
+    q.put(ev("BTC", "1", idx=1))
+    q.put(ev("BTC", "2", idx=2))
+    q.put(ev("BTC", "3", idx=1))
+    assert [(e.position_idx, e.mark_price) for e in await q.get_batch()] == [(1, Decimal(3)), (2, Decimal(2))]
+
+
+async def test_producers_wait_for_lifecycle_space_not_for_prices():
+    q = EventQueue(capacity=2)
+    q.put(ev("A", "1", source="position"))
+    q.put(ev("B", "1", source="position"))
+    for i in range(100):
+        q.put(ev("C", str(i)))  # prices never block and stay one slot
+    assert len(q) == 3
+    waited = trio.Event()
+
+    async def producer():
+        await q.wait_for_space()
+        waited.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(producer)
+        await trio.testing.wait_all_tasks_blocked()
+        assert not waited.is_set()
+        assert [e.symbol for e in await q.get_batch(1)] == ["A"]
+        await trio.testing.wait_all_tasks_blocked()
+        assert waited.is_set()
+
+
+async def test_close_drains_then_raises():
+    q = EventQueue()
+    q.put(ev("A", "1"))
+    q.close()
+    assert len(await q.get_batch()) == 1
+    with pytest.raises(StreamClosed):
+        await q.get_batch()
+
+
+async def test_reader_wakes_on_put():
+    q = EventQueue()
+    got = []
+
+    async def reader():
+        got.extend(await q.get_batch())
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(reader)
+        await trio.testing.wait_all_tasks_blocked()
+        q.put(ev("A", "1"))
+    assert [e.symbol for e in got] == ["A"]
+
+
+async def test_latest_by_key_hands_over_one_dict_per_commit(autojump_clock):
+    box: LatestByKey[str, int] = LatestByKey()
+    box.put("a", 1)
+    box.put("a", 2)
+    box.put("b", 3)
+    box.commit()
+    assert await box.take() == {"a": 2, "b": 3}
+    with trio.move_on_after(0.01) as scope:
+        await box.take()
+    assert scope.cancelled_caught
+
+
+async def test_watch_wakes_readers_only_on_change():
+    w = Watch({"linear": frozenset()})
+    w.set({"linear": frozenset()})
+    assert w.version == 0
+    async with trio.open_nursery() as nursery:
+        seen = []
+
+        async def reader():
+            seen.append(await w.wait_newer(0))
+
+        nursery.start_soon(reader)
+        await trio.testing.wait_all_tasks_blocked()
+        assert not seen
+        w.set({"linear": frozenset({"BTCUSDT"})})
+    assert seen == [{"linear": frozenset({"BTCUSDT"})}]
