@@ -12,6 +12,12 @@ class FieldError(ValueError):
     """A field is missing or has the wrong type. Caught by the decoder and reported."""
 
 
+#: Bybit prices and sizes live far inside 1e-40..1e40. A number beyond that is garbage, and
+#: letting it through would make PnL arithmetic raise later (decimal Overflow, or an
+#: entry*mark product that underflows to 0 and divides by zero) instead of here.
+MAX_ABS_EXPONENT = 40
+
+
 def dec(raw: Any, name: str = "value") -> Decimal | None:
     """Bybit number → Decimal. ``""`` and ``None`` mean absent. Floats are refused."""
     if raw is None or raw == "":
@@ -23,10 +29,16 @@ def dec(raw: Any, name: str = "value") -> Decimal | None:
             raise FieldError(f"{name}={raw[:40]!r} is not a decimal number") from None
         if not value.is_finite():
             raise FieldError(f"{name}={raw[:40]!r} is not a finite number")
-        return value
+        return _in_range(value, name)
     if isinstance(raw, int) and not isinstance(raw, bool):
-        return Decimal(raw)
+        return _in_range(Decimal(raw), name)
     raise FieldError(f"{name} must be a decimal string, got {type(raw).__name__}")
+
+
+def _in_range(value: Decimal, name: str) -> Decimal:
+    if not -MAX_ABS_EXPONENT <= value.adjusted() <= MAX_ABS_EXPONENT:  # also "0e-999999"
+        raise FieldError(f"{name}={str(value)[:40]!r} is out of range (|exponent| > {MAX_ABS_EXPONENT})")
+    return value
 
 
 def opt_dec(obj: Mapping[str, Any], key: str) -> Decimal | None:
@@ -51,7 +63,10 @@ def to_int(raw: Any, name: str = "value") -> int | None:
     if isinstance(raw, str):
         text = raw[1:] if raw.startswith("-") else raw
         if text.isdigit() and text.isascii():
-            return int(raw)
+            try:
+                return int(raw)
+            except ValueError:  # more digits than int() accepts (sys.get_int_max_str_digits)
+                raise FieldError(f"{name}={raw[:40]!r}… has too many digits") from None
     raise FieldError(f"{name}={str(raw)[:40]!r} is not an integer")
 
 

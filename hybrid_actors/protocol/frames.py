@@ -166,6 +166,8 @@ class Position:
         if not isinstance(item, dict):
             raise FieldError(f"position record must be an object, got {type(item).__name__}")
         cat = category if category is not None else req_str(item, "category")
+        if not isinstance(cat, str) or not cat:  # a push passes the item's own "category" value
+            raise FieldError(f"position category must be a non-empty string, got {str(cat)[:20]!r}")
         symbol = req_str(item, "symbol")
         if not symbol:
             raise FieldError("position symbol is empty")
