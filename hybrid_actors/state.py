@@ -41,6 +41,9 @@ class BookDiff:
     opened: tuple[Position, ...] = ()
     changed: tuple[Position, ...] = ()
     closed: tuple[Position, ...] = ()
+    #: when each of ``closed`` closed, aligned with it: the flat record's ``updatedTime``, or
+    #: the snapshot's ``as_of_ms`` for a position that vanished from one (None if unknown)
+    closed_at: tuple[int | None, ...] = ()
 
     def __bool__(self) -> bool:
         return bool(self.opened or self.changed or self.closed)
@@ -106,7 +109,7 @@ class PositionBook:
                 continue
             if as_of_ms is not None and current.updated_time is not None and current.updated_time > as_of_ms:
                 continue  # opened after the snapshot was taken
-            self._remove(key, diff)
+            self._remove(key, diff, as_of_ms)
             if as_of_ms is not None:
                 self._versions[key] = (as_of_ms, -1)  # tombstone: older pushes stay ignored
         return diff.build()
@@ -124,10 +127,11 @@ class PositionBook:
             elif previous != position:
                 diff.changed.append(position)
         elif previous is not None:
-            self._remove(key, diff)
+            self._remove(key, diff, position.updated_time)
 
-    def _remove(self, key: Key, diff: _DiffBuilder) -> None:
+    def _remove(self, key: Key, diff: _DiffBuilder, closed_at: int | None) -> None:
         diff.closed.append(self._open.pop(key))
+        diff.closed_at.append(closed_at)
         keys = self._by_symbol.get((key[0], key[1]))
         if keys is not None:
             keys.discard(key)
@@ -140,9 +144,10 @@ class _DiffBuilder:
     opened: list[Position] = attrs.Factory(list)
     changed: list[Position] = attrs.Factory(list)
     closed: list[Position] = attrs.Factory(list)
+    closed_at: list[int | None] = attrs.Factory(list)
 
     def build(self) -> BookDiff:
-        return BookDiff(tuple(self.opened), tuple(self.changed), tuple(self.closed))
+        return BookDiff(tuple(self.opened), tuple(self.changed), tuple(self.closed), tuple(self.closed_at))
 
 
 # --- tickers ----------------------------------------------------------------------------
@@ -360,16 +365,20 @@ class Combiner:
         events: list[Event] = []
         for position in (*diff.opened, *diff.changed):
             self._emit_if_changed(self._view(position, source, received_ts), events)
-        for position in diff.closed:
+        for i, position in enumerate(diff.closed):
             if self._shown.pop(position.key, None) is None:
                 continue
             self._views.pop(position.key, None)
             mark = self._mark_for(position)
+            # the close's own time, not the last open record's (which may predate the close
+            # by hours and precede ticker events already emitted for the position)
+            closed_at = diff.closed_at[i] if i < len(diff.closed_at) else None
             events.append(PositionClosed(
                 symbol=position.symbol, category=position.category, side=position.side, size=ZERO,
                 entry_price=position.entry_price, mark_price=mark[0], unrealized_pnl=ZERO,
                 position_idx=position.position_idx, source=source,
-                exchange_ts=position.updated_time, received_ts=received_ts))
+                exchange_ts=closed_at if closed_at is not None else position.updated_time,
+                received_ts=received_ts))
         return events
 
     def _emit_if_changed(self, view: PositionUpdate, events: list[Event]) -> None:
