@@ -204,8 +204,11 @@ class Session:
         return outcome
 
     def _match(self, ack: SubscribeResult) -> Request | None:
-        if ack.req_id is not None and ack.req_id in self._pending:
-            return self._pending[ack.req_id]
+        if ack.req_id is not None:
+            # Every request we send carries a req_id and the exchange echoes it, so an ack
+            # with an id we do not hold answers a request already given up on (overdue) or
+            # never ours. Matching it FIFO would pin its verdict on another request.
+            return self._pending.get(ack.req_id)
         if ack.op is None:  # option COMMAND_RESP: no req_id, no op; match by topics
             named = set(ack.success_topics) | set(ack.fail_topics)
             for request in self._pending.values():
