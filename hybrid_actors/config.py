@@ -7,6 +7,7 @@ characters. ``attrs.asdict()`` would still include the secret: never log it.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import Final, Literal
 from urllib.parse import urlsplit
 
@@ -101,26 +102,47 @@ class Endpoints:
 
 def _check_url(url: str, schemes: tuple[str, ...], flag: str) -> None:
     parts = urlsplit(url)
-    if parts.scheme not in schemes or not parts.netloc:
+    if parts.scheme not in schemes or not parts.hostname:
         raise ConfigError(f"{flag} {url!r} is not a {'/'.join(schemes)}:// URL with a host")
+    try:
+        parts.port  # noqa: B018 - urlsplit checks the port only when asked
+    except ValueError:
+        raise ConfigError(f"{flag} {url!r} has an invalid port") from None
+    if parts.query or parts.fragment:
+        # the paths are appended to this text: "ws://h?x=1" would become "ws://h?x=1/v5/private"
+        raise ConfigError(f"{flag} {url!r} must not have a query or fragment")
     if parts.path not in ("", "/"):
         raise ConfigError(f"{flag} {url!r} must be a base URL without a path; "
                           "/v5/public/<category> and /v5/private are appended")
 
 
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)  # True is not 1 second
+
+
 def _positive(_inst: object, attribute: attrs.Attribute, value: float) -> None:
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+    if not (_is_number(value) and math.isfinite(value) and value > 0):
         raise ConfigError(f"{attribute.name} must be a positive number of seconds, got {value!r}")
 
 
 def _non_negative(_inst: object, attribute: attrs.Attribute, value: float) -> None:
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+    if not (_is_number(value) and math.isfinite(value) and value >= 0):
         raise ConfigError(f"{attribute.name} must be >= 0, got {value!r}")
 
 
 def _positive_int(_inst: object, attribute: attrs.Attribute, value: int) -> None:
-    if not (isinstance(value, int) and value > 0):
+    if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
         raise ConfigError(f"{attribute.name} must be a positive integer, got {value!r}")
+
+
+def _names(value: str | Iterable[str]) -> tuple[str, ...]:
+    """A tuple of names; a bare string is one name (``tuple("linear")`` would be its letters)."""
+    if isinstance(value, str):
+        return (value,)
+    try:
+        return tuple(value)
+    except TypeError:
+        raise ConfigError(f"expected a list of names, got {value!r}") from None
 
 
 @attrs.frozen
@@ -167,7 +189,7 @@ class StreamConfig:
 
     credentials: Credentials
     endpoints: Endpoints = attrs.field(factory=Endpoints.mainnet)
-    categories: tuple[str, ...] = attrs.field(default=("linear",), converter=tuple)
+    categories: tuple[str, ...] = attrs.field(default=("linear",), converter=_names)
     heartbeat_interval: float = attrs.field(default=DEFAULT_HEARTBEAT_INTERVAL, validator=_positive)
     #: a ping unanswered this long marks the socket dead; default: one interval
     pong_timeout: float | None = attrs.field(default=None)
@@ -185,7 +207,7 @@ class StreamConfig:
     #: lifecycle events buffered for a slow consumer before the producers wait
     event_buffer: int = attrs.field(default=4096, validator=_positive_int)
     #: settle coins queried for linear positions (GET /v5/position/list needs one)
-    linear_settle_coins: tuple[str, ...] = attrs.field(default=("USDT", "USDC"), converter=tuple)
+    linear_settle_coins: tuple[str, ...] = attrs.field(default=("USDT", "USDC"), converter=_names)
 
     @categories.validator
     def _check_categories(self, _attribute: attrs.Attribute, value: tuple[str, ...]) -> None:
