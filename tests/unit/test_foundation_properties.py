@@ -29,6 +29,8 @@ pytestmark = pytest.mark.unit
 
 SETTINGS = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+#: for the secondary properties (variations of the main ones)
+FEWER = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 # --- (a) ticker snapshot + deltas == last full state ------------------------------------
@@ -125,7 +127,7 @@ def test_merge_through_json_text_and_decode(history, category):
     check_book(book, history)
 
 
-@SETTINGS
+@FEWER
 @given(ticker_histories())
 def test_a_delta_with_a_lower_cs_does_not_change_the_state(history):
     frames = frames_for(history)
@@ -213,7 +215,7 @@ def test_the_combiner_ends_in_the_rest_state_too(case):
                                                      view.mark_price)
 
 
-@SETTINGS
+@FEWER
 @given(push_then_snapshot())
 def test_a_snapshot_leaves_other_categories_alone(case):
     pushes, snapshot, as_of_ms = case
