@@ -23,13 +23,24 @@ from .errors import TransportError as TransportError
 from .health import HealthReport as HealthReport
 from .state import PositionClosed as PositionClosed
 from .state import PositionUpdate as PositionUpdate
-from .supervisor import HybridStream as HybridStream
-from .supervisor import open_hybrid_stream as open_hybrid_stream
 
 __version__ = "0.1.0"
 
+# The runtime (trio, trio-websocket, httpx) loads on first use, so that importing the
+# pure layers (``hybrid_actors.protocol``, ``hybrid_actors.state``) stays free of it.
+_LAZY = {"HybridStream": "supervisor", "open_hybrid_stream": "supervisor", "BybitHybridStream": "bridge"}
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'hybrid_actors' has no attribute {name!r}")
+    from importlib import import_module
+
+    return getattr(import_module(f".{module}", __name__), name)
+
 __all__ = [
-    "AuthRejected", "ConfigError", "Credentials", "Endpoints", "HealthReport", "HybridActorsError",
+    "AuthRejected", "BybitHybridStream", "ConfigError", "Credentials", "Endpoints", "HealthReport", "HybridActorsError",
     "HybridStream", "PositionClosed", "PositionUpdate", "RestartIntensityExceeded", "RestartPolicy",
     "StreamConfig", "SubscriptionPolicy", "TransportError", "open_hybrid_stream", "__version__",
 ]

@@ -86,11 +86,11 @@ def signed_headers(api_key: str, api_secret: str, timestamp_ms: int, recv_window
 
 def position_list_request(api_key: str, api_secret: str, *, category: str, timestamp_ms: int,
                           recv_window_ms: int = 5000, symbol: str | None = None,
-                          settle_coin: str | None = None, limit: int = MAX_PAGE_LIMIT,
+                          settle_coin: str | None = None, limit: int | None = MAX_PAGE_LIMIT,
                           cursor: str | None = None) -> RestRequest:
     if category == "linear" and symbol is None and settle_coin is None:
         raise ValueError("linear position/list needs a symbol or a settleCoin")
-    if not 1 <= limit <= MAX_PAGE_LIMIT:
+    if limit is not None and not 1 <= limit <= MAX_PAGE_LIMIT:
         raise ValueError(f"limit must be within 1..{MAX_PAGE_LIMIT}, got {limit}")
     query = build_query([("category", category), ("symbol", symbol), ("settleCoin", settle_coin),
                          ("limit", limit), ("cursor", cursor)])
