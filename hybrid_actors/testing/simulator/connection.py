@@ -41,6 +41,8 @@ class Connection:
     drop_code: int = 1000
     drop_reason: str | None = None
     drop_cause: str | None = None
+    #: the byte stream below the WebSocket (has ``freeze()``); set by the server
+    transport: Any = None
     _drop_event: trio.Event = attrs.Factory(trio.Event)
     _outbox: deque[Any] = attrs.Factory(deque)
     _wake: trio.Event = attrs.Factory(trio.Event)
@@ -83,6 +85,8 @@ class Connection:
         self.drop_cause = cause or mode.value
         if mode is DropMode.HALF_OPEN:
             self.half_open = True
+            if self.transport is not None:  # at once: not even a protocol-level pong may slip out
+                self.transport.freeze()
         self._outbox.clear()
         self._drop_event.set()
 

@@ -1,13 +1,17 @@
 """The WebSocket side: the one simulator module that imports trio-websocket.
 
-``TrackingListener`` wraps a ``trio.SocketListener`` and remembers each accepted
-``trio.SocketStream`` by peer address, so a handler can reach its own TCP socket
-(for a TCP reset or a bare FIN) without touching trio-websocket internals.
+``TrackingListener`` wraps a ``trio.SocketListener``; every accepted connection becomes a
+:class:`SimStream` that the listener remembers by its ``repr`` (which is what
+``WebSocketRequest.remote`` reports for a stream that is not a bare ``trio.SocketStream``).
+That gives each handler its own TCP socket, without trio-websocket internals, for the
+faults that live below WebSocket: a TCP reset, a FIN without a close frame, and a
+half-open socket that swallows everything in both directions while TCP stays up.
 Each accepted socket runs a reader and a writer task around its :class:`Connection`.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import socket
 import struct
@@ -16,7 +20,7 @@ from typing import Final
 from urllib.parse import parse_qs
 
 import trio
-from trio_websocket import ConnectionClosed, Endpoint, WebSocketConnection, WebSocketRequest, WebSocketServer
+from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, WebSocketServer
 
 from ...config import parse_duration
 from ...errors import ConfigError
@@ -33,42 +37,90 @@ CLOSE_TIMEOUT: Final = 2.0
 _PRUNE_EVERY: Final = 64
 
 
-class TrackingListener(trio.abc.Listener[trio.SocketStream]):
-    """Accepts like the wrapped listener; ``take(peer)`` hands out the stream of that peer."""
+class SimStream(trio.abc.HalfCloseableStream):
+    """A ``trio.SocketStream`` that can be frozen (half-open), reset or cut with a bare FIN."""
+
+    def __init__(self, inner: trio.SocketStream, token: str, peer: tuple[str, int]) -> None:
+        self.inner = inner
+        self.token = token
+        self.peer = peer
+        self._frozen = False
+        self._closed = trio.Event()
+
+    def __repr__(self) -> str:
+        return self.token
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if self._frozen:  # into the void: the peer is "gone" without a word
+            await trio.lowlevel.checkpoint()
+            return
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        await self.inner.send_eof()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if not self._frozen:
+            data = await self.inner.receive_some(max_bytes)
+            if not self._frozen:
+                return data
+        await self._closed.wait()  # frozen: whatever arrives is never read
+        raise trio.ClosedResourceError("half-open stream was closed")
+
+    async def aclose(self) -> None:
+        self._closed.set()
+        await self.inner.aclose()
+
+    def freeze(self) -> None:
+        self._frozen = True
+
+    def reset(self) -> None:
+        """Abortive close: SO_LINGER 0 makes the kernel send RST instead of FIN."""
+        self._closed.set()
+        try:
+            self.inner.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except OSError:
+            log.debug("SO_LINGER failed; socket already closed")
+        self.inner.socket.close()
+
+    @property
+    def is_closed(self) -> bool:
+        return self.inner.socket.fileno() == -1
+
+
+class TrackingListener(trio.abc.Listener[SimStream]):
+    """Accepts like the wrapped listener; ``take(remote)`` hands out the stream a handshake came on."""
 
     def __init__(self, inner: trio.SocketListener) -> None:
         self.inner = inner
-        self._streams: dict[tuple[str, int], trio.SocketStream] = {}
-        self._accepted = 0
+        self._streams: dict[str, SimStream] = {}
+        self._ids = itertools.count(1)
 
     @property
     def port(self) -> int:
         return int(self.inner.socket.getsockname()[1])
 
-    async def accept(self) -> trio.SocketStream:
+    async def accept(self) -> SimStream:
         stream = await self.inner.accept()
         try:
             host, port = stream.socket.getpeername()[:2]
         except OSError:  # the peer is already gone; trio-websocket will notice
-            return stream
-        self._accepted += 1
-        if self._accepted % _PRUNE_EVERY == 0:  # forget streams whose handshake never completed
-            self._streams = {k: s for k, s in self._streams.items() if s.socket.fileno() != -1}
-        self._streams[(host, port)] = stream
-        return stream
+            host, port = "?", 0
+        n = next(self._ids)
+        if n % _PRUNE_EVERY == 0:  # forget streams whose handshake never completed
+            self._streams = {k: s for k, s in self._streams.items() if not s.is_closed}
+        sim_stream = SimStream(stream, f"<SimStream #{n} from {host}:{port}>", (str(host), int(port)))
+        self._streams[sim_stream.token] = sim_stream
+        return sim_stream
 
-    def take(self, peer: tuple[str, int]) -> trio.SocketStream | None:
-        return self._streams.pop(peer, None)
+    def take(self, remote: object) -> SimStream | None:
+        return self._streams.pop(str(remote), None)
 
     async def aclose(self) -> None:
         await self.inner.aclose()
-
-
-def _peer(request: WebSocketRequest) -> tuple[str, int]:
-    remote = request.remote
-    if isinstance(remote, Endpoint):
-        return (str(remote.address), remote.port)
-    return (str(remote), 0)
 
 
 def _max_active_time(query: str, default: float) -> float:
@@ -80,15 +132,6 @@ def _max_active_time(query: str, default: float) -> float:
     if not 30 <= seconds <= 600:
         raise ConfigError(f"max_active_time {values[-1]!r} is outside 30s..600s")
     return seconds
-
-
-def reset(stream: trio.SocketStream) -> None:
-    """Abortive close: SO_LINGER 0 makes the kernel send RST instead of FIN."""
-    try:
-        stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-    except OSError:
-        log.debug("SO_LINGER failed; socket already closed")
-    stream.socket.close()
 
 
 class WsServer:
@@ -105,8 +148,9 @@ class WsServer:
 
     async def _handle(self, request: WebSocketRequest) -> None:
         ex = self.exchange
+        stream = self.listener.take(request.remote)
+        peer = stream.peer if stream is not None else (str(request.remote), 0)
         path, _, query = request.path.partition("?")
-        peer = _peer(request)
         kind = ROUTES.get(path)
         status, body, max_active = 101, b"", None
         if kind is None:
@@ -114,7 +158,7 @@ class WsServer:
         elif (forced := ex.faults.take_handshake_rejection(kind)) is not None:
             status, body = forced, b"handshake refused by the simulator's fault injection"
         elif not ex.faults.admit_connection(peer[0], trio.current_time()):
-            status, body = ex.config.connection_limit_status, b"access too frequent"
+            status, body = ex.faults.connection_limit_status, b"access too frequent"
         elif kind == wire.PRIVATE:
             try:
                 max_active = _max_active_time(query, ex.config.default_max_active_time)
@@ -128,14 +172,14 @@ class WsServer:
             ws = await request.accept()
         except ConnectionClosed:
             return
-        stream = self.listener.take(peer)
         conn = ex.open_connection(kind, path, query, peer, max_active)  # type: ignore[arg-type]
+        conn.transport = stream
         try:
             await self._serve(conn, ws, stream)
         finally:
             ex.close_connection(conn, "peer")
 
-    async def _serve(self, conn: Connection, ws: WebSocketConnection, stream: trio.SocketStream | None) -> None:
+    async def _serve(self, conn: Connection, ws: WebSocketConnection, stream: SimStream | None) -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._reader, conn, ws, nursery.cancel_scope)
             nursery.start_soon(self._writer, conn, ws, nursery.cancel_scope)
@@ -143,8 +187,8 @@ class WsServer:
             nursery.cancel_scope.cancel()
         mode = conn.drop_mode
         if mode is DropMode.HALF_OPEN:
-            # nobody reads: trio-websocket's one-message queue fills and it stops reading too,
-            # so even protocol-level pings go unanswered; TCP stays open
+            # the stream is frozen: nothing is read or sent any more, not even protocol-level
+            # pongs; TCP stays open until another drop request or the timeout
             conn.rearm_drop()
             self.exchange.changed()
             with trio.move_on_after(self.exchange.config.half_open_timeout):
@@ -153,7 +197,7 @@ class WsServer:
         if mode is not None:
             await self._finish(conn, ws, stream, mode)
 
-    async def _finish(self, conn: Connection, ws: WebSocketConnection, stream: trio.SocketStream | None,
+    async def _finish(self, conn: Connection, ws: WebSocketConnection, stream: SimStream | None,
                       mode: DropMode) -> None:
         if mode is DropMode.CLOSE:
             with trio.move_on_after(CLOSE_TIMEOUT):
@@ -163,7 +207,7 @@ class WsServer:
         if stream is None:
             await ws.aclose(1011, "stream unavailable")
         elif mode is DropMode.RESET:
-            reset(stream)
+            stream.reset()
         else:
             await stream.aclose()
 
