@@ -133,6 +133,31 @@ def _config_from(args: argparse.Namespace, credentials: Credentials, endpoints: 
                         heartbeat_interval=args.heartbeat_interval)
 
 
+def _run_unwrapped(args: argparse.Namespace, output: str) -> None:
+    """Run the command; an error that ended it comes out on its own, not in a group."""
+    try:
+        if args.command == "run":
+            endpoints = Endpoints.choose(testnet=args.testnet, demo=args.demo, stream_url=args.stream_url,
+                                         rest_url=args.rest_url)
+            config = _config_from(args, _credentials_from_env(), endpoints)
+            trio.run(_run, config, output, args.seconds)
+        else:
+            from .demo import run_demo
+
+            trio.run(run_demo, args, output)
+    except BaseExceptionGroup as group:
+        leaves = _leaves(group)
+        if len(leaves) == 1:
+            raise leaves[0] from group
+        raise
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [] if isinstance(exc, trio.Cancelled) else [exc]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "simulator":
@@ -145,15 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _configure_logging(args.log_level)
     output = args.output or ("table" if sys.stdout.isatty() else "jsonl")
     try:
-        if args.command == "run":
-            endpoints = Endpoints.choose(testnet=args.testnet, demo=args.demo, stream_url=args.stream_url,
-                                         rest_url=args.rest_url)
-            config = _config_from(args, _credentials_from_env(), endpoints)
-            trio.run(_run, config, output, args.seconds)
-        else:
-            from .demo import run_demo
-
-            trio.run(run_demo, args, output)
+        _run_unwrapped(args, output)
     except ConfigError as exc:
         print(f"hybrid_actors: configuration error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -169,10 +186,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return EXIT_OK
     except BrokenPipeError:  # the reader of our stdout went away (e.g. `| head`)
-        try:
-            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - silence the interpreter's final flush
-        except OSError:
-            pass
+        # Point stdout at /dev/null so the interpreter's final flush does not complain.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
     return EXIT_OK
 

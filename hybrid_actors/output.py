@@ -44,7 +44,7 @@ def _fmt(value: Decimal | None, places: int | None = None) -> str:
     if value is None:
         return "-"
     if places is not None:
-        value = value.quantize(Decimal(1).scaleb(-places))
+        value = value.quantize(Decimal(1).scaleb(-places)).normalize()
     return format(value, "f")
 
 
@@ -61,8 +61,8 @@ def position_table(views: Iterable[PositionUpdate], *, now_ms: int | None = None
         style = "green" if pnl is not None and pnl > 0 else "red" if pnl is not None and pnl < 0 else ""
         age_ms = max(0, now_ms - view.received_ts)
         table.add_row(view.symbol, view.category, str(view.position_idx), view.side, _fmt(view.size),
-                      _fmt(view.entry_price), _fmt(view.mark_price), f"[{style}]{_fmt(pnl, 4)}[/]" if style
-                      else _fmt(pnl, 4), f"{age_ms / 1000:.1f}s", view.source)
+                      _fmt(view.entry_price), _fmt(view.mark_price), f"[{style}]{_fmt(pnl, 8)}[/]" if style
+                      else _fmt(pnl, 8), f"{age_ms / 1000:.1f}s", view.source)
     return table
 
 
@@ -70,7 +70,11 @@ class TableView:
     """Redraws the position table: in place on a terminal, a fresh table per refresh otherwise."""
 
     def __init__(self, console: Console | None = None):
-        self.console = console or Console()
+        if console is None:
+            console = Console()
+            if not console.is_terminal:  # piped: no width to detect; do not truncate columns
+                console = Console(width=160)
+        self.console = console
         self._live = None
 
     def __enter__(self) -> TableView:
