@@ -1,0 +1,121 @@
+"""Control over HTTP (for other processes), observation and waiting helpers, the scenario."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+import trio
+
+from hybrid_actors.testing.simulator import ScenarioConfig, open_simulator
+from hybrid_actors.testing.simulator.scenario import scenario_step
+from sim_support import TEST_TIMEOUT, config, connect, private_session, recv, send
+
+pytestmark = pytest.mark.integration
+
+
+async def test_control_over_http_drives_the_same_exchange(loopback_clock):
+    with trio.fail_after(TEST_TIMEOUT):
+        async with open_simulator(config()) as sim:
+            async with httpx.AsyncClient(base_url=sim.rest_url) as client, private_session(sim) as ws:
+                opened = await client.post("/control/open_position",
+                                           json={"symbol": "BTCUSDT", "side": "Buy", "size": "0.25"})
+                assert opened.status_code == 200 and opened.json()["result"]["size"] == "0.25"
+                push = await recv(ws)
+                assert (push["data"][0]["symbol"], push["data"][0]["size"]) == ("BTCUSDT", "0.25")
+
+                moved = await client.post("/control/set_mark_price", json={"symbol": "BTCUSDT", "price": "123456.70"})
+                assert moved.status_code == 200
+                assert str(sim.observe.mark_price("linear", "BTCUSDT")) == "123456.70"
+
+                state = (await client.get("/control/state")).json()
+                assert [p["symbol"] for p in state["positions"]] == ["BTCUSDT"]
+                assert state["opened"]["private"] == 1
+                assert state["connections"][0]["topics"] == ["position"]
+
+                dropped = await client.post("/control/drop_private", json={"mode": "reset"})
+                assert dropped.json()["result"] == [state["connections"][0]["conn_id"]]
+
+                for path, body, status in (("/control/open_position", {"symbol": "BTCUSDT"}, 400),
+                                           ("/control/open_position", {"symbol": "NOPE", "side": "Buy", "size": "1"}, 400),
+                                           ("/control/set_mark_price", {"symbol": "BTCUSDT", "price": "1.01"}, 400),
+                                           ("/control/_ex", {}, 404), ("/control/run_scenario", {}, 404),
+                                           ("/control/nothing", {}, 404)):
+                    answer = await client.post(path, json=body)
+                    assert answer.status_code == status, (path, answer.text)
+                assert (await client.post("/control/fail_auth", content=b"[1]")).status_code == 400
+            assert sim.observe.rest_calls() == []  # control calls are not exchange REST calls
+
+
+async def test_wait_helpers_follow_state_changes(loopback_clock):
+    with trio.fail_after(TEST_TIMEOUT):
+        async with open_simulator(config()) as sim:
+            async with trio.open_nursery() as nursery:
+                seen: list[str] = []
+
+                async def watch() -> None:
+                    info = await sim.observe.next_connection("linear")
+                    seen.append(info.conn_id)
+                    await sim.observe.wait_subscribed("linear", ["BTCUSDT", "ETHUSDT"])
+                    seen.append("subscribed")
+                    await sim.observe.wait_unsubscribed("linear", ["BTCUSDT", "ETHUSDT"])
+                    seen.append("unsubscribed")
+
+                nursery.start_soon(watch)
+                await trio.testing.wait_all_tasks_blocked()
+                version = sim.observe.subscription_version
+                async with connect(sim.url("linear")) as ws:
+                    await send(ws, {"op": "subscribe", "args": ["tickers.BTCUSDT", "tickers.ETHUSDT"]})
+                    assert await sim.observe.wait_subscription_change(version) > version
+                    await recv(ws)
+                info = await sim.observe.wait_closed(sim.observe.connections("linear")[0].conn_id)
+                assert info.close_cause == "peer" and info.topics == frozenset()
+            assert seen == [info.conn_id, "subscribed", "unsubscribed"]
+            assert sim.observe.opened_count("linear") == 1 and sim.observe.open_connections() == []
+
+
+async def test_sent_frames_are_logged_with_timestamps_when_asked(loopback_clock):
+    with trio.fail_after(TEST_TIMEOUT):
+        async with open_simulator(config()) as sim:
+            assert sim.observe.frames_sent() == []
+            sim.control.record_frames(3)
+            async with connect(sim.url("linear")) as ws:
+                await send(ws, {"op": "subscribe", "args": ["tickers.BTCUSDT"]})
+                await recv(ws)
+                snapshot = await recv(ws)
+                for _ in range(3):
+                    await sim.exchange.market.tick()
+                    await recv(ws)
+            frames = sim.observe.frames_sent()
+            assert len(frames) == 3 and all(f.kind == "linear" and f.time_ns > 0 for f in frames)
+            assert [f.at for f in frames] == sorted(f.at for f in frames)
+            assert all('"type":"delta"' in f.text for f in frames) and snapshot["type"] == "snapshot"
+            sim.control.record_frames(0)
+            assert sim.observe.frames_sent() == []
+
+
+async def test_scenario_opens_resizes_and_closes_positions_over_time(loopback_clock):
+    with trio.fail_after(TEST_TIMEOUT * 10):
+        scenario = ScenarioConfig(seed=3, min_interval=1.0, max_interval=2.0, max_open=4,
+                                  categories=("linear", "inverse"))
+        async with open_simulator(config(scenario=scenario)) as sim:
+            async with private_session(sim) as ws:
+                changes = [(await recv(ws))["data"][0] for _ in range(15)]
+            assert trio.current_time() >= 15
+            kinds = {("close" if r["size"] == "0" else "live") for r in changes}
+            assert kinds == {"close", "live"}
+            assert {r["category"] for r in changes} == {"linear", "inverse"}
+            assert len(sim.observe.positions(open_only=True)) <= 4
+
+
+async def test_scenario_steps_are_deterministic_for_a_seed():
+    import random
+
+    from hybrid_actors.testing.simulator.exchange import Exchange
+
+    def run(seed: int) -> list[str]:
+        ex = Exchange.create(config(), 1)
+        rng = random.Random(seed)
+        return [scenario_step(ex, ScenarioConfig(max_open=3), rng) for _ in range(30)]
+
+    assert run(5) == run(5)
+    assert set(run(5)) >= {"open", "close"}
