@@ -3,7 +3,6 @@ and shape comparison against the recorded frames in tests/vectors."""
 
 from __future__ import annotations
 
-import time
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Callable
 
@@ -91,6 +90,3 @@ async def private_session(sim: Simulator, topics: tuple[str, ...] = ("position",
             assert (await recv(ws))["success"] is True
         yield ws
 
-
-def now_ms() -> int:
-    return int(time.time() * 1000)

@@ -6,6 +6,8 @@ import httpx
 import pytest
 import trio
 
+from trio_websocket import ConnectionClosed
+
 from hybrid_actors.testing.simulator import ScenarioConfig, open_simulator
 from hybrid_actors.testing.simulator.scenario import scenario_step
 from sim_support import TEST_TIMEOUT, config, connect, private_session, recv, send
@@ -119,3 +121,37 @@ async def test_scenario_steps_are_deterministic_for_a_seed():
 
     assert run(5) == run(5)
     assert set(run(5)) >= {"open", "close"}
+
+
+async def test_leaving_the_block_closes_open_sockets_with_1001(loopback_clock):
+    with trio.fail_after(TEST_TIMEOUT):
+        leave = trio.Event()
+
+        async def serve(*, task_status=trio.TASK_STATUS_IGNORED):
+            async with open_simulator(config()) as sim:
+                task_status.started(sim)
+                await leave.wait()
+
+        async with trio.open_nursery() as nursery:
+            sim = await nursery.start(serve)
+            async with connect(sim.url("linear")) as ws:
+                await sim.observe.wait_connection("linear")
+                leave.set()
+                with pytest.raises(ConnectionClosed) as closed:
+                    await ws.get_message()
+                assert closed.value.reason.code == 1001
+        info = sim.observe.connections("linear")[0]
+        assert info.close_cause == "shutdown"
+
+
+async def test_prices_given_as_floats_are_refused(loopback_clock):
+    with trio.fail_after(TEST_TIMEOUT):
+        async with open_simulator(config()) as sim:
+            with pytest.raises(ValueError, match="float"):
+                sim.control.set_mark_price("BTCUSDT", 100000.5)
+            with pytest.raises(ValueError, match="tick"):
+                sim.control.set_mark_price("BTCUSDT", "100000.55")
+            with pytest.raises(KeyError):
+                sim.control.set_mark_price("NOPE", "1")
+            sim.control.set_mark_price("BTCUSDT", 100001)
+            assert str(sim.observe.mark_price("linear", "BTCUSDT")) == "100001.00"

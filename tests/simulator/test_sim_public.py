@@ -9,7 +9,7 @@ import pytest
 import trio
 
 from hybrid_actors.testing.simulator import open_simulator
-from sim_support import TEST_TIMEOUT, config, connect, recv, recv_control, recv_where, send
+from sim_support import TEST_TIMEOUT, config, connect, recv, recv_control, send
 
 pytestmark = pytest.mark.integration
 

@@ -229,3 +229,17 @@ async def test_keep_alive_serves_several_requests_on_one_connection(loopback_clo
                     received += await stream.receive_some(65536)
                 assert received.count(b'"retCode":0') == 3
             assert len(sim.observe.rest_calls("/v5/market/time")) == 3
+
+
+async def test_http_garbage_gets_400_and_the_server_keeps_serving(loopback_clock):
+    with trio.fail_after(TEST_TIMEOUT):
+        async with open_simulator(config()) as sim:
+            host, port = sim.rest_url.removeprefix("http://").split(":")
+            async with await trio.open_tcp_stream(host, int(port)) as stream:
+                await stream.send_all(b"NOT HTTP AT ALL\r\n\r\n")
+                answer = b""
+                while chunk := await stream.receive_some(65536):
+                    answer += chunk
+                assert answer.startswith(b"HTTP/1.1 400")
+            async with httpx.AsyncClient(base_url=sim.rest_url) as client:
+                assert (await get(client, "/v5/market/time"))["retCode"] == 0

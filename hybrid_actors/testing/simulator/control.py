@@ -9,14 +9,14 @@ await the effects with ``sim.observe.wait_*``). Other processes use
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Any, Final
+from typing import Final
 
 import trio
 
 from .config import ScenarioConfig
 from .exchange import Exchange
 from .faults import DropMode, InjectKind, RestFaultKind, check_target
-from .positions import Position
+from .positions import Position, to_decimal
 from .public import DEFAULT_REJECTION
 from .scenario import run_scenario
 from .wire import PRIVATE, PUBLIC_KINDS, dumps
@@ -58,7 +58,7 @@ class Control:
     # --- prices -----------------------------------------------------------------------------
     def set_mark_price(self, symbol: str, price: Decimal | int | str, *, category: str = "linear") -> None:
         """Move the mark to ``price`` (a multiple of the tick) and push a frame carrying it now."""
-        self._ex.market.set_mark(category, symbol, Decimal(str(price)) if not isinstance(price, Decimal) else price)
+        self._ex.market.set_mark(category, symbol, to_decimal(price, "price"))
 
     def stop_ticker(self, symbol: str, *, category: str = "linear") -> None:
         """The symbol goes silent: no deltas, and new subscribers get no snapshot until restarted."""
@@ -80,7 +80,7 @@ class Control:
         key = None if symbol is None else (category, symbol)
         if key is not None:
             self._ex.market.require(category, symbol)  # type: ignore[arg-type]
-        value = Decimal(str(percent))
+        value = to_decimal(percent, "percent")
         if value:
             self._ex.market.divergence[key] = value
         else:

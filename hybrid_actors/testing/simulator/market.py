@@ -10,6 +10,7 @@ so the WebSocket stream and REST agree unless a divergence is configured.
 
 from __future__ import annotations
 
+import abc
 import random
 from decimal import Decimal
 from typing import Any, Callable, Final, Protocol
@@ -45,7 +46,7 @@ def _pcnt(now: int, before: int) -> str:
 
 
 @attrs.define(eq=False)
-class TickerModel:
+class TickerModel(abc.ABC):
     """One symbol's state; ``fields`` holds the current WebSocket field strings."""
 
     instrument: Instrument
@@ -147,22 +148,30 @@ class TickerModel:
             if self.bid >= self.ask:
                 self.bid = self.ask - tick
 
-    # --- per-category behaviour (overridden) ----------------------------------------------
+    # --- per-category behaviour -------------------------------------------------------------
+    @abc.abstractmethod
     def render_all(self) -> None:
-        raise TypeError(f"{type(self).__name__} is abstract")
+        """Fill ``fields`` from the numeric state."""
 
+    @abc.abstractmethod
     def snapshot_frame(self, ts: int) -> str:
-        raise TypeError(f"{type(self).__name__} is abstract")
+        """The full snapshot frame a new subscriber gets."""
 
+    @abc.abstractmethod
     def tick_frame(self, rng: random.Random, ts: int, p_mark: float, p_trade: float) -> str:
-        raise TypeError(f"{type(self).__name__} is abstract")
+        """Advance one step; the frame every subscriber gets."""
 
+    @abc.abstractmethod
     def set_mark(self, units: int, ts: int) -> str | None:
         """Move the mark to ``units``; the frame to broadcast (None while stopped)."""
-        raise TypeError(f"{type(self).__name__} is abstract")
 
+    @abc.abstractmethod
+    def restart_frame(self, ts: int) -> str | None:
+        """After a stop: what to tell subscribers that already had a snapshot (None: nothing)."""
+
+    @abc.abstractmethod
     def rest_item(self, mark_units: int) -> dict[str, str]:
-        raise TypeError(f"{type(self).__name__} is abstract")
+        """The ``/v5/market/tickers`` list item, with ``markPrice`` at ``mark_units``."""
 
 
 @attrs.define(eq=False)

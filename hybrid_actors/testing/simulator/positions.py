@@ -164,13 +164,19 @@ def rest_record(pos: Position, inst: Instrument, mark: Decimal) -> dict[str, Any
     return record
 
 
-def _decimal(value: Any, name: str) -> Decimal:
-    if isinstance(value, (float, bool)):
+def to_decimal(value: Any, name: str) -> Decimal:
+    """A Decimal from a Decimal, int or numeric string; floats are refused (prices are never floats)."""
+    if isinstance(value, Decimal):
+        return value
+    if isinstance(value, (float, bool)) or not isinstance(value, (int, str)):
         raise ValueError(f"{name} must be a Decimal, int or numeric string, not {type(value).__name__}")
     try:
-        return Decimal(str(value)) if not isinstance(value, Decimal) else value
+        result = Decimal(value)
     except ArithmeticError as exc:
         raise ValueError(f"{name} {value!r} is not a number") from exc
+    if not result.is_finite():
+        raise ValueError(f"{name} {value!r} is not a finite number")
+    return result
 
 
 @attrs.define(eq=False)
@@ -211,7 +217,7 @@ class PositionBook:
         return self.instrument(category, symbol)
 
     def _size(self, inst: Instrument, value: Any) -> Decimal:
-        size = _decimal(value, "size")
+        size = to_decimal(value, "size")
         if size <= 0 or size % inst.qty_step:
             raise ValueError(f"size {size} must be a positive multiple of {inst.symbol}'s qty step {inst.qty_step}")
         return size
@@ -234,8 +240,8 @@ class PositionBook:
             raise ValueError(f"{category} {symbol} idx {position_idx} is already open ({old.side} {old.size}); "
                              "use modify_position or close_position")
         mark = self.mark(category, symbol)
-        entry = mark if entry_price is None else _decimal(entry_price, "entry_price")
-        lev = _decimal(leverage, "leverage")
+        entry = mark if entry_price is None else to_decimal(entry_price, "entry_price")
+        lev = to_decimal(leverage, "leverage")
         if entry <= 0 or lev <= 0:
             raise ValueError("entry_price and leverage must be > 0")
         now = self.now_ms()
@@ -264,7 +270,7 @@ class PositionBook:
         as Bybit does on every order create/amend/cancel. ``size=0`` closes it."""
         inst, pos = self._require_open(category, symbol, position_idx)
         changes: dict[str, Any] = {}
-        if size is not None and _decimal(size, "size") == 0:
+        if size is not None and to_decimal(size, "size") == 0:
             return self.close(category, symbol, position_idx)
         if side is not None and side != pos.side:
             if side not in SIDES or position_idx != 0:
@@ -277,10 +283,10 @@ class PositionBook:
                 changes.update(self._realise(pos, pos.size - new_size))
             changes["size"] = new_size
         if entry_price is not None:
-            changes["entry_price"] = _decimal(entry_price, "entry_price")
+            changes["entry_price"] = to_decimal(entry_price, "entry_price")
         for name, value in (("leverage", leverage), ("take_profit", take_profit), ("stop_loss", stop_loss)):
             if value is not None:
-                changes[name] = _decimal(value, name)
+                changes[name] = to_decimal(value, name)
         return self._stamp(pos, **changes)
 
     def close(self, category: str, symbol: str, position_idx: int = 0) -> Position:
