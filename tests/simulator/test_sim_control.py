@@ -5,7 +5,6 @@ from __future__ import annotations
 import httpx
 import pytest
 import trio
-
 from trio_websocket import ConnectionClosed
 
 from hybrid_actors.testing.simulator import ScenarioConfig, open_simulator
@@ -85,7 +84,7 @@ async def test_sent_frames_are_logged_with_timestamps_when_asked(loopback_clock)
                 await recv(ws)
                 snapshot = await recv(ws)
                 for _ in range(3):
-                    await sim.exchange.market.tick()
+                    await sim.control.tick()
                     await recv(ws)
             frames = sim.observe.frames_sent()
             assert len(frames) == 3 and all(f.kind == "linear" and f.time_ns > 0 for f in frames)

@@ -101,7 +101,7 @@ async def test_half_open_stops_sending_and_answering_but_keeps_tcp(loopback_cloc
             async with connect(sim.url("linear")) as ws:
                 await _subscribed(sim, ws)
                 (conn_id,) = sim.control.half_open("linear")
-                await sim.exchange.market.tick()  # data no longer flows
+                await sim.control.tick()  # data no longer flows
                 await send(ws, {"op": "ping", "req_id": "anyone?"})
                 start = trio.current_time()
                 with trio.move_on_after(30) as silent:
@@ -305,7 +305,7 @@ async def test_stopped_ticker_goes_silent_and_catches_up_on_restart(loopback_clo
                 sim.control.stop_ticker("ETHUSDT")
                 await send(late, {"op": "subscribe", "args": ["tickers.ETHUSDT"]})
                 assert (await recv(late))["success"] is True  # acked, but no snapshot while stopped
-                await sim.exchange.market.tick()
+                await sim.control.tick()
                 sim.control.set_mark_price("ETHUSDT", "3600.01")
                 for ws in (early, late):
                     await send(ws, {"op": "ping", "req_id": "q"})
@@ -315,5 +315,5 @@ async def test_stopped_ticker_goes_silent_and_catches_up_on_restart(loopback_clo
                 assert snapshot["type"] == "snapshot" and snapshot["data"]["markPrice"] == "3600.01"
                 catch_up = await recv(early)
                 assert catch_up["type"] == "delta" and catch_up["data"]["markPrice"] == "3600.01"
-                await sim.exchange.market.tick()
+                await sim.control.tick()
                 assert (await recv(early)) == (await recv(late))

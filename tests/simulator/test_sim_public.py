@@ -61,7 +61,7 @@ async def test_every_mark_change_is_carried_and_many_deltas_omit_it(loopback_clo
                 omitted = 0
                 for _ in range(60):
                     before = market.mark_price("linear", "BTCUSDT")
-                    await market.tick()
+                    await sim.control.tick()
                     delta = (await recv(ws))["data"]
                     merged.update(delta)
                     after = market.mark_price("linear", "BTCUSDT")
@@ -78,14 +78,14 @@ async def test_each_new_subscriber_gets_its_own_snapshot(loopback_clock):
                 await send(first, {"op": "subscribe", "args": ["tickers.ETHUSD"]})
                 await recv(first)
                 assert (await recv(first))["type"] == "snapshot"
-                await sim.exchange.market.tick()
+                await sim.control.tick()
                 assert (await recv(first))["type"] == "delta"
                 await send(second, {"op": "subscribe", "args": ["tickers.ETHUSD"]})
                 await recv(second)
                 snapshot = await recv(second)
                 assert snapshot["type"] == "snapshot"
                 assert snapshot["data"]["markPrice"] == str(sim.observe.mark_price("inverse", "ETHUSD"))
-                await sim.exchange.market.tick()
+                await sim.control.tick()
                 one, two = await recv(first), await recv(second)
                 assert one == two and one["type"] == "delta"  # the same frame, encoded once
 
@@ -101,7 +101,7 @@ async def test_duplicate_is_refused_but_the_original_keeps_streaming(loopback_cl
                 dup = await recv(ws)
                 assert (dup["success"], dup["ret_msg"], dup["req_id"]) == (
                     False, "error:already subscribed,topic:tickers.BTCUSDT", "again")
-                await sim.exchange.market.tick()
+                await sim.control.tick()
                 assert (await recv(ws))["topic"] == "tickers.BTCUSDT"
                 assert sim.observe.subscribed_symbols("linear") == {"BTCUSDT"}
 
@@ -159,7 +159,7 @@ async def test_unsubscribe_stops_the_stream(loopback_clock):
                 assert (await recv(ws))["success"] is True
                 await sim.observe.wait_unsubscribed("linear", ["BTCUSDT"])
                 for _ in range(3):
-                    await sim.exchange.market.tick()
+                    await sim.control.tick()
                     assert (await recv(ws))["topic"] == "tickers.ETHUSDT"
                 assert sim.exchange.market.active_symbols == 1
 

@@ -189,7 +189,7 @@ async def test_tickers_shapes_and_agreement_with_the_stream(loopback_clock):
                     await recv(ws)
                     merged = (await recv(ws))["data"]
                     for _ in range(20):
-                        await sim.exchange.market.tick()
+                        await sim.control.tick()
                         merged.update((await recv(ws))["data"])
                     rest = (await get(client, "/v5/market/tickers", "category=linear&symbol=BTCUSDT"))
                     assert rest["result"]["list"][0]["markPrice"] == merged["markPrice"]

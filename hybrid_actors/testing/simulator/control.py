@@ -67,6 +67,11 @@ class Control:
     def start_ticker(self, symbol: str, *, category: str = "linear") -> None:
         self._ex.market.start(category, symbol)
 
+    async def tick(self, count: int = 1) -> None:
+        """Advance every active symbol ``count`` times now, as the market task would (handy with rate=0)."""
+        for _ in range(count):
+            await self._ex.market.tick()
+
     def set_rate(self, rate: float) -> None:
         """Ticker pushes per second per subscribed symbol (0: only on control changes)."""
         if isinstance(rate, bool) or not isinstance(rate, (int, float)):

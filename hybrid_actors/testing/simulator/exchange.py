@@ -154,24 +154,21 @@ class Exchange:
         self.push_position(pos)
         return pos
 
-    def random_position_args(self, rng: random.Random, categories: tuple[str, ...] = ("linear", "inverse"),
-                             symbols: int | None = None) -> tuple[str, str, str, int] | None:
-        """(category, symbol, side, size in qty steps) for a random symbol without an open position."""
-        candidates = [(cat, sym) for cat in categories for sym in list(self.market.instruments[cat])[:symbols]
-                      if not ((p := self.book.get(cat, sym)) is not None and p.is_open)]
+    def open_random_position(self, rng: random.Random, categories: tuple[str, ...] = ("linear", "inverse"),
+                             symbols: int | None = None) -> Position | None:
+        """Open 1..100 qty steps on a random side of a random symbol (among the first ``symbols``
+        of each category) that has no open one-way position; None if there is none left."""
+        candidates = []
+        for category in categories:
+            for symbol in list(self.market.instruments[category])[:symbols]:
+                current = self.book.get(category, symbol)
+                if current is None or not current.is_open:
+                    candidates.append((category, symbol))
         if not candidates:
             return None
         category, symbol = rng.choice(candidates)
-        return category, symbol, rng.choice(("Buy", "Sell")), rng.randint(1, 100)
-
-    def open_random_position(self, rng: random.Random, categories: tuple[str, ...] = ("linear", "inverse"),
-                             symbols: int | None = None) -> Position | None:
-        args = self.random_position_args(rng, categories, symbols)
-        if args is None:
-            return None
-        category, symbol, side, steps = args
-        inst = self.market.require(category, symbol).instrument
-        return self.open_position(category, symbol, side, inst.qty_step * steps)
+        step = self.market.require(category, symbol).instrument.qty_step
+        return self.open_position(category, symbol, rng.choice(("Buy", "Sell")), step * rng.randint(1, 100))
 
     def open_random_positions(self, count: int) -> None:
         rng = random.Random(self.seed + 4)
