@@ -16,7 +16,7 @@ from hybrid_actors.testing.simulator import DropMode, InjectKind, open_simulator
 from sim_support import (TEST_TIMEOUT, auth_args, config, connect, future_ms, private_session, recv, recv_control,
                          send)
 
-pytestmark = pytest.mark.failover
+pytestmark = pytest.mark.integration
 
 
 async def _subscribed(sim, ws, symbol: str = "BTCUSDT") -> None:
@@ -179,8 +179,8 @@ async def test_rest_faults_error_5xx_and_hang(loopback_clock):
                     200, 10006, "Too many visits!")
                 assert first.json()["result"] == {} and isinstance(first.json()["time"], int)
                 start = trio.current_time()
-                hung = await client.get(time_path)  # the 502 rule is for any path, but the hang came first?
-                assert hung.status_code == 502  # rules are consumed first-armed first
+                hung = await client.get(time_path)
+                assert hung.status_code == 502  # the any-path 502 was armed before the hang: it fires first
                 hung = await client.get(time_path)
                 assert hung.status_code == 200 and hung.json()["retCode"] == 0
                 assert trio.current_time() - start == pytest.approx(45, abs=0.5)
@@ -317,3 +317,20 @@ async def test_stopped_ticker_goes_silent_and_catches_up_on_restart(loopback_clo
                 assert catch_up["type"] == "delta" and catch_up["data"]["markPrice"] == "3600.01"
                 await sim.control.tick()
                 assert (await recv(early)) == (await recv(late))
+
+
+async def test_clear_faults_disarms_every_rule(loopback_clock):
+    with trio.fail_after(TEST_TIMEOUT):
+        async with open_simulator(config()) as sim:
+            sim.control.fail_auth(None)
+            sim.control.reject_subscribes("BTCUSDT", None)
+            sim.control.rest_http_error(503, count=None)
+            sim.control.reject_connections(None)
+            sim.control.withhold_pongs()
+            sim.control.clear_faults()
+            async with private_session(sim) as private, connect(sim.url("linear")) as linear:
+                await _subscribed(sim, linear)
+                await send(private, {"op": "ping", "req_id": "p"})
+                assert (await recv(private))["req_id"] == "p"
+            async with httpx.AsyncClient(base_url=sim.rest_url) as client:
+                assert (await client.get("/v5/market/time")).status_code == 200

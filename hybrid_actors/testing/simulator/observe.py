@@ -124,7 +124,7 @@ class Observer:
     _rest: deque[RestCall] = attrs.field(init=False)
     _frames: deque[SentFrame] | None = None
     _opened: Counter[str] = attrs.Factory(Counter)
-    _internal_errors: list[str] = attrs.Factory(list)
+    _internal_errors: deque[str] = attrs.Factory(lambda: deque(maxlen=100))
     #: bumped on every subscription change (public or private)
     subscription_version: int = 0
 
