@@ -115,6 +115,17 @@ class Exchange:
             return
         (private.handle if conn.kind == wire.PRIVATE else public.handle)(self, conn, frame)
 
+    def answer_ping(self, conn: Connection, req_id: Any) -> None:
+        """Record a JSON ping and answer it with the socket's pong shape, unless pongs are withheld."""
+        answered = not self.faults.take_pong_withheld(conn.kind, conn.conn_id)
+        self.observer.ping(conn, req_id, answered)
+        if answered:
+            conn.push(wire.pong(conn.kind, conn.conn_id, self.now_ms(), req_id))
+
+    def refuse_op(self, conn: Connection, op: Any, req_id: Any) -> None:
+        conn.push(wire.ack(conn.kind, conn.conn_id, op if isinstance(op, str) else "", success=False,
+                           ret_msg="error:invalid op", req_id=req_id))
+
     # --- positions ----------------------------------------------------------------------------
     def push_position(self, pos: Position) -> None:
         """Push one full record to every authenticated ``position`` / ``position.<category>`` subscriber."""

@@ -259,8 +259,31 @@ class DerivativeModel(TickerModel):
 
 
 @attrs.define(eq=False)
-class SpotModel(TickerModel):
-    """spot: every push is a full snapshot; no markPrice and no book on the WebSocket."""
+class SnapshotOnlyModel(TickerModel):
+    """spot / option: every push is a full snapshot of the current fields."""
+
+    def _quote_fields(self) -> None:
+        """Copy the book into ``fields`` (only where the WebSocket ticker carries it)."""
+
+    def tick_frame(self, rng: random.Random, ts: int, p_mark: float, p_trade: float) -> str:
+        changes: dict[str, str] = {}
+        if rng.random() < p_mark:
+            self._move_mark(rng, changes)
+        if rng.random() < p_trade:
+            self._trade(rng, changes)
+        self._quote(rng)
+        self._quote_fields()
+        self.cs += 1
+        self.ts = ts
+        return self.snapshot_frame(ts)
+
+    def restart_frame(self, ts: int) -> str | None:
+        return self.snapshot_frame(ts)
+
+
+@attrs.define(eq=False)
+class SpotModel(SnapshotOnlyModel):
+    """spot: no markPrice and no book on the WebSocket (REST has the book)."""
 
     def render_all(self) -> None:
         self.fields = {
@@ -284,17 +307,6 @@ class SpotModel(TickerModel):
     def snapshot_frame(self, ts: int) -> str:
         return dumps({"topic": self.topic, "ts": ts, "type": "snapshot", "cs": self.cs, "data": self.fields})
 
-    def tick_frame(self, rng: random.Random, ts: int, p_mark: float, p_trade: float) -> str:
-        changes: dict[str, str] = {}
-        if rng.random() < p_mark:
-            self._move_mark(rng, changes)
-        if rng.random() < p_trade:
-            self._trade(rng, changes)
-        self._quote(rng)
-        self.cs += 1
-        self.ts = ts
-        return self.snapshot_frame(ts)
-
     def set_mark(self, units: int, ts: int) -> str | None:
         self.mark = self.index = self.last = units
         self.high = max(self.high, units)
@@ -306,9 +318,6 @@ class SpotModel(TickerModel):
             return None
         self.cs += 1
         return self.snapshot_frame(ts)
-
-    def restart_frame(self, ts: int) -> str | None:
-        return None
 
     def rest_item(self, mark_units: int) -> dict[str, str]:
         f = self.fields
@@ -322,8 +331,8 @@ class SpotModel(TickerModel):
 
 
 @attrs.define(eq=False)
-class OptionModel(TickerModel):
-    """option: snapshot-only, envelope with ``id`` and without ``cs``; WS field names differ from REST."""
+class OptionModel(SnapshotOnlyModel):
+    """option: envelope with ``id`` and without ``cs``; WS field names differ from REST."""
 
     greeks: dict[str, str] = attrs.Factory(dict)
 
@@ -363,18 +372,6 @@ class OptionModel(TickerModel):
         return dumps({"id": f"{self.topic}-{self.cs}-{ts}", "topic": self.topic, "ts": ts,
                       "data": self.fields, "type": "snapshot"})
 
-    def tick_frame(self, rng: random.Random, ts: int, p_mark: float, p_trade: float) -> str:
-        changes: dict[str, str] = {}
-        if rng.random() < p_mark:
-            self._move_mark(rng, changes)
-        if rng.random() < p_trade:
-            self._trade(rng, changes)
-        self._quote(rng)
-        self._quote_fields()
-        self.cs += 1
-        self.ts = ts
-        return self.snapshot_frame(ts)
-
     def set_mark(self, units: int, ts: int) -> str | None:
         self.mark = units
         self._mark_changed({})
@@ -382,9 +379,6 @@ class OptionModel(TickerModel):
             return None
         self.cs += 1
         return self.snapshot_frame(ts)
-
-    def restart_frame(self, ts: int) -> str | None:
-        return None
 
     def rest_item(self, mark_units: int) -> dict[str, str]:
         f = self.fields
@@ -544,8 +538,6 @@ class Market:
             for subscriber in owed:
                 subscriber.push(snapshot)
         catch_up = model.restart_frame(now)
-        if catch_up is None and model.instrument.category in ("spot", "option"):
-            catch_up = model.snapshot_frame(now)
         if catch_up is not None:
             for subscriber in model.subscribers:
                 if subscriber not in owed:

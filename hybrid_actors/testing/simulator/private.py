@@ -29,16 +29,12 @@ def handle(ex: Exchange, conn: Connection, frame: dict[str, Any]) -> None:
     if op == "auth":
         _auth(ex, conn, frame.get("args"), req_id)
     elif op == "ping":
-        conn.last_activity = trio.current_time()
-        answered = not ex.faults.take_pong_withheld(conn.kind, conn.conn_id)
-        ex.observer.ping(conn, req_id, answered)
-        if answered:
-            conn.push(wire.pong(wire.PRIVATE, conn.conn_id, ex.now_ms(), req_id))
+        conn.last_activity = trio.current_time()  # a ping keeps a private socket from the idle cut
+        ex.answer_ping(conn, req_id)
     elif op in ("subscribe", "unsubscribe"):
         _request(ex, conn, op, frame.get("args"), req_id)
     else:
-        conn.push(wire.ack(wire.PRIVATE, conn.conn_id, op if isinstance(op, str) else "", success=False,
-                           ret_msg="error:invalid op", req_id=req_id))
+        ex.refuse_op(conn, op, req_id)
 
 
 def _parse_expires(raw: Any) -> int | None:

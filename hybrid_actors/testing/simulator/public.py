@@ -26,15 +26,11 @@ def handle(ex: Exchange, conn: Connection, frame: dict[str, Any]) -> None:
     op = frame.get("op")
     req_id = frame.get("req_id")
     if op == "ping":
-        answered = not ex.faults.take_pong_withheld(conn.kind, conn.conn_id)
-        ex.observer.ping(conn, req_id, answered)
-        if answered:
-            conn.push(wire.pong(conn.kind, conn.conn_id, ex.now_ms(), req_id))
+        ex.answer_ping(conn, req_id)
     elif op in ("subscribe", "unsubscribe"):
         _request(ex, conn, op, frame.get("args"), req_id)
     else:
-        conn.push(wire.ack(conn.kind, conn.conn_id, op if isinstance(op, str) else "", success=False,
-                           ret_msg="error:invalid op", req_id=req_id))
+        ex.refuse_op(conn, op, req_id)
 
 
 def _request(ex: Exchange, conn: Connection, op: str, raw_args: Any, req_id: Any) -> None:
