@@ -164,3 +164,15 @@ async def test_auth_expiry_is_checked_only_at_auth_time(loopback_clock):
             async with connect(sim.url("private")) as late:
                 await send(late, {"op": "auth", "args": auth_args(sim, future_ms(sim, -1.0))})
                 assert (await recv(late))["ret_msg"] == "Params Error"
+
+
+async def test_a_sweep_interval_makes_the_cut_late_like_bybits(loopback_clock):
+    with trio.fail_after(TEST_TIMEOUT * 10):
+        async with open_simulator(config(idle_sweep_interval=30.0)) as sim:
+            await trio.sleep(10)  # be off the sweep grid
+            async with private_session(sim, url=sim.url("private", max_active_time="45s")) as ws:
+                start = trio.current_time()
+                with pytest.raises(ConnectionClosed):
+                    await ws.get_message()
+                assert 45 <= trio.current_time() - start < 45 + 30
+                assert trio.current_time() % 30 == pytest.approx(0, abs=0.5)
