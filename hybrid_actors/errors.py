@@ -18,6 +18,7 @@ that owns the foreign library (``transport``, ``rest``) with ``raise ... from ex
     │   └── RestUnavailable              REST unreachable / 5xx / timeouts / rate limit
     ├── AuthRejected                     credentials refused: fatal, ends the stream
     │   └── RestAuthError                REST said 10003/10004/10005/10010
+    ├── StartTimeout                     (also TimeoutError) the stream did not come up in time
     ├── SubscribeRejected                an error ack for a topic (reported, retried)
     ├── RestError                        REST answered retCode != 0
     │   ├── RestAuthError  (also AuthRejected)
@@ -84,6 +85,10 @@ class AuthRejected(HybridActorsError):
         super().__init__(message)
         self.key_hint = key_hint
         self.ret_msg = ret_msg
+
+
+class StartTimeout(HybridActorsError, TimeoutError):
+    """The stream did not come up (sockets open, snapshot applied) within the start deadline."""
 
 
 class SubscribeRejected(HybridActorsError):
