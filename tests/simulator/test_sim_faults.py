@@ -38,8 +38,9 @@ class RawClient:
         port, _, path = port_path.partition("/")
         client = cls(await trio.open_tcp_stream(host, int(port)))
         await client.stream.send_all(client.ws.send(wse.Request(host=host, target=f"/{path}")))
-        while not any(isinstance(e, wse.AcceptConnection) for e in await client._events()):
-            pass
+        accepted = False
+        while not accepted:
+            accepted = any(isinstance(e, wse.AcceptConnection) for e in await client._events())
         return client
 
     async def _events(self) -> list[wse.Event]:
@@ -245,15 +246,15 @@ async def test_handshake_refusals_and_the_connection_rate_limit(loopback_clock):
                 assert refused.value.status_code == 502
             start = trio.current_time()
             for _ in range(3):
-                async with connect(sim.url("linear")):
-                    pass
+                async with connect(sim.url("linear")) as ws:
+                    assert ws.closed is None
             with pytest.raises(ConnectionRejected) as limited:
                 async with connect(sim.url("private")):
                     pytest.fail("over the limit")
             assert limited.value.status_code == 429
             await trio.sleep_until(start + 300)
-            async with connect(sim.url("private")):
-                pass
+            async with connect(sim.url("private")) as ws:
+                assert ws.closed is None  # the window has passed
             sim.control.set_connection_limit(0, status=403)
             with pytest.raises(ConnectionRejected) as banned:
                 async with connect(sim.url("spot")):

@@ -43,7 +43,7 @@ App = Callable[[HttpRequest], Awaitable[HttpResponse]]
 
 
 class _TooLarge(Exception):
-    pass
+    """The request body is over ``MAX_BODY``."""
 
 
 async def _receive(conn: h11.Connection, stream: trio.SocketStream, peer: str) -> HttpRequest | None:
