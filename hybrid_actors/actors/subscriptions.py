@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import NoReturn
+from typing import Final, NoReturn
 
 import attrs
 import trio
@@ -37,6 +37,11 @@ from .hub import CategorySubscriptions, Failed, Hub
 __all__ = ["SubscriptionManager"]
 
 log = logging.getLogger(__name__)
+
+#: shortest wait between two passes (float clocks cannot tell now from now + 1e-12)
+MIN_WAIT: Final = 0.001
+#: a token bucket refilled over float time may stop a hair short of a whole token
+TOKEN_EPSILON: Final = 1e-9
 
 
 @attrs.define(eq=False)
@@ -53,7 +58,9 @@ class SubscriptionManager:
             task_status.started()
             while True:
                 self._wake = trio.Event()
-                due = self.reconcile(trio.current_time())
+                now = trio.current_time()
+                # Whatever was due has just been done; never spin on a deadline already passed.
+                due = max(self.reconcile(now), now + MIN_WAIT)
                 with trio.move_on_at(due):
                     await self._wake.wait()
         raise AssertionError("unreachable")  # pragma: no cover
@@ -214,7 +221,7 @@ class SubscriptionManager:
         subs.tokens_at = now
         per_frame = max_args_per_request(subs.category, policy.chunk_size)
         for op, symbols in (("unsubscribe", unsubscribe), ("subscribe", subscribe)):
-            while symbols and subs.tokens >= 1:
+            while symbols and subs.tokens >= 1 - TOKEN_EPSILON:
                 chunk, symbols = symbols[:per_frame], symbols[per_frame:]
                 topics = [ticker_topic(s) for s in chunk]
                 if op == "subscribe":
@@ -232,8 +239,8 @@ class SubscriptionManager:
                         symbol = symbol_of_topic(topic)
                         if symbol is not None:
                             subs.inflight[symbol] = op
-            if symbols:
-                due = min(due, now + (1 - subs.tokens) / policy.requests_per_second)
+            if symbols:  # wait for the next whole token (at least MIN_WAIT: float time has a grain)
+                due = min(due, now + max(MIN_WAIT, (1 - subs.tokens) / policy.requests_per_second))
         for request in session.pending:
             due = min(due, request.sent_at + policy.ack_timeout)
         return due

@@ -1,0 +1,149 @@
+"""Issue 4: the hybrid stream end to end against the simulator on loopback."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+import trio
+
+from hybrid_actors.state import PositionClosed, PositionUpdate
+from stack import TEST_TIMEOUT, eventually, running, sim_config
+
+pytestmark = pytest.mark.integration
+
+
+async def test_open_subscribes_and_updates_carry_the_current_mark_and_exact_pnl(loopback_clock):
+    with trio.fail_after(TEST_TIMEOUT):
+        async with running() as s:
+            sim = s.sim
+            sim.control.open_position("BTCUSDT", "Buy", "0.5", entry_price="60000.0")
+            await sim.observe.wait_subscribed("linear", ["BTCUSDT"])
+            opened = await s.log.wait_for(lambda e: e.symbol == "BTCUSDT" and e.source == "position")
+            assert isinstance(opened, PositionUpdate)
+            assert (opened.side, opened.size, opened.entry_price) == ("Buy", Decimal("0.5"), Decimal("60000.0"))
+            for mark in ("60123.4", "59950.1", "61000.0"):
+                sim.control.set_mark_price("BTCUSDT", mark)
+                event = await s.log.wait_for(lambda e, m=Decimal(mark): e.symbol == "BTCUSDT" and e.mark_price == m)
+                assert event.source == "ticker"
+                assert event.mark_price == sim.observe.mark_price("linear", "BTCUSDT")
+                assert event.unrealized_pnl == (Decimal(mark) - Decimal("60000.0")) * Decimal("0.5")
+                assert type(event.mark_price) is Decimal and type(event.unrealized_pnl) is Decimal
+            [view] = s.stream.positions()
+            assert view.mark_price == Decimal("61000.0") and view.unrealized_pnl == Decimal("500.00")
+
+
+async def test_sell_and_inverse_pnl_use_the_fresh_mark(loopback_clock):
+    with trio.fail_after(TEST_TIMEOUT):
+        async with running(categories=("linear", "inverse")) as s:
+            sim = s.sim
+            sim.control.open_position("ETHUSDT", "Sell", "2", entry_price="3000.00")
+            sim.control.open_position("BTCUSD", "Buy", "1000", entry_price="50000.0", category="inverse")
+            await sim.observe.wait_subscribed("linear", ["ETHUSDT"])
+            await sim.observe.wait_subscribed("inverse", ["BTCUSD"])
+            sim.control.set_mark_price("ETHUSDT", "2950.00")
+            sim.control.set_mark_price("BTCUSD", "40000.0", category="inverse")
+            eth = await s.log.wait_for(lambda e: e.symbol == "ETHUSDT" and e.mark_price == Decimal("2950.00"))
+            btc = await s.log.wait_for(lambda e: e.symbol == "BTCUSD" and e.mark_price == Decimal("40000.0"))
+            assert eth.unrealized_pnl == Decimal("100.00")  # short gains as the price falls
+            assert btc.category == "inverse"
+            assert btc.unrealized_pnl == Decimal("-0.005")  # 1000 * (1/50000 - 1/40000)
+
+
+async def test_close_emits_position_closed_and_unsubscribes_after_the_grace(loopback_clock):
+    with trio.fail_after(TEST_TIMEOUT):
+        async with running() as s:
+            sim = s.sim
+            sim.control.open_position("SOLUSDT", "Buy", "10", entry_price="150.00")
+            sim.control.open_position("ETHUSDT", "Buy", "1", entry_price="3000.00")
+            await sim.observe.wait_subscribed("linear", ["SOLUSDT", "ETHUSDT"])
+            sim.control.close_position("SOLUSDT")
+            closed_at = trio.current_time()
+            closed = await s.log.wait_for(lambda e: isinstance(e, PositionClosed))
+            assert (closed.symbol, closed.size, closed.side, closed.unrealized_pnl) == (
+                "SOLUSDT", Decimal(0), "Buy", Decimal(0))
+            assert closed.to_json()["event"] == "position.closed"
+            await sim.observe.wait_unsubscribed("linear", ["SOLUSDT"])
+            grace = s.hub.config.subscriptions.unsubscribe_grace
+            assert trio.current_time() - closed_at >= grace
+            assert sim.observe.subscribed_symbols("linear") == {"ETHUSDT"}
+            assert [p.symbol for p in s.stream.positions()] == ["ETHUSDT"]
+
+
+async def test_a_flipped_position_keeps_its_ticker(loopback_clock):
+    with trio.fail_after(TEST_TIMEOUT):
+        async with running() as s:
+            sim = s.sim
+            sim.control.open_position("XRPUSDT", "Buy", "100")
+            await sim.observe.wait_subscribed("linear", ["XRPUSDT"])
+            sim.control.close_position("XRPUSDT")
+            await s.log.wait_for(lambda e: isinstance(e, PositionClosed))
+            sim.control.open_position("XRPUSDT", "Sell", "50")
+            reopened = await s.log.wait_for(lambda e: e.symbol == "XRPUSDT" and e.side == "Sell")
+            assert reopened.size == Decimal("50")
+            await trio.sleep(s.hub.config.subscriptions.unsubscribe_grace * 3)
+            unsubscribes = sim.observe.requests("linear", op="unsubscribe")
+            assert unsubscribes == []  # no churn within the grace period
+            assert sim.observe.subscribed_symbols("linear") == {"XRPUSDT"}
+
+
+async def test_150_positions_opened_at_once_are_all_subscribed(loopback_clock):
+    with trio.fail_after(TEST_TIMEOUT):
+        async with running(sim_config(symbols=160)) as s:
+            sim = s.sim
+            symbols = sim.symbols("linear")[:150]
+            for symbol in symbols:
+                sim.control.open_position(symbol, "Buy", "1")
+            await sim.observe.wait_subscribed("linear", symbols)
+            await s.wait_subscriptions_match_positions()
+            await s.log.wait_for(lambda e: len({x.symbol for x in s.log.events}) >= 150)
+            requests = sim.observe.requests("linear", op="subscribe")
+            assert all(len(r.args) <= 10 for r in requests)
+            assert sum(len(r.args) for r in requests) == 150  # each topic once: nothing redundant
+            await eventually(lambda: s.stream.health().subscriptions["linear"]["confirmed"] == 150)
+            assert s.stream.health().subscriptions["linear"]["missing"] == []
+
+
+async def test_hedge_mode_legs_are_separate_positions(loopback_clock):
+    with trio.fail_after(TEST_TIMEOUT):
+        async with running() as s:
+            sim = s.sim
+            sim.control.open_position("BTCUSDT", "Buy", "1", entry_price="60000.0", position_idx=1)
+            sim.control.open_position("BTCUSDT", "Sell", "2", entry_price="61000.0", position_idx=2)
+            await sim.observe.wait_subscribed("linear", ["BTCUSDT"])
+            sim.control.set_mark_price("BTCUSDT", "60500.0")
+            long = await s.log.wait_for(lambda e: e.position_idx == 1 and e.mark_price == Decimal("60500.0"))
+            short = await s.log.wait_for(lambda e: e.position_idx == 2 and e.mark_price == Decimal("60500.0"))
+            assert long.unrealized_pnl == Decimal("500.0")
+            assert short.unrealized_pnl == Decimal("1000.0")
+            sim.control.close_position("BTCUSDT", position_idx=1)
+            await s.log.wait_for(lambda e: isinstance(e, PositionClosed) and e.position_idx == 1)
+            assert sim.observe.subscribed_symbols("linear") == {"BTCUSDT"}  # the other leg still needs it
+            assert [(p.symbol, p.position_idx) for p in s.stream.positions()] == [("BTCUSDT", 2)]
+
+
+async def test_positions_open_at_start_come_from_the_rest_snapshot(loopback_clock):
+    with trio.fail_after(TEST_TIMEOUT):
+        async with running(sim_config(positions=6, symbols=30)) as s:
+            expected = {(p.symbol, p.position_idx) for p in s.sim.observe.positions("linear", open_only=True)}
+            assert expected
+            assert {(p.symbol, p.position_idx) for p in s.stream.positions()} == expected
+            assert all(e.source == "rest" for e in s.log.events[:len(expected)])
+            await s.wait_subscriptions_match_positions()
+
+
+async def test_live_ticker_stream_keeps_prices_flowing(loopback_clock):
+    with trio.fail_after(TEST_TIMEOUT):
+        async with running(sim_config(rate=10.0)) as s:
+            sim = s.sim
+            sim.control.open_position("BTCUSDT", "Buy", "1", entry_price="60000.0")
+            await sim.observe.wait_subscribed("linear", ["BTCUSDT"])
+            start = s.log.mark()
+            await trio.sleep(5)
+            ticks = [e for e in s.log.events[start:] if e.source == "ticker"]
+            assert len(ticks) >= 5  # the model moves the mark on ~30% of 10 Hz ticks
+            sim.control.stop_ticker("BTCUSDT")
+            await trio.sleep(1)
+            last = [e for e in s.log.events if e.symbol == "BTCUSDT"][-1]
+            assert last.mark_price == sim.observe.mark_price("linear", "BTCUSDT")
+            assert last.unrealized_pnl == (last.mark_price - Decimal("60000.0")) * 1
