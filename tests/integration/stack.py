@@ -80,14 +80,18 @@ class Stack:
         await observe.wait_until(lambda: observe.subscribed_symbols(category) == self.open_symbols(category))
 
 
-async def eventually(predicate: Callable[[], Any], step: float = 0.05) -> Any:
-    """For state of ours that has no change event: re-check every ``step`` virtual seconds.
-    (Under MockClock this costs no real time beyond the autojump threshold per step.)"""
+async def eventually(predicate: Callable[[], Any], first_step: float = 0.01, max_step: float = 1.0) -> Any:
+    """For state of ours that has no change event: re-check after growing virtual delays.
+
+    Under MockClock each idle step costs up to the autojump threshold of real time, so the
+    steps double (up to ``max_step``) to keep long waits cheap and short ones quick."""
+    step = first_step
     while True:
         value = predicate()
         if value:
             return value
         await trio.sleep(step)
+        step = min(max_step, step * 2)
 
 
 def sim_config(**overrides: Any) -> SimulatorConfig:

@@ -139,9 +139,9 @@ async def test_live_ticker_stream_keeps_prices_flowing(loopback_clock):
             sim.control.open_position("BTCUSDT", "Buy", "1", entry_price="60000.0")
             await sim.observe.wait_subscribed("linear", ["BTCUSDT"])
             start = s.log.mark()
-            await trio.sleep(5)
+            await trio.sleep(2.5)
             ticks = [e for e in s.log.events[start:] if e.source == "ticker"]
-            assert len(ticks) >= 5  # the model moves the mark on ~30% of 10 Hz ticks
+            assert len(ticks) >= 2  # the model moves the mark on ~30% of 10 Hz ticks
             sim.control.stop_ticker("BTCUSDT")
             await trio.sleep(1)
             last = [e for e in s.log.events if e.symbol == "BTCUSDT"][-1]
