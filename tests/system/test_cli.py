@@ -1,0 +1,106 @@
+"""Issue 4 CLI: `python -m hybrid_actors run|demo|simulator` as processes, on loopback."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from decimal import Decimal
+
+import pytest
+import trio
+
+from procs import PYTHON, LineReader, cli_env, run_cli, simulator
+
+pytestmark = pytest.mark.system
+
+CONTRACT = {"event", "symbol", "category", "side", "size", "entry_price", "mark_price", "unrealized_pnl",
+            "position_idx", "source", "exchange_ts", "received_ts"}
+
+
+def check_contract(line: bytes) -> dict:
+    event = json.loads(line)
+    assert set(event) == CONTRACT
+    assert event["event"] in ("position.update", "position.closed")
+    assert event["source"] in ("ticker", "position", "rest")
+    for field in ("size", "entry_price", "mark_price", "unrealized_pnl"):
+        assert isinstance(event[field], str), (field, event)
+        Decimal(event[field])
+        assert "e" not in event[field].lower()
+    assert isinstance(event["position_idx"], int) and isinstance(event["received_ts"], int)
+    return event
+
+
+async def test_help_and_version():
+    result = await run_cli("--help")
+    assert result.returncode == 0 and b"run" in result.stdout and b"demo" in result.stdout
+    result = await run_cli("run", "--help")
+    assert result.returncode == 0 and b"--stream-url" in result.stdout and b"BYBIT_API_KEY" in result.stdout
+    result = await run_cli("--version")
+    assert result.returncode == 0 and b"hybrid_actors" in result.stdout
+
+
+async def test_run_prints_one_contract_event_per_line_live_through_a_pipe():
+    async with simulator("--positions", "4", "--rate", "10", "--seed", "3") as sim:
+        command = [PYTHON, "-m", "hybrid_actors", "run", "--stream-url", sim["ws_url"], "--rest-url",
+                   sim["rest_url"], "--output", "jsonl", "--seconds", "6", "--log-level", "WARNING"]
+        async with trio.open_nursery() as nursery:
+            proc = await nursery.start(lambda task_status: trio.run_process(
+                command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, check=False,
+                env=cli_env(sim["api_key"], sim["api_secret"]), task_status=task_status))
+            reader = LineReader(proc.stdout)
+            with trio.fail_after(20):
+                first = await reader.readline()
+                # a line arrived while the process is still running: flushed per batch, not at exit
+                assert proc.returncode is None
+            lines = [first]
+            with trio.fail_after(30):
+                while (line := await reader.readline()) is not None:
+                    lines.append(line)
+                await proc.wait()
+        assert proc.returncode == 0
+        events = [check_contract(line) for line in lines if line]
+        assert len(events) >= 4
+        assert {e["source"] for e in events} >= {"rest", "ticker"}
+
+
+async def test_rejected_credentials_exit_3_with_advice_and_no_secret():
+    async with simulator("--positions", "0", "--rate", "0") as sim:
+        secret = "S3CRET-not-the-right-one-ZZZ"
+        result = await run_cli("run", "--stream-url", sim["ws_url"], "--rest-url", sim["rest_url"],
+                               env=cli_env(sim["api_key"], secret))
+    assert result.returncode == 3
+    err = result.stderr.decode()
+    assert "auth rejected" in err and "Params Error" in err and "clock" in err
+    assert secret not in err and secret not in result.stdout.decode()
+    assert result.stdout == b""
+
+
+async def test_missing_keys_and_bad_flags_exit_2_with_a_clear_message():
+    result = await run_cli("run", env=cli_env(None, None))
+    assert result.returncode == 2 and b"BYBIT_API_KEY" in result.stderr
+    result = await run_cli("run", "--stream-url", "http://127.0.0.1:1", env=cli_env("k", "s"))
+    assert result.returncode == 2 and b"--stream-url" in result.stderr
+    result = await run_cli("run", "--heartbeat-interval", "-5", env=cli_env("k", "s"))
+    assert result.returncode == 2 and b"heartbeat-interval" in result.stderr
+    result = await run_cli("run", "--category", "spot", env=cli_env("k", "s"))
+    assert result.returncode == 2
+    result = await run_cli("run", "--testnet", "--demo", env=cli_env("k", "s"))
+    assert result.returncode == 2
+
+
+async def test_demo_runs_without_keys_or_network_and_stops_by_itself():
+    result = await run_cli("demo", "--seconds", "3", "--output", "jsonl", "--log-level", "WARNING",
+                           env=cli_env(None, None))
+    assert result.returncode == 0, result.stderr.decode()[-2000:]
+    events = [check_contract(line) for line in result.stdout.splitlines()]
+    assert events and any(e["source"] == "ticker" for e in events)
+
+
+async def test_demo_table_output_shows_the_positions():
+    result = await run_cli("demo", "--seconds", "2", "--output", "table", "--log-level", "WARNING",
+                           env=cli_env(None, None))
+    assert result.returncode == 0
+    out = result.stdout.decode()
+    for column in ("symbol", "side", "size", "entry", "mark", "uPnL", "price age"):
+        assert column in out
+    assert "USDT" in out
