@@ -67,7 +67,7 @@ class CategorySubscriptions:
     requests_sent: int = 0
     resubscribes: int = 0
 
-    def reset_for(self, link: Link, session: Session, burst: int) -> None:
+    def reset_for(self, link: Link, session: Session, burst: int, now: float) -> None:
         """A new connection: nothing is subscribed on it yet."""
         self.link = link
         self.session = session
@@ -79,7 +79,7 @@ class CategorySubscriptions:
         self.leaving.clear()
         self.resubscribe.clear()
         self.tokens = burst * 1.0  # a token count, not a price
-        self.tokens_at = trio.current_time()
+        self.tokens_at = now
 
 
 @attrs.define(eq=False)

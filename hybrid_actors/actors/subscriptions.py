@@ -89,7 +89,7 @@ class SubscriptionManager:
                 return  # an older connection announced itself late
             policy = self.hub.config.subscriptions
             session = Session(message.category, policy.chunk_size, id_prefix=f"{message.category}{message.link.generation}-")
-            subs.reset_for(message.link, session, policy.burst)
+            subs.reset_for(message.link, session, policy.burst, now)
         elif isinstance(message, LinkDown):
             if subs.link is not None and subs.link.generation == message.generation:
                 subs.link = None
