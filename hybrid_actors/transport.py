@@ -47,14 +47,22 @@ class Transport(Protocol):
     async def send(self, text: str) -> None:
         """Send one text frame; raises ConnectionLost when closed."""
 
+    def abandon(self) -> None:
+        """The peer is known dead (no pong): on exit, drop the TCP connection at once
+        instead of waiting for a close handshake that cannot come."""
+
 
 class _WsTransport:
-    __slots__ = ("url", "_ws", "_label")
+    __slots__ = ("url", "_ws", "_label", "abandoned")
 
     def __init__(self, ws: tw.WebSocketConnection, url: str, label: str):
         self.url = url
         self._ws = ws
         self._label = label
+        self.abandoned = False
+
+    def abandon(self) -> None:
+        self.abandoned = True
 
     def _lost(self, exc: tw.ConnectionClosed | None = None) -> ConnectionLost:
         reason = exc.reason if exc is not None else self._ws.closed
@@ -110,7 +118,14 @@ async def open_transport(url: str, *, label: str = "ws", max_message_size: int =
             max_message_size=max_message_size, receive_buffer_size=RECEIVE_BYTES,
             connect_timeout=connect_timeout, disconnect_timeout=close_timeout,
         ) as ws:
-            yield _WsTransport(ws, url, label)
+            transport = _WsTransport(ws, url, label)
+            try:
+                yield transport
+            finally:
+                # Close politely (close frame 1000, wait for the peer's) even when we are being
+                # cancelled (stop), but bounded; a peer known to be dead gets no wait at all.
+                with trio.move_on_after(0 if transport.abandoned else close_timeout, shield=True):
+                    await ws.aclose()
     except tw.DisconnectionTimeout as exc:
         # The close handshake timed out (a half-open peer). Keep the real reason, if any.
         if isinstance(exc.__context__, HybridActorsError):

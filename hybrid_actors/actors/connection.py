@@ -35,8 +35,9 @@ async def _pump_outbox(transport: Transport, outbox: trio.MemoryReceiveChannel[s
             await transport.send(text)
 
 
-async def _die_with(link: Link) -> None:
+async def _die_with(link: Link, transport: Transport) -> None:
     await link.dead.wait()
+    transport.abandon()
     raise HeartbeatTimeout(f"{link.name}: {link.death_reason}; treating the socket as dead")
 
 
@@ -57,7 +58,7 @@ async def open_link(hub: Hub, name: str, url: str) -> AsyncIterator[Connection]:
             try:
                 async with send, trio.open_nursery() as nursery:
                     nursery.start_soon(_pump_outbox, transport, recv)
-                    nursery.start_soon(_die_with, link)
+                    nursery.start_soon(_die_with, link, transport)
                     yield Connection(transport, link, nursery)
                     nursery.cancel_scope.cancel()
             finally:

@@ -15,7 +15,6 @@ from hybrid_actors.actors import private_ws, public_ws, reconciler
 from hybrid_actors.actors.emitter import CombinerActor
 from hybrid_actors.actors.heartbeat import HeartbeatActor
 from hybrid_actors.actors.subscriptions import SubscriptionManager
-from hybrid_actors.config import CLOSE_TIMEOUT
 from hybrid_actors.state import PositionClosed
 from hybrid_actors.supervisor import open_hybrid_stream
 from hybrid_actors.testing.simulator import open_simulator, trio_wall_clock
@@ -89,8 +88,8 @@ async def test_a_half_open_socket_is_detected_by_the_heartbeat_and_replaced(loop
             await sim.observe.wait_connection(target, 2)
             detected_after = trio.current_time() - frozen_at
             # at worst: a ping one interval after the freeze, its pong deadline one interval
-            # later, the bounded close of the dead socket, and the first (fast) retry
-            budget = 2 * 5.0 + CLOSE_TIMEOUT + s.hub.config.restart.backoff_initial
+            # later, and the first (fast) retry; a socket known dead is dropped without a wait
+            budget = 2 * 5.0 + s.hub.config.restart.backoff_initial
             assert detected_after <= budget
             name = "public:linear" if target == "linear" else "private"
             stats = s.hub.health.actors[name]
