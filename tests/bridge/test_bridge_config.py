@@ -1,0 +1,102 @@
+"""BybitHybridStream's arguments: checked at construction, with messages that say what to do;
+the secret never shows; extra StreamConfig options pass through; the lazy export works.
+No event loop is needed for any of this."""
+
+from __future__ import annotations
+
+import pytest
+
+import hybrid_actors
+from hybrid_actors import BybitHybridStream, ConfigError, SubscriptionPolicy
+from hybrid_actors.bridge import BybitHybridStream as FromModule
+
+pytestmark = pytest.mark.system
+
+SECRET = "another-secret-never-to-print-9876"
+
+
+async def handler(event_name: str, data: dict) -> None:
+    return None
+
+
+def make(**kwargs):
+    args = {"api_key": "abcdEFGH1234", "api_secret": SECRET, "event_handler": handler, **kwargs}
+    return BybitHybridStream(**args)
+
+
+def test_the_package_exports_the_class_lazily():
+    assert hybrid_actors.BybitHybridStream is FromModule
+    assert "BybitHybridStream" in hybrid_actors.__all__
+
+
+def test_the_original_plans_call_works_and_defaults_to_mainnet():
+    stream = BybitHybridStream(api_key="abcdEFGH1234", api_secret=SECRET, event_handler=handler, testnet=False)
+    config = stream.config
+    assert config.endpoints.ws_private_url == "wss://stream.bybit.com/v5/private"
+    assert config.endpoints.rest_url == "https://api.bybit.com"
+    assert config.categories == ("linear",) and stream.mode == "production" and stream.state == "new"
+    assert BybitHybridStream("k", SECRET, handler, True).config.endpoints.rest_url == "https://api-testnet.bybit.com"
+
+
+def test_repr_and_config_never_show_the_secret():
+    stream = make()
+    for text in (repr(stream), str(stream), repr(stream.config)):
+        assert SECRET not in text
+    assert "abcd" in repr(stream) and "EFGH1234" not in repr(stream)
+
+
+def test_extra_stream_config_options_pass_through():
+    policy = SubscriptionPolicy(unsubscribe_grace=0.5)
+    stream = make(categories=["linear", "inverse"], stream_url="ws://127.0.0.1:9", rest_url="http://127.0.0.1:9",
+                  heartbeat_interval=5, subscriptions=policy, event_buffer=64)
+    config = stream.config
+    assert config.categories == ("linear", "inverse") and config.heartbeat_interval == 5
+    assert config.subscriptions is policy and config.event_buffer == 64
+    assert config.endpoints.ws_private_url == "ws://127.0.0.1:9/v5/private"
+    assert config.endpoints.public_url("inverse") == "ws://127.0.0.1:9/v5/public/inverse"
+
+
+@pytest.mark.parametrize("mode", [None, "production"])
+def test_supported_modes(mode):
+    assert make(mode=mode).mode == "production"
+
+
+@pytest.mark.parametrize("mode", ["canary", "parallel", "rest", "PRODUCTION", ""])
+def test_other_modes_are_refused_naming_the_supported_ones(mode):
+    with pytest.raises(ConfigError, match="supports mode=None or 'production'"):
+        make(mode=mode)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"api_key": ""}, "api_key must be a non-empty string"),
+    ({"api_secret": "  "}, "api_secret must be a non-empty string"),
+    ({"api_secret": None}, "api_secret must be a non-empty string"),
+    ({"event_handler": "not callable"}, "event_handler must be an async callable"),
+    ({"testnet": 1}, "testnet must be True or False"),
+    ({"start_timeout": 0}, "start_timeout must be a positive number of seconds or None"),
+    ({"stop_timeout": None}, "stop_timeout must be a positive number of seconds"),
+    ({"credentials": object()}, "pass api_key and api_secret as arguments"),
+    ({"endpoints": object()}, "pass testnet, stream_url and rest_url as arguments"),
+    ({"heartbeat_intervl": 5}, "unknown option heartbeat_intervl=.*heartbeat_interval"),
+    ({"heartbeat_interval": -1}, "heartbeat_interval must be a positive number"),
+    ({"categories": ["spot"]}, "category 'spot' cannot hold positions"),
+    ({"stream_url": "http://x"}, "is not a ws/wss:// URL"),
+])
+def test_bad_arguments_raise_config_error_at_construction(kwargs, message):
+    with pytest.raises(ConfigError, match=message) as caught:
+        make(**kwargs)
+    assert SECRET not in str(caught.value)
+
+
+def test_stop_before_start_is_a_no_op_and_the_stream_cannot_start_afterwards():
+    import asyncio
+
+    async def main() -> None:
+        stream = make()
+        await stream.stop()
+        await stream.stop()
+        assert stream.state == "stopped"
+        with pytest.raises(RuntimeError, match="already called"):
+            await stream.start()
+
+    asyncio.run(main())

@@ -1,0 +1,221 @@
+"""BybitHybridStream's life cycle under both hosts, against the simulator on loopback:
+start() returns with positions known; stop() is idempotent and leaves no task, trio task,
+socket or busy thread; ``async with``; bad keys; an unreachable exchange; a stream that
+dies after start; a loop that ends without stop()."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import traceback
+from decimal import Decimal
+
+import pytest
+import trio
+
+from bridge_support import (HOSTS, Leftovers, Recorder, assert_nothing_left, control, expected_host,
+                            forget_captured_log_records, open_fds,
+                            open_linear_positions, open_linear_symbols, run_on, simulator, wait_until)
+from hybrid_actors import AuthRejected, BybitHybridStream, HybridActorsError
+from hybrid_actors.errors import StartTimeout
+
+pytestmark = pytest.mark.system
+__all__ = ["simulator"]  # the fixture, imported
+
+SECRET = "s3cr3t-that-must-never-print-0123456789"
+
+
+@pytest.mark.parametrize("host", HOSTS)
+def test_start_returns_with_positions_known_and_stop_leaves_nothing(host, simulator):
+    sim = simulator(rate=20)
+
+    async def main() -> None:
+        await open_linear_positions(sim, ["BTCUSDT", "ETHUSDT", "SOLUSDT"])
+        before = Leftovers.take()
+        handler = Recorder()
+        stream = BybitHybridStream(sim.api_key, sim.api_secret, handler, **sim.stream_kwargs())
+        await stream.start()
+        try:
+            assert stream.host == expected_host(host)
+            assert stream.running
+            positions = {p.symbol: p for p in stream.positions()}
+            assert set(positions) == await open_linear_symbols(sim) == {"BTCUSDT", "ETHUSDT", "SOLUSDT"}
+            for view in positions.values():
+                assert view.size == Decimal(1) and view.side == "Buy"
+                assert isinstance(view.mark_price, Decimal) and view.mark_price > 0
+            health = stream.health()
+            assert health.status == "ok", health.problems
+            assert health.connections["private"]["connected"] and health.connections["public:linear"]["connected"]
+            assert health.positions == 3
+            await handler.wait_for(lambda name, data: data["source"] == "ticker")  # it is live
+        finally:
+            await asyncio.gather(stream.stop(), stream.stop())  # concurrent stops share one shutdown
+        await stream.stop()  # and a later one is a no-op
+        assert stream.state == "stopped" and stream.error is None
+        assert stream.positions() == () and stream.health().status == "down"
+        await assert_nothing_left(before, host)
+        with pytest.raises(RuntimeError, match="already called"):
+            await stream.start()
+
+    run_on(host, main)
+
+
+@pytest.mark.parametrize("host", HOSTS)
+def test_async_with_starts_and_stops(host, simulator):
+    sim = simulator(rate=20)
+
+    async def main() -> None:
+        await open_linear_positions(sim, ["XRPUSDT"])
+        before = Leftovers.take()
+        handler = Recorder()
+        async with BybitHybridStream(sim.api_key, sim.api_secret, handler, **sim.stream_kwargs()) as stream:
+            assert stream.running and [p.symbol for p in stream.positions()] == ["XRPUSDT"]
+            name, data = await handler.wait_for(lambda name, data: data["symbol"] == "XRPUSDT")
+            assert name == "position.update"
+        assert stream.state == "stopped"
+        await stream.stop()
+        await assert_nothing_left(before, host)
+
+    run_on(host, main)
+
+
+@pytest.mark.parametrize("host", HOSTS)
+def test_bad_keys_raise_auth_rejected_without_the_secret(host, simulator, caplog):
+    sim = simulator(rate=20)
+    caplog.set_level(logging.DEBUG)
+
+    async def main() -> None:
+        before = Leftovers.take()
+        stream = BybitHybridStream("test_key", SECRET, Recorder(), **sim.stream_kwargs())
+        assert SECRET not in repr(stream)
+        with pytest.raises(AuthRejected) as caught:
+            await stream.start()
+        text = "".join(traceback.format_exception(caught.value))
+        assert SECRET not in text and SECRET not in repr(caught.value)
+        assert "test" in str(caught.value)  # says which key (its first four characters)
+        assert stream.state == "stopped" and not stream.running
+        await stream.stop()
+        await assert_nothing_left(before, host)
+
+    run_on(host, main)
+    logged = "\n".join(f"{r.getMessage()} {r.exc_text or ''}" for r in caplog.records)
+    assert SECRET not in logged
+
+
+@pytest.mark.parametrize("host", HOSTS)
+def test_an_unreachable_exchange_times_out_start_clearly(host):
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+
+    async def main() -> None:
+        before = Leftovers.take()
+        stream = BybitHybridStream("key1", SECRET, Recorder(), stream_url=f"ws://127.0.0.1:{port}",
+                                   rest_url=f"http://127.0.0.1:{port}", start_timeout=0.5)
+        with pytest.raises(StartTimeout) as caught:
+            await stream.start()
+        assert isinstance(caught.value, TimeoutError) and isinstance(caught.value, HybridActorsError)
+        message = str(caught.value)
+        assert "0.5s" in message and f"ws://127.0.0.1:{port}/v5/private" in message and SECRET not in message
+        await assert_nothing_left(before, host)
+
+    run_on(host, main)
+
+
+@pytest.mark.parametrize("host", HOSTS)
+def test_a_stream_that_dies_after_start_reports_why(host, simulator):
+    sim = simulator(rate=20)
+
+    async def main() -> None:
+        await open_linear_positions(sim, ["BTCUSDT"])
+        before = Leftovers.take()
+        stream = BybitHybridStream(sim.api_key, sim.api_secret, Recorder(), **sim.stream_kwargs())
+        await stream.start()
+        await control(sim, "fail_auth", count=None)  # the key is revoked...
+        await control(sim, "drop_private")  # ...and the reconnect's auth fails: fatal
+        with pytest.raises(AuthRejected):
+            await asyncio.wait_for(stream.wait_closed(), 10)
+        assert stream.state == "failed" and isinstance(stream.error, AuthRejected)
+        health = stream.health()
+        assert health.status == "down" and "failed" in health.problems[0]
+        with pytest.raises(RuntimeError, match="already called"):
+            await stream.start()
+        await stream.stop()
+        assert stream.state == "stopped" and isinstance(stream.error, AuthRejected)
+        forget_captured_log_records()
+        await assert_nothing_left(before, host, collect_garbage=True)
+
+    run_on(host, main)
+
+
+@pytest.mark.parametrize("host", HOSTS)
+def test_stop_from_inside_the_handler(host, simulator):
+    sim = simulator(rate=20)
+
+    async def main() -> None:
+        await open_linear_positions(sim, ["DOGEUSDT"])
+        before = Leftovers.take()
+        stopped = asyncio.Event()
+
+        async def handler(name: str, data: dict) -> None:
+            if name == "position.closed":
+                await stream.stop()  # must not wait for this very call
+                stopped.set()
+
+        stream = BybitHybridStream(sim.api_key, sim.api_secret, handler, **sim.stream_kwargs())
+        await stream.start()
+        await control(sim, "close_position", symbol="DOGEUSDT")
+        await asyncio.wait_for(stopped.wait(), 10)
+        assert stream.state == "stopped"
+        await wait_until(lambda: Leftovers.take().tasks == before.tasks, what="the handler call to return")
+        await assert_nothing_left(before, host)
+
+    run_on(host, main)
+
+
+@pytest.mark.parametrize("host", HOSTS)
+def test_a_loop_that_ends_without_stop_still_shuts_trio_down(host, simulator):
+    """asyncio.run() / trio_asyncio.run() cancel what is left; the trio side must close first."""
+    sim = simulator(rate=20)
+    fds_before = open_fds()
+    streams: list[BybitHybridStream] = []
+
+    async def main() -> None:
+        await open_linear_positions(sim, ["BTCUSDT"])
+        stream = BybitHybridStream(sim.api_key, sim.api_secret, Recorder(), **sim.stream_kwargs())
+        streams.append(stream)
+        await stream.start()  # and return without stop()
+
+    run_on(host, main)
+    assert streams[0].state == "stopped" and streams[0].error is None
+    assert open_fds() == fds_before  # the loop is closed, and so are our sockets
+    with pytest.raises(RuntimeError):
+        trio.lowlevel.current_trio_token()  # no trio run lingers on this thread
+
+    async def connections() -> list:
+        return (await control(sim, "state"))["connections"]
+
+    async def sim_sees_no_connection() -> None:
+        while await connections():
+            await asyncio.sleep(0.01)
+
+    run_on("asyncio", sim_sees_no_connection, timeout=10)
+
+
+def test_asyncio_run_after_trio_asyncio_import_uses_the_trio_asyncio_host(simulator):
+    """Importing trio_asyncio makes plain asyncio.run() build its sync loop; that is a trio-asyncio host."""
+    import trio_asyncio  # noqa: F401 - the import is the point
+
+    sim = simulator(rate=20)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        assert type(loop).__name__ == "SyncTrioEventLoop"
+        await open_linear_positions(sim, ["BTCUSDT"])
+        handler = Recorder()
+        async with BybitHybridStream(sim.api_key, sim.api_secret, handler, **sim.stream_kwargs()) as stream:
+            assert stream.host == "trio-asyncio"
+            await handler.wait_for(lambda name, data: data["source"] == "ticker")
+
+    asyncio.run(asyncio.wait_for(main(), 30))
