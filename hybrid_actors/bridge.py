@@ -714,7 +714,7 @@ class BybitHybridStream:
             await self.stop()
             raise
         if failure is not None:
-            await asyncio.wait([self._host_task])
+            await self.stop()  # the trio side is down already; end the delivery task too
             raise failure
 
     async def stop(self) -> None:
@@ -819,9 +819,10 @@ class BybitHybridStream:
                     if not runner.done():
                         cancelled = True  # e.g. asyncio.run() ending without stop(): stop trio first
                         self._request_trio_stop()
-            if runner.cancelled():
-                error = HybridActorsError("the stream's trio side was cancelled from outside (the trio-asyncio "
-                                          "loop is closing?)") if not self._stop_requested else None
+            if runner.cancelled():  # trio-asyncio's loop is closing and cancelled our trio task
+                if not self._stop_requested:
+                    log.warning("the trio-asyncio loop ended the stream; call stop() before the loop ends")
+                    self._stop_requested = True
             else:
                 error = runner.exception()
             await self._release_guest()
@@ -836,9 +837,11 @@ class BybitHybridStream:
             self._started.set_result(error if error is not None else HybridActorsError(
                 "the stream was stopped before it finished starting"))
         elif error is not None and not self._stop_requested:
+            log.error("the hybrid stream has ended: %s: %s", type(error).__name__, error, exc_info=error)
             self._error = error
             self._state = "failed"
-            log.error("the hybrid stream has ended: %s: %s", type(error).__name__, error)
+        elif self._stopping is None:
+            self._state = "stopped"  # the loop is ending without stop(): the trio side is down all the same
         self._closed.set()
         if cancelled:
             raise asyncio.CancelledError
