@@ -1,5 +1,6 @@
 """What the asyncio handler sees, under both hosts, against the simulator on loopback:
-Decimal prices at the simulator's rate; a new position within a second; a raising handler
+Decimal prices at the simulator's rate; a new position within a second (and ``async with``
+leaving nothing behind); a raising handler
 counted while the stream goes on; a slow handler that sees conflated prices but every
 lifecycle event in order, without holding up other positions."""
 
@@ -12,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from bridge_support import HOSTS, Recorder, control, open_linear_positions, run_on, simulator, wait_until
+from bridge_support import (HOSTS, Leftovers, Recorder, assert_nothing_left, control, open_linear_positions,
+                            run_on, simulator, wait_until)
 from hybrid_actors import BybitHybridStream
 
 pytestmark = pytest.mark.system
@@ -40,7 +42,7 @@ def test_events_carry_decimals_and_keep_flowing_at_the_simulators_rate(host, sim
             await wait_until(lambda: subscribed(stream, 3), what="every ticker subscribed")
             loop = asyncio.get_running_loop()
             start, first = loop.time(), handler.mark()
-            window = 1.5
+            window = 1.0
             await asyncio.sleep(window)  # let the stream run; the simulator sets the pace
             elapsed = loop.time() - start
             got = handler.events[first:]
@@ -67,8 +69,10 @@ def test_a_position_opened_in_the_simulator_reaches_the_handler_within_a_second(
 
     async def main() -> None:
         await open_linear_positions(sim, ["BTCUSDT"])
+        before = Leftovers.take()
         handler = Recorder()
         async with BybitHybridStream(sim.api_key, sim.api_secret, handler, **sim.stream_kwargs()) as stream:
+            assert stream.running
             loop = asyncio.get_running_loop()
             mark = handler.mark()
             opened_at = loop.time()
@@ -85,6 +89,9 @@ def test_a_position_opened_in_the_simulator_reaches_the_handler_within_a_second(
             name, data = await handler.wait_for(lambda n, d: d["symbol"] == "ETHUSDT" and n == "position.closed",
                                                 after=mark, timeout=1.0)
             assert data["size"] == 0
+        assert stream.state == "stopped"  # by the async with
+        await stream.stop()
+        await assert_nothing_left(before, host)
 
     run_on(host, main)
 
