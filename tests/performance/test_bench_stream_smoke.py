@@ -1,0 +1,67 @@
+"""A tiny run of scripts/bench_stream.py's measurements: the script keeps working and every
+figure it prints is produced and well-formed. Timings are never asserted here; the
+figures come from running the script itself."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import pathlib
+
+import pytest
+import trio
+
+pytestmark = pytest.mark.performance
+
+SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "scripts" / "bench_stream.py"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("bench_stream", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def assert_distribution(figure: dict, keys: tuple[str, ...]) -> None:
+    samples = figure["samples"]
+    assert (samples if isinstance(samples, int) else len(samples)) > 0, figure
+    for key in keys:
+        assert is_number(figure[key]) and figure[key] >= 0, (key, figure)
+
+
+async def test_a_tiny_run_produces_every_figure():
+    bench = load_script()
+    opts = bench.Options(symbols=5, rate=20.0, seconds=1.0, warmup=0.3, transport_seconds=0.5,
+                         latency_seconds=1.0, drops=1, opens=2, seed=3)
+    with trio.fail_after(60):
+        result = await bench.run_benchmark(opts)
+    json.dumps(result)  # printable as one JSON object
+
+    for key in ("raw_ceiling_msgs_per_cpu_s", "stream_msgs_per_cpu_s", "ratio_to_ceiling"):
+        assert is_number(result[key]) and result[key] > 0, key
+    assert_distribution(result["frame_to_event_overhead_ms"], ("p50", "p99", "max"))
+    assert_distribution(result["public_drop_to_fresh_price_s"], ("median", "max"))
+    assert len(result["public_drop_to_fresh_price_s"]["samples"]) == 1
+    assert_distribution(result["open_to_first_mark_ms"], ("p50", "p99", "max"))
+    assert result["open_to_first_mark_ms"]["samples"] == 2
+    assert set(result["targets"]) and all(isinstance(v, bool) for v in result["targets"].values())
+
+    details = result["details"]
+    for window in ("raw", "transport", "stream"):
+        assert details[window]["frames"] > 0 and details[window]["client_cpu_s"] > 0, window
+        assert is_number(details[window]["sim_cpu_s"])
+    assert details["stream"]["events"] > 0
+    assert details["public_reads"]["reads"] > 0
+    totals = result["totals"]
+    assert totals["frames"] > 0 and totals["events"] > 0 and totals["conflated"] >= 0
+    assert totals["public_connects"] == 2  # the first connection and one after the drop
+    assert is_number(totals["client_cpu_s"]) and is_number(totals["sim_cpu_s"])
+    assert result["machine"]["cpu_count"] >= 1 and result["machine"]["python"]
+    assert all(is_number(v) for v in result["durations_s"].values())
