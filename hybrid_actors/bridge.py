@@ -108,8 +108,12 @@ State = Literal["new", "starting", "running", "failed", "stopped"]
 #: ``mode=None`` means "production" too; the rollout modes of the original plan
 #: (canary, parallel, rest) are not part of this version
 SUPPORTED_MODES: Final[tuple[str, ...]] = ("production",)
-#: most events moved across the trio/asyncio boundary in one hop
+#: most events the trio side takes from the stream per batch
 MAX_BATCH: Final = 256
+#: the delivery task yields to the loop after this long of back-to-back handler calls, so
+#: a backlog (or handlers with slow synchronous parts) holds up the bot's other tasks, and
+#: trio's, for at most about this long
+DELIVERY_SLICE_NS: Final = 2_000_000
 DEFAULT_START_TIMEOUT: Final = 60.0
 DEFAULT_STOP_TIMEOUT: Final = 5.0
 #: handler errors logged with a traceback per window; the rest are counted and summarised
@@ -174,11 +178,19 @@ class BridgeStats:
     conflated: int = 0
     dropped_on_stop: int = 0
     delays: DelayHistogram = attrs.Factory(DelayHistogram)
+    #: the part of ``delays`` spent before the idle delivery task got the thread back (per
+    #: wakeup): time the loop's thread was busy elsewhere (trio's own steps, other callbacks)
+    wake_delays: DelayHistogram = attrs.Factory(DelayHistogram)
+
+    def reset_delays(self) -> None:
+        self.delays.reset()
+        self.wake_delays.reset()
 
     def as_dict(self) -> dict[str, Any]:
         return {"batches": self.batches, "events_in": self.events_in, "handler_calls": self.handler_calls,
                 "handler_errors": self.handler_errors, "conflated": self.conflated,
-                "dropped_on_stop": self.dropped_on_stop, "delivery_delay": self.delays.summary()}
+                "dropped_on_stop": self.dropped_on_stop, "delivery_delay": self.delays.summary(),
+                "wake_delay": self.wake_delays.summary()}
 
 
 # --- the asyncio side: one lane per position ---------------------------------------------------
@@ -271,6 +283,8 @@ class _Dispatcher:
     task: asyncio.Task[None] | None = None
     owners: set[asyncio.Task[None]] = attrs.Factory(set)
     _wakeup: asyncio.Future[None] | None = None
+    #: the stamp of the batch that woke the delivery task
+    _woken_at: int = 0
     _window_start: float = attrs.field(factory=time.monotonic)
     _logged: int = 0
     _suppressed: int = 0
@@ -312,25 +326,29 @@ class _Dispatcher:
                 ready.append(lane)
         wakeup = self._wakeup
         if wakeup is not None and not wakeup.done():
+            self._woken_at = stamp
             wakeup.set_result(None)
 
     # --- delivery ----------------------------------------------------------------------------
     async def _deliver(self) -> None:
         ready = self.ready
-        calls = 0
+        perf = time.perf_counter_ns
+        turn_ends = perf() + DELIVERY_SLICE_NS
         while True:
             if not ready:
                 if self.closed:
                     return
-                calls = 0
                 self._wakeup = self.loop.create_future()
                 await self._wakeup
                 self._wakeup = None
+                if self._woken_at:
+                    self.stats.wake_delays.add(perf() - self._woken_at)
+                    self._woken_at = 0
+                turn_ends = perf() + DELIVERY_SLICE_NS
                 continue
             lane = ready.popleft()
             lane.queued = False
             while lane.pending:
-                calls += 1
                 call = self._first_step(lane)
                 if call is not None:  # the handler is waiting: stay with it, let a new task deliver the rest
                     task = asyncio.current_task()
@@ -341,9 +359,9 @@ class _Dispatcher:
                     await self._own(lane, call)
                     return
             self._retire(lane)
-            if calls >= MAX_BATCH:  # let the loop breathe during a long backlog
-                calls = 0
+            if perf() > turn_ends:  # a long backlog: let the rest of the loop have a turn
                 await asyncio.sleep(0)
+                turn_ends = perf() + DELIVERY_SLICE_NS
 
     async def _own(self, lane: _Lane, call: _Suspended) -> None:
         """Finish ``call``, then deliver this lane's events until it is empty, in this task."""
@@ -771,7 +789,7 @@ class BybitHybridStream:
     def health(self) -> HealthReport:
         """The stream's :class:`HealthReport`; ``events`` also holds the bridge's counters
         (``handler_calls``, ``handler_errors``, ``bridge_conflated``, ``bridge_queued``,
-        ``delivery_delay``)."""
+        ``delivery_delay``, ``wake_delay``)."""
         stream = self._stream
         report = None
         if stream is not None:
@@ -791,7 +809,7 @@ class BybitHybridStream:
                   "bridge_conflated": stats.conflated, "bridge_batches": stats.batches,
                   "bridge_queued": dispatcher.queued() if dispatcher is not None else 0,
                   "bridge_lifecycle_queued": dispatcher.lifecycle_pending if dispatcher is not None else 0,
-                  "delivery_delay": stats.delays.summary()}
+                  "delivery_delay": stats.delays.summary(), "wake_delay": stats.wake_delays.summary()}
         status, problems = report.status, report.problems
         if dispatcher is not None and not dispatcher.closed and dispatcher.room() <= 0:
             problems = (*problems, f"the event handler is behind: {dispatcher.lifecycle_pending} lifecycle events "

@@ -11,6 +11,8 @@ it measures for ``--seconds`` and prints one JSON object, the hosts side by side
 
     delay_ms_p50/p99/max   the batch being taken from the trio stream (stamped by the
                            bridge) to the asyncio handler being called, per event
+    wake_ms_p50/p99/max    the part of it before the idle delivery task got the thread
+                           back, per wakeup: the loop's thread busy with trio's own steps
     events_per_s           handler calls per second during the window
     handler_calls          handler calls during the window
     conflated_bridge       price updates replaced in a lane before the handler saw them
@@ -100,7 +102,7 @@ async def measure(info: dict[str, Any], args: argparse.Namespace) -> dict[str, A
             await asyncio.sleep(0.1)
         await asyncio.sleep(args.warmup)
         stats = stream.stats
-        stats.delays.reset()
+        stats.reset_delays()
         health = stream.health().events
         before = (calls, stats.conflated, stats.batches, health["conflated"], health["emitted"], cpu_seconds(),
                   time.perf_counter())
@@ -108,7 +110,7 @@ async def measure(info: dict[str, Any], args: argparse.Namespace) -> dict[str, A
         health = stream.health().events
         after = (calls, stats.conflated, stats.batches, health["conflated"], health["emitted"], cpu_seconds(),
                  time.perf_counter())
-        delays = stats.delays.summary()
+        delays, wakes = stats.delays.summary(), stats.wake_delays.summary()
         subscribed = stream.health().subscriptions.get("linear", {}).get("confirmed")
     finally:
         await stream.stop()
@@ -116,6 +118,7 @@ async def measure(info: dict[str, Any], args: argparse.Namespace) -> dict[str, A
     return {
         "host": stream.host, "subscribed": subscribed, "seconds": round(elapsed, 2),
         "delay_ms_p50": delays["p50_ms"], "delay_ms_p99": delays["p99_ms"], "delay_ms_max": delays["max_ms"],
+        "wake_ms_p50": wakes["p50_ms"], "wake_ms_p99": wakes["p99_ms"], "wake_ms_max": wakes["max_ms"],
         "events_per_s": round(handled / elapsed), "handler_calls": handled, "conflated_bridge": conflated,
         "conflated_stream": stream_conflated, "batches": batches,
         "mean_batch": round(handled / batches, 1) if batches else None,

@@ -146,8 +146,9 @@ def test_a_raising_handler_is_logged_counted_and_the_stream_goes_on(host, simula
 @pytest.mark.parametrize("host", HOSTS)
 def test_a_slow_handler_sees_conflated_prices_but_every_lifecycle_event_in_order(host, simulator):
     """BTCUSDT's handler is stuck while its prices and lifecycle events pile up; ETHUSDT's
-    prices keep arriving meanwhile. When it resumes, BTCUSDT sees the latest price between
-    lifecycle events and every lifecycle event, in order, one call at a time."""
+    prices keep arriving meanwhile. The lanes fill up (event_buffer=2) and the stream holds
+    the rest back. When it resumes, BTCUSDT sees the latest price between lifecycle events
+    and every lifecycle event, in order, one call at a time."""
     sim = simulator(rate=0)
 
     async def main() -> None:
@@ -178,7 +179,8 @@ def test_a_slow_handler_sees_conflated_prices_but_every_lifecycle_event_in_order
                 return sizes.get("BTCUSDT") == (None if size is None else Decimal(size))
             await wait_until(check, what=f"BTCUSDT size {size}")
 
-        stream = BybitHybridStream(sim.api_key, sim.api_secret, handler, **sim.stream_kwargs())
+        # event_buffer=2: at most two lifecycle events wait in the lanes; the third waits upstream
+        stream = BybitHybridStream(sim.api_key, sim.api_secret, handler, event_buffer=2, **sim.stream_kwargs())
         await stream.start()
         try:
             await wait_until(lambda: subscribed(stream, 2), what="both tickers subscribed")
@@ -198,8 +200,10 @@ def test_a_slow_handler_sees_conflated_prices_but_every_lifecycle_event_in_order
             await control(sim, "close_position", symbol="BTCUSDT")
             await btc_size_is(None)
             assert len(seen.of("BTCUSDT")) == 1  # still stuck in its first call
-            assert stream.health().events["bridge_lifecycle_queued"] == 3
-            gate.set()
+            health = stream.health()
+            assert health.events["bridge_lifecycle_queued"] == 2  # full: the close waits in the stream
+            assert health.status == "degraded" and any("handler is behind" in p for p in health.problems)
+            gate.set()  # room frees up, the bridge wakes the trio side, the close comes through
             await seen.wait_for(lambda n, d: d["symbol"] == "BTCUSDT" and n == "position.closed")
         finally:
             await stream.stop()
