@@ -50,10 +50,11 @@ endpoints. Everything is measured in the same run, on the real clock, in this or
    until the first ``ticker`` event whose frame ``ts`` is not older than the drop and that
    arrives after the public link's generation changed (a price from the new connection).
    Also the time until every desired symbol is confirmed again on the new connection.
-   Drops are spaced by more than ``RestartPolicy.stable_after``, which this benchmark sets
-   to ``DROP_STABLE_AFTER`` seconds (default 60), so each drop is an isolated outage and
-   the supervisor's first retry applies (full jitter within ``backoff_initial``), as it
-   would for drops a minute apart in production.
+   The supervisor's jitter comes from ``random.Random(--seed)``, so runs draw the same
+   delays. Drops are spaced by more than ``RestartPolicy.stable_after``, which this
+   benchmark sets to ``DROP_STABLE_AFTER`` seconds (default 60), so each drop is an
+   isolated outage and the supervisor's first retry applies (full jitter within
+   ``backoff_initial``), as it would for drops a minute apart in production.
 6. **Open → first mark** (``open_to_first_mark_ms``), ``--opens`` times on fresh symbols:
    from just before ``/control/open_position`` until the first event for that position
    with ``source == "ticker"``. Breakdown: ``open_to_open_event_ms`` (the private push's
@@ -65,7 +66,7 @@ endpoints. Everything is measured in the same run, on the real clock, in this or
 The HTTP control calls of steps 2, 5 and 6 run in this process but outside the CPU
 windows. Each window also reports ``client_runqueue_wait_ms`` (time this process was
 ready to run but had no CPU, from ``/proc/thread-self/schedstat``) and involuntary
-context switches: on a shared 2-core machine those, not our code, make the latency tail.
+context switches, to tell how much of a latency tail a shared machine added.
 
 Usage: python scripts/bench_stream.py [--symbols 500] [--rate 10] [--seconds 15]
 """
@@ -743,6 +744,8 @@ async def run_benchmark(opts: Options) -> dict[str, Any]:
             "public_drop_to_all_resubscribed_s": median_max(resubscribed_s),
             "open_to_open_event_ms": percentiles(opens["open_event"], 1),
             "open_to_ticker_mark_applied_ms": percentiles(opens["mark_applied"], 1),
+            "open_samples_ms": {"first_mark": [round(v, 1) for v in opens["first_mark"]],
+                                "ticker_mark_applied": [round(v, 1) for v in opens["mark_applied"]]},
             "open_ticker_event_deduplicated": int(sum(opens["deduplicated"])),
         },
         "totals": {**totals, "client_cpu_s": round(self_cpu_seconds() - cpu_start, 3),
