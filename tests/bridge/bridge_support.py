@@ -9,13 +9,15 @@ Each test is a plain sync function that runs its own event loop with :func:`run_
 - ``"trio-asyncio"``: ``trio_asyncio.run(aio_as_trio(main))``.
 
 The simulator runs as ``python -m hybrid_actors simulator --json`` on loopback ports chosen
-by the OS; its control endpoints are reached over plain asyncio streams (they work on both
+by the OS, a fresh one per test (the next one starts in the background while a test runs,
+so its start-up costs no test time); its control endpoints are reached over plain asyncio streams (they work on both
 loops). Nothing here sleeps on the real clock: waits are on asyncio events under deadlines.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import gc
 import json
 import logging
@@ -53,11 +55,14 @@ class SimInfo:
         return {"stream_url": self.ws_url, "rest_url": self.rest_url}
 
 
-def launch_simulator(*, rate: float, symbols: int = 20, deadline: float = 20.0) -> tuple[subprocess.Popen[bytes], SimInfo]:
-    """Start the simulator CLI with no positions open; wait (under ``deadline``) for its first line."""
+def _spawn_simulator(rate: float, symbols: int) -> subprocess.Popen[bytes]:
     argv = [sys.executable, "-m", "hybrid_actors", "simulator", "--json", "--port", "0", "--rest-port", "0",
             "--symbols", str(symbols), "--positions", "0", "--rate", str(rate), "--seed", "7"]
-    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+
+
+def _announced(process: subprocess.Popen[bytes], deadline: float) -> SimInfo:
+    """The simulator's first line (its URLs and test keys), waiting at most ``deadline``."""
     try:
         assert process.stdout is not None
         with selectors.DefaultSelector() as selector:
@@ -68,7 +73,26 @@ def launch_simulator(*, rate: float, symbols: int = 20, deadline: float = 20.0) 
     except BaseException:
         stop_simulator(process)
         raise
-    return process, SimInfo(raw["ws_url"], raw["rest_url"], raw["api_key"], raw["api_secret"])
+    return SimInfo(raw["ws_url"], raw["rest_url"], raw["api_key"], raw["api_secret"])
+
+
+#: one simulator per (rate, symbols) already starting for the next test that wants it
+_SPARES: dict[tuple[float, int], subprocess.Popen[bytes]] = {}
+
+
+def launch_simulator(*, rate: float, symbols: int = 20, deadline: float = 20.0) -> tuple[subprocess.Popen[bytes], SimInfo]:
+    """A fresh simulator with no positions open (one started in the background while the
+    previous test ran, when there is one) and its details; a spare starts for the next test."""
+    key = (rate, symbols)
+    process = _SPARES.pop(key, None) or _spawn_simulator(rate, symbols)
+    _SPARES[key] = _spawn_simulator(rate, symbols)
+    return process, _announced(process, deadline)
+
+
+@atexit.register
+def _stop_spares() -> None:
+    while _SPARES:
+        stop_simulator(_SPARES.popitem()[1])
 
 
 def stop_simulator(process: subprocess.Popen[bytes]) -> None:

@@ -200,3 +200,30 @@ def test_asyncio_run_after_trio_asyncio_import_uses_the_trio_asyncio_host(simula
             await handler.wait_for(lambda name, data: data["source"] == "ticker")
 
     asyncio.run(asyncio.wait_for(main(), 30))
+
+
+def test_two_streams_on_one_loop_share_a_guest_run_that_ends_with_the_last(simulator):
+    """Guest mode: one trio guest run per loop; the second stream joins the running one, the
+    first can stop while the second goes on, and the run ends with the last stream."""
+    sim = simulator(rate=20)
+
+    async def main() -> None:
+        await open_linear_positions(sim, ["BTCUSDT", "ETHUSDT"])
+        before = Leftovers.take()
+        first, second = Recorder(), Recorder()
+        one = BybitHybridStream(sim.api_key, sim.api_secret, first, **sim.stream_kwargs())
+        two = BybitHybridStream(sim.api_key, sim.api_secret, second, **sim.stream_kwargs())
+        await one.start()
+        token = trio.lowlevel.current_trio_token()  # the guest run is up on this thread
+        await two.start()
+        assert trio.lowlevel.current_trio_token() is token  # joined, not a second run
+        await first.wait_for(lambda n, d: d["source"] == "ticker")
+        await second.wait_for(lambda n, d: d["source"] == "ticker")
+        await one.stop()
+        assert trio.lowlevel.current_trio_token() is token and two.running
+        mark = second.mark()
+        await second.wait_for(lambda n, d: d["source"] == "ticker", after=mark)  # still flowing
+        await two.stop()
+        await assert_nothing_left(before, "asyncio")  # and the guest run is over
+
+    run_on("asyncio", main)
