@@ -36,6 +36,8 @@ MAX_BATCH: Final = 512
 #: trio-websocket's internal queue; deep enough that its reader runs ahead of us
 QUEUE_SIZE: Final = 1024
 RECEIVE_BYTES: Final = 64 * 1024
+#: on cancellation, time to get the close frame out (nobody is left to read the reply)
+CANCELLED_CLOSE_WAIT: Final = 0.05
 
 
 class Transport(Protocol):
@@ -52,6 +54,12 @@ class Transport(Protocol):
     def abandon(self) -> None:
         """The peer is known dead (no pong): on exit, drop the TCP connection at once
         instead of waiting for a close handshake that cannot come."""
+
+
+def _is_cancellation(exc: BaseException) -> bool:
+    if isinstance(exc, BaseExceptionGroup):
+        return any(_is_cancellation(inner) for inner in exc.exceptions)
+    return isinstance(exc, trio.Cancelled)
 
 
 class _QueueWithoutHop:
@@ -150,13 +158,23 @@ async def open_transport(url: str, *, label: str = "ws", max_message_size: int =
             # ``_send_channel`` is trio-websocket's (pinned <0.13; see pyproject): no hop per message
             ws._send_channel = _QueueWithoutHop(ws._send_channel)  # type: ignore[assignment]
             transport = _WsTransport(ws, url, label)
+            cancelled = False
             try:
                 yield transport
+            except BaseException as exc:
+                cancelled = _is_cancellation(exc)
+                raise
             finally:
-                # Close politely (close frame 1000, wait for the peer's) even when we are being
-                # cancelled (stop), but bounded; a peer known to be dead gets no wait at all.
-                with trio.move_on_after(0 if transport.abandoned else close_timeout, shield=True):
+                # Close politely: a close frame (1000), then wait for the peer's, bounded. When we
+                # are being cancelled (stop), trio-websocket's reader is cancelled too and nobody
+                # would read the reply: send the frame and go. A peer known dead gets no wait.
+                wait = 0.0 if transport.abandoned else CANCELLED_CLOSE_WAIT if cancelled else close_timeout
+                with trio.move_on_after(wait, shield=True):
                     await ws.aclose()
+                # trio-websocket leaves the TCP socket open when the peer closed first (until
+                # garbage collection: CLOSE_WAIT); close it now. Idempotent.
+                with trio.move_on_after(0, shield=True):
+                    await ws._stream.aclose()
     except tw.DisconnectionTimeout as exc:
         # The close handshake timed out (a half-open peer). Keep the real reason, if any.
         if isinstance(exc.__context__, HybridActorsError):

@@ -117,3 +117,44 @@ async def test_refused_and_unreachable_handshakes_are_handshake_errors(loopback_
                 async with open_transport(f"ws://127.0.0.1:{port}/ok"):
                     pass
             nursery.cancel_scope.cancel()
+
+
+async def test_stopping_does_not_wait_for_a_close_reply_nobody_can_read(loopback_clock):
+    codes: list[int] = []
+
+    async def handler(ws):
+        try:
+            await ws.get_message()
+        except ConnectionClosed as exc:
+            codes.append(exc.reason.code)
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            base = await start_server(nursery, handler)
+            with trio.CancelScope() as scope:
+                async with open_transport(f"{base}/ok", close_timeout=5.0):
+                    started = trio.current_time()
+                    scope.cancel()
+                    await trio.sleep_forever()
+            assert trio.current_time() - started < 0.5  # not the 5 s close timeout
+            while not codes:
+                await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+    assert codes == [1000]  # the close frame still went out
+
+
+async def test_a_socket_the_peer_closed_is_released_at_once(loopback_clock):
+    async def closer(ws):
+        await ws.aclose(1000)
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            base = await start_server(nursery, closer)
+            holder = []
+            with pytest.raises(ConnectionLost):
+                async with open_transport(f"{base}/ok") as transport:
+                    holder.append(transport)  # keep the connection object alive on purpose
+                    await transport.receive_batch()
+            # our end is closed now, not left in CLOSE_WAIT until garbage collection
+            assert holder[0]._ws._stream.socket.fileno() == -1
+            nursery.cancel_scope.cancel()
