@@ -167,8 +167,9 @@ class RestartPolicy:
 class SubscriptionPolicy:
     """How the subscription manager talks to the public sockets."""
 
-    #: topics per subscribe frame (spot is always capped at 10 by the exchange)
-    chunk_size: int = attrs.field(default=10, validator=_positive_int)
+    #: topics per subscribe frame (spot is always capped at 10 by the exchange; linear and
+    #: inverse take 50 in one request). A burst of 10 frames resubscribes 500 symbols at once.
+    chunk_size: int = attrs.field(default=50, validator=_positive_int)
     #: subscribe/unsubscribe frames per second per socket (token bucket)
     requests_per_second: float = attrs.field(default=20.0, validator=_positive)
     burst: int = attrs.field(default=10, validator=_positive_int)

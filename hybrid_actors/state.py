@@ -322,7 +322,9 @@ class PositionClosed(PositionEvent):
 Event = PositionUpdate | PositionClosed
 
 
-_Observed = tuple[str, Decimal, Decimal | None, Decimal | None]
+#: what the consumer can see of a position: side, size, entry, mark, and whether the mark is
+#: live (from the ticker stream) or the snapshot a push / REST record carried
+_Observed = tuple[str, Decimal, Decimal | None, Decimal | None, bool]
 
 
 @attrs.define(eq=False)
@@ -351,7 +353,7 @@ class Combiner:
             for key in self.book.keys_for(category, symbol):
                 position = self.book.get(key)
                 if position is not None:
-                    self._emit_if_changed(self._view(position, "ticker", mark.received_ts), events)
+                    self._emit_if_changed(*self._view(position, "ticker", mark.received_ts), events)
         return events
 
     def desired_symbols(self, category: str) -> frozenset[str]:
@@ -364,7 +366,7 @@ class Combiner:
     def _diff_events(self, diff: BookDiff, source: Source, received_ts: int) -> list[Event]:
         events: list[Event] = []
         for position in (*diff.opened, *diff.changed):
-            self._emit_if_changed(self._view(position, source, received_ts), events)
+            self._emit_if_changed(*self._view(position, source, received_ts), events)
         for i, position in enumerate(diff.closed):
             if self._shown.pop(position.key, None) is None:
                 continue
@@ -381,24 +383,27 @@ class Combiner:
                 received_ts=received_ts))
         return events
 
-    def _emit_if_changed(self, view: PositionUpdate, events: list[Event]) -> None:
-        observed = (view.side, view.size, view.entry_price, view.mark_price)
+    def _emit_if_changed(self, view: PositionUpdate, live: bool, events: list[Event]) -> None:
+        """Emit ``view`` if anything observable changed. The first live mark of a position
+        is news even at an unchanged price: it says the ticker stream now covers it."""
+        observed = (view.side, view.size, view.entry_price, view.mark_price, live)
         self._views[view.key] = view
         if self._shown.get(view.key) != observed:
             self._shown[view.key] = observed
             events.append(view)
 
-    def _mark_for(self, position: Position) -> tuple[Decimal | None, int | None]:
-        """The fresher of the ticker mark and the mark the position record carried."""
+    def _mark_for(self, position: Position) -> tuple[Decimal | None, int | None, bool]:
+        """The fresher of the ticker mark and the mark the position record carried:
+        ``(price, exchange_ts, live)``."""
         mark = self.marks.get((position.category, position.symbol))
         if mark is not None and (position.mark_price is None or mark.exchange_ts is None
                                  or position.updated_time is None
                                  or mark.exchange_ts >= position.updated_time):
-            return mark.price, mark.exchange_ts
-        return position.mark_price, position.updated_time
+            return mark.price, mark.exchange_ts, True
+        return position.mark_price, position.updated_time, False
 
-    def _view(self, position: Position, source: Source, received_ts: int) -> PositionUpdate:
-        mark_price, mark_ts = self._mark_for(position)
+    def _view(self, position: Position, source: Source, received_ts: int) -> tuple[PositionUpdate, bool]:
+        mark_price, mark_ts, live = self._mark_for(position)
         return PositionUpdate(
             symbol=position.symbol, category=position.category, side=position.side, size=position.size,
             entry_price=position.entry_price, mark_price=mark_price,
@@ -406,4 +411,4 @@ class Combiner:
                                           position.entry_price, mark_price),
             position_idx=position.position_idx, source=source,
             exchange_ts=mark_ts if source == "ticker" else position.updated_time,
-            received_ts=received_ts)
+            received_ts=received_ts), live

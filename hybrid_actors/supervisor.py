@@ -137,7 +137,7 @@ class Supervisor:
                 stats.last_change = now
                 if kind == "fatal":
                     stats.state = "failed"
-                    log.error("%s: %s", spec.name, leaf)
+                    log.error("%s: %s", spec.name, stats.last_error)
                     raise leaf from None
                 if now - started_at >= policy.stable_after:
                     attempt = 0
@@ -153,7 +153,7 @@ class Supervisor:
                                                        leaf) from exc
                 else:
                     stats.outages += 1
-                    log.warning("%s: %s", spec.name, leaf)
+                    log.warning("%s: %s", spec.name, stats.last_error)
             delay = self.hub.rng.uniform(0, min(policy.backoff_max, policy.backoff_initial * 2 ** attempt))
             attempt += 1
             stats.state = "backoff"

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import Final, NoReturn
 
 import attrs
 import trio
@@ -27,6 +27,9 @@ from .hub import Hub
 __all__ = ["CombinerActor"]
 
 log = logging.getLogger(__name__)
+
+#: marks applied between two checkpoints
+STEP: Final = 64
 
 
 @attrs.define(eq=False)
@@ -84,7 +87,11 @@ class CombinerActor:
             for (category, symbol), mark in batch.items():
                 by_category.setdefault(category, {})[symbol] = mark
             for category, marks in by_category.items():
-                self._emit(combiner.apply_marks(category, marks))
+                items = list(marks.items())
+                for start in range(0, len(items), STEP):
+                    if start:  # a burst of marks must not hold the loop for milliseconds
+                        await trio.lowlevel.checkpoint()
+                    self._emit(combiner.apply_marks(category, dict(items[start:start + STEP])))
 
     def _emit(self, events: Sequence[Event]) -> None:
         if not events:

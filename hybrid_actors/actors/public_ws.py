@@ -13,7 +13,7 @@ hop per ticker.
 from __future__ import annotations
 
 import logging
-from typing import NoReturn
+from typing import Final, NoReturn
 
 import attrs
 import trio
@@ -29,6 +29,9 @@ from .links import Link
 __all__ = ["PublicStreamActor"]
 
 log = logging.getLogger(__name__)
+
+#: frames handled between two checkpoints (a burst of 500 tickers is ~5 ms of work)
+STEP: Final = 64
 
 
 @attrs.define(eq=False)
@@ -72,7 +75,7 @@ class PublicStreamActor:
             link.last_frame_at = now
             stats.frames += len(batch)
             stats.batches += 1
-            for raw in batch:
+            for index, raw in enumerate(batch, 1):
                 frame = decode(raw, category=category)
                 if isinstance(frame, TickerFrame):
                     activity[frame.symbol] = now
@@ -81,6 +84,9 @@ class PublicStreamActor:
                         marks.put((category, frame.symbol), Mark(mark, frame.ts, received_ms))
                 else:
                     await self._control(frame, link, now, reporter)
+                if index % STEP == 0:  # a long read must not starve the combiner or heartbeat
+                    marks.commit()
+                    await trio.lowlevel.checkpoint()
             marks.commit()
 
     async def _control(self, frame: Frame, link: Link, now: float, reporter: FrameReporter) -> None:

@@ -220,27 +220,33 @@ class SubscriptionManager:
         subs.tokens = min(policy.burst * 1.0, subs.tokens + (now - subs.tokens_at) * policy.requests_per_second)
         subs.tokens_at = now
         per_frame = max_args_per_request(subs.category, policy.chunk_size)
-        for op, symbols in (("unsubscribe", unsubscribe), ("subscribe", subscribe)):
-            while symbols and subs.tokens >= 1 - TOKEN_EPSILON:
-                chunk, symbols = symbols[:per_frame], symbols[per_frame:]
-                topics = [ticker_topic(s) for s in chunk]
-                if op == "subscribe":
-                    requests, refused = session.subscribe(topics, now)
-                    for topic in refused:
-                        self._refuse_over_budget(subs, topic, now)
-                else:
-                    requests = session.unsubscribe(topics, now)
-                for request in requests:
-                    if not link.offer(request.text):
-                        return now + policy.ack_timeout  # writer gone or stuck: the ack timeout retries
-                    subs.tokens -= 1
-                    subs.requests_sent += 1
-                    for topic in request.topics:
-                        symbol = symbol_of_topic(topic)
-                        if symbol is not None:
-                            subs.inflight[symbol] = op
-            if symbols:  # wait for the next whole token (at least MIN_WAIT: float time has a grain)
-                due = min(due, now + max(MIN_WAIT, (1 - subs.tokens) / policy.requests_per_second))
+        # Symbols being retried go one per frame: an error ack names at most one topic, so a
+        # symbol that keeps failing must not take a whole frame of healthy ones down with it.
+        retried = [s for s in subscribe if s in subs.attempts or s in subs.failed]
+        fresh = [s for s in subscribe if s not in subs.attempts and s not in subs.failed]
+        work = ([("unsubscribe", unsubscribe[i:i + per_frame]) for i in range(0, len(unsubscribe), per_frame)]
+                + [("subscribe", fresh[i:i + per_frame]) for i in range(0, len(fresh), per_frame)]
+                + [("subscribe", [s]) for s in retried])
+        while work and subs.tokens >= 1 - TOKEN_EPSILON:
+            op, chunk = work.pop(0)
+            topics = [ticker_topic(s) for s in chunk]
+            if op == "subscribe":
+                requests, refused = session.subscribe(topics, now)
+                for topic in refused:
+                    self._refuse_over_budget(subs, topic, now)
+            else:
+                requests = session.unsubscribe(topics, now)
+            for request in requests:
+                if not link.offer(request.text):
+                    return now + policy.ack_timeout  # writer gone or stuck: the ack timeout retries
+                subs.tokens -= 1
+                subs.requests_sent += 1
+                for topic in request.topics:
+                    symbol = symbol_of_topic(topic)
+                    if symbol is not None:
+                        subs.inflight[symbol] = op
+        if work:  # wait for the next whole token (at least MIN_WAIT: float time has a grain)
+            due = min(due, now + max(MIN_WAIT, (1 - subs.tokens) / policy.requests_per_second))
         for request in session.pending:
             due = min(due, request.sent_at + policy.ack_timeout)
         return due

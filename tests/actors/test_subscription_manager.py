@@ -188,3 +188,23 @@ async def test_a_missing_ack_is_retried_and_a_silent_topic_is_resubscribed():
     [resub] = h.sent()
     assert (resub["op"], resub["args"]) == ("subscribe", ["tickers.AUSDT"])
     assert h.subs.resubscribes == 1
+
+
+async def test_symbols_being_retried_go_one_per_frame():
+    h = Harness(chunk_size=50, retry_initial=1.0)
+    h.connect(0.0)
+    h.want("AUSDT", "BUSDT", "CUSDT", "DUSDT")
+    h.manager.reconcile(0.0)
+    [frame] = h.sent()
+    h.ack(frame, 0.1, success=False, ret_msg="Params Error")  # names nothing: all four unknown
+    h.manager.reconcile(10.0)
+    retries = h.sent()
+    assert sorted(f["args"][0] for f in retries) == ["tickers.AUSDT", "tickers.BUSDT", "tickers.CUSDT",
+                                                    "tickers.DUSDT"]
+    assert all(len(f["args"]) == 1 for f in retries)
+    h.want("AUSDT", "BUSDT", "CUSDT", "DUSDT", "EUSDT", "FUSDT")
+    for f in retries:
+        h.ack(f, 10.1)
+    h.manager.reconcile(10.2)
+    [fresh] = h.sent()
+    assert fresh["args"] == ["tickers.EUSDT", "tickers.FUSDT"]  # new symbols still share a frame
