@@ -29,7 +29,7 @@ __all__ = ["CombinerActor"]
 log = logging.getLogger(__name__)
 
 #: marks applied between two checkpoints
-STEP: Final = 64
+STEP: Final = 16
 
 
 @attrs.define(eq=False)

@@ -31,7 +31,7 @@ __all__ = ["PublicStreamActor"]
 log = logging.getLogger(__name__)
 
 #: frames handled between two checkpoints (a burst of 500 tickers is ~5 ms of work)
-STEP: Final = 64
+STEP: Final = 16
 
 
 @attrs.define(eq=False)
