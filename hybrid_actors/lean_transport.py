@@ -413,6 +413,7 @@ class _LeanTransport:
         while not parser.ended:
             if data:
                 parser.feed(data)
+                data = b""
                 continue
             try:
                 data = await self._stream.receive_some(RECEIVE_BYTES)
@@ -463,7 +464,10 @@ async def _upgrade(stream: trio.abc.Stream, host: str, target: str, label: str, 
         except h11.RemoteProtocolError as exc:
             raise HandshakeError(f"{label}: {url} answered the WebSocket upgrade with broken HTTP: {exc}") from None
         if event is h11.NEED_DATA:
-            http.receive_data(await stream.receive_some(RECEIVE_BYTES))
+            data = await stream.receive_some(RECEIVE_BYTES)
+            if not data:
+                raise HandshakeError(f"{label}: {url} closed the connection during the WebSocket handshake")
+            http.receive_data(data)
         elif isinstance(event, h11.InformationalResponse) and event.status_code == 101:
             problem = _upgrade_problem(event, key)
             if problem is not None:
@@ -471,8 +475,6 @@ async def _upgrade(stream: trio.abc.Stream, host: str, target: str, label: str, 
             return bytes(http.trailing_data[0])
         elif isinstance(event, h11.Response):
             raise HandshakeError(f"{label}: {url} refused the WebSocket upgrade with HTTP {event.status_code}")
-        elif isinstance(event, h11.ConnectionClosed):
-            raise HandshakeError(f"{label}: {url} closed the connection during the WebSocket handshake")
         # any other 1xx answer: wait for the real one
 
 
