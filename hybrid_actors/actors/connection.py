@@ -1,12 +1,16 @@
 """What every socket-owning actor does the same way: open the transport, register a
 :class:`~.links.Link`, drain its outbox onto the socket, die when the heartbeat says so,
-and report odd frames without flooding the log."""
+and report odd frames without flooding the log.
+
+Which transport a connection uses is :func:`choose_transport`'s answer for its name; the
+actors see only :class:`~hybrid_actors.transport.Transport` either way.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import attrs
 import trio
@@ -17,9 +21,20 @@ from ..transport import Transport, open_transport
 from .hub import Hub
 from .links import OUTBOX_SIZE, Link
 
-__all__ = ["open_link", "FrameReporter"]
+__all__ = ["open_link", "FrameReporter", "choose_transport"]
 
 log = logging.getLogger("hybrid_actors.frames")
+
+#: ``open_transport`` or ``open_lean_transport`` (same keyword arguments, same Transport)
+TransportOpener = Callable[..., AbstractAsyncContextManager[Transport]]
+
+
+def choose_transport(name: str) -> TransportOpener:
+    """The transport for connection ``name``: trio-websocket (``transport.py``) for every
+    socket. ``lean_transport.open_lean_transport`` is the drop-in alternative for the busy
+    public ones; ``scripts/bench_stream.py --transport`` measures either."""
+    del name
+    return open_transport
 
 
 @attrs.define(eq=False)
@@ -47,9 +62,9 @@ async def open_link(hub: Hub, name: str, url: str) -> AsyncIterator[Connection]:
     config = hub.config
     stats = hub.health.link(name)
     send, recv = trio.open_memory_channel[str](OUTBOX_SIZE)
-    async with open_transport(url, label=name, max_message_size=config.max_message_size,
-                              connect_timeout=config.connect_timeout,
-                              verify_tls=config.endpoints.verify_tls) as transport:
+    async with choose_transport(name)(url, label=name, max_message_size=config.max_message_size,
+                                      connect_timeout=config.connect_timeout,
+                                      verify_tls=config.endpoints.verify_tls) as transport:
         with hub.links.register(name, send) as link:
             stats.connects += 1
             stats.connected = True
