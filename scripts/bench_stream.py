@@ -11,14 +11,18 @@ endpoints. Everything is measured in the same run, on the real clock, in this or
    (``resource.getrusage(RUSAGE_SELF)`` user+system) over ``--seconds`` after a warm-up.
    It also records, per message, wall time now minus the frame's ``ts`` (the simulator
    stamps ``ts`` when its market tick starts): the tick-to-receive lag of the bare client.
-   Then ``details.transport``: the same with our ``open_transport`` + ``receive_batch()``
+   Then ``details.transport``: the same with the public sockets' transport (``--transport``:
+   ``trio-websocket`` is ``transport.open_transport``, ``lean`` is
+   ``lean_transport.open_lean_transport``; by default whichever
+   ``actors.connection.choose_transport`` picks for ``public:linear``) + ``receive_batch()``
    + ``orjson.loads`` over ``--transport-seconds``, the stream's socket cost without the
    actors (``details.ratio_to_transport_ceiling`` splits transport from actor cost).
 2. **Positions**: ``--symbols`` positions are opened on the first ``--symbols`` linear
    symbols (``/control/open_position``), so the stream subscribes all of their tickers;
    ``--opens`` more symbols are listed by the simulator and kept free for step 6.
 3. **Stream throughput** (``stream_msgs_per_cpu_s``, ``ratio_to_ceiling``):
-   ``open_hybrid_stream`` with every actor; one consumer task drains ``stream.batches()``
+   ``open_hybrid_stream`` with every actor, its public sockets on the ``--transport`` chosen
+   (the private socket keeps its own); one consumer task drains ``stream.batches()``
    and counts events. Public frames received (the public link's frame counter) per
    CPU-second of this process, measured the same way, with no instrumentation installed.
 4. **Frame-to-event overhead** (``frame_to_event_overhead_ms``), a separate window of
@@ -28,16 +32,17 @@ endpoints. Everything is measured in the same run, on the real clock, in this or
    - the live public socket's byte stream is wrapped: it reads with ``recvmsg`` and
      ``SO_TIMESTAMPNS``, so each read carries the kernel's receive time of its newest TCP
      segment (the moment the last bytes of the read reached our socket), and the time the
-     read returned to trio-websocket's reader (``time.time_ns()``, the same clock);
-   - trio-websocket's message queue is wrapped so each complete message keeps the stamps
-     of the read that completed it;
+     read returned to the transport (``time.time_ns()``, the same clock);
+   - each complete message keeps the stamps of the read that completed it: with
+     trio-websocket, its message queue is wrapped; with the lean transport, every message
+     of a ``receive_batch()`` was completed by that call's last read;
    - ``public_ws.decode`` is wrapped so each ticker frame that carries a mark price
      records ``(symbol, ts) -> stamps``;
    - when ``stream.batches()`` returns, each ``source == "ticker"`` event is matched on
      ``(symbol, exchange_ts)`` and ``time.time_ns()`` minus the kernel stamp is the figure.
 
    So it covers waiting in the socket buffer while the process is busy (for the read's
-   newest segment), wsproto parsing, queue hand-over, decode, merge, combiner, output
+   newest segment), frame parsing, queue hand-over (trio-websocket), decode, merge, combiner, output
    queue and scheduling. For a frame that is not the newest of its read it is a lower
    bound (its bytes arrived earlier than the stamp). ``frame_to_event_from_read_return_ms``
    is the in-process part alone (from the read's return). Cross-check:
@@ -69,6 +74,7 @@ ready to run but had no CPU, from ``/proc/thread-self/schedstat``) and involunta
 context switches, to tell how much of a latency tail a shared machine added.
 
 Usage: python scripts/bench_stream.py [--symbols 500] [--rate 10] [--seconds 15]
+                                     [--transport {lean,trio-websocket}]
 """
 
 from __future__ import annotations
@@ -96,8 +102,9 @@ import orjson
 import trio
 import trio_websocket
 
+from hybrid_actors import lean_transport
 from hybrid_actors import transport as transport_module
-from hybrid_actors.actors import public_ws
+from hybrid_actors.actors import connection, public_ws
 from hybrid_actors.config import Credentials, Endpoints, RestartPolicy, StreamConfig
 from hybrid_actors.protocol.frames import TickerFrame
 from hybrid_actors.state import Combiner, Event
@@ -111,6 +118,11 @@ DROP_STABLE_AFTER: Final = 2.0
 #: upper bound of one wait (a subscription round, a fresh price, a first mark)
 WAIT_LIMIT: Final = 20.0
 POLL: Final = 0.005
+#: ``--transport`` choices: the public sockets' transport
+TRANSPORTS: Final[dict[str, Callable[..., Any]]] = {
+    "trio-websocket": transport_module.open_transport,
+    "lean": lean_transport.open_lean_transport,
+}
 
 
 @attrs.frozen
@@ -124,6 +136,8 @@ class Options:
     drops: int = 5
     opens: int = 20
     seed: int = 1
+    #: the public sockets' transport (a key of TRANSPORTS); None: what choose_transport picks
+    transport: str | None = None
 
 
 # --- small helpers --------------------------------------------------------------------------
@@ -306,14 +320,15 @@ def _rates(frames: int, start: Sample, end: Sample) -> dict[str, Any]:
 
 # --- 1b. our transport + JSON parse, without the actors ---------------------------------------
 
-async def measure_transport_ceiling(sim: SimProcess, symbols: list[str], opts: Options) -> dict[str, Any]:
-    """``open_transport`` + ``receive_batch()`` + ``orjson.loads`` per message: the cost floor
+async def measure_transport_ceiling(sim: SimProcess, symbols: list[str], opts: Options,
+                                    open_public: Callable[..., Any]) -> dict[str, Any]:
+    """The public transport + ``receive_batch()`` + ``orjson.loads`` per message: the cost floor
     of the stream's own socket handling, to split the stream's cost into transport vs actors."""
     url = f"{sim.ws_url}/v5/public/{CATEGORY}"
     topics = [f"tickers.{s}" for s in symbols]
     counting = False
     frames = batches = 0
-    async with transport_module.open_transport(url, label="bench") as transport:
+    async with open_public(url, label="bench") as transport:
         for start_at in range(0, len(topics), 100):
             await transport.send(orjson.dumps({"op": "subscribe", "args": topics[start_at:start_at + 100]}).decode())
         async with trio.open_nursery() as nursery:
@@ -471,24 +486,38 @@ class LatencyProbe:
     unmatched: int = 0
     _wrapped: list[Any] = attrs.Factory(list)
 
-    def _wrap(self, ws: trio_websocket.WebSocketConnection) -> None:
-        if any(w is ws for w in self._wrapped):
+    def _wrap(self, owner: Any) -> None:
+        """Stamp the reads of ``owner._stream``: a trio-websocket connection (whose message
+        queue is wrapped too) or a lean transport."""
+        if any(w is owner for w in self._wrapped):
             return
-        ws._stream = _StampingStream(ws._stream, self)  # type: ignore[attr-defined]
-        ws._send_channel = _StampingSend(ws._send_channel, self)  # type: ignore[attr-defined]
-        self._wrapped.append(ws)
+        owner._stream = _StampingStream(owner._stream, self)
+        if isinstance(owner, trio_websocket.WebSocketConnection):
+            owner._send_channel = _StampingSend(owner._send_channel, self)  # type: ignore[attr-defined]
+        self._wrapped.append(owner)
 
     @contextmanager
     def installed(self) -> Iterator[None]:
-        """Patch the public socket's transport and the public actor's decode; undo on exit."""
+        """Patch the public socket's transport (either kind) and the public actor's decode; undo on exit."""
         probe = self
-        original_batch = transport_module._WsTransport.receive_batch
+        ws_batch = transport_module._WsTransport.receive_batch
+        lean_batch = lean_transport._LeanTransport.receive_batch
         original_decode = public_ws.decode
 
         async def receive_batch(transport: Any) -> list[str | bytes]:
             if transport._label == PUBLIC_LINK:
                 probe._wrap(transport._ws)
-            return await original_batch(transport)
+            return await ws_batch(transport)
+
+        async def receive_lean_batch(transport: Any) -> list[str | bytes]:
+            if transport._label != PUBLIC_LINK:
+                return await lean_batch(transport)
+            probe._wrap(transport)
+            batch = await lean_batch(transport)
+            stamps = (probe.kernel_ns, probe.read_ns)  # the read that completed them all
+            for message in batch:
+                probe.read_of[message] = stamps
+            return batch
 
         def decode(raw: str | bytes, *, category: str | None = None) -> Any:
             frame = original_decode(raw, category=category)
@@ -498,15 +527,18 @@ class LatencyProbe:
             return frame
 
         transport_module._WsTransport.receive_batch = receive_batch  # type: ignore[method-assign]
+        lean_transport._LeanTransport.receive_batch = receive_lean_batch  # type: ignore[method-assign]
         public_ws.decode = decode  # type: ignore[assignment]
         try:
             yield
         finally:
-            transport_module._WsTransport.receive_batch = original_batch  # type: ignore[method-assign]
+            transport_module._WsTransport.receive_batch = ws_batch  # type: ignore[method-assign]
+            lean_transport._LeanTransport.receive_batch = lean_batch  # type: ignore[method-assign]
             public_ws.decode = original_decode
-            for ws in self._wrapped:
-                ws._stream = ws._stream._inner
-                ws._send_channel = ws._send_channel._inner
+            for owner in self._wrapped:
+                owner._stream = owner._stream._inner
+                if isinstance(owner, trio_websocket.WebSocketConnection):
+                    owner._send_channel = owner._send_channel._inner  # type: ignore[attr-defined]
 
     def watcher(self, events: list[Event], stamp: int) -> None:
         out_ns = time.time_ns()
@@ -640,6 +672,29 @@ async def measure_opens(stream: HybridStream, consumer: Consumer, sim: SimProces
 
 # --- the whole run --------------------------------------------------------------------------
 
+def transport_name(opener: Callable[..., Any]) -> str:
+    return next(name for name, known in TRANSPORTS.items() if known is opener)
+
+
+@contextmanager
+def public_transport(choice: str | None) -> Iterator[Callable[..., Any]]:
+    """Open the public sockets with ``choice`` (None: as ``choose_transport`` does); yields that opener."""
+    original = connection.choose_transport
+    if choice is None:
+        yield original(PUBLIC_LINK)
+        return
+    chosen = TRANSPORTS[choice]
+
+    def choose_transport(name: str) -> Callable[..., Any]:
+        return chosen if name.startswith("public:") else original(name)
+
+    connection.choose_transport = choose_transport  # type: ignore[assignment]
+    try:
+        yield chosen
+    finally:
+        connection.choose_transport = original
+
+
 def stream_config(sim: SimProcess) -> StreamConfig:
     return StreamConfig(credentials=Credentials(str(sim.info["api_key"]), str(sim.info["api_secret"])),
                         endpoints=Endpoints.local(sim.ws_url, sim.rest_url),
@@ -647,6 +702,11 @@ def stream_config(sim: SimProcess) -> StreamConfig:
 
 
 async def run_benchmark(opts: Options) -> dict[str, Any]:
+    with public_transport(opts.transport) as open_public:
+        return await _run_benchmark(opts, open_public)
+
+
+async def _run_benchmark(opts: Options, open_public: Callable[..., Any]) -> dict[str, Any]:
     started = time.perf_counter()
     cpu_start = self_cpu_seconds()
     load_start = os.getloadavg()
@@ -664,7 +724,7 @@ async def run_benchmark(opts: Options) -> dict[str, Any]:
         durations["raw_phase_s"] = time.perf_counter() - mark
 
         mark = time.perf_counter()
-        transport = await measure_transport_ceiling(sim, symbols, opts)
+        transport = await measure_transport_ceiling(sim, symbols, opts, open_public)
         durations["transport_phase_s"] = time.perf_counter() - mark
 
         mark = time.perf_counter()
@@ -755,7 +815,8 @@ async def run_benchmark(opts: Options) -> dict[str, Any]:
                     "implementation": platform.python_implementation(), "platform": platform.platform(),
                     "loadavg_at_start": [round(x, 2) for x in load_start],
                     "loadavg_at_end": [round(x, 2) for x in os.getloadavg()]},
-        "config": {**attrs.asdict(opts), "category": CATEGORY, "stable_after_s": DROP_STABLE_AFTER},
+        "config": {**attrs.asdict(opts), "transport": transport_name(open_public), "category": CATEGORY,
+                   "stable_after_s": DROP_STABLE_AFTER},
     }
 
 
@@ -771,9 +832,11 @@ def main() -> int:
     parser.add_argument("--drops", type=int, default=defaults.drops)
     parser.add_argument("--opens", type=int, default=defaults.opens)
     parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--transport", choices=sorted(TRANSPORTS), default=None,
+                        help="the public sockets' transport (default: what the stream uses)")
     args = parser.parse_args()
     opts = Options(args.symbols, args.rate, args.seconds, args.warmup, args.transport_seconds,
-                   args.latency_seconds, args.drops, args.opens, args.seed)
+                   args.latency_seconds, args.drops, args.opens, args.seed, args.transport)
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     print(json.dumps(trio.run(partial(run_benchmark, opts))), flush=True)

@@ -36,13 +36,15 @@ def assert_distribution(figure: dict, keys: tuple[str, ...]) -> None:
         assert is_number(figure[key]) and figure[key] >= 0, (key, figure)
 
 
-async def test_a_tiny_run_produces_every_figure():
+@pytest.mark.parametrize("transport", ["trio-websocket", "lean"])
+async def test_a_tiny_run_produces_every_figure(transport):
     bench = load_script()
     opts = bench.Options(symbols=5, rate=20.0, seconds=1.0, warmup=0.3, transport_seconds=0.5,
-                         latency_seconds=1.0, drops=1, opens=2, seed=3)
+                         latency_seconds=1.0, drops=1, opens=2, seed=3, transport=transport)
     with trio.fail_after(60):
         result = await bench.run_benchmark(opts)
     json.dumps(result)  # printable as one JSON object
+    assert result["config"]["transport"] == transport
 
     for key in ("raw_ceiling_msgs_per_cpu_s", "stream_msgs_per_cpu_s", "ratio_to_ceiling"):
         assert is_number(result[key]) and result[key] > 0, key
