@@ -58,11 +58,22 @@ class RemoteProtocolError(ProtocolError):
 
 
 class TransportError(HybridActorsError):
-    """A connection-level failure. Expected in production; retried with backoff."""
+    """A connection-level failure. Expected in production; retried with backoff.
+
+    ``retry_after`` (seconds), when set, is the least the exchange asked us to wait (an IP
+    ban, a connection-rate limit); the supervisor's backoff never goes below it.
+    """
+
+    retry_after: float | None = None
 
 
 class HandshakeError(TransportError):
     """The WebSocket could not be opened (refused, HTTP error, TLS, timeout)."""
+
+    def __init__(self, message: str, *, status: int | None = None, retry_after: float | None = None):
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
 
 
 class ConnectionLost(TransportError):

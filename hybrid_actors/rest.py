@@ -12,6 +12,7 @@ the supervisor treats as an outage (retried forever, with backoff).
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -23,7 +24,7 @@ import httpx
 import trio
 
 from .config import Credentials
-from .errors import RestClockSkew, RestError, RestRateLimited, RestUnavailable
+from .errors import RestAuthError, RestClockSkew, RestError, RestRateLimited, RestUnavailable
 from .protocol.frames import Position
 from .protocol.rest import (
     PositionPage,
@@ -44,6 +45,10 @@ log = logging.getLogger(__name__)
 MAX_PAGES: Final = 1000  # 200 positions a page: far beyond any real account
 RETRY_BASE: Final = 0.5
 RETRY_CAP: Final = 8.0
+#: Bybit: after HTTP 403 "stop everything and wait >= 10 min"
+IP_BAN_COOLDOWN: Final = 600.0
+#: retCodes that mean the request itself is wrong (10001 params error): not retried
+CALLER_ERROR_CODES: Final = frozenset({10001})
 
 
 @attrs.frozen
@@ -74,16 +79,18 @@ class RestClient:
     synced: bool = False
     calls: int = 0
     failures: int = 0
+    #: trio time until which an HTTP 403 IP ban keeps us off the exchange
+    banned_until: float = -math.inf
+    _last_round_trip: tuple[float, float] = (0.0, 0.0)
 
     def now_ms(self) -> int:
         return int(self.wall_clock() * 1000) + self.offset_ms
 
     async def sync_time(self) -> int:
-        """Measure ``server - local`` with ``/v5/market/time`` (midpoint of the round trip)."""
-        before = self.wall_clock()
-        status, body, _ = await self._send(server_time_request())
-        after = self.wall_clock()
-        server_ms = parse_server_time(body, http_status=status)
+        """Measure ``server - local`` with ``/v5/market/time`` (midpoint of the round trip
+        that answered), with the same retries as every other call."""
+        server_ms = await self._call(server_time_request, parse_server_time)
+        before, after = self._last_round_trip
         self.offset_ms = server_ms - int((before + after) * 500)
         self.synced = True
         if abs(self.offset_ms) > 1000:
@@ -136,17 +143,31 @@ class RestClient:
             raise RestError("this REST client has no credentials; position/list is a signed endpoint")
         return self.credentials
 
+    def _check_ban(self, path: str) -> None:
+        """During an IP ban every call fails at once, without touching the exchange."""
+        remaining = self.banned_until - trio.current_time()
+        if remaining > 0:
+            raise RestUnavailable(f"GET {path}: not calling: HTTP 403 IP ban in force for another "
+                                  f"{remaining:.0f}s", path=path, http_status=403, retry_after=remaining)
+
     async def _call(self, build: Callable[[], RestRequest], parse: Callable[..., object]):  # type: ignore[no-untyped-def]
         last: RestError | None = None
         for attempt in range(self.attempts):
             request = build()
+            self._check_ban(request.path)
             try:
                 status, body, retry_after = await self._send(request)
                 try:
                     return parse(body, http_status=status)
                 except RestRateLimited as exc:  # 10006 arrives with HTTP 200 and the reset header
+                    if exc.http_status == 403:
+                        self.banned_until = trio.current_time() + IP_BAN_COOLDOWN
+                        log.error("%s: Bybit bans this IP for a while; no REST call for %gs", exc, IP_BAN_COOLDOWN)
+                        self._check_ban(request.path)
                     exc.retry_after = retry_after
                     raise
+            except RestAuthError:
+                raise
             except RestClockSkew as exc:
                 last = exc
                 log.warning("%s; resyncing the clock (attempt %d/%d)", exc, attempt + 1, self.attempts)
@@ -158,13 +179,19 @@ class RestClient:
             except RestUnavailable as exc:
                 last = exc
                 delay = self._backoff(attempt)
+            except RestError as exc:
+                if exc.ret_code in CALLER_ERROR_CODES:
+                    raise  # our request is wrong: retrying cannot help, a bug to be seen
+                last = exc  # an exchange-side error (10000, 10016, ...): an outage, retried
+                delay = self._backoff(attempt)
             self.failures += 1
             if attempt + 1 < self.attempts:
                 log.warning("%s; retrying in %.2fs (attempt %d/%d)", last, delay, attempt + 1, self.attempts)
                 await trio.sleep(delay)
         assert last is not None
         raise RestUnavailable(f"{last} (gave up after {self.attempts} attempts)", ret_code=last.ret_code,
-                              ret_msg=last.ret_msg, path=last.path, http_status=last.http_status) from last
+                              ret_msg=last.ret_msg, path=last.path, http_status=last.http_status,
+                              retry_after=last.retry_after) from last
 
     def _backoff(self, attempt: int) -> float:
         return self.rng.uniform(0, min(RETRY_CAP, RETRY_BASE * 2 ** attempt))
@@ -174,9 +201,11 @@ class RestClient:
         window resets)``. Network trouble and timeouts become RestUnavailable."""
         self.calls += 1
         url = f"{self.base_url}{request.target}"
+        before = self.wall_clock()
         with trio.move_on_after(self.timeout) as scope:
             try:
                 response = await self.http.get(url, headers=dict(request.headers))
+                self._last_round_trip = (before, self.wall_clock())
             except httpx.HTTPError as exc:
                 raise RestUnavailable(f"GET {request.path}: {type(exc).__name__}: {exc}",
                                       path=request.path) from None

@@ -155,6 +155,8 @@ class Supervisor:
                     stats.outages += 1
                     log.warning("%s: %s", spec.name, stats.last_error)
             delay = self.hub.rng.uniform(0, min(policy.backoff_max, policy.backoff_initial * 2 ** attempt))
+            if kind == "outage" and getattr(leaf, "retry_after", None):
+                delay = max(delay, leaf.retry_after)  # the exchange said how long (IP ban, rate limit)
             attempt += 1
             stats.state = "backoff"
             log.info("%s: restarting in %.2fs (attempt %d)", spec.name, delay, attempt)

@@ -36,6 +36,9 @@ MAX_BATCH: Final = 512
 #: trio-websocket's internal queue; deep enough that its reader runs ahead of us
 QUEUE_SIZE: Final = 1024
 RECEIVE_BYTES: Final = 64 * 1024
+#: refusals that mean "stop connecting for a while": 403 is an IP ban (Bybit: wait >= 10 min),
+#: 429 the 500-connections-per-5-minutes limit
+HANDSHAKE_COOLDOWN: Final = {403: 600.0, 429: 300.0}
 #: on cancellation, time to get the close frame out (nobody is left to read the reply)
 CANCELLED_CLOSE_WAIT: Final = 0.05
 
@@ -181,8 +184,10 @@ async def open_transport(url: str, *, label: str = "ws", max_message_size: int =
             raise exc.__context__ from None
         raise ConnectionLost(f"{label}: close handshake with {url} timed out") from None
     except tw.ConnectionRejected as exc:
+        wait = HANDSHAKE_COOLDOWN.get(exc.status_code)
+        advice = f"; backing off {wait:g}s as the exchange asks" if wait else ""
         raise HandshakeError(f"{label}: {url} refused the WebSocket upgrade with HTTP "
-                             f"{exc.status_code}") from None
+                             f"{exc.status_code}{advice}", status=exc.status_code, retry_after=wait) from None
     except tw.ConnectionTimeout:
         raise HandshakeError(f"{label}: no WebSocket handshake from {url} within "
                              f"{connect_timeout:g}s") from None

@@ -50,7 +50,7 @@ class HeartbeatActor:
         timeout = config.effective_pong_timeout
         wake = math.inf
         for link in self.hub.links.links():
-            if link.dead.is_set():
+            if link.dead.is_set() or link.paused:
                 continue
             if link.ping_sent_at is not None:
                 deadline = link.ping_sent_at + timeout
@@ -62,10 +62,10 @@ class HeartbeatActor:
                 wake = min(wake, deadline)
             if now >= link.next_ping_at:
                 req_id = f"hb{next(self._ids)}"
-                if link.offer(ping_frame(req_id)):
-                    if link.ping_sent_at is None:
-                        link.ping_sent(req_id, now)
-                        wake = min(wake, now + timeout)
+                link.offer(ping_frame(req_id))  # a full outbox (stuck writer) must time out too
+                if link.ping_sent_at is None:
+                    link.ping_sent(req_id, now)
+                    wake = min(wake, now + timeout)
                 link.next_ping_at = now + interval
             wake = min(wake, link.next_ping_at)
         return wake if wake != math.inf else now + interval

@@ -103,6 +103,8 @@ class Hub:
     subs_recv: trio.MemoryReceiveChannel[SubscriptionMessage] = attrs.field(init=False)
     #: set to ask the reconciler for a REST snapshot now (e.g. after a combiner crash)
     reconcile_now: trio.Event = attrs.Factory(trio.Event)
+    #: consecutive private auth refusals (the first is retried after a clock resync)
+    auth_refusals: int = 0
     #: set once the first REST snapshot has been applied by the combiner
     first_snapshot: trio.Event = attrs.Factory(trio.Event)
 

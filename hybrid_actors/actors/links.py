@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Final
+from typing import Final, TypeVar
 
 import attrs
 import trio
@@ -24,6 +24,7 @@ __all__ = ["Link", "LinkRegistry", "OUTBOX_SIZE"]
 log = logging.getLogger(__name__)
 
 OUTBOX_SIZE: Final = 256
+T = TypeVar("T")
 
 
 @attrs.define(eq=False)
@@ -45,6 +46,8 @@ class Link:
     pongs: int = 0
     #: trio time of the last frame of any kind (the heartbeat's evidence of life)
     last_frame_at: float = 0.0
+    #: the owner's reader is waiting on our own backpressure: pongs go unread, not unanswered
+    paused: bool = False
 
     def offer(self, text: str) -> bool:
         """Queue a frame for the socket; False if the link is gone or its outbox is full."""
@@ -73,6 +76,24 @@ class Link:
         self.pongs += 1
         self.ping_req_id = None
         self.ping_sent_at = None
+
+    async def deliver(self, channel: trio.MemorySendChannel[T], message: T) -> None:
+        """Send on one of our own bounded channels from the socket's reader. If it is full
+        (a slow consumer downstream), the heartbeat is paused while we wait: the reader is
+        not reading pongs, but the peer is not dead. Pinging resumes right after."""
+        try:
+            channel.send_nowait(message)
+            return
+        except trio.WouldBlock:
+            pass
+        self.paused = True
+        try:
+            await channel.send(message)
+        finally:
+            self.paused = False
+            self.ping_req_id = None
+            self.ping_sent_at = None
+            self.next_ping_at = trio.current_time()
 
     def kill(self, reason: str) -> None:
         if not self.dead.is_set():

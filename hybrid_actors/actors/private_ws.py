@@ -14,6 +14,7 @@ stream: retrying bad credentials only risks an IP ban.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from typing import NoReturn
 
@@ -21,11 +22,12 @@ import attrs
 import trio
 
 from ..config import AUTH_EXPIRY_MARGIN_MS
-from ..errors import AuthRejected, ConnectionLost, HandshakeError
-from ..messages import PositionsPushed, PositionsSnapshot
+from ..errors import AuthRejected, ConnectionLost, HandshakeError, RestUnavailable
+from ..messages import Lifecycle, PositionsPushed, PositionsSnapshot
 from ..protocol.frames import (AuthResult, Frame, MalformedFrame, Pong, PositionPush, SubscribeResult,
                                UnknownFrame, decode)
 from ..protocol.session import AckOutcome, Session
+from ..rest import PositionSnapshot
 from ..transport import Transport
 from .connection import FrameReporter, open_link
 from .hub import Hub
@@ -51,20 +53,29 @@ class PrivateStreamActor:
         hub = self.hub
         config = hub.config
         credentials = config.credentials
-        if not hub.rest.synced:
-            await hub.rest.sync_time()  # auth `expires` is checked against the exchange's clock
-        async with open_link(hub, self.name, config.private_url) as conn:
-            conn.nursery.start_soon(self._read, conn.transport, conn.link)
+        # auth `expires` is checked against the exchange's clock; ours may have been stepped
+        # since the last connect (NTP), so measure the offset again every time
+        await hub.rest.sync_time()
+        async with open_link(hub, self.name, config.private_url) as conn, \
+                hub.lifecycle_send.clone() as lifecycle:
+            conn.nursery.start_soon(self._read, conn.transport, conn.link, lifecycle)
             expires = hub.rest.now_ms() + AUTH_EXPIRY_MARGIN_MS
             conn.link.offer(self._session.auth(credentials.api_key, credentials.api_secret, expires))
             await self._wait(self._authed, config.auth_timeout, "an answer to auth")
             assert self._auth is not None
+            if not self._auth.success and hub.auth_refusals == 0:
+                # The docs' 'Params Error' covers bad keys and an expired `expires` alike: resync
+                # the clock (next incarnation) and try once more before calling the keys bad.
+                hub.auth_refusals += 1
+                raise ConnectionLost(f"private stream: auth refused ({self._auth.ret_msg!r}); "
+                                     "resyncing the clock and trying once more")
             if not self._auth.success:
                 raise AuthRejected(
                     f"private stream: auth rejected for key {credentials.key_hint}: {self._auth.ret_msg!r}. "
                     "Check that the API key and secret belong together, that the key was made for this "
                     "environment (mainnet / testnet / demo), and that this machine's clock is correct.",
                     key_hint=credentials.key_hint, ret_msg=self._auth.ret_msg)
+            hub.auth_refusals = 0
             for request in self._session.subscribe(["position"], trio.current_time())[0]:
                 conn.link.offer(request.text)
             await self._wait(self._subscribed, config.auth_timeout, "an ack of the position subscription")
@@ -73,13 +84,29 @@ class PrivateStreamActor:
             if not outcome.confirmed:
                 reason = outcome.failure.ret_msg if outcome.failure else "no reason given"
                 raise ConnectionLost(f"private stream: subscribing 'position' was refused: {reason}")
-            snapshot = await hub.rest.positions(config.categories)
-            await hub.lifecycle_send.send(PositionsSnapshot(
+            snapshot = await self._snapshot()
+            await lifecycle.send(PositionsSnapshot(
                 snapshot.categories, snapshot.positions, snapshot.as_of_ms, hub.wall_ms(), reason="connect"))
             log.info("private stream live (generation %d): %d position records from %d REST page(s)",
                      conn.link.generation, len(snapshot.positions), snapshot.requests)
             task_status.started()
             await trio.sleep_forever()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _snapshot(self) -> PositionSnapshot:
+        """REST position/list, retried here for as long as it takes: a REST outage must not
+        cost a healthy socket (its pushes keep flowing meanwhile, the heartbeat keeps it up)."""
+        hub = self.hub
+        for attempt in itertools.count():
+            try:
+                return await hub.rest.positions(hub.config.categories)
+            except RestUnavailable as exc:
+                policy = hub.config.restart
+                delay = hub.rng.uniform(0, min(policy.backoff_max, policy.backoff_initial * 2 ** attempt))
+                delay = max(delay, exc.retry_after or 0.0)
+                log.warning("private stream: REST snapshot failed (%s); the socket stays up, "
+                            "retrying in %.1fs", exc, delay)
+                await trio.sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover
 
     @staticmethod
@@ -89,7 +116,8 @@ class PrivateStreamActor:
             return
         raise HandshakeError(f"private stream: no {what} within {timeout:g}s")
 
-    async def _read(self, transport: Transport, link: Link) -> NoReturn:
+    async def _read(self, transport: Transport, link: Link,
+                    lifecycle: trio.MemorySendChannel[Lifecycle]) -> NoReturn:
         hub = self.hub
         stats = hub.health.link(self.name)
         reporter = FrameReporter(self.name)
@@ -106,7 +134,7 @@ class PrivateStreamActor:
                 if isinstance(frame, PositionPush):
                     positions = tuple(p for p in frame.positions if p.category in categories)
                     if positions:
-                        await hub.lifecycle_send.send(PositionsPushed(positions, received_ms))
+                        await link.deliver(lifecycle, PositionsPushed(positions, received_ms))
                 else:
                     self._control(frame, link, now, reporter)
 

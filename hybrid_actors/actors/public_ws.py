@@ -18,7 +18,7 @@ from typing import Final, NoReturn
 import attrs
 import trio
 
-from ..messages import AckReceived, LinkDown, LinkUp
+from ..messages import AckReceived, LinkDown, LinkUp, SubscriptionMessage
 from ..protocol.frames import Frame, MalformedFrame, Pong, SubscribeResult, TickerFrame, UnknownFrame, decode
 from ..state import Mark, TickerBook
 from ..transport import Transport
@@ -46,21 +46,22 @@ class PublicStreamActor:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> NoReturn:
         hub = self.hub
         url = hub.config.endpoints.public_url(self.category)
-        async with open_link(hub, self.name, url) as conn:
+        async with open_link(hub, self.name, url) as conn, hub.subs_send.clone() as manager:
             link = conn.link
             book = TickerBook(self.category)
             hub.activity[self.category].clear()
-            await hub.subs_send.send(LinkUp(self.category, link))
+            await manager.send(LinkUp(self.category, link))
             try:
                 task_status.started()
-                await self._read(conn.transport, link, book)
+                await self._read(conn.transport, link, book, manager)
             finally:
                 try:
-                    hub.subs_send.send_nowait(LinkDown(self.category, link.generation))
+                    manager.send_nowait(LinkDown(self.category, link.generation))
                 except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
                     pass  # the manager also notices the new generation on the next LinkUp
 
-    async def _read(self, transport: Transport, link: Link, book: TickerBook) -> NoReturn:
+    async def _read(self, transport: Transport, link: Link, book: TickerBook,
+                    manager: trio.MemorySendChannel[SubscriptionMessage]) -> NoReturn:
         hub = self.hub
         category = self.category
         stats = hub.health.link(self.name)
@@ -83,19 +84,20 @@ class PublicStreamActor:
                     if mark is not None:
                         marks.put((category, frame.symbol), Mark(mark, frame.ts, received_ms))
                 else:
-                    await self._control(frame, link, now, reporter)
+                    await self._control(frame, link, now, reporter, manager)
                 if index % STEP == 0:  # a long read must not starve the combiner or heartbeat
                     marks.commit()
                     await trio.lowlevel.checkpoint()
             marks.commit()
 
-    async def _control(self, frame: Frame, link: Link, now: float, reporter: FrameReporter) -> None:
+    async def _control(self, frame: Frame, link: Link, now: float, reporter: FrameReporter,
+                       manager: trio.MemorySendChannel[SubscriptionMessage]) -> None:
         if isinstance(frame, Pong):
             link.pong_received(frame.req_id, now)
         elif isinstance(frame, SubscribeResult):
             if frame.conn_id and link.conn_id is None:
                 link.conn_id = frame.conn_id
-            await self.hub.subs_send.send(AckReceived(self.category, link.generation, frame))
+            await link.deliver(manager, AckReceived(self.category, link.generation, frame))
         elif isinstance(frame, (MalformedFrame, UnknownFrame)):
             reporter.report(frame, self.hub)
         else:

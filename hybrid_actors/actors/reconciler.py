@@ -27,12 +27,19 @@ class ReconcilerActor:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> NoReturn:
         hub = self.hub
         config = hub.config
-        task_status.started()
-        while True:
-            with trio.move_on_after(config.reconcile_interval):
-                await hub.reconcile_now.wait()
-            snapshot = await hub.rest.positions(config.categories)
-            await hub.lifecycle_send.send(PositionsSnapshot(
-                snapshot.categories, snapshot.positions, snapshot.as_of_ms, hub.wall_ms(), reason="reconcile"))
-            if hub.reconcile_now.is_set():  # served; a failed call above keeps the request
-                hub.reconcile_now = trio.Event()
+        async with hub.lifecycle_send.clone() as lifecycle:
+            task_status.started()
+            while True:
+                with trio.move_on_after(config.reconcile_interval):
+                    await hub.reconcile_now.wait()
+                # Take the request before fetching: one raised during the fetch asks for a
+                # snapshot newer than this one, so it must stay pending.
+                requested, hub.reconcile_now = hub.reconcile_now.is_set(), trio.Event()
+                try:
+                    snapshot = await hub.rest.positions(config.categories)
+                    await lifecycle.send(PositionsSnapshot(snapshot.categories, snapshot.positions,
+                                                           snapshot.as_of_ms, hub.wall_ms(), reason="reconcile"))
+                except BaseException:
+                    if requested:  # not served: the next incarnation (or loop) serves it
+                        hub.reconcile_now.set()
+                    raise

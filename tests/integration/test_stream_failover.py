@@ -265,7 +265,9 @@ async def test_rejected_credentials_end_the_stream_with_a_clear_error(loopback_c
             message = str(caught.value)
             assert "Params Error" in message and "'test…'" in message and "clock" in message
             assert sim.api_secret not in message and sim.api_secret not in repr(caught.value)
-            assert len(sim.observe.auth_attempts()) == 1  # not retried: that only risks a ban
+            # one retry after a clock resync ('Params Error' also means an expired `expires`),
+            # then no more: retrying bad keys only risks a ban
+            assert len(sim.observe.auth_attempts()) == 2
 
 
 def _arm(monkeypatch, owner, attribute: str, armed: list[bool]) -> None:
@@ -337,3 +339,85 @@ async def test_restart_intensity_exceeded_ends_the_stream_with_a_clear_error(loo
             message = str(caught.value)
             assert "public:linear" in message and "3 times within 60s" in message
             assert "ZeroDivisionError" in message and "not an exchange outage" in message
+
+
+async def test_a_clock_stepped_back_does_not_turn_a_reconnect_into_rejected_keys(loopback_clock):
+    """NTP steps our clock back 15 s after start; the next auth must still succeed."""
+    wall = trio_wall_clock()
+    offset = [0.0]
+
+    def stepped() -> float:
+        return wall() + offset[0]
+
+    with trio.fail_after(TEST_TIMEOUT):
+        async with open_simulator(sim_config(wall_clock=wall)) as sim:
+            config = StreamConfig(credentials=sim.credentials, endpoints=sim.endpoints)
+            async with open_hybrid_stream(config, wall_clock=stepped) as stream:
+                offset[0] = -15.0
+                sim.control.drop_private("reset")
+                await sim.observe.wait_connection("private", 2)
+                await sim.observe.wait_auth(2, ok=True)
+                assert stream.health().actors["private"]["state"] in ("running", "starting")
+
+
+async def test_a_one_off_auth_refusal_is_retried_once_then_the_stream_carries_on(loopback_clock):
+    with trio.fail_after(TEST_TIMEOUT):
+        async with running() as s:
+            s.sim.control.fail_auth(1)
+            s.sim.control.drop_private("reset")
+            await s.sim.observe.wait_auth(2, ok=True)
+            await eventually(lambda: s.hub.health.actors["private"].state == "running")
+            assert s.hub.auth_refusals == 0
+
+
+async def test_exchange_side_rest_errors_are_an_outage_not_a_crash(loopback_clock):
+    with trio.fail_after(TEST_TIMEOUT * 2):
+        async with running(rest_attempts=2) as s:
+            sim = s.sim
+            sim.control.rest_error(10016, "Internal System Error", count=6, path="/v5/position/list")
+            sim.control.drop_private("reset")
+            mark = s.log.mark()
+            sim.control.open_position("ETHUSDT", "Buy", "1")
+            await s.log.wait_for(lambda e: e.symbol == "ETHUSDT", after=mark)
+            stats = s.hub.health.actors["private"]
+            assert stats.crashes == 0
+            # the socket stayed up while REST failed: one reconnect (the drop), not one per failure
+            assert sim.observe.opened_count("private") == 2
+
+
+async def test_an_ip_ban_stops_rest_calls_for_ten_minutes(loopback_clock):
+    with trio.fail_after(1200):
+        async with running(rest_attempts=2) as s:
+            sim = s.sim
+            sim.control.rest_http_error(403, count=1, path="/v5/position/list")
+            sim.control.drop_private("reset")
+            await sim.observe.wait_until(lambda: any(c.status == 403 for c in sim.observe.rest_calls()))
+            banned_at = trio.current_time()
+            calls_at_ban = len(sim.observe.rest_calls())
+            await trio.sleep(590)
+            assert len(sim.observe.rest_calls()) == calls_at_ban  # nothing during the ban
+            assert s.hub.health.actors["private"].crashes == 0
+            await eventually(lambda: len(sim.observe.rest_calls()) > calls_at_ban, max_step=5.0)
+            assert trio.current_time() - banned_at >= 599
+            assert sim.observe.opened_count("private") == 2  # the socket was kept, not churned
+
+
+async def test_a_slow_consumer_is_backpressure_not_a_dead_socket(loopback_clock):
+    """Nobody reads the stream for a minute while 300 pushes arrive: the private reader
+    waits on our own full queues, which must not look like a missing pong."""
+    wall = trio_wall_clock()
+    with trio.fail_after(TEST_TIMEOUT * 3):
+        async with open_simulator(sim_config(wall_clock=wall)) as sim:
+            config = StreamConfig(credentials=sim.credentials, endpoints=sim.endpoints, event_buffer=2,
+                                  heartbeat_interval=5.0)
+            async with open_hybrid_stream(config, wall_clock=wall) as stream:
+                sim.control.open_position("ETHUSDT", "Buy", "1")
+                for size in range(2, 302):
+                    sim.control.modify_position("ETHUSDT", size=str(size))
+                await trio.sleep(60)
+                assert sim.observe.opened_count("private") == 1
+                assert stream.hub.health.actors["private"].outages == 0
+                sizes = []
+                while not sizes or sizes[-1] != Decimal("301"):
+                    sizes += [e.size for e in await stream.batches() if e.source == "position"]
+                assert sizes == [Decimal(n) for n in range(1, 302)]  # every lifecycle event, in order
