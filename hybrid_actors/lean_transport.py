@@ -19,7 +19,8 @@ outbox writer) while the reader answers pings and closes, so every write takes o
   refused from its header before its payload is buffered. Our frames are masked with a
   fresh random key (:func:`mask`: one big-integer XOR).
 - Errors as in ``transport.py``: :class:`~hybrid_actors.errors.HandshakeError` for a
-  refused, unreachable, timed-out or non-101 upgrade; :class:`~hybrid_actors.errors.ConnectionLost`
+  refused, unreachable, timed-out or non-101 upgrade (with ``status``, and ``retry_after``
+  for a ban or rate limit, ``HANDSHAKE_COOLDOWN``); :class:`~hybrid_actors.errors.ConnectionLost`
   with ``.code``: the peer's close code, ours after a violation, 1006 when the TCP
   connection ended (EOF, reset) without a close frame.
 - Exit: a close frame (1000), then the peer's close awaited for at most ``close_timeout``;
@@ -42,7 +43,9 @@ import trio
 
 from .config import CLOSE_TIMEOUT, MAX_MESSAGE_SIZE
 from .errors import ConnectionLost, HandshakeError
-from .transport import CANCELLED_CLOSE_WAIT, RECEIVE_BYTES, Transport, _is_cancellation, _ssl_context
+from .transport import (
+    CANCELLED_CLOSE_WAIT, HANDSHAKE_COOLDOWN, RECEIVE_BYTES, Transport, _is_cancellation, _ssl_context,
+)
 
 __all__ = ["open_lean_transport", "FrameParser", "client_frame", "mask"]
 
@@ -474,7 +477,11 @@ async def _upgrade(stream: trio.abc.Stream, host: str, target: str, label: str, 
                 raise HandshakeError(f"{label}: {url} accepted the WebSocket upgrade with {problem}")
             return bytes(http.trailing_data[0])
         elif isinstance(event, h11.Response):
-            raise HandshakeError(f"{label}: {url} refused the WebSocket upgrade with HTTP {event.status_code}")
+            status = event.status_code
+            wait = HANDSHAKE_COOLDOWN.get(status)
+            advice = f"; backing off {wait:g}s as the exchange asks" if wait else ""
+            raise HandshakeError(f"{label}: {url} refused the WebSocket upgrade with HTTP {status}{advice}",
+                                 status=status, retry_after=wait)
         # any other 1xx answer: wait for the real one
 
 

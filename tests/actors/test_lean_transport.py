@@ -409,9 +409,10 @@ async def test_refused_and_unreachable_handshakes_are_handshake_errors(loopback_
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             base = await start_server(nursery, handler)
-            with pytest.raises(HandshakeError, match="HTTP 404"):
+            with pytest.raises(HandshakeError, match="HTTP 404") as refused:
                 async with open_lean_transport(f"{base}/nope"):
                     pass
+            assert (refused.value.status, refused.value.retry_after) == (404, None)
             listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
             port = listener.socket.getsockname()[1]
             await listener.aclose()  # nothing listens there now
@@ -695,6 +696,23 @@ HANDSHAKE_FAULTS = {
     "not HTTP": (lambda peer: b"SSH-2.0-OpenSSH\r\n\r\n", "broken HTTP"),
     "hang-up": (None, "closed the connection"),
 }
+
+
+@pytest.mark.parametrize(("status", "retry_after"), [(403, 600.0), (429, 300.0), (503, None)])
+async def test_a_ban_or_rate_limit_asks_for_the_exchanges_cooldown(loopback_clock, status, retry_after):
+    async def script(peer):
+        await peer.read_request()
+        await peer.stream.send_all(b"HTTP/1.1 %d No\r\nContent-Length: 0\r\n\r\n" % status)
+        await trio.sleep_forever()
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            url = await start_raw_server(nursery, script)
+            with pytest.raises(HandshakeError, match=f"HTTP {status}") as refused:
+                async with open_lean_transport(url):
+                    pass
+            nursery.cancel_scope.cancel()
+    assert (refused.value.status, refused.value.retry_after) == (status, retry_after)
 
 
 @pytest.mark.parametrize("case", sorted(HANDSHAKE_FAULTS))
