@@ -19,22 +19,20 @@ import os
 import sys
 from collections.abc import Sequence
 from contextlib import nullcontext
-from typing import TextIO
 
 import trio
 
 from . import __version__
 from .config import POSITION_CATEGORIES, Credentials, Endpoints, StreamConfig
 from .errors import AuthRejected, ConfigError, HybridActorsError, RestartIntensityExceeded
-from .output import JsonlWriter, TableView, position_table
-from .supervisor import HybridStream, open_hybrid_stream
+from .output import consume
+from .supervisor import exception_leaves, open_hybrid_stream
 
 __all__ = ["main", "build_parser"]
 
 log = logging.getLogger("hybrid_actors")
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_AUTH = 0, 1, 2, 3
-TABLE_REFRESH = 0.5
 
 
 def _check_positive(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -105,26 +103,10 @@ def _credentials_from_env() -> Credentials:
     return Credentials(key, secret)
 
 
-async def consume(stream: HybridStream, output: str, stdout: TextIO) -> None:
-    """Write events until the stream ends (or the caller's deadline cancels us)."""
-    if output == "jsonl":
-        writer = JsonlWriter(stdout.buffer)
-        while True:
-            writer.write_batch(await stream.batches())
-    with TableView() as view:
-        while True:
-            with trio.move_on_after(TABLE_REFRESH):
-                while True:
-                    await stream.batches()  # drain; the table shows current state
-            health = stream.health()
-            view.show(position_table(stream.positions(), footer=f"stream {health.status}; "
-                                     f"{health.events['emitted']} events"))
-
-
 async def _run(config: StreamConfig, output: str, seconds: float | None) -> None:
     with trio.move_on_after(seconds) if seconds else nullcontext():
         async with open_hybrid_stream(config) as stream:
-            await consume(stream, output, sys.stdout)
+            await consume(stream, output)
 
 
 def _config_from(args: argparse.Namespace, credentials: Credentials, endpoints: Endpoints) -> StreamConfig:
@@ -153,9 +135,7 @@ def _run_unwrapped(args: argparse.Namespace, output: str) -> None:
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:
-    if isinstance(exc, BaseExceptionGroup):
-        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
-    return [] if isinstance(exc, trio.Cancelled) else [exc]
+    return [leaf for leaf in exception_leaves(exc) if not isinstance(leaf, trio.Cancelled)]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -16,6 +16,7 @@ from contextlib import nullcontext
 import trio
 
 from .config import StreamConfig
+from .output import consume
 from .supervisor import open_hybrid_stream
 from .testing.simulator import ScenarioConfig, SimulatorConfig, open_simulator
 
@@ -25,8 +26,6 @@ log = logging.getLogger(__name__)
 
 
 async def run_demo(args: argparse.Namespace, output: str) -> None:
-    from .__main__ import consume  # the same consumer as `run`
-
     categories = tuple(args.categories or ("linear",))
     scenario = ScenarioConfig(categories=categories, min_interval=0.5, max_interval=2.0,
                               max_open=max(1, min(8, args.symbols)))
@@ -40,4 +39,4 @@ async def run_demo(args: argparse.Namespace, output: str) -> None:
             async with open_hybrid_stream(config) as stream:
                 print(f"demo: streaming {len(stream.positions())} open position(s) from the simulator "
                       f"({', '.join(categories)}); Ctrl-C to stop", file=sys.stderr, flush=True)
-                await consume(stream, output, sys.stdout)
+                await consume(stream, output)

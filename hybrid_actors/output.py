@@ -1,43 +1,113 @@
-"""CLI output: JSON lines (one event per line, flushed per batch) and a live table.
+"""CLI output: JSON lines (one event per line, one write per batch) and a live table.
 
-stdout is block-buffered when piped, so an unflushed writer would deliver events seconds
-late; flushing once per batch keeps it live without paying a flush per line.
-rich draws the table: it handles terminal width, colour and in-place refresh, and falls
-back to plain text when stdout is not a terminal.
+JSON lines go straight to the stdout file descriptor, one ``write`` per batch: never
+seconds late behind a block buffer when piped, and never blocking the actors: on a pipe
+the write is asynchronous (a reader that falls behind makes price updates conflate in
+the stream's queue while the sockets keep being served). rich draws the table: it
+handles terminal width, colour and in-place refresh, and falls back to plain text when
+stdout is not a terminal.
 """
 
 from __future__ import annotations
 
+import os
+import stat
+import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
 from decimal import Decimal
-from typing import BinaryIO
+from typing import TYPE_CHECKING, Protocol
 
 import orjson
+import trio
 from rich import box
 from rich.console import Console
 from rich.table import Table
 
 from .state import Event, PositionUpdate
 
-__all__ = ["JsonlWriter", "position_table", "TableView"]
+if TYPE_CHECKING:
+    from .supervisor import HybridStream
+
+__all__ = ["JsonlWriter", "open_stdout", "position_table", "TableView", "consume"]
+
+TABLE_REFRESH = 0.5
+
+
+class ByteSink(Protocol):
+    async def send_all(self, data: bytes) -> None: ...
+
+
+class _BlockingFile:
+    """A regular file never makes a write wait for a reader (and cannot be polled)."""
+
+    def __init__(self, fd: int):
+        self._fd = fd
+
+    async def send_all(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view):]
+
+
+@asynccontextmanager
+async def open_stdout() -> AsyncIterator[ByteSink]:
+    """stdout as a byte sink: asynchronous on a pipe, socket or terminal; plain writes on a
+    regular file. A reader that went away surfaces as ``BrokenPipeError``."""
+    sys.stdout.flush()
+    fd = os.dup(sys.stdout.fileno())
+    if stat.S_ISREG(os.fstat(fd).st_mode):
+        try:
+            yield _BlockingFile(fd)
+        finally:
+            os.close(fd)
+        return
+    stream = trio.lowlevel.FdStream(fd)  # sets O_NONBLOCK on the shared open file
+    try:
+        yield stream
+    finally:
+        try:
+            os.set_blocking(sys.stdout.fileno(), True)  # leave stdout as we found it
+        except OSError:
+            pass
+        await stream.aclose()
 
 
 class JsonlWriter:
-    """Writes each batch of events as JSON lines with one write and one flush."""
+    """Writes each batch of events as JSON lines with one write."""
 
-    def __init__(self, stream: BinaryIO):
-        self._stream = stream
+    def __init__(self, sink: ByteSink):
+        self._sink = sink
         self.lines = 0
 
-    def write_batch(self, events: Sequence[Event]) -> None:
+    async def write_batch(self, events: Sequence[Event]) -> None:
         if not events:
             return
         dumps = orjson.dumps
         payload = b"".join(dumps(event.to_json()) + b"\n" for event in events)
-        self._stream.write(payload)
-        self._stream.flush()
+        try:
+            await self._sink.send_all(payload)
+        except trio.BrokenResourceError as exc:
+            raise BrokenPipeError("the reader of our output went away") from exc
         self.lines += len(events)
+
+
+async def consume(stream: HybridStream, output: str) -> None:
+    """Write the stream's events to stdout until it ends (or the caller's deadline)."""
+    if output == "jsonl":
+        async with open_stdout() as sink:
+            writer = JsonlWriter(sink)
+            while True:
+                await writer.write_batch(await stream.batches())
+    with TableView() as view:
+        while True:
+            with trio.move_on_after(TABLE_REFRESH):
+                while True:
+                    await stream.batches()  # drain; the table shows current state
+            health = stream.health()
+            view.show(position_table(stream.positions(), footer=f"stream {health.status}; "
+                                     f"{health.events['emitted']} events"))
 
 
 def _fmt(value: Decimal | None, places: int | None = None) -> str:

@@ -28,6 +28,8 @@ __all__ = ["Key", "BookDiff", "PositionBook", "TickerBook", "Mark", "PositionUpd
 Key = tuple[str, str, int]
 Source = Literal["ticker", "position", "rest"]
 ZERO: Final = Decimal(0)
+#: a REST page's ``time`` is stamped when the response is built, a little after the read
+SNAPSHOT_SKEW_MS: Final = 1000
 #: one context for all PnL arithmetic, whatever the caller's thread-local context says
 _CTX: Final = decimal.Context(prec=28, rounding=decimal.ROUND_HALF_EVEN)
 
@@ -60,6 +62,8 @@ class PositionBook:
     closed unless the book saw it updated after the snapshot was taken (``as_of_ms``).
     """
 
+    #: how much earlier than the response's ``time`` a REST list may have been read
+    snapshot_skew_ms: int = SNAPSHOT_SKEW_MS
     _open: dict[Key, Position] = attrs.Factory(dict)
     _versions: dict[Key, tuple[int, int]] = attrs.Factory(dict)
     _by_symbol: dict[tuple[str, str], set[Key]] = attrs.Factory(dict)
@@ -107,11 +111,14 @@ class PositionBook:
         for key, current in list(self._open.items()):
             if key[0] not in scope or key in latest:
                 continue
-            if as_of_ms is not None and current.updated_time is not None and current.updated_time > as_of_ms:
-                continue  # opened after the snapshot was taken
+            # ``as_of_ms`` is when the response was built; the list was read a little earlier.
+            # A position updated within that skew may simply be missing from the list.
+            read_at = None if as_of_ms is None else as_of_ms - self.snapshot_skew_ms
+            if read_at is not None and current.updated_time is not None and current.updated_time > read_at:
+                continue  # (re)opened after the snapshot was read
             self._remove(key, diff, as_of_ms)
-            if as_of_ms is not None:
-                self._versions[key] = (as_of_ms, -1)  # tombstone: older pushes stay ignored
+            if read_at is not None:
+                self._versions[key] = (read_at, -1)  # tombstone: older pushes stay ignored
         return diff.build()
 
     def _set(self, position: Position, diff: _DiffBuilder) -> None:
@@ -334,18 +341,21 @@ class Combiner:
 
     book: PositionBook = attrs.Factory(PositionBook)
     marks: dict[tuple[str, str], Mark] = attrs.Factory(dict)
-    _shown: dict[Key, _Observed] = attrs.Factory(dict)
+    #: what the consumer has been given, per open position (committed once enqueued)
+    _shown: dict[Key, tuple[_Observed, PositionUpdate]] = attrs.Factory(dict)
+    #: changes to ``_shown`` made by events not yet handed over (None: a close)
+    _staged: dict[Key, tuple[_Observed, PositionUpdate] | None] = attrs.Factory(dict)
     _views: dict[Key, PositionUpdate] = attrs.Factory(dict)
 
-    def apply_push(self, positions: Iterable[Position], *, received_ts: int) -> list[Event]:
-        return self._diff_events(self.book.apply_push(positions), "position", received_ts)
+    def apply_push(self, positions: Iterable[Position], *, received_ts: int, commit: bool = True) -> list[Event]:
+        return self._done(self._diff_events(self.book.apply_push(positions), "position", received_ts), commit)
 
     def apply_snapshot(self, positions: Iterable[Position], *, categories: Iterable[str],
-                       as_of_ms: int | None, received_ts: int) -> list[Event]:
+                       as_of_ms: int | None, received_ts: int, commit: bool = True) -> list[Event]:
         diff = self.book.apply_snapshot(positions, categories, as_of_ms)
-        return self._diff_events(diff, "rest", received_ts)
+        return self._done(self._diff_events(diff, "rest", received_ts), commit)
 
-    def apply_marks(self, category: str, marks: Mapping[str, Mark]) -> list[Event]:
+    def apply_marks(self, category: str, marks: Mapping[str, Mark], *, commit: bool = True) -> list[Event]:
         """New mark prices from one public batch; events for the positions they move."""
         events: list[Event] = []
         for symbol, mark in marks.items():
@@ -354,7 +364,47 @@ class Combiner:
                 position = self.book.get(key)
                 if position is not None:
                     self._emit_if_changed(*self._view(position, "ticker", mark.received_ts), events)
+        return self._done(events, commit)
+
+    def commit(self) -> None:
+        """The events returned since the last commit have been handed over."""
+        for key, shown in self._staged.items():
+            if shown is None:
+                self._shown.pop(key, None)
+            else:
+                self._shown[key] = shown
+        self._staged.clear()
+
+    def rollback(self) -> None:
+        """The events returned since the last commit were not handed over."""
+        self._staged.clear()
+
+    def resync(self, received_ts: int, *, commit: bool = True) -> list[Event]:
+        """After a crash between a state change and the hand-over of its events: drop what
+        was not handed over and emit whatever the consumer has not seen of the book now
+        (opens, changes, and closes, from the last view it was given)."""
+        self.rollback()
+        events: list[Event] = []
+        for key, (_observed, view) in list(self._shown.items()):
+            if self.book.get(key) is None:
+                self._staged[key] = None
+                self._views.pop(key, None)
+                events.append(PositionClosed(
+                    symbol=view.symbol, category=view.category, side=view.side, size=ZERO,
+                    entry_price=view.entry_price, mark_price=view.mark_price, unrealized_pnl=ZERO,
+                    position_idx=view.position_idx, source="rest", exchange_ts=view.exchange_ts,
+                    received_ts=received_ts))
+        for position in self.book.open_positions():
+            self._emit_if_changed(*self._view(position, "rest", received_ts), events)
+        return self._done(events, commit)
+
+    def _done(self, events: list[Event], commit: bool) -> list[Event]:
+        if commit:
+            self.commit()
         return events
+
+    def _seen(self, key: Key) -> tuple[_Observed, PositionUpdate] | None:
+        return self._staged[key] if key in self._staged else self._shown.get(key)
 
     def desired_symbols(self, category: str) -> frozenset[str]:
         return self.book.symbols(category)
@@ -368,8 +418,9 @@ class Combiner:
         for position in (*diff.opened, *diff.changed):
             self._emit_if_changed(*self._view(position, source, received_ts), events)
         for i, position in enumerate(diff.closed):
-            if self._shown.pop(position.key, None) is None:
+            if self._seen(position.key) is None:
                 continue
+            self._staged[position.key] = None
             self._views.pop(position.key, None)
             mark = self._mark_for(position)
             # the close's own time, not the last open record's (which may predate the close
@@ -388,8 +439,9 @@ class Combiner:
         is news even at an unchanged price: it says the ticker stream now covers it."""
         observed = (view.side, view.size, view.entry_price, view.mark_price, live)
         self._views[view.key] = view
-        if self._shown.get(view.key) != observed:
-            self._shown[view.key] = observed
+        seen = self._seen(view.key)
+        if seen is None or seen[0] != observed:
+            self._staged[view.key] = (observed, view)
             events.append(view)
 
     def _mark_for(self, position: Position) -> tuple[Decimal | None, int | None, bool]:

@@ -61,17 +61,18 @@ class ChildSpec:
     make: Callable[[], Actor]
 
 
-def _leaves(exc: BaseException) -> Iterator[BaseException]:
+def exception_leaves(exc: BaseException) -> Iterator[BaseException]:
+    """The exceptions inside (nested) exception groups, or ``exc`` itself."""
     if isinstance(exc, BaseExceptionGroup):
         for inner in exc.exceptions:
-            yield from _leaves(inner)
+            yield from exception_leaves(inner)
     else:
         yield exc
 
 
 def classify(exc: BaseException) -> tuple[Literal["fatal", "outage", "crash"], BaseException]:
     """What a failure means, and the leaf exception that best describes it."""
-    leaves = [e for e in _leaves(exc) if not isinstance(e, trio.Cancelled)] or [exc]
+    leaves = [e for e in exception_leaves(exc) if not isinstance(e, trio.Cancelled)] or [exc]
     for leaf in leaves:
         if isinstance(leaf, AuthRejected):
             return "fatal", leaf
@@ -275,7 +276,7 @@ async def open_hybrid_stream(config: StreamConfig, *, wall_clock: Callable[[], f
 
 def _raise_meaningful(group: BaseExceptionGroup) -> None:
     """Unwrap the one error that ended the stream, so callers can ``except AuthRejected``."""
-    leaves = [e for e in _leaves(group) if not isinstance(e, trio.Cancelled)]
+    leaves = [e for e in exception_leaves(group) if not isinstance(e, trio.Cancelled)]
     for kind in (AuthRejected, RestartIntensityExceeded, HybridActorsError):
         for leaf in leaves:
             if isinstance(leaf, kind):

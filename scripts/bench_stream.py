@@ -621,12 +621,12 @@ def marks_applied(stamps: dict[str, float]) -> Iterator[None]:
     """Benchmark-only: note when the combiner first gets a ticker mark for a watched symbol."""
     original = Combiner.apply_marks
 
-    def apply_marks(self: Combiner, category: str, marks: Any) -> list[Event]:
+    def apply_marks(self: Combiner, category: str, marks: Any, **kwargs: Any) -> list[Event]:
         now = time.perf_counter()
         for symbol in marks:
             if stamps.get(symbol) == 0.0:
                 stamps[symbol] = now
-        return original(self, category, marks)
+        return original(self, category, marks, **kwargs)
 
     Combiner.apply_marks = apply_marks  # type: ignore[method-assign]
     try:

@@ -40,7 +40,10 @@ class CombinerActor:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> NoReturn:
         hub = self.hub
         if hub.health.actor(self.name).starts > 1:
-            # a crash may have lost the message being applied: heal from REST at once
+            # A crash may have come between a state change and the hand-over of its events:
+            # give the consumer whatever it has not seen of the book, then heal the message
+            # that was being applied from REST at once.
+            self._emit(hub.combiner.resync(hub.wall_ms(), commit=False))
             hub.request_reconcile()
         async with hub.lifecycle_recv.clone() as inbox, trio.open_nursery() as nursery:
             nursery.start_soon(self._lifecycle, inbox)
@@ -59,10 +62,11 @@ class CombinerActor:
         hub = self.hub
         combiner = hub.combiner
         if isinstance(message, PositionsPushed):
-            events = combiner.apply_push(message.positions, received_ts=message.received_ts)
+            events = combiner.apply_push(message.positions, received_ts=message.received_ts, commit=False)
         else:
             events = combiner.apply_snapshot(message.positions, categories=message.categories,
-                                             as_of_ms=message.as_of_ms, received_ts=message.received_ts)
+                                             as_of_ms=message.as_of_ms, received_ts=message.received_ts,
+                                             commit=False)
             self._snapshot_applied(message, events)
         self._emit(events)
         hub.desired.set({c: combiner.desired_symbols(c) for c in hub.config.categories})
@@ -91,15 +95,22 @@ class CombinerActor:
                 for start in range(0, len(items), STEP):
                     if start:  # a burst of marks must not hold the loop for milliseconds
                         await trio.lowlevel.checkpoint()
-                    self._emit(combiner.apply_marks(category, dict(items[start:start + STEP])))
+                    self._emit(combiner.apply_marks(category, dict(items[start:start + STEP]), commit=False))
 
     def _emit(self, events: Sequence[Event]) -> None:
-        if not events:
-            return
+        """Hand events over, then commit them as shown: a crash in between is healed by
+        :meth:`Combiner.resync` when this actor restarts."""
         hub = self.hub
         put = hub.events.put
-        for event in events:
-            put(event)
+        try:
+            for event in events:
+                put(event)
+        except BaseException:
+            hub.combiner.rollback()  # not handed over: a sibling's later commit must not claim them
+            raise
+        hub.combiner.commit()
+        if not events:
+            return
         hub.health.events_emitted += len(events)
         hub.health.last_event_ms = events[-1].received_ts
         hub.health.last_event_at = trio.current_time()

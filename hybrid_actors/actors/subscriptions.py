@@ -182,6 +182,12 @@ class SubscriptionManager:
         # Grace before unsubscribing; a symbol that came back is kept.
         for symbol in [s for s in subs.leaving if s in desired]:
             del subs.leaving[symbol]
+        # A refused symbol nobody needs any more is forgotten (and stops showing in health).
+        for symbol in [s for s in subs.failed if s not in desired]:
+            del subs.failed[symbol]
+        for symbol in [s for s in subs.retry_at if s not in desired and s not in subs.inflight]:
+            del subs.retry_at[symbol]
+            subs.attempts.pop(symbol, None)
         for symbol in subs.confirmed:
             if symbol not in desired and symbol not in subs.leaving:
                 subs.leaving[symbol] = now + policy.unsubscribe_grace

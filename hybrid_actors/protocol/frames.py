@@ -261,7 +261,7 @@ Frame = (AuthResult | SubscribeResult | Pong | PositionPush | TickerSnapshot | T
          | UnknownFrame | MalformedFrame)
 
 _SNAPSHOT_ONLY: Final = frozenset({"spot", "option"})
-_DECODE_ERRORS: Final = (FieldError, KeyError, TypeError, ValueError, ArithmeticError, AttributeError)
+_DECODE_ERRORS: Final = (FieldError, ValueError, ArithmeticError)
 
 
 def decode(data: str | bytes, *, category: str | None = None) -> Frame:

@@ -208,3 +208,16 @@ async def test_symbols_being_retried_go_one_per_frame():
     h.manager.reconcile(10.2)
     [fresh] = h.sent()
     assert fresh["args"] == ["tickers.EUSDT", "tickers.FUSDT"]  # new symbols still share a frame
+
+
+async def test_a_refused_symbol_is_forgotten_once_its_position_is_gone():
+    h = Harness(chunk_size=1)
+    h.connect(0.0)
+    h.want("NOPEUSDT")
+    h.manager.reconcile(0.0)
+    [frame] = h.sent()
+    h.ack(frame, 0.1, success=False, ret_msg="error:handler not found,topic:tickers.NOPEUSDT")
+    assert "NOPEUSDT" in h.subs.failed
+    h.want()
+    h.manager.reconcile(1.0)
+    assert h.subs.failed == {} and h.sent() == []

@@ -14,6 +14,7 @@ from hybrid_actors import AuthRejected, RestartIntensityExceeded, RestartPolicy,
 from hybrid_actors.actors import private_ws, public_ws, reconciler
 from hybrid_actors.actors.emitter import CombinerActor
 from hybrid_actors.actors.heartbeat import HeartbeatActor
+from hybrid_actors.actors.mailboxes import EventQueue
 from hybrid_actors.actors.subscriptions import SubscriptionManager
 from hybrid_actors.state import PositionClosed
 from hybrid_actors.supervisor import open_hybrid_stream
@@ -421,3 +422,20 @@ async def test_a_slow_consumer_is_backpressure_not_a_dead_socket(loopback_clock)
                 while not sizes or sizes[-1] != Decimal("301"):
                     sizes += [e.size for e in await stream.batches() if e.source == "position"]
                 assert sizes == [Decimal(n) for n in range(1, 302)]  # every lifecycle event, in order
+
+
+async def test_a_combiner_crash_between_state_change_and_hand_over_loses_no_event(loopback_clock, monkeypatch):
+    with trio.fail_after(TEST_TIMEOUT):
+        async with running() as s:
+            sim = s.sim
+            sim.control.open_position("BTCUSDT", "Buy", "1")
+            await s.log.wait_for(lambda e: e.symbol == "BTCUSDT" and e.source == "ticker")  # quiet now
+            armed = [True]
+            _arm(monkeypatch, EventQueue, "put", armed)  # the combiner's hand-over fails once
+            mark = s.log.mark()
+            sim.control.open_position("ETHUSDT", "Buy", "2")
+            opened = await s.log.wait_for(lambda e: e.symbol == "ETHUSDT" and e.size == Decimal("2"), after=mark)
+            assert opened.source == "rest"  # given again by the restarted combiner's resync
+            assert s.hub.health.actors["combiner"].crashes == 1
+            sim.control.close_position("ETHUSDT")
+            await s.log.wait_for(lambda e: isinstance(e, PositionClosed) and e.symbol == "ETHUSDT", after=mark)

@@ -104,3 +104,28 @@ async def test_demo_table_output_shows_the_positions():
     for column in ("symbol", "side", "size", "entry", "mark", "uPnL", "price age"):
         assert column in out
     assert "USDT" in out
+
+
+async def test_jsonl_to_a_regular_file(tmp_path):
+    target = tmp_path / "events.jsonl"
+    with target.open("wb") as out, trio.fail_after(60):
+        result = await trio.run_process([PYTHON, "-m", "hybrid_actors", "demo", "--seconds", "2", "--output",
+                                         "jsonl", "--log-level", "WARNING"], stdout=out, capture_stderr=True,
+                                        check=False, env=cli_env(None, None))
+    assert result.returncode == 0, result.stderr.decode()[-2000:]
+    events = [check_contract(line) for line in target.read_bytes().splitlines()]
+    assert events
+
+
+async def test_a_reader_that_goes_away_ends_the_run_quietly():
+    command = [PYTHON, "-m", "hybrid_actors", "demo", "--seconds", "20", "--output", "jsonl", "--log-level", "ERROR"]
+    async with trio.open_nursery() as nursery:
+        proc = await nursery.start(lambda task_status: trio.run_process(
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False, env=cli_env(None, None),
+            task_status=task_status))
+        reader = LineReader(proc.stdout)
+        with trio.fail_after(30):
+            assert await reader.readline()
+            await proc.stdout.aclose()  # like `| head -1`
+            await proc.wait()
+    assert proc.returncode == 0

@@ -23,7 +23,7 @@ from hybrid_actors.protocol.frames import (SIDES, AuthResult, MalformedFrame, Po
                                            SubscribeResult, TickerDelta, TickerFrame, TickerSnapshot,
                                            UnknownFrame, decode)
 from hybrid_actors.protocol.rest import parse_position_page, parse_tickers
-from hybrid_actors.state import Combiner, Mark, PositionBook, TickerBook, unrealized_pnl
+from hybrid_actors.state import SNAPSHOT_SKEW_MS, Combiner, Mark, PositionBook, TickerBook, unrealized_pnl
 
 pytestmark = pytest.mark.unit
 
@@ -181,7 +181,8 @@ def push_then_snapshot(draw: st.DrawFn) -> tuple[list[list[Position]], list[Posi
         seq = seq0 + draw(st.integers(0, 5))
         snapshot.append(draw(records(key, ut, seq)))
     latest = max([ut for ut, _ in newest.values()] + [p.updated_time for p in snapshot] + [0])
-    as_of_ms = latest + draw(st.integers(0, 100))
+    # built after every push by more than the read-to-response skew the book allows for
+    as_of_ms = latest + SNAPSHOT_SKEW_MS + draw(st.integers(0, 100))
     return pushes, snapshot, as_of_ms
 
 

@@ -13,7 +13,7 @@ import pytest
 from foundation_helpers import assert_exact, load_vector
 from hybrid_actors.protocol.frames import Position, TickerDelta, TickerSnapshot, decode
 from hybrid_actors.protocol.rest import parse_position_page
-from hybrid_actors.state import (Combiner, Mark, PositionBook, PositionClosed, PositionUpdate, TickerBook,
+from hybrid_actors.state import (SNAPSHOT_SKEW_MS, Combiner, Mark, PositionBook, PositionClosed, PositionUpdate, TickerBook,
                                  unrealized_pnl)
 
 pytestmark = pytest.mark.unit
@@ -190,9 +190,9 @@ def test_a_snapshot_returns_opened_changed_and_closed():
     a, b = pos("AAA", ut=1000), pos("BBB", ut=1000)
     book.apply_push([a, b])
     b2, c = pos("BBB", size="5", ut=1100), pos("CCC", ut=1100)
-    diff = book.apply_snapshot([b2, c], ["linear"], as_of_ms=1200)
+    diff = book.apply_snapshot([b2, c], ["linear"], as_of_ms=2200)
     assert diff.opened == (c,) and diff.changed == (b2,) and diff.closed == (a,)
-    assert diff.closed_at == (1200,)  # vanished from a snapshot taken at as_of_ms
+    assert diff.closed_at == (2200,)  # vanished from a snapshot answered at as_of_ms
     assert set(book.open_positions()) == {b2, c}
 
 
@@ -208,16 +208,17 @@ def test_a_position_opened_after_the_snapshot_was_taken_survives_its_absence():
     book = PositionBook()
     pushed = pos("NEWUSDT", ut=2000)
     book.apply_push([pushed])
-    assert not book.apply_snapshot([], ["linear"], as_of_ms=1999)
+    # the list is read up to SNAPSHOT_SKEW_MS before the response's time
+    assert not book.apply_snapshot([], ["linear"], as_of_ms=2000 + SNAPSHOT_SKEW_MS - 1)
     assert book.get(pushed.key) == pushed
-    assert book.apply_snapshot([], ["linear"], as_of_ms=2000).closed == (pushed,)
+    assert book.apply_snapshot([], ["linear"], as_of_ms=2000 + SNAPSHOT_SKEW_MS).closed == (pushed,)
 
 
 def test_a_stale_push_after_a_snapshot_tombstone_is_ignored():
     book = PositionBook()
     book.apply_push([pos(ut=1000)])
     assert book.apply_snapshot([], ["linear"], as_of_ms=3000).closed  # closed by absence
-    assert not book.apply_push([pos(size="4", ut=2500, seq=99)])  # raced the REST call: older
+    assert not book.apply_push([pos(size="4", ut=1900, seq=99)])  # older than the read: stale
     assert len(book) == 0
     assert book.apply_push([pos(size="4", ut=3001)]).opened  # genuinely newer: applied
 
@@ -360,8 +361,8 @@ def test_a_closed_event_carries_the_time_it_closed():
     closed = only(combiner.apply_push([flat(ut=2000)], received_ts=3))
     assert closed.exchange_ts == 2000  # not 1000, the last open record's time
     combiner.apply_push([pos("ETHUSDT", ut=2100)], received_ts=4)
-    closed = only(combiner.apply_snapshot([], categories=["linear"], as_of_ms=3000, received_ts=5))
-    assert closed.symbol == "ETHUSDT" and closed.exchange_ts == 3000 and closed.source == "rest"
+    closed = only(combiner.apply_snapshot([], categories=["linear"], as_of_ms=3200, received_ts=5))
+    assert closed.symbol == "ETHUSDT" and closed.exchange_ts == 3200 and closed.source == "rest"
 
 
 def test_open_change_close_from_snapshots():
@@ -371,7 +372,7 @@ def test_open_change_close_from_snapshots():
     changed = only(combiner.apply_snapshot([pos(side="Sell", ut=1001)], categories=["linear"], as_of_ms=1001,
                                            received_ts=2))
     assert changed.side == "Sell" and changed.unrealized_pnl == D(-20)
-    closed = only(combiner.apply_snapshot([], categories=["linear"], as_of_ms=2000, received_ts=3))
+    closed = only(combiner.apply_snapshot([], categories=["linear"], as_of_ms=3000, received_ts=3))
     assert type(closed) is PositionClosed and closed.source == "rest" and closed.side == "Sell"
 
 

@@ -29,3 +29,25 @@ def test_a_stale_ticker_mark_does_not_count_as_live():
     c.apply_marks("linear", {"BTCUSDT": Mark(Decimal("99"), 500, 501)})  # older than the push
     [opened] = c.apply_push([pos(updated=1000)], received_ts=1001)
     assert opened.mark_price == Decimal("100")
+
+
+def test_events_lost_before_hand_over_are_given_again_by_resync():
+    c = Combiner()
+    c.apply_push([pos()], received_ts=1)  # open, handed over
+    lost = c.apply_push([Position(category="linear", symbol="ETHUSDT", side="Sell", size=Decimal("2"),
+                                  position_idx=0, entry_price=Decimal("10"), mark_price=Decimal("11"),
+                                  updated_time=2000, seq=1)], received_ts=2, commit=False)
+    closed = c.apply_push([Position(category="linear", symbol="BTCUSDT", side="", size=Decimal("0"),
+                                    position_idx=0, updated_time=2100, seq=2)], received_ts=3, commit=False)
+    assert [e.name for e in lost + closed] == ["position.update", "position.closed"]
+    # ... and then the actor crashed before putting them in the queue
+    again = c.resync(received_ts=4)
+    assert sorted((e.name, e.symbol) for e in again) == [("position.closed", "BTCUSDT"),
+                                                        ("position.update", "ETHUSDT")]
+    assert c.resync(received_ts=5) == []  # nothing left unseen
+
+
+def test_resync_after_a_clean_hand_over_emits_nothing():
+    c = Combiner()
+    c.apply_push([pos()], received_ts=1)
+    assert c.resync(received_ts=2) == []
