@@ -4,9 +4,13 @@ Actors see only :class:`Transport`: ``receive_batch()`` returns every message th
 has arrived (one read's worth, at least one), so the actor handles a batch per wakeup
 instead of paying a task hop per message; ``send()`` writes one text frame. For that,
 trio-websocket's reader task queues the messages of one read without a scheduler
-round-trip each (:class:`_QueueWithoutHop`); it still yields once per read. A leaner
-transport (wsproto driven directly, one task, 64 KiB reads) can replace this one for
-the busy public sockets without touching the actors.
+round-trip each (:class:`_QueueWithoutHop`); it still yields once per read.
+
+This transport carries the private socket. The busy public sockets use the leaner one in
+``lean_transport.py`` (the reader parses its own 64 KiB reads: no reader task, no queue),
+chosen per connection by ``actors.connection.choose_transport``; both implement
+:class:`Transport` and translate errors the same way, and ``lean_transport`` reuses this
+module's constants.
 
 Foreign errors are translated here: a failed handshake becomes
 :class:`~hybrid_actors.errors.HandshakeError`, a closed/reset socket or an oversized
