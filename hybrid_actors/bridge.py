@@ -291,6 +291,23 @@ class _Dispatcher:
 
     def start(self) -> None:
         self.task = self.loop.create_task(self._deliver(), name="hybrid_actors bridge delivery")
+        self.task.add_done_callback(self._delivery_ended)
+
+    def _delivery_ended(self, task: asyncio.Task[None]) -> None:
+        """Delivery must never just stop. A handler runs its first step inside the delivery
+        task, so it can cancel it (``asyncio.current_task().cancel()``) or worse; then the
+        lanes left waiting are queued again and a new delivery task takes over."""
+        if self.closed or (not task.cancelled() and task.exception() is None):
+            return  # stopped, or handed the lanes on to a successor (see ``_deliver``)
+        reason = "was cancelled" if task.cancelled() else f"failed: {task.exception()!r}"
+        self.stats.handler_errors += 1
+        log.error("the bridge's delivery task %s (from inside an event handler?); restarting it", reason)
+        for lane in self.lanes.values():
+            if lane.pending and lane.owner is None and not lane.queued:
+                lane.queued = True
+                self.ready.append(lane)
+        if self.task is task:
+            self.start()
 
     def room(self) -> int:
         return self.capacity - self.lifecycle_pending

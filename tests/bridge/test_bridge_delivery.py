@@ -220,3 +220,40 @@ def test_a_slow_handler_sees_conflated_prices_but_every_lifecycle_event_in_order
         assert received == sorted(received)
 
     run_on(host, main)
+
+
+@pytest.mark.parametrize("host", HOSTS)
+def test_a_handler_that_cancels_its_own_task_does_not_stop_delivery(host, simulator, caplog):
+    """Fast handlers run inside the shared delivery task; one that cancels "its" task must
+    not silence every other position."""
+    sim = simulator(rate=0)
+
+    async def main() -> None:
+        await open_linear_positions(sim, ["BTCUSDT", "ETHUSDT"])
+        good = Recorder()
+        sabotaged = 0
+
+        async def handler(name: str, data: dict[str, Any]) -> None:
+            nonlocal sabotaged
+            if data["symbol"] == "BTCUSDT" and sabotaged < 3:
+                sabotaged += 1
+                asyncio.current_task().cancel()
+                return
+            good.record(name, data)
+
+        stream = BybitHybridStream(sim.api_key, sim.api_secret, handler, **sim.stream_kwargs())
+        await stream.start()
+        try:
+            await wait_until(lambda: subscribed(stream, 2), what="every ticker subscribed")
+            for step in range(1, 6):
+                for symbol in ("BTCUSDT", "ETHUSDT"):
+                    await control(sim, "set_mark_price", symbol=symbol, price=str(2000 + step))
+                await good.wait_for(lambda n, d, p=Decimal(2000 + step): d["symbol"] == "ETHUSDT"
+                                    and d["mark_price"] == p)
+            await good.wait_for(lambda n, d: d["symbol"] == "BTCUSDT" and d["mark_price"] == Decimal(2005))
+            assert sabotaged == 3 and stream.running
+        finally:
+            await stream.stop()
+
+    run_on(host, main)
+    assert any("delivery task was cancelled" in r.getMessage() for r in caplog.records)
