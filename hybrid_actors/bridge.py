@@ -82,6 +82,7 @@ import types
 import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable
+from contextlib import suppress
 from typing import Any, Final, Literal
 
 import attrs
@@ -905,18 +906,14 @@ class BybitHybridStream:
         self._stop_requested = True
         token, scope = self._token, self._trio_scope
         if token is not None and scope is not None:
-            try:
+            with suppress(trio.RunFinishedError):
                 token.run_sync_soon(scope.cancel)
-            except trio.RunFinishedError:
-                pass
 
     def _wake_pump(self) -> None:
         room, token = self._room, self._token
         if room is not None and token is not None:
-            try:
+            with suppress(trio.RunFinishedError):
                 token.run_sync_soon(room.set)
-            except trio.RunFinishedError:
-                pass
 
     # --- trio side ----------------------------------------------------------------------------------
     async def _trio_main(self) -> None:

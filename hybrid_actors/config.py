@@ -249,11 +249,11 @@ class StreamConfig:
 def parse_duration(text: str) -> int:
     """``"45s"`` → 45, ``"2m"`` → 120 seconds (Bybit's ``max_active_time`` forms)."""
     raw = text.strip()
+    number, unit = raw[:-1], raw[-1:]
     try:
-        if raw.endswith("s"):
-            return int(raw[:-1])
-        if raw.endswith("m"):
-            return int(raw[:-1]) * 60
+        value = int(number)
     except ValueError:
-        pass
+        value = None
+    if unit in ("s", "m") and value is not None:
+        return value * (60 if unit == "m" else 1)
     raise ConfigError(f"duration {text!r} must look like '45s' or '2m'")

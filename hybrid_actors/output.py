@@ -15,7 +15,7 @@ import stat
 import sys
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from decimal import Decimal
 from typing import TYPE_CHECKING, Protocol
 
@@ -67,10 +67,8 @@ async def open_stdout() -> AsyncIterator[ByteSink]:
     try:
         yield stream
     finally:
-        try:
+        with suppress(OSError):
             os.set_blocking(sys.stdout.fileno(), True)  # leave stdout as we found it
-        except OSError:
-            pass
         await stream.aclose()
 
 

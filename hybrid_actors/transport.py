@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from typing import Final, Protocol
 from urllib.parse import urlsplit
 
@@ -125,11 +125,9 @@ class _WsTransport:
         # Drain what the reader task already queued, without a task switch per message.
         # ``_recv_channel`` is trio-websocket's queue (pinned <0.13; see pyproject).
         channel = self._ws._recv_channel
-        try:
+        with suppress(trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
             while len(batch) < MAX_BATCH:
                 batch.append(channel.receive_nowait())
-        except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
-            pass
         return batch
 
     async def send(self, text: str) -> None:

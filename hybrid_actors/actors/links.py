@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Final, TypeVar
 
 import attrs
@@ -81,11 +81,9 @@ class Link:
         """Send on one of our own bounded channels from the socket's reader. If it is full
         (a slow consumer downstream), the heartbeat is paused while we wait: the reader is
         not reading pongs, but the peer is not dead. Pinging resumes right after."""
-        try:
+        with suppress(trio.WouldBlock):
             channel.send_nowait(message)
             return
-        except trio.WouldBlock:
-            pass
         self.paused = True
         try:
             await channel.send(message)
