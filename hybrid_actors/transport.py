@@ -33,7 +33,15 @@ import trio_websocket as tw
 from .config import CLOSE_TIMEOUT, MAX_MESSAGE_SIZE
 from .errors import ConnectionLost, HandshakeError, HybridActorsError
 
-__all__ = ["Transport", "open_transport", "MAX_BATCH"]
+__all__ = ["Transport", "open_transport", "MAX_BATCH",
+           "WebSocketServer", "WebSocketRequest", "WebSocketConnection", "ConnectionClosed"]
+
+# The server side of trio-websocket, for the simulator (hybrid_actors/testing): named here so
+# that this module stays the one place the library is imported.
+WebSocketServer = tw.WebSocketServer
+WebSocketRequest = tw.WebSocketRequest
+WebSocketConnection = tw.WebSocketConnection
+ConnectionClosed = tw.ConnectionClosed
 
 #: messages handed over per wakeup at most (keeps one batch's latency bounded)
 MAX_BATCH: Final = 512

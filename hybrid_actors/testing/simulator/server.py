@@ -20,7 +20,7 @@ from typing import Final
 from urllib.parse import parse_qs
 
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, WebSocketServer
+from ...transport import ConnectionClosed, WebSocketConnection, WebSocketRequest, WebSocketServer
 
 from ...config import parse_duration
 from ...errors import ConfigError
