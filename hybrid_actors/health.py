@@ -87,4 +87,4 @@ class Health:
         self.subscription_failures.append((now, category, symbol, reason))
 
     def failures_within(self, now: float, window: float) -> int:
-        return sum(1 for at, *_ in self.subscription_failures if now - at <= window)
+        return sum(1 for at, *_ in list(self.subscription_failures) if now - at <= window)  # copy: any thread
