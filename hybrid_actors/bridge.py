@@ -9,7 +9,10 @@ keeps its asyncio code and its event router; only its start-up changes::
     await stream.stop()         # graceful, idempotent
 
 ``on_event(event_name, data)`` is awaited with ``"position.update"`` / ``"position.closed"``
-and the event's :meth:`~hybrid_actors.state.PositionEvent.as_dict` (Decimals kept).
+and the event's :meth:`~hybrid_actors.state.PositionEvent.as_dict` (Decimals kept), and
+with the stream's notices (``"stream.state"`` and the others of :mod:`hybrid_actors.notices`)
+and their ``as_dict()``; every ``data`` carries ``"event"`` too. Notices share one lane, so
+they reach the handler in order.
 
 Two hosts, chosen by :meth:`BybitHybridStream.start` from the running loop
 --------------------------------------------------------------------------
@@ -94,7 +97,8 @@ from .actors.mailboxes import StreamClosed
 from .config import Credentials, Endpoints, StreamConfig, mask_key
 from .errors import ConfigError, HybridActorsError, StartTimeout
 from .health import HealthReport
-from .state import Event, Key, PositionUpdate
+from .notices import StreamEvent
+from .state import Key, PositionUpdate
 from .supervisor import HybridStream, open_hybrid_stream
 
 __all__ = ["BybitHybridStream", "BridgeStats", "DelayHistogram", "EventHandler", "SUPPORTED_MODES", "MAX_BATCH"]
@@ -200,7 +204,7 @@ class BridgeStats:
 class _Lane:
     key: Key
     #: (event, perf_counter_ns when the trio side took its batch)
-    pending: deque[tuple[Event, int]] = attrs.Factory(deque)
+    pending: deque[tuple[StreamEvent, int]] = attrs.Factory(deque)
     #: the task running this lane's handler call that suspended; it drains the lane, then lets go
     owner: asyncio.Task[None] | None = None
     #: waiting in the delivery task's ready queue
@@ -316,7 +320,7 @@ class _Dispatcher:
     def queued(self) -> int:
         return sum(len(lane.pending) for lane in self.lanes.values())
 
-    def accept(self, batch: list[Event], stamp: int) -> None:
+    def accept(self, batch: list[StreamEvent], stamp: int) -> None:
         """Queue a batch in its lanes and wake the delivery task (called by the trio side)."""
         stats = self.stats
         stats.batches += 1
@@ -414,14 +418,14 @@ class _Dispatcher:
         stats.delays.add(time.perf_counter_ns() - stamp)
         context = self.context.copy()
         try:
-            coro = context.run(self._invoke, event.name, data)
+            coro = context.run(self._invoke, event.event, data)
             yielded = context.run(coro.send, None)
         except StopIteration:
             return None
         except (Exception, asyncio.CancelledError) as exc:  # noqa: BLE001 - (its own CancelledError too)
-            self._failed(event.name, data, exc)
+            self._failed(event.event, data, exc)
             return None
-        return _Suspended(coro, context, yielded, event.name, data)
+        return _Suspended(coro, context, yielded, event.event, data)
 
     def _invoke(self, name: str, data: dict[str, Any]) -> Coroutine[Any, Any, object]:
         result = self.handler(name, data)
