@@ -26,8 +26,9 @@ pytestmark = pytest.mark.unit
 
 ROOT = PACKAGE.parent
 PURE = sorted([*(PACKAGE / "protocol").glob("*.py"), PACKAGE / "state.py", PACKAGE / "notices.py",
-               PACKAGE / "config.py", PACKAGE / "errors.py"])
-NO_CLOCK = sorted([*(PACKAGE / "protocol").glob("*.py"), PACKAGE / "state.py", PACKAGE / "notices.py"])
+               PACKAGE / "config.py", PACKAGE / "errors.py", PACKAGE / "backoff.py"])
+NO_CLOCK = sorted([*(PACKAGE / "protocol").glob("*.py"), PACKAGE / "state.py", PACKAGE / "notices.py",
+                   PACKAGE / "backoff.py"])
 IO_LIBRARIES = {"trio", "trio_websocket", "httpx", "asyncio", "trio_asyncio", "socket", "anyio", "ssl", "select",
                 "selectors", "websockets", "requests", "urllib3", "aiohttp"}
 CLOCKS = {"time", "datetime"}
@@ -113,7 +114,7 @@ def test_the_float_scan_finds_calls_not_names():
 def test_the_modules_to_check_exist():
     names = {rel(p) for p in PURE}
     assert {"protocol/frames.py", "protocol/session.py", "protocol/rest.py", "protocol/signing.py", "state.py",
-            "config.py", "errors.py"} <= names
+            "config.py", "errors.py", "backoff.py"} <= names
 
 
 # --- the rules ----------------------------------------------------------------------
