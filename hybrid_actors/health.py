@@ -54,6 +54,9 @@ class HealthReport:
     events: dict[str, Any]
     positions: int
     problems: tuple[str, ...]
+    #: the last ``stream.state`` notice (``state``, ``reason``, ``sockets``, ``ts``) and
+    #: ``since_s``; empty before the stream started
+    stream_state: dict[str, Any] = attrs.Factory(dict)
 
     def as_dict(self) -> dict[str, Any]:
         return attrs.asdict(self)
