@@ -73,6 +73,7 @@ class Health:
     events_emitted: int = 0
     #: (event name, source) -> events handed over (the combiner writes it)
     events_by_kind: dict[tuple[str, str], int] = attrs.Factory(dict)
+    notices_emitted: int = 0
     last_event_ms: int | None = None
     last_event_at: float | None = None
     #: (trio time, category, symbol, reason) of recent subscription failures

@@ -22,6 +22,7 @@ from ..config import StreamConfig
 from ..health import Health
 from ..latency import Latency
 from ..messages import Lifecycle, SubscriptionMessage
+from ..notices import Notice
 from ..protocol.session import Session
 from ..rest import RestClient
 from ..state import Combiner, Mark
@@ -126,3 +127,11 @@ class Hub:
 
     def request_reconcile(self) -> None:
         self.reconcile_now.set()
+
+    def emit_notice(self, notice: Notice) -> None:
+        """Queue a ``stream.*`` notice for the consumer, in order with the position events
+        around it. Never dropped nor conflated; never waits (notices are rare, so they may
+        exceed the queue's lifecycle capacity by a few). After the queue is closed (the
+        stream has ended) it is ignored."""
+        self.events.put(notice)
+        self.health.notices_emitted += 1
