@@ -102,6 +102,12 @@ async def _refuse_busy(stream: trio.SocketStream) -> None:
             b"content-length: " + str(len(body)).encode() + b"\r\n\r\n")
     with trio.move_on_after(SEND_TIMEOUT), suppress(*_PEER_GONE):
         await stream.send_all(head + body)
+        # Closing with the request unread would reset the connection and could destroy the
+        # answer before the client reads it: say we are done, then read until it is too.
+        await stream.send_eof()
+        with trio.move_on_after(1.0):
+            while await stream.receive_some(READ_SIZE):
+                pass
 
 
 async def _serve_connection(stream: trio.SocketStream, routes: Mapping[str, Route], name: str) -> None:

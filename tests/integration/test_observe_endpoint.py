@@ -198,7 +198,7 @@ async def test_the_server_answers_errors_and_keeps_serving():
             nursery.cancel_scope.cancel()
 
 
-async def test_silent_clients_time_out_and_the_connection_cap_answers_503(autojump_clock):
+async def test_silent_clients_time_out_and_the_connection_cap_answers_503(loopback_clock):
     def ok() -> Response:
         return Response(200, "text/plain", b"fine")
 
