@@ -54,6 +54,8 @@ class HealthReport:
     events: dict[str, Any]
     positions: int
     problems: tuple[str, ...]
+    #: REST snapshot state: calls, failures, scopes the account lacks (skipped), paging trouble
+    rest: dict[str, Any] = attrs.Factory(dict)
 
     def as_dict(self) -> dict[str, Any]:
         return attrs.asdict(self)

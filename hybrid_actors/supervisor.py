@@ -233,13 +233,28 @@ def build_health_report(hub: Hub) -> HealthReport:
               "last_event_age_s": round(now - health.last_event_at, 3) if health.last_event_at is not None else None,
               "subscription_failures_1h": health.failures_within(now, 3600.0),
               "reconciliations": health.reconciliations, "reconcile_corrections": health.reconcile_corrections}
+    rest = hub.rest
+    rest_section = {
+        "calls": rest.calls, "failures": rest.failures,
+        "banned_for_s": round(max(0.0, rest.banned_until - now), 3),
+        "skipped": {_scope_name(scope): why for scope, why in sorted(rest.unsupported.items(), key=str)},
+        "paging_problems": {_scope_name(scope): why for scope, why in sorted(rest.paging_problems.items(), key=str)},
+    }
+    for name, why in rest_section["paging_problems"].items():
+        problems.append(f"REST position/list {name}: {why}")
     if any(a["state"] == "failed" for a in actors.values()):
         status: Literal["ok", "degraded", "down"] = "down"
     elif problems:
         status = "degraded"
     else:
         status = "ok"
-    return HealthReport(status, actors, connections, subscriptions, events, len(hub.combiner.book), tuple(problems))
+    return HealthReport(status, actors, connections, subscriptions, events, len(hub.combiner.book), tuple(problems),
+                        rest=rest_section)
+
+
+def _scope_name(scope: tuple[str, str | None]) -> str:
+    category, coin = scope
+    return f"{category}/{coin}" if coin else category
 
 
 @asynccontextmanager
