@@ -1,7 +1,7 @@
 """The one owner of the HTTP client: signed ``position/list`` (all pages), tickers, time sync.
 
-httpx runs on trio through anyio. Deadlines are trio cancel scopes. Retries, with
-exponential backoff and full jitter, cover what an outage looks like: network errors,
+httpx runs on trio through anyio. Deadlines are trio cancel scopes. Retries, through the
+one backoff policy (:data:`REST_BACKOFF`, :mod:`hybrid_actors.backoff`), cover what an outage looks like: network errors,
 timeouts, HTTP 5xx/429/403, 10006/10018 rate limits (waiting for the reset header when
 given) and 10002 clock skew (after resyncing with ``/v5/market/time``). Credential
 errors (10003/10004/10005/10010) are raised at once: retrying cannot fix them. When the
@@ -23,6 +23,7 @@ import attrs
 import httpx
 import trio
 
+from .backoff import Backoff
 from .config import Credentials
 from .errors import RestAuthError, RestClockSkew, RestError, RestRateLimited, RestUnavailable
 from .protocol.frames import Position
@@ -49,7 +50,10 @@ log = logging.getLogger(__name__)
 #: stay within Bybit's 50 requests/s per UID for this endpoint. Hitting it means the
 #: exchange's paging misbehaves: the snapshot stops there and says so (health, log).
 MAX_REQUESTS_PER_SNAPSHOT: Final = 50
-RETRY_BASE: Final = 0.5
+#: retries within one call: 0.5 s, 1 s, 2 s... up to 8 s, jittered; a cool-down the
+#: exchange names (reset header, ban) is honoured on top
+REST_BACKOFF: Final = Backoff(initial=0.5, maximum=8.0)
+#: the longest a rate-limit reset header makes one call wait before retrying
 RETRY_CAP: Final = 8.0
 #: Bybit: after HTTP 403 (or retCode 10009) "stop everything and wait >= 10 min"
 IP_BAN_COOLDOWN: Final = 600.0
@@ -91,6 +95,7 @@ class RestClient:
     wall_clock: Callable[[], float] = time.time
     linear_settle_coins: tuple[str, ...] = ("USDT", "USDC")
     rng: random.Random = attrs.field(factory=random.Random, repr=False)
+    backoff: Backoff = REST_BACKOFF
     offset_ms: int = 0
     synced: bool = False
     calls: int = 0
@@ -248,15 +253,15 @@ class RestClient:
                 continue
             except RestRateLimited as exc:
                 last = exc
-                delay = exc.retry_after if exc.retry_after is not None else self._backoff(attempt)
+                delay = self.backoff.delay(attempt, self.rng, exc.retry_after)
             except RestUnavailable as exc:
                 last = exc
-                delay = self._backoff(attempt)
+                delay = self.backoff.delay(attempt, self.rng)
             except RestError as exc:
                 if exc.ret_code in CALLER_ERROR_CODES:
                     raise  # our request is wrong: retrying cannot help, a bug to be seen
                 last = exc  # an exchange-side error (10000, 10016, ...): an outage, retried
-                delay = self._backoff(attempt)
+                delay = self.backoff.delay(attempt, self.rng)
             self.failures += 1
             if attempt + 1 < self.attempts:
                 log.warning("%s; retrying in %.2fs (attempt %d/%d)", last, delay, attempt + 1, self.attempts)
@@ -265,9 +270,6 @@ class RestClient:
         raise RestUnavailable(f"{last} (gave up after {self.attempts} attempts)", ret_code=last.ret_code,
                               ret_msg=last.ret_msg, path=last.path, http_status=last.http_status,
                               retry_after=last.retry_after) from last
-
-    def _backoff(self, attempt: int) -> float:
-        return self.rng.uniform(0, min(RETRY_CAP, RETRY_BASE * 2 ** attempt))
 
     async def _send(self, request: RestRequest) -> tuple[int, bytes, float | None]:
         """One HTTP GET within the deadline: ``(status, body, seconds until the rate-limit

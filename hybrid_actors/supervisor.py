@@ -112,6 +112,7 @@ class Supervisor:
 
     async def _supervise(self, spec: ChildSpec, *, task_status: trio.TaskStatus[None]) -> NoReturn:
         policy = self.hub.config.restart
+        backoff = policy.backoff
         stats = self.hub.health.actor(spec.name)
         crashes: deque[float] = deque(maxlen=policy.max_restarts)
         attempt = 0
@@ -155,12 +156,12 @@ class Supervisor:
                 else:
                     stats.outages += 1
                     log.warning("%s: %s", spec.name, stats.last_error)
-            delay = self.hub.rng.uniform(0, min(policy.backoff_max, policy.backoff_initial * 2 ** attempt))
-            if kind == "outage" and getattr(leaf, "retry_after", None):
-                delay = max(delay, leaf.retry_after)  # the exchange said how long (IP ban, rate limit)
-            attempt += 1
+            # the exchange may have said how long to stay away (IP ban, rate limit): a floor
+            retry_after = getattr(leaf, "retry_after", None) if kind == "outage" else None
+            delay = backoff.delay(attempt, self.hub.rng, retry_after)
+            attempt = backoff.next_attempt(attempt)  # bounded: an outage of days is no overflow
             stats.state = "backoff"
-            log.info("%s: restarting in %.2fs (attempt %d)", spec.name, delay, attempt)
+            log.info("%s: restarting in %.2fs (failure %d)", spec.name, delay, stats.crashes + stats.outages)
             await trio.sleep(delay)
 
 

@@ -14,7 +14,6 @@ stream: retrying bad credentials only risks an IP ban.
 
 from __future__ import annotations
 
-import itertools
 import logging
 from typing import NoReturn
 
@@ -98,17 +97,17 @@ class PrivateStreamActor:
         """REST position/list, retried here for as long as it takes: a REST outage must not
         cost a healthy socket (its pushes keep flowing meanwhile, the heartbeat keeps it up)."""
         hub = self.hub
-        for attempt in itertools.count():
+        backoff = hub.config.restart.backoff
+        attempt = 0
+        while True:
             try:
                 return await hub.rest.positions(hub.config.categories)
             except RestUnavailable as exc:
-                policy = hub.config.restart
-                delay = hub.rng.uniform(0, min(policy.backoff_max, policy.backoff_initial * 2 ** attempt))
-                delay = max(delay, exc.retry_after or 0.0)
+                delay = backoff.delay(attempt, hub.rng, exc.retry_after)
+                attempt = backoff.next_attempt(attempt)
                 log.warning("private stream: REST snapshot failed (%s); the socket stays up, "
                             "retrying in %.1fs", exc, delay)
                 await trio.sleep(delay)
-        raise AssertionError("unreachable")  # pragma: no cover
 
     @staticmethod
     async def _wait(event: trio.Event, timeout: float, what: str) -> None:
