@@ -66,6 +66,7 @@ class Health:
     actors: dict[str, ActorStats] = attrs.Factory(dict)
     links: dict[str, LinkStats] = attrs.Factory(dict)
     events_emitted: int = 0
+    notices_emitted: int = 0
     last_event_ms: int | None = None
     last_event_at: float | None = None
     #: (trio time, category, symbol, reason) of recent subscription failures

@@ -340,13 +340,19 @@ class PositionEvent:
         return (self.category, self.symbol, self.position_idx)
 
     @property
+    def event(self) -> str:
+        """The event name (``name``), as on :mod:`~hybrid_actors.notices`: what consumers route on."""
+        return self.name
+
+    @property
     def is_lifecycle(self) -> bool:
         """Open / size / side / entry changes are never dropped; price moves may conflate."""
         return self.source != "ticker"
 
     def as_dict(self) -> dict[str, Any]:
         """The event's data with Decimals kept (for Python consumers such as the bridge)."""
-        return {"symbol": self.symbol, "category": self.category, "side": self.side, "size": self.size,
+        return {"event": self.name, "symbol": self.symbol, "category": self.category, "side": self.side,
+                "size": self.size,
                 "entry_price": self.entry_price, "mark_price": self.mark_price,
                 "unrealized_pnl": self.unrealized_pnl, "position_idx": self.position_idx,
                 "source": self.source, "exchange_ts": self.exchange_ts, "received_ts": self.received_ts}

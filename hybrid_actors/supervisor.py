@@ -42,7 +42,8 @@ from .config import StreamConfig
 from .errors import AuthRejected, HybridActorsError, RestartIntensityExceeded, SupervisorError, TransportError
 from .health import HealthReport
 from .rest import open_rest_client
-from .state import Event, PositionUpdate
+from .notices import StreamEvent
+from .state import PositionUpdate
 
 __all__ = ["Supervisor", "HybridStream", "open_hybrid_stream", "ChildSpec"]
 
@@ -167,7 +168,9 @@ class Supervisor:
 
 @attrs.define(eq=False)
 class HybridStream:
-    """The running stream. Iterate it for events; ask it for positions and health."""
+    """The running stream. Iterate it for events (``position.update``, ``position.closed`` and
+    the ``stream.*`` notices of :mod:`~hybrid_actors.notices`, in order); ask it for
+    positions and health."""
 
     hub: Hub
     supervisor: Supervisor
@@ -175,13 +178,13 @@ class HybridStream:
     def __aiter__(self) -> HybridStream:
         return self
 
-    async def __anext__(self) -> Event:
+    async def __anext__(self) -> StreamEvent:
         try:
             return await self.hub.events.get()
         except StreamClosed:
             raise StopAsyncIteration from None
 
-    async def batches(self, max_items: int | None = None) -> list[Event]:
+    async def batches(self, max_items: int | None = None) -> list[StreamEvent]:
         """Every queued event (at least one), in order: the efficient way to consume.
         Raises :class:`~.actors.mailboxes.StreamClosed` when the stream has ended."""
         return await self.hub.events.get_batch(max_items)
@@ -229,7 +232,7 @@ def build_health_report(hub: Hub) -> HealthReport:
         }
         if subs.failed:
             problems.append(f"{category}: no ticker for {', '.join(sorted(subs.failed))}")
-    events = {"emitted": health.events_emitted, "delivered": hub.events.delivered,
+    events = {"emitted": health.events_emitted, "notices": health.notices_emitted, "delivered": hub.events.delivered,
               "queued": len(hub.events), "conflated": hub.events.conflated,
               "last_event_age_s": round(now - health.last_event_at, 3) if health.last_event_at is not None else None,
               "subscription_failures_1h": health.failures_within(now, 3600.0),

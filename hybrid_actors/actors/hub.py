@@ -21,6 +21,7 @@ import trio
 from ..config import StreamConfig
 from ..health import Health
 from ..messages import Lifecycle, SubscriptionMessage
+from ..notices import Notice
 from ..protocol.session import Session
 from ..rest import RestClient
 from ..state import Combiner, Mark
@@ -123,3 +124,11 @@ class Hub:
 
     def request_reconcile(self) -> None:
         self.reconcile_now.set()
+
+    def emit_notice(self, notice: Notice) -> None:
+        """Queue a ``stream.*`` notice for the consumer, in order with the position events
+        around it. Never dropped nor conflated; never waits (notices are rare, so they may
+        exceed the queue's lifecycle capacity by a few). After the queue is closed (the
+        stream has ended) it is ignored."""
+        self.events.put(notice)
+        self.health.notices_emitted += 1
