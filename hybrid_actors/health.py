@@ -55,6 +55,8 @@ class HealthReport:
     events: dict[str, Any]
     positions: int
     problems: tuple[str, ...]
+    #: REST snapshot state: calls, failures, scopes the account lacks (skipped), paging trouble
+    rest: dict[str, Any] = attrs.Factory(dict)
     #: h11-observe: p50/p95/p99 ms of exchange->event and frame->event over a recent window,
     #: with a p99 history for sparklines (see :meth:`hybrid_actors.latency.Latency.report`)
     latency: dict[str, Any] = attrs.Factory(dict)

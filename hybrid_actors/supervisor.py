@@ -245,6 +245,15 @@ def build_health_report(hub: Hub) -> HealthReport:
               "by_event": _by_event(health.events_by_kind), "last_event_ms": health.last_event_ms,
               "subscription_failures_total": health.subscription_failures_total,
               "handler_errors": health.handler_errors()}
+    rest = hub.rest
+    rest_section = {
+        "calls": rest.calls, "failures": rest.failures,
+        "banned_for_s": round(max(0.0, rest.banned_until - now), 3),
+        "skipped": {_scope_name(scope): why for scope, why in sorted(rest.unsupported.items(), key=str)},
+        "paging_problems": {_scope_name(scope): why for scope, why in sorted(rest.paging_problems.items(), key=str)},
+    }
+    for name, why in rest_section["paging_problems"].items():
+        problems.append(f"REST position/list {name}: {why}")
     if any(a["state"] == "failed" for a in actors.values()):
         status: Literal["ok", "degraded", "down"] = "down"
     elif problems:
@@ -252,7 +261,8 @@ def build_health_report(hub: Hub) -> HealthReport:
     else:
         status = "ok"
     return HealthReport(status, actors, connections, subscriptions, events, len(hub.combiner.book), tuple(problems),
-                        latency=hub.latency.report(now), open_positions=position_rows(hub))
+                        latency=hub.latency.report(now), open_positions=position_rows(hub),
+                        rest=rest_section)
 
 
 def _by_event(counts: dict[tuple[str, str], int]) -> dict[str, dict[str, int]]:
@@ -279,6 +289,11 @@ def position_rows(hub: Hub) -> tuple[dict[str, Any], ...]:
 
 def _plain(value: Decimal | None) -> str | None:
     return None if value is None else format(value, "f")
+
+
+def _scope_name(scope: tuple[str, str | None]) -> str:
+    category, coin = scope
+    return f"{category}/{coin}" if coin else category
 
 
 @asynccontextmanager

@@ -66,7 +66,7 @@ class CombinerActor:
         else:
             events = combiner.apply_snapshot(message.positions, categories=message.categories,
                                              as_of_ms=message.as_of_ms, received_ts=message.received_ts,
-                                             commit=False)
+                                             commit=False, coverage=message.coverage)
             self._snapshot_applied(message, events)
         self._emit(events)
         hub.desired.set({c: combiner.desired_symbols(c) for c in hub.config.categories})
