@@ -5,7 +5,8 @@
 - ``protocol`` and ``state`` read no clock (time is an argument);
 - nothing under ``hybrid_actors/`` calls ``float(...)`` (``metrics.py`` excepted);
 - each foreign I/O library has one owner module: trio_websocket → ``transport.py``,
-  h11 (the lean WebSocket client's HTTP upgrade) → ``lean_transport.py``,
+  websockets (the sans-IO WebSocket core of the public sockets) → ``lean_transport.py``,
+  h11 → the simulator's REST server (``testing/``),
   httpx → ``rest.py`` (plus ``testing/``), asyncio / trio_asyncio → ``bridge.py``.
 
 Modules that do not exist yet are simply not scanned.
@@ -34,7 +35,8 @@ CLOCKS = {"time", "datetime"}
 #: foreign library -> the only modules (relative to hybrid_actors/) that may import it
 OWNERS = {
     "trio_websocket": ("transport.py", "testing/"),
-    "h11": ("lean_transport.py", "testing/"),
+    "websockets": ("lean_transport.py",),
+    "h11": ("testing/",),
     "httpx": ("rest.py", "testing/"),
     "asyncio": ("bridge.py",),
     "trio_asyncio": ("bridge.py",),
