@@ -84,3 +84,18 @@ async def test_a_usdt_snapshot_does_not_close_a_usdc_position(loopback_clock):
             s.sim.control.close_position("BTCPERP")
             closed = await s.log.wait_for(lambda e: isinstance(e, PositionClosed) and e.symbol == "BTCPERP")
             assert closed.source == "position"
+
+
+async def test_already_subscribed_naming_no_topic_is_a_confirmation_not_a_retry_loop(loopback_clock):
+    with trio.fail_after(TEST_TIMEOUT):
+        async with running() as s:
+            sim = s.sim
+            sim.control.reject_subscribes("BTCUSDT", 1, ret_msg="error:already subscribed")
+            sim.control.open_position("BTCUSDT", "Buy", "0.5")
+            await s.log.wait_for(lambda e: e.symbol == "BTCUSDT")
+            await eventually(lambda: "BTCUSDT" in s.hub.subscriptions["linear"].confirmed)
+            await trio.sleep(45.0)  # long enough for several retries of an unknown outcome
+            sent = sim.observe.requests("linear", op="subscribe", topic="tickers.BTCUSDT")
+            assert len(sent) == 1 and sent[0].success is False
+            health = s.stream.health().subscriptions["linear"]
+            assert health["confirmed"] == 1 and health["missing"] == [] and health["failed"] == {}

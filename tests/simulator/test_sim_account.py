@@ -153,3 +153,28 @@ async def test_a_handshake_refused_on_one_path_only(loopback_clock):
             sim.control.clear_faults()
             async with connect(sim.url("option")) as ws:
                 assert ws.closed is None
+
+
+async def test_the_21000_character_args_limit_of_a_public_connection(loopback_clock):
+    from hybrid_actors.testing.simulator.public import ARGS_LIMIT_MESSAGE
+    from sim_support import recv_control, send
+    with trio.fail_after(TEST_TIMEOUT):
+        async with open_simulator(config()) as sim, connect(sim.url("linear")) as ws:
+            held = ["tickers.BTCUSDT", "tickers.ETHUSDT", "tickers.SOLUSDT"]
+            await send(ws, {"op": "subscribe", "args": held, "req_id": "a"})
+            assert (await recv_control(ws))["success"] is True
+            used = sum(len(t) + 3 for t in held)
+            # unknown symbols: each would fail on its own, but the frame is too long first
+            filler = [f"tickers.X{i:06d}USDT" for i in range((21_000 - used) // 22 + 1)]
+            assert used + sum(len(t) + 3 for t in filler) > 21_000 > sum(len(t) + 3 for t in filler)
+            await send(ws, {"op": "subscribe", "args": filler, "req_id": "b"})
+            refused = await recv_control(ws)
+            assert_shape(refused, vector("subscribe_fail.json", 0))
+            assert (refused["success"], refused["ret_msg"], refused["req_id"]) == (False, ARGS_LIMIT_MESSAGE, "b")
+            assert sim.observe.subscribed_symbols("linear") == {"BTCUSDT", "ETHUSDT", "SOLUSDT"}  # kept
+            # without what the connection holds, the same frame fits (and its topics fail one by one)
+            await send(ws, {"op": "unsubscribe", "args": held, "req_id": "c"})
+            assert (await recv_control(ws))["success"] is True
+            await send(ws, {"op": "subscribe", "args": filler, "req_id": "d"})
+            answer = await recv_control(ws)
+            assert answer["ret_msg"].startswith("error:handler not found,topic:tickers.X000000USDT")

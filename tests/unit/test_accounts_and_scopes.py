@@ -120,3 +120,44 @@ def test_without_coverage_a_snapshot_covers_its_categories_as_before():
     combiner.apply_push([pos("BTCPERP", ut=1000)], received_ts=1)
     [closed] = combiner.apply_snapshot([], categories=["linear"], as_of_ms=5000, received_ts=2)
     assert isinstance(closed, PositionClosed) and closed.source == "rest"
+
+
+# --- defect 8: "already subscribed" naming no topic; the args limit --------------------
+
+SUBSCRIBE_FAILS = load_vector("subscribe_fail")["messages"]
+
+
+def recorded_ack(req_id: str, ret_msg: str):
+    """The recorded linear failure envelope (sieblyio/bybit-api#477) with our req_id."""
+    from hybrid_actors.protocol.frames import SubscribeResult
+    frame = dict(SUBSCRIBE_FAILS[0], req_id=req_id, ret_msg=ret_msg)
+    decoded = decode(json.dumps(frame))
+    assert isinstance(decoded, SubscribeResult)
+    return decoded
+
+
+@pytest.mark.parametrize("ret_msg", ["error:already subscribed", "error:already subscribed,topic:"])
+def test_already_subscribed_naming_no_topic_confirms_a_one_topic_frame(ret_msg):
+    from hybrid_actors.protocol.session import Session
+    session = Session("linear")
+    (request,), _ = session.subscribe(["tickers.BTCUSDT"], now=0.0)
+    outcome = session.receive_ack(recorded_ack(request.req_id, ret_msg))
+    assert outcome.confirmed == ("tickers.BTCUSDT",) and outcome.unknown == () and outcome.failed == ()
+    assert session.budget.used_chars == len("tickers.BTCUSDT") + 3  # held: it is subscribed
+
+
+def test_already_subscribed_naming_no_topic_on_a_bigger_frame_stays_unknown():
+    from hybrid_actors.protocol.session import Session
+    session = Session("linear")
+    (request,), _ = session.subscribe(["tickers.A", "tickers.B"], now=0.0)
+    outcome = session.receive_ack(recorded_ack(request.req_id, "error:already subscribed"))
+    assert outcome.confirmed == () and outcome.unknown == ("tickers.A", "tickers.B")
+
+
+def test_the_args_limit_answer_fails_every_topic_of_its_frame():
+    from hybrid_actors.protocol.session import Session
+    session = Session("linear")
+    (request,), _ = session.subscribe(["tickers.A", "tickers.B"], now=0.0)
+    outcome = session.receive_ack(recorded_ack(request.req_id, "Length of 'args' array over 21,000 characters"))
+    assert [(t, f.kind) for t, f in outcome.failed] == [("tickers.A", "too_many_args"), ("tickers.B", "too_many_args")]
+    assert outcome.unknown == () and session.budget.used_chars == 0
