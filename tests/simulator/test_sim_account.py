@@ -178,3 +178,36 @@ async def test_the_21000_character_args_limit_of_a_public_connection(loopback_cl
             await send(ws, {"op": "subscribe", "args": filler, "req_id": "d"})
             answer = await recv_control(ws)
             assert answer["ret_msg"].startswith("error:handler not found,topic:tickers.X000000USDT")
+
+
+async def test_usdc_contracts_are_settled_every_8_hours(loopback_clock):
+    from decimal import Decimal
+
+    from hybrid_actors.testing.simulator import trio_wall_clock
+    wall = trio_wall_clock()
+    with trio.fail_after(9 * 3600):
+        # no idle cut: this raw socket sends no pings for hours
+        async with open_simulator(config(wall_clock=wall, default_max_active_time=10 * 3600)) as sim:
+            async with private_session(sim) as ws, httpx.AsyncClient(base_url=sim.rest_url) as client:
+                sim.control.open_position("BTCPERP", "Buy", "0.5", entry_price="100000.00")
+                sim.control.open_position("BTCUSDT", "Buy", "0.5", entry_price="100000.00")
+                opened = (await recv_where(ws, lambda f: f.get("topic") == "position"))["data"][0]
+                assert opened["sessionAvgPrice"] == "100000.00"  # a USDC contract's session starts at entry
+                usdt = (await recv_where(ws, lambda f: f.get("topic") == "position"))["data"][0]
+                assert usdt["sessionAvgPrice"] == "0"  # as in the recorded USDT record
+                sim.control.set_mark_price("BTCPERP", "101000.00")
+                sim.control.set_mark_price("BTCUSDT", "101000.00")
+
+                settled = (await recv_where(ws, lambda f: f.get("topic") == "position"))["data"][0]
+                assert wall() % (8 * 3600) == pytest.approx(0, abs=1e-6)  # at 00:00 / 08:00 / 16:00 UTC
+                assert set(settled) == set(PUSH_ITEM)
+                assert settled["symbol"] == "BTCPERP"
+                assert (settled["sessionAvgPrice"], settled["entryPrice"]) == ("101000.00", "100000")
+                assert Decimal(settled["curRealisedPnl"]) == Decimal("500")  # 1000 * 0.5, realised
+                assert Decimal(settled["unrealisedPnl"]) == 0
+                body = await positions_page(sim, client, "category=linear&settleCoin=USDC")
+                [item] = body["result"]["list"]
+                assert (item["sessionAvgPrice"], item["avgPrice"]) == ("101000.00", "100000")
+                usdt_now = await positions_page(sim, client, "category=linear&symbol=BTCUSDT")
+                assert usdt_now["result"]["list"][0]["sessionAvgPrice"] == ""  # as in the recorded REST record
+                assert [p.symbol for p in sim.control.settle_usdc()] == ["BTCPERP"]
