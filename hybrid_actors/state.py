@@ -281,11 +281,14 @@ class TickerBook:
 
 @attrs.frozen
 class Mark:
-    """The latest mark price of a symbol and when the exchange / we saw it (epoch ms)."""
+    """The latest mark price of a symbol and when the exchange / we saw it (epoch ms).
+    ``read_at``: our read of the frame in epoch seconds, finer than ``received_ts`` (for the
+    frame-to-event latency; None if the producer did not stamp it)."""
 
     price: Decimal
     exchange_ts: int | None
     received_ts: int
+    read_at: float | None = attrs.field(default=None, eq=False)
 
 
 def unrealized_pnl(category: str, side: str, size: Decimal, entry: Decimal | None,

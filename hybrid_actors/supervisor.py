@@ -25,6 +25,8 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
+from functools import partial
+from decimal import Decimal
 from typing import Any, Literal, NoReturn, Protocol
 
 import attrs
@@ -41,6 +43,7 @@ from .actors.subscriptions import SubscriptionManager
 from .config import StreamConfig
 from .errors import AuthRejected, HybridActorsError, RestartIntensityExceeded, SupervisorError, TransportError
 from .health import HealthReport
+from .observability import serve_observability
 from .rest import open_rest_client
 from .notices import StreamEvent
 from .state import PositionUpdate
@@ -174,6 +177,8 @@ class HybridStream:
 
     hub: Hub
     supervisor: Supervisor
+    #: ``http://host:port`` of the ``/metrics`` and ``/health`` server (None without ``metrics_port``)
+    metrics_url: str | None = None
 
     def __aiter__(self) -> HybridStream:
         return self
@@ -236,7 +241,10 @@ def build_health_report(hub: Hub) -> HealthReport:
               "queued": len(hub.events), "conflated": hub.events.conflated,
               "last_event_age_s": round(now - health.last_event_at, 3) if health.last_event_at is not None else None,
               "subscription_failures_1h": health.failures_within(now, 3600.0),
-              "reconciliations": health.reconciliations, "reconcile_corrections": health.reconcile_corrections}
+              "reconciliations": health.reconciliations, "reconcile_corrections": health.reconcile_corrections,
+              "by_event": _by_event(health.events_by_kind), "last_event_ms": health.last_event_ms,
+              "subscription_failures_total": health.subscription_failures_total,
+              "handler_errors": health.handler_errors()}
     rest = hub.rest
     rest_section = {
         "calls": rest.calls, "failures": rest.failures,
@@ -253,7 +261,34 @@ def build_health_report(hub: Hub) -> HealthReport:
     else:
         status = "ok"
     return HealthReport(status, actors, connections, subscriptions, events, len(hub.combiner.book), tuple(problems),
+                        latency=hub.latency.report(now), open_positions=position_rows(hub),
                         rest=rest_section)
+
+
+def _by_event(counts: dict[tuple[str, str], int]) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    for (name, source), count in tuple(counts.items()):
+        out.setdefault(name, {})[source] = count
+    return out
+
+
+def position_rows(hub: Hub) -> tuple[dict[str, Any], ...]:
+    """Every open position as the consumer last saw it, JSON-ready (decimals as strings)."""
+    wall_ms = hub.wall_ms()
+    marks = hub.combiner.marks
+    rows = []
+    for view in hub.combiner.current():
+        mark = marks.get((view.category, view.symbol))
+        seen_ms = mark.received_ts if mark is not None and mark.price == view.mark_price else view.received_ts
+        rows.append({"symbol": view.symbol, "category": view.category, "position_idx": view.position_idx,
+                     "side": view.side, "size": _plain(view.size), "entry_price": _plain(view.entry_price),
+                     "mark_price": _plain(view.mark_price), "unrealized_pnl": _plain(view.unrealized_pnl),
+                     "mark_age_s": round(max(0, wall_ms - seen_ms) / 1000, 3), "source": view.source})
+    return tuple(rows)
+
+
+def _plain(value: Decimal | None) -> str | None:
+    return None if value is None else format(value, "f")
 
 
 def _scope_name(scope: tuple[str, str | None]) -> str:
@@ -282,9 +317,13 @@ async def open_hybrid_stream(config: StreamConfig, *, wall_clock: Callable[[], f
             supervisor = Supervisor(hub)
             async with trio.open_nursery() as nursery:
                 await nursery.start(supervisor.run)
+                metrics_url = None
+                if config.metrics_port is not None:  # up before the first snapshot: a slow start shows
+                    metrics_url = await nursery.start(partial(serve_observability, hub,
+                                                              partial(build_health_report, hub)))
                 await hub.first_snapshot.wait()
                 try:
-                    yield HybridStream(hub, supervisor)
+                    yield HybridStream(hub, supervisor, metrics_url)
                 finally:
                     hub.events.close()
                     nursery.cancel_scope.cancel()

@@ -20,6 +20,7 @@ import trio
 
 from ..config import StreamConfig
 from ..health import Health
+from ..latency import Latency
 from ..messages import Lifecycle, SubscriptionMessage
 from ..notices import Notice
 from ..protocol.session import Session
@@ -91,6 +92,8 @@ class Hub:
     rng: random.Random = attrs.field(factory=random.Random, repr=False)
     combiner: Combiner = attrs.Factory(Combiner)
     health: Health = attrs.Factory(Health)
+    #: written by the combiner only (when it hands events over)
+    latency: Latency = attrs.Factory(Latency)
     events: EventQueue = attrs.field(init=False)
     marks: LatestByKey[tuple[str, str], Mark] = attrs.Factory(LatestByKey)
     desired: Watch[dict[str, frozenset[str]]] = attrs.field(init=False)

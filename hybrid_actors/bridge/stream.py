@@ -163,6 +163,12 @@ class BybitHybridStream:
     def handler_errors(self) -> int:
         return self._stats.handler_errors
 
+    @property
+    def metrics_url(self) -> str | None:
+        """``http://host:port`` of ``/metrics`` and ``/health`` while running with ``metrics_port=``."""
+        stream = self._stream
+        return stream.metrics_url if stream is not None else None
+
     # --- life cycle ---------------------------------------------------------------------------
     async def start(self) -> None:
         """Start the stream; return once both sockets are up and the REST snapshot is applied.
@@ -341,6 +347,8 @@ class BybitHybridStream:
         if self._started is None or self._started.done() or self._stop_requested:
             return
         self._stream = stream
+        stats = self._stats
+        stream.hub.health.handler_errors_source = lambda: stats.handler_errors  # for /metrics
         self._state = "running"
         self._started.set_result(None)
 

@@ -5,8 +5,9 @@
 - ``protocol``, ``state`` and ``notices`` read no clock (time is an argument);
 - nothing under ``hybrid_actors/`` calls ``float(...)`` (``metrics.py`` excepted);
 - each foreign I/O library has one owner module: trio_websocket → ``transport.py``,
-  h11 (the lean WebSocket client's HTTP upgrade) → ``lean_transport.py``,
-  httpx → ``rest.py`` (plus ``testing/``), asyncio → ``bridge/`` (trio_asyncio → ``bridge/hosts.py``).
+  h11 → ``lean_transport.py`` (the WebSocket upgrade) and ``http_endpoint.py`` (metrics, health),
+  httpx → ``rest.py`` (plus ``testing/``), prometheus_client → ``metrics.py``,
+  asyncio → ``bridge/`` (trio_asyncio → ``bridge/hosts.py``).
 
 Modules that do not exist yet are simply not scanned.
 """
@@ -35,8 +36,9 @@ CLOCKS = {"time", "datetime"}
 #: foreign library -> the only modules (relative to hybrid_actors/) that may import it
 OWNERS = {
     "trio_websocket": ("transport.py", "testing/"),
-    "h11": ("lean_transport.py", "testing/"),
+    "h11": ("lean_transport.py", "http_endpoint.py", "testing/"),
     "httpx": ("rest.py", "testing/"),
+    "prometheus_client": ("metrics.py",),
     "asyncio": ("bridge/",),
     "trio_asyncio": ("bridge/hosts.py",),
 }
