@@ -63,6 +63,9 @@ class HealthReport:
     #: every open position as the consumer last saw it: decimals as strings, ``mark_age_s``
     #: is the time since its mark last changed (what ``/health`` and the dashboard show)
     open_positions: tuple[dict[str, Any], ...] = ()
+    #: the last ``stream.state`` notice (``state``, ``reason``, ``sockets``, ``ts``) and
+    #: ``since_s``; empty before the stream started
+    stream_state: dict[str, Any] = attrs.Factory(dict)
 
     def as_dict(self) -> dict[str, Any]:
         return attrs.asdict(self)
