@@ -21,9 +21,11 @@ from typing import Any, ClassVar, Final, Literal
 import attrs
 
 from .protocol.frames import Position, TickerFrame, TickerSnapshot
+from .protocol.rest import Scope
 
-__all__ = ["Key", "BookDiff", "PositionBook", "TickerBook", "Mark", "PositionUpdate", "PositionClosed",
-           "PositionEvent", "Event", "Combiner", "unrealized_pnl", "Source"]
+__all__ = ["Key", "BookDiff", "settle_coin_hint", "LINEAR_SETTLE_COINS", "PositionBook", "TickerBook", "Mark",
+           "PositionUpdate", "PositionClosed", "PositionEvent", "Event", "Combiner", "unrealized_pnl", "pnl_entry",
+           "Source"]
 
 Key = tuple[str, str, int]
 Source = Literal["ticker", "position", "rest"]
@@ -32,6 +34,25 @@ ZERO: Final = Decimal(0)
 SNAPSHOT_SKEW_MS: Final = 1000
 #: one context for all PnL arithmetic, whatever the caller's thread-local context says
 _CTX: Final = decimal.Context(prec=28, rounding=decimal.ROUND_HALF_EVEN)
+#: every coin Bybit settles linear contracts in: a snapshot of all of them covers the category
+LINEAR_SETTLE_COINS: Final = frozenset({"USDT", "USDC"})
+
+
+def settle_coin_hint(category: str, symbol: str) -> str | None:
+    """The settle coin Bybit's naming implies for a linear symbol, None if it does not say.
+
+    USDT perpetuals are ``BTCUSDT``, USDT futures ``BTCUSDT-26DEC25``; USDC perpetuals are
+    ``BTCPERP`` (newer ones ``BTCUSDC``), USDC futures ``BTC-26DEC25``. Used only for a
+    position no REST page has placed yet (a push does not carry its settle coin).
+    """
+    if category != "linear":
+        return None
+    head = symbol.split("-", 1)[0]
+    if head.endswith("USDT"):
+        return "USDT"
+    if head.endswith(("PERP", "USDC")) or "-" in symbol:
+        return "USDC"
+    return None
 
 
 # --- positions --------------------------------------------------------------------------
@@ -59,7 +80,9 @@ class PositionBook:
     ignored; an equal one is applied (a settings-only change re-uses seq, §5). A snapshot
     replaces everything in its categories except entries the book knows to be strictly
     newer (a push that raced the REST call); a position absent from the snapshot is
-    closed unless the book saw it updated after the snapshot was taken (``as_of_ms``).
+    closed unless the book saw it updated after the snapshot was taken (``as_of_ms``) or
+    the snapshot did not cover its (category, settle coin): a linear snapshot asked for
+    USDT only says nothing about a USDC position.
     """
 
     #: how much earlier than the response's ``time`` a REST list may have been read
@@ -67,6 +90,8 @@ class PositionBook:
     _open: dict[Key, Position] = attrs.Factory(dict)
     _versions: dict[Key, tuple[int, int]] = attrs.Factory(dict)
     _by_symbol: dict[tuple[str, str], set[Key]] = attrs.Factory(dict)
+    #: the settle coin of each key a REST page (asked per coin) has shown
+    _coins: dict[Key, str] = attrs.Factory(dict)
 
     def __len__(self) -> int:
         return len(self._open)
@@ -94,8 +119,12 @@ class PositionBook:
         return diff.build()
 
     def apply_snapshot(self, positions: Iterable[Position], categories: Iterable[str],
-                       as_of_ms: int | None) -> BookDiff:
+                       as_of_ms: int | None, *, coverage: Iterable[Scope] | None = None) -> BookDiff:
+        """Apply a REST snapshot of ``categories``. It closes an absent position only where it
+        is authoritative: ``coverage`` lists the (category, settle coin) scopes it read
+        completely (None: all of ``categories``, whatever the coin)."""
         scope = frozenset(categories)
+        covered = self._coverage(scope, coverage)
         latest: dict[Key, Position] = {}
         for position in positions:
             if position.category in scope:
@@ -104,12 +133,14 @@ class PositionBook:
                     latest[position.key] = position
         diff = _DiffBuilder()
         for key, position in latest.items():
+            if position.settle_coin is not None:
+                self._coins[key] = position.settle_coin
             known = self._versions.get(key)
             if known is not None and position.updated_time is not None and position.version < known:
                 continue  # a push newer than the snapshot already arrived
             self._set(position, diff)
         for key, current in list(self._open.items()):
-            if key[0] not in scope or key in latest:
+            if key[0] not in scope or key in latest or not self._covers(covered, key):
                 continue
             # ``as_of_ms`` is when the response was built; the list was read a little earlier.
             # A position updated within that skew may simply be missing from the list.
@@ -120,6 +151,28 @@ class PositionBook:
             if read_at is not None:
                 self._versions[key] = (read_at, -1)  # tombstone: older pushes stay ignored
         return diff.build()
+
+    def settle_coin(self, key: Key) -> str | None:
+        """The settle coin a REST page placed ``key`` in, else what its symbol implies."""
+        return self._coins.get(key) or settle_coin_hint(key[0], key[1])
+
+    @staticmethod
+    def _coverage(scope: frozenset[str], coverage: Iterable[Scope] | None) -> dict[str, frozenset[str | None]]:
+        if coverage is None:
+            return {category: frozenset({None}) for category in scope}
+        coins: dict[str, set[str | None]] = {}
+        for category, coin in coverage:
+            coins.setdefault(category, set()).add(coin)
+        return {category: frozenset(c) for category, c in coins.items()}
+
+    def _covers(self, covered: Mapping[str, frozenset[str | None]], key: Key) -> bool:
+        coins = covered.get(key[0])
+        if not coins:
+            return False
+        if None in coins:
+            return True
+        coin = self.settle_coin(key)
+        return coin in coins if coin is not None else LINEAR_SETTLE_COINS <= coins
 
     def _set(self, position: Position, diff: _DiffBuilder) -> None:
         key = position.key
@@ -228,11 +281,14 @@ class TickerBook:
 
 @attrs.frozen
 class Mark:
-    """The latest mark price of a symbol and when the exchange / we saw it (epoch ms)."""
+    """The latest mark price of a symbol and when the exchange / we saw it (epoch ms).
+    ``read_at``: our read of the frame in epoch seconds, finer than ``received_ts`` (for the
+    frame-to-event latency; None if the producer did not stamp it)."""
 
     price: Decimal
     exchange_ts: int | None
     received_ts: int
+    read_at: float | None = attrs.field(default=None, eq=False)
 
 
 def unrealized_pnl(category: str, side: str, size: Decimal, entry: Decimal | None,
@@ -253,6 +309,18 @@ def unrealized_pnl(category: str, side: str, size: Decimal, entry: Decimal | Non
     if side == "Sell":
         pnl = _CTX.minus(pnl)
     return pnl if pnl != 0 else ZERO
+
+
+def pnl_entry(position: Position) -> Decimal | None:
+    """The price ``unrealized_pnl`` is measured from.
+
+    USDC perpetuals and futures are settled every 8 hours: Bybit then realises the PnL so
+    far and its UI shows PnL since the last settlement, from ``sessionAvgPrice``. We follow
+    the UI for those (a record carrying a non-zero ``sessionAvgPrice``); every other
+    contract, and a USDC one before its first settlement data, uses the entry (``avgPrice``
+    / ``entryPrice``), which the event still reports as ``entry_price``.
+    """
+    return position.session_avg_price if position.session_avg_price is not None else position.entry_price
 
 
 def _plain(value: Decimal | None) -> str | None:
@@ -282,10 +350,29 @@ class PositionEvent:
     source: Source
     exchange_ts: int | None
     received_ts: int
+    #: what the position record says (None when the exchange left it empty)
+    leverage: Decimal | None = None
+    liq_price: Decimal | None = None
+    take_profit: Decimal | None = None
+    stop_loss: Decimal | None = None
+    trailing_stop: Decimal | None = None
+    cum_realised_pnl: Decimal | None = None
+    #: the exchange's ``createdTime`` / ``updatedTime`` of the position (epoch ms): the
+    #: position's age survives our restarts
+    created_time: int | None = None
+    updated_time: int | None = None
+    #: how old ``mark_price`` was when this event was made (ms since we received it from the
+    #: ticker stream, or since the position record that carried it was updated)
+    mark_age_ms: int | None = None
 
     @property
     def key(self) -> Key:
         return (self.category, self.symbol, self.position_idx)
+
+    @property
+    def event(self) -> str:
+        """The event name (``name``), as on :mod:`~hybrid_actors.notices`: what consumers route on."""
+        return self.name
 
     @property
     def is_lifecycle(self) -> bool:
@@ -294,10 +381,15 @@ class PositionEvent:
 
     def as_dict(self) -> dict[str, Any]:
         """The event's data with Decimals kept (for Python consumers such as the bridge)."""
-        return {"symbol": self.symbol, "category": self.category, "side": self.side, "size": self.size,
+        return {"event": self.name, "symbol": self.symbol, "category": self.category, "side": self.side,
+                "size": self.size,
                 "entry_price": self.entry_price, "mark_price": self.mark_price,
                 "unrealized_pnl": self.unrealized_pnl, "position_idx": self.position_idx,
-                "source": self.source, "exchange_ts": self.exchange_ts, "received_ts": self.received_ts}
+                "source": self.source, "exchange_ts": self.exchange_ts, "received_ts": self.received_ts,
+                "leverage": self.leverage, "liq_price": self.liq_price, "take_profit": self.take_profit,
+                "stop_loss": self.stop_loss, "trailing_stop": self.trailing_stop,
+                "cum_realised_pnl": self.cum_realised_pnl, "created_time": self.created_time,
+                "updated_time": self.updated_time, "mark_age_ms": self.mark_age_ms}
 
     def to_json(self) -> dict[str, Any]:
         """The JSON contract: decimals as strings, timestamps as integer ms."""
@@ -305,7 +397,12 @@ class PositionEvent:
                 "size": _plain(self.size), "entry_price": _plain(self.entry_price),
                 "mark_price": _plain(self.mark_price), "unrealized_pnl": _plain(self.unrealized_pnl),
                 "position_idx": self.position_idx, "source": self.source,
-                "exchange_ts": self.exchange_ts, "received_ts": self.received_ts}
+                "exchange_ts": self.exchange_ts, "received_ts": self.received_ts,
+                "leverage": _plain(self.leverage), "liq_price": _plain(self.liq_price),
+                "take_profit": _plain(self.take_profit), "stop_loss": _plain(self.stop_loss),
+                "trailing_stop": _plain(self.trailing_stop), "cum_realised_pnl": _plain(self.cum_realised_pnl),
+                "created_time": self.created_time, "updated_time": self.updated_time,
+                "mark_age_ms": self.mark_age_ms}
 
 
 @attrs.frozen
@@ -329,9 +426,22 @@ class PositionClosed(PositionEvent):
 Event = PositionUpdate | PositionClosed
 
 
-#: what the consumer can see of a position: side, size, entry, mark, and whether the mark is
-#: live (from the ticker stream) or the snapshot a push / REST record carried
-_Observed = tuple[str, Decimal, Decimal | None, Decimal | None, bool]
+#: what the consumer can see of a position: side, size, entry, mark, whether the mark is
+#: live (from the ticker stream) or the snapshot a push / REST record carried, the PnL, and
+#: the record's settings (leverage, liq. price, TP, SL, trailing stop, realised PnL)
+_Observed = tuple[Any, ...]
+
+
+def _record_fields(position: Position) -> dict[str, Any]:
+    """The position record's fields every event of it carries."""
+    return {"leverage": position.leverage, "liq_price": position.liq_price, "take_profit": position.take_profit,
+            "stop_loss": position.stop_loss, "trailing_stop": position.trailing_stop,
+            "cum_realised_pnl": position.cum_realised_pnl, "created_time": position.created_time,
+            "updated_time": position.updated_time}
+
+
+def _age(now_ms: int, seen_ms: int | None) -> int | None:
+    return None if seen_ms is None else max(0, now_ms - seen_ms)
 
 
 @attrs.define(eq=False)
@@ -351,8 +461,9 @@ class Combiner:
         return self._done(self._diff_events(self.book.apply_push(positions), "position", received_ts), commit)
 
     def apply_snapshot(self, positions: Iterable[Position], *, categories: Iterable[str],
-                       as_of_ms: int | None, received_ts: int, commit: bool = True) -> list[Event]:
-        diff = self.book.apply_snapshot(positions, categories, as_of_ms)
+                       as_of_ms: int | None, received_ts: int, commit: bool = True,
+                       coverage: Iterable[Scope] | None = None) -> list[Event]:
+        diff = self.book.apply_snapshot(positions, categories, as_of_ms, coverage=coverage)
         return self._done(self._diff_events(diff, "rest", received_ts), commit)
 
     def apply_marks(self, category: str, marks: Mapping[str, Mark], *, commit: bool = True) -> list[Event]:
@@ -393,7 +504,12 @@ class Combiner:
                     symbol=view.symbol, category=view.category, side=view.side, size=ZERO,
                     entry_price=view.entry_price, mark_price=view.mark_price, unrealized_pnl=ZERO,
                     position_idx=view.position_idx, source="rest", exchange_ts=view.exchange_ts,
-                    received_ts=received_ts))
+                    received_ts=received_ts, leverage=view.leverage, liq_price=view.liq_price,
+                    take_profit=view.take_profit, stop_loss=view.stop_loss, trailing_stop=view.trailing_stop,
+                    cum_realised_pnl=view.cum_realised_pnl, created_time=view.created_time,
+                    updated_time=view.updated_time,
+                    mark_age_ms=None if view.mark_age_ms is None
+                    else view.mark_age_ms + max(0, received_ts - view.received_ts)))
         for position in self.book.open_positions():
             self._emit_if_changed(*self._view(position, "rest", received_ts), events)
         return self._done(events, commit)
@@ -426,41 +542,50 @@ class Combiner:
             # the close's own time, not the last open record's (which may predate the close
             # by hours and precede ticker events already emitted for the position)
             closed_at = diff.closed_at[i] if i < len(diff.closed_at) else None
+            fields = _record_fields(position)
+            if closed_at is not None:
+                fields["updated_time"] = closed_at
             events.append(PositionClosed(
                 symbol=position.symbol, category=position.category, side=position.side, size=ZERO,
                 entry_price=position.entry_price, mark_price=mark[0], unrealized_pnl=ZERO,
                 position_idx=position.position_idx, source=source,
                 exchange_ts=closed_at if closed_at is not None else position.updated_time,
-                received_ts=received_ts))
+                received_ts=received_ts, mark_age_ms=_age(received_ts, mark[3]), **fields))
         return events
 
     def _emit_if_changed(self, view: PositionUpdate, live: bool, events: list[Event]) -> None:
         """Emit ``view`` if anything observable changed. The first live mark of a position
         is news even at an unchanged price: it says the ticker stream now covers it."""
-        observed = (view.side, view.size, view.entry_price, view.mark_price, live)
+        observed = (view.side, view.size, view.entry_price, view.mark_price, live, view.unrealized_pnl,
+                    view.leverage, view.liq_price, view.take_profit, view.stop_loss, view.trailing_stop,
+                    view.cum_realised_pnl)
         self._views[view.key] = view
         seen = self._seen(view.key)
         if seen is None or seen[0] != observed:
             self._staged[view.key] = (observed, view)
             events.append(view)
 
-    def _mark_for(self, position: Position) -> tuple[Decimal | None, int | None, bool]:
+    def _mark_for(self, position: Position) -> tuple[Decimal | None, int | None, bool, int | None]:
         """The fresher of the ticker mark and the mark the position record carried:
-        ``(price, exchange_ts, live)``."""
+        ``(price, exchange_ts, live, seen_ms)``; ``seen_ms`` is when we received the ticker
+        mark, or the record's ``updatedTime`` (the mark's age counts from it)."""
         mark = self.marks.get((position.category, position.symbol))
         if mark is not None and (position.mark_price is None or mark.exchange_ts is None
                                  or position.updated_time is None
                                  or mark.exchange_ts >= position.updated_time):
-            return mark.price, mark.exchange_ts, True
-        return position.mark_price, position.updated_time, False
+            return mark.price, mark.exchange_ts, True, mark.received_ts
+        seen = position.updated_time if position.mark_price is not None else None
+        return position.mark_price, position.updated_time, False, seen
 
     def _view(self, position: Position, source: Source, received_ts: int) -> tuple[PositionUpdate, bool]:
-        mark_price, mark_ts, live = self._mark_for(position)
+        mark_price, mark_ts, live, seen_ms = self._mark_for(position)
+        if source == "rest" and not live and mark_price is not None:
+            seen_ms = received_ts  # a REST record's mark is as of the answer, not of its updatedTime
         return PositionUpdate(
             symbol=position.symbol, category=position.category, side=position.side, size=position.size,
             entry_price=position.entry_price, mark_price=mark_price,
             unrealized_pnl=unrealized_pnl(position.category, position.side, position.size,
-                                          position.entry_price, mark_price),
+                                          pnl_entry(position), mark_price),
             position_idx=position.position_idx, source=source,
             exchange_ts=mark_ts if source == "ticker" else position.updated_time,
-            received_ts=received_ts), live
+            received_ts=received_ts, mark_age_ms=_age(received_ts, seen_ms), **_record_fields(position)), live

@@ -14,18 +14,33 @@ from procs import PYTHON, LineReader, cli_env, run_cli, simulator
 pytestmark = pytest.mark.system
 
 CONTRACT = {"event", "symbol", "category", "side", "size", "entry_price", "mark_price", "unrealized_pnl",
-            "position_idx", "source", "exchange_ts", "received_ts"}
+            "position_idx", "source", "exchange_ts", "received_ts", "leverage", "liq_price", "take_profit",
+            "stop_loss", "trailing_stop", "cum_realised_pnl", "created_time", "updated_time", "mark_age_ms"}
+
+
+NOTICE = {"event", "state", "reason", "sockets", "ts"}
 
 
 def check_contract(line: bytes) -> dict:
+    """A position event line, or a ``stream.state`` line."""
     event = json.loads(line)
+    if event["event"] == "stream.state":
+        assert set(event) == NOTICE
+        assert event["state"] in ("starting", "live", "degraded", "recovered", "failed")
+        assert isinstance(event["reason"], str) and isinstance(event["ts"], int)
+        assert all(isinstance(up, bool) for up in event["sockets"].values())
+        return event
     assert set(event) == CONTRACT
     assert event["event"] in ("position.update", "position.closed")
     assert event["source"] in ("ticker", "position", "rest")
-    for field in ("size", "entry_price", "mark_price", "unrealized_pnl"):
+    for field in ("size", "entry_price", "mark_price", "unrealized_pnl", "leverage", "cum_realised_pnl"):
         assert isinstance(event[field], str), (field, event)
         Decimal(event[field])
         assert "e" not in event[field].lower()
+    for field in ("liq_price", "take_profit", "stop_loss", "trailing_stop"):
+        assert event[field] is None or (isinstance(event[field], str) and "e" not in event[field].lower())
+    assert isinstance(event["created_time"], int) and isinstance(event["updated_time"], int)
+    assert isinstance(event["mark_age_ms"], int) and event["mark_age_ms"] >= 0
     assert isinstance(event["position_idx"], int) and isinstance(event["received_ts"], int)
     return event
 
@@ -59,6 +74,8 @@ async def test_run_prints_one_contract_event_per_line_live_through_a_pipe():
                 await proc.wait()
         assert proc.returncode == 0
         events = [check_contract(line) for line in lines if line]
+        assert [e["state"] for e in events if e["event"] == "stream.state"] == ["starting", "live"]
+        events = [e for e in events if e["event"] != "stream.state"]
         assert len(events) >= 4
         assert {e["source"] for e in events} >= {"rest", "ticker"}
 
@@ -93,7 +110,7 @@ async def test_demo_runs_without_keys_or_network_and_stops_by_itself():
                            env=cli_env(None, None))
     assert result.returncode == 0, result.stderr.decode()[-2000:]
     events = [check_contract(line) for line in result.stdout.splitlines()]
-    assert events and any(e["source"] == "ticker" for e in events)
+    assert events and any(e.get("source") == "ticker" for e in events)
 
 
 async def test_demo_table_output_shows_the_positions():
@@ -129,3 +146,35 @@ async def test_a_reader_that_goes_away_ends_the_run_quietly():
             await proc.stdout.aclose()  # like `| head -1`
             await proc.wait()
     assert proc.returncode == 0
+
+
+async def sim_control(sim: dict, method: str, **kwargs) -> None:
+    import httpx
+
+    async with httpx.AsyncClient() as client:
+        answer = await client.post(f"{sim['rest_url']}/control/{method}", json=kwargs)
+    assert answer.status_code == 200, answer.text
+
+
+async def test_revoked_keys_mid_run_print_failed_as_the_last_line_and_exit_3():
+    async with simulator("--positions", "1", "--rate", "0", "--seed", "3") as sim:
+        command = [PYTHON, "-m", "hybrid_actors", "run", "--stream-url", sim["ws_url"], "--rest-url",
+                   sim["rest_url"], "--output", "jsonl", "--log-level", "WARNING"]
+        async with trio.open_nursery() as nursery:
+            proc = await nursery.start(lambda task_status: trio.run_process(
+                command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False,
+                env=cli_env(sim["api_key"], sim["api_secret"]), task_status=task_status))
+            reader = LineReader(proc.stdout)
+            lines = []
+            with trio.fail_after(30):
+                while (line := await reader.readline()) is not None:
+                    lines.append(check_contract(line))
+                    if lines[-1].get("state") == "live":
+                        await sim_control(sim, "fail_auth", count=None)
+                        await sim_control(sim, "drop_private")
+                await proc.wait()
+    assert proc.returncode == 3
+    states = [e["state"] for e in lines if e["event"] == "stream.state"]
+    assert states == ["starting", "live", "degraded", "failed"]
+    assert lines[-1]["event"] == "stream.state" and lines[-1]["reason"].startswith("AuthRejected: ")
+    assert sim["api_secret"] not in lines[-1]["reason"]
