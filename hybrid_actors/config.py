@@ -207,6 +207,28 @@ class SubscriptionPolicy:
 
 
 @attrs.frozen
+class AlertPolicy:
+    """When ``stream.alert`` notices fire (the rollout plan's thresholds; see ``alerts.py``).
+    Latency is the p95 of exchange timestamp -> event over the last minute."""
+
+    disconnected_warning: float = attrs.field(default=30.0, validator=_positive)
+    disconnected_critical: float = attrs.field(default=120.0, validator=_positive)
+    latency_warning_ms: float = attrs.field(default=500.0, validator=_positive)
+    latency_critical_ms: float = attrs.field(default=1000.0, validator=_positive)
+    #: the plan's manual rollback condition: latency over the critical level this long
+    latency_rollback_after: float = attrs.field(default=300.0, validator=_positive)
+    no_events_critical: float = attrs.field(default=300.0, validator=_positive)
+    #: REST vs hybrid mark divergence (ratio, 0.01 = 1%) that says "consider rollback"
+    divergence_ratio: float = attrs.field(default=0.01, validator=_positive)
+    #: a divergence keeps its alert firing this long after the comparator counted it
+    divergence_hold: float = attrs.field(default=300.0, validator=_positive)
+    #: a firing alert resolves once its condition has been false this long (no flapping)
+    resolve_after: float = attrs.field(default=10.0, validator=_non_negative)
+    #: how often the alert actor evaluates
+    interval: float = attrs.field(default=1.0, validator=_positive)
+
+
+@attrs.frozen
 class StreamConfig:
     """Everything :func:`hybrid_actors.open_hybrid_stream` needs. Immutable; secret masked."""
 
@@ -236,6 +258,7 @@ class StreamConfig:
     metrics_port: int | None = attrs.field(default=None)
     #: the address the metrics server binds; loopback unless you say otherwise
     metrics_host: str = attrs.field(default="127.0.0.1")
+    alerts: AlertPolicy = attrs.field(factory=AlertPolicy)
 
     @categories.validator
     def _check_categories(self, _attribute: attrs.Attribute, value: tuple[str, ...]) -> None:

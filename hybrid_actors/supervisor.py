@@ -32,6 +32,7 @@ from typing import Any, Literal, NoReturn, Protocol
 import attrs
 import trio
 
+from .actors.alerting import AlertActor
 from .actors.emitter import CombinerActor
 from .actors.heartbeat import HeartbeatActor
 from .actors.hub import Hub
@@ -94,6 +95,7 @@ def default_children(hub: Hub) -> tuple[ChildSpec, ...]:
         specs.append(ChildSpec(f"public:{category}", lambda c=category: PublicStreamActor(hub, c)))
     specs.append(ChildSpec("private", lambda: PrivateStreamActor(hub)))
     specs.append(ChildSpec("reconciler", lambda: ReconcilerActor(hub)))
+    specs.append(ChildSpec("alerts", lambda: AlertActor(hub, partial(build_health_report, hub))))
     return tuple(specs)
 
 
@@ -223,6 +225,8 @@ def build_health_report(hub: Hub) -> HealthReport:
             "rtt_ms": round(link.rtt * 1000, 3) if link and link.rtt is not None else None,
             "last_frame_age_s": round(now - link.last_frame_at, 3) if link else None,
             "frames": link_stats.frames, "malformed": link_stats.malformed, "unknown": link_stats.unknown,
+            "down_s": round(now - link_stats.disconnected_at, 3)
+            if not link_stats.connected and link_stats.disconnected_at is not None else None,
         }
         if not link_stats.connected:
             problems.append(f"{name} is disconnected")
@@ -262,6 +266,7 @@ def build_health_report(hub: Hub) -> HealthReport:
         status = "ok"
     return HealthReport(status, actors, connections, subscriptions, events, len(hub.combiner.book), tuple(problems),
                         latency=hub.latency.report(now), open_positions=position_rows(hub),
+                        alerts=tuple(hub.alerts.report(now)),
                         rest=rest_section)
 
 
@@ -319,8 +324,9 @@ async def open_hybrid_stream(config: StreamConfig, *, wall_clock: Callable[[], f
                 await nursery.start(supervisor.run)
                 metrics_url = None
                 if config.metrics_port is not None:  # up before the first snapshot: a slow start shows
-                    metrics_url = await nursery.start(partial(serve_observability, hub,
-                                                              partial(build_health_report, hub)))
+                    metrics_url = await nursery.start(partial(
+                        serve_observability, hub, partial(build_health_report, hub),
+                        alert_names=lambda: tuple(sorted(hub.alerts.known))))
                 await hub.first_snapshot.wait()
                 try:
                     yield HybridStream(hub, supervisor, metrics_url)
