@@ -65,6 +65,9 @@ class HealthReport:
     open_positions: tuple[dict[str, Any], ...] = ()
     #: h11-observe: the firing alerts (name, level, message, value, threshold, firing_for_s)
     alerts: tuple[dict[str, Any], ...] = ()
+    #: the last ``stream.state`` notice (``state``, ``reason``, ``sockets``, ``ts``) and
+    #: ``since_s``; empty before the stream started
+    stream_state: dict[str, Any] = attrs.Factory(dict)
 
     def as_dict(self) -> dict[str, Any]:
         return attrs.asdict(self)

@@ -23,7 +23,7 @@ from ..health import Health
 from ..alerts import AlertEvaluator
 from ..latency import Latency
 from ..messages import Lifecycle, SubscriptionMessage
-from ..notices import Notice
+from ..notices import Notice, StateTracker
 from ..protocol.session import Session
 from ..rest import RestClient
 from ..state import Combiner, Mark
@@ -114,6 +114,8 @@ class Hub:
     auth_refusals: int = 0
     #: set once the first REST snapshot has been applied by the combiner
     first_snapshot: trio.Event = attrs.Factory(trio.Event)
+    #: ``stream.state``: written by the supervisor only (see :class:`~..notices.StateTracker`)
+    stream_state: StateTracker = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         self.alerts = AlertEvaluator(self.config.alerts)
@@ -123,6 +125,7 @@ class Hub:
         self.links = LinkRegistry(self.config.heartbeat_interval)
         self.subscriptions = {c: CategorySubscriptions(c) for c in cats}
         self.activity = {c: {} for c in cats}
+        self.stream_state = StateTracker.for_sockets(["private", *(f"public:{c}" for c in cats)])
         self.lifecycle_send, self.lifecycle_recv = trio.open_memory_channel[Lifecycle](LIFECYCLE_BUFFER)
         self.subs_send, self.subs_recv = trio.open_memory_channel[SubscriptionMessage](SUBSCRIPTION_INBOX)
 
