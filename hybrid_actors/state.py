@@ -23,8 +23,9 @@ import attrs
 from .protocol.frames import Position, TickerFrame, TickerSnapshot
 from .protocol.rest import Scope
 
-__all__ = ["Key", "BookDiff", "settle_coin_hint", "LINEAR_SETTLE_COINS", "PositionBook", "TickerBook", "Mark", "PositionUpdate", "PositionClosed",
-           "PositionEvent", "Event", "Combiner", "unrealized_pnl", "Source"]
+__all__ = ["Key", "BookDiff", "settle_coin_hint", "LINEAR_SETTLE_COINS", "PositionBook", "TickerBook", "Mark",
+           "PositionUpdate", "PositionClosed", "PositionEvent", "Event", "Combiner", "unrealized_pnl", "pnl_entry",
+           "Source"]
 
 Key = tuple[str, str, int]
 Source = Literal["ticker", "position", "rest"]
@@ -310,6 +311,18 @@ def unrealized_pnl(category: str, side: str, size: Decimal, entry: Decimal | Non
     return pnl if pnl != 0 else ZERO
 
 
+def pnl_entry(position: Position) -> Decimal | None:
+    """The price ``unrealized_pnl`` is measured from.
+
+    USDC perpetuals and futures are settled every 8 hours: Bybit then realises the PnL so
+    far and its UI shows PnL since the last settlement, from ``sessionAvgPrice``. We follow
+    the UI for those (a record carrying a non-zero ``sessionAvgPrice``); every other
+    contract, and a USDC one before its first settlement data, uses the entry (``avgPrice``
+    / ``entryPrice``), which the event still reports as ``entry_price``.
+    """
+    return position.session_avg_price if position.session_avg_price is not None else position.entry_price
+
+
 def _plain(value: Decimal | None) -> str | None:
     """Decimal → JSON string without exponent (``1E-7`` → ``0.0000001``)."""
     return None if value is None else format(value, "f")
@@ -392,7 +405,7 @@ Event = PositionUpdate | PositionClosed
 
 #: what the consumer can see of a position: side, size, entry, mark, and whether the mark is
 #: live (from the ticker stream) or the snapshot a push / REST record carried
-_Observed = tuple[str, Decimal, Decimal | None, Decimal | None, bool]
+_Observed = tuple[str, Decimal, Decimal | None, Decimal | None, bool, Decimal | None]
 
 
 @attrs.define(eq=False)
@@ -499,7 +512,7 @@ class Combiner:
     def _emit_if_changed(self, view: PositionUpdate, live: bool, events: list[Event]) -> None:
         """Emit ``view`` if anything observable changed. The first live mark of a position
         is news even at an unchanged price: it says the ticker stream now covers it."""
-        observed = (view.side, view.size, view.entry_price, view.mark_price, live)
+        observed = (view.side, view.size, view.entry_price, view.mark_price, live, view.unrealized_pnl)
         self._views[view.key] = view
         seen = self._seen(view.key)
         if seen is None or seen[0] != observed:
@@ -522,7 +535,7 @@ class Combiner:
             symbol=position.symbol, category=position.category, side=position.side, size=position.size,
             entry_price=position.entry_price, mark_price=mark_price,
             unrealized_pnl=unrealized_pnl(position.category, position.side, position.size,
-                                          position.entry_price, mark_price),
+                                          pnl_entry(position), mark_price),
             position_idx=position.position_idx, source=source,
             exchange_ts=mark_ts if source == "ticker" else position.updated_time,
             received_ts=received_ts), live
