@@ -136,6 +136,14 @@ TRANSPORTS: Final[dict[str, Callable[..., Any]]] = {
 }
 
 
+def coalescing(ms: float) -> str:
+    """The TRANSPORTS key of the lean transport with a coalescing window of ``ms`` (added on use)."""
+    name = f"lean-coalesce-{ms:g}ms"
+    if name not in TRANSPORTS:
+        TRANSPORTS[name] = partial(lean_transport.open_lean_transport, coalesce=ms / 1000)
+    return name
+
+
 @attrs.frozen
 class Options:
     symbols: int = 500
@@ -153,6 +161,8 @@ class Options:
     compare_legacy: bool = True
     #: also measure pybit's ticker_stream (needs the ``bench`` extra)
     pybit: bool = True
+    #: also run the stream on the lean transport with adaptive coalescing, per window (ms)
+    coalesce_ms: tuple[float, ...] = (1.0, 2.0)
 
 
 # --- small helpers --------------------------------------------------------------------------
@@ -861,6 +871,47 @@ async def open_legacy_transport(url: str, *, label: str = "ws", max_message_size
         raise ConnectionLost(f"{label}: close handshake with {url} timed out")
 
 
+# --- 1c. the per-read floor -------------------------------------------------------------------
+
+async def measure_read_floor(sim: SimProcess, symbols: list[str], opts: Options) -> dict[str, Any]:
+    """The cost of a read itself: the lean transport's socket, subscribed like the stream's,
+    read in a loop (``receive_some(65536)``: wakeup, epoll, recv) with the bytes thrown away,
+    nothing parsed. CPU per read here is the floor under any per-read design; the frames a
+    read carries share it."""
+    url = f"{sim.ws_url}/v5/public/{CATEGORY}"
+    topics = [f"tickers.{s}" for s in symbols]
+    counting = False
+    reads = received = 0
+    async with lean_transport.open_lean_transport(url, label="bench") as transport:
+        for start_at in range(0, len(topics), 100):
+            await transport.send(orjson.dumps({"op": "subscribe", "args": topics[start_at:start_at + 100]}).decode())
+        stream = transport._stream  # benchmark-only: below the WebSocket layer on purpose
+        async with trio.open_nursery() as nursery:
+
+            async def consume() -> None:
+                nonlocal reads, received
+                receive_some = stream.receive_some
+                while True:
+                    data = await receive_some(65536)
+                    if counting:
+                        reads += 1
+                        received += len(data)
+
+            nursery.start_soon(consume)
+            await trio.sleep(opts.warmup)
+            counting = True
+            start = Sample.take(sim.pid)
+            await trio.sleep(opts.transport_seconds)
+            counting = False
+            end = Sample.take(sim.pid)
+            nursery.cancel_scope.cancel()
+        transport.abandon()
+    cpu = end.cpu - start.cpu
+    return {**end.since(start), "reads": reads, "reads_per_s": round(reads / (end.wall - start.wall), 1),
+            "bytes_per_read": round(received / reads, 1) if reads else None,
+            "cpu_per_read_us": round(cpu / reads * 1e6, 2) if reads and cpu > 0 else None}
+
+
 # --- the consumer and its watchers ----------------------------------------------------------
 
 Watcher = Callable[[list[Event], int], None]
@@ -1292,7 +1343,7 @@ async def measure_stream_on(choice: str, sim: SimProcess, symbols: list[str], op
 
 def comparison(raw: dict[str, Any], stream: dict[str, Any], overhead: dict[str, Any], tick_to_event: dict[str, Any],
                latest: dict[str, Any], name: str, legacy: dict[str, Any] | None,
-               pybit: dict[str, Any]) -> dict[str, Any]:
+               pybit: dict[str, Any], coalesced: dict[str, Any]) -> dict[str, Any]:
     """One row per client on the same simulator stream: frames per CPU-second (and the ratio to
     the bare client), and receive latency. ``tick_to_*`` is wall time at receipt minus the
     frame's ``ts`` (ms resolution, includes the simulator's send spread), comparable across
@@ -1310,6 +1361,7 @@ def comparison(raw: dict[str, Any], stream: dict[str, Any], overhead: dict[str, 
                                          "tick_to_receive_ms": latency(raw["tick_to_receive_ms"])},
         f"stream ({name} transport)": {"frames_per_cpu_s": stream["msgs_per_cpu_s"],
                                        "ratio_to_bare": ratio(stream["msgs_per_cpu_s"]),
+                                       "frames_per_batch": stream["frames_per_batch"],
                                        "tick_to_event_ms": latency(tick_to_event),
                                        "frame_to_event_ms": latency(overhead),
                                        "latest_prices_delivered": latest["ratio"]},
@@ -1318,9 +1370,18 @@ def comparison(raw: dict[str, Any], stream: dict[str, Any], overhead: dict[str, 
         rows["stream (legacy hand-written parser)"] = {
             "frames_per_cpu_s": legacy["stream"]["msgs_per_cpu_s"],
             "ratio_to_bare": ratio(legacy["stream"]["msgs_per_cpu_s"]),
+            "frames_per_batch": legacy["stream"]["frames_per_batch"],
             "tick_to_event_ms": latency(legacy["tick_to_event_ms"]),
             "frame_to_event_ms": latency(legacy["frame_to_event_ms"]),
             "latest_prices_delivered": legacy["latest_prices"]["ratio"]}
+    for ms, figures in coalesced.items():
+        rows[f"stream (lean, adaptive coalescing <= {ms} ms)"] = {
+            "frames_per_cpu_s": figures["stream"]["msgs_per_cpu_s"],
+            "ratio_to_bare": ratio(figures["stream"]["msgs_per_cpu_s"]),
+            "frames_per_batch": figures["stream"]["frames_per_batch"],
+            "tick_to_event_ms": latency(figures["tick_to_event_ms"]),
+            "frame_to_event_ms": latency(figures["frame_to_event_ms"]),
+            "latest_prices_delivered": figures["latest_prices"]["ratio"]}
     if "skipped" not in pybit:
         rows["pybit WebSocket.ticker_stream"] = {"frames_per_cpu_s": pybit["msgs_per_cpu_s"],
                                                  "ratio_to_bare": ratio(pybit["msgs_per_cpu_s"]),
@@ -1382,6 +1443,9 @@ async def _run_benchmark(opts: Options, open_public: Callable[..., Any]) -> dict
         mark = time.perf_counter()
         transport = await measure_transport_ceiling(sim, symbols, opts, open_public)
         durations["transport_phase_s"] = time.perf_counter() - mark
+        mark = time.perf_counter()
+        read_floor = await measure_read_floor(sim, symbols, opts)
+        durations["read_floor_phase_s"] = time.perf_counter() - mark
         legacy_transport = None
         if opts.compare_legacy:
             mark = time.perf_counter()
@@ -1434,6 +1498,11 @@ async def _run_benchmark(opts: Options, open_public: Callable[..., Any]) -> dict
             mark = time.perf_counter()
             legacy = await measure_stream_on("legacy", sim, symbols, opts)
             durations["legacy_stream_phase_s"] = time.perf_counter() - mark
+        coalesced: dict[str, Any] = {}
+        for ms in opts.coalesce_ms:
+            mark = time.perf_counter()
+            coalesced[f"{ms:g}"] = await measure_stream_on(coalescing(ms), sim, symbols, opts)
+            durations[f"coalesce_{ms:g}ms_stream_phase_s"] = time.perf_counter() - mark
         mark = time.perf_counter()
         pybit = await measure_pybit(sim, symbols, opts) if opts.pybit else {"skipped": "--no-pybit"}
         durations["pybit_phase_s"] = time.perf_counter() - mark
@@ -1456,7 +1525,7 @@ async def _run_benchmark(opts: Options, open_public: Callable[..., Any]) -> dict
         "open_to_first_mark_ms": opens_first,
         "latest_prices": latest,
         "comparison": comparison(raw, throughput, overhead, tick_to_event, latest, transport_name(open_public),
-                                 legacy, pybit),
+                                 legacy, pybit, coalesced),
         "targets": {
             "ratio_to_ceiling>=1.5": bool(ceiling and streamed and streamed / ceiling >= 1.5),
             "frame_to_event_p99<3ms": overhead["p99"] is not None and overhead["p99"] < 3.0,
@@ -1470,6 +1539,10 @@ async def _run_benchmark(opts: Options, open_public: Callable[..., Any]) -> dict
             "stream": throughput,
             "legacy_transport": legacy_transport,
             "legacy_stream": legacy,
+            "coalesced_streams": coalesced,
+            "read_floor": read_floor,
+            "stream_cpu_per_frame_us": (round(throughput["client_cpu_s"] / throughput["frames"] * 1e6, 2)
+                                        if throughput["frames"] else None),
             "pybit": pybit,
             "ratio_to_transport_ceiling": (round(streamed / transport["msgs_per_cpu_s"], 3)
                                            if streamed and transport["msgs_per_cpu_s"] else None),
@@ -1516,10 +1589,13 @@ def main() -> int:
                         help="the public sockets' transport (default: what the stream uses)")
     parser.add_argument("--no-legacy", action="store_true", help="skip the old parser's stream phase")
     parser.add_argument("--no-pybit", action="store_true", help="skip pybit's ticker_stream phase")
+    parser.add_argument("--coalesce-ms", default=",".join(f"{v:g}" for v in defaults.coalesce_ms),
+                        help="coalescing windows to compare, comma-separated ms ('' for none)")
     args = parser.parse_args()
     opts = Options(args.symbols, args.rate, args.seconds, args.warmup, args.transport_seconds,
                    args.latency_seconds, args.drops, args.opens, args.seed, args.transport,
-                   not args.no_legacy, not args.no_pybit)
+                   not args.no_legacy, not args.no_pybit,
+                   tuple(float(v) for v in args.coalesce_ms.split(",") if v.strip()))
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     print(json.dumps(trio.run(partial(run_benchmark, opts))), flush=True)
