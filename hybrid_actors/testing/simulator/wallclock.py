@@ -16,12 +16,16 @@ def trio_wall_clock(epoch: float = EXAMPLE_EPOCH) -> Callable[[], float]:
 
     Give the same function to the simulator (``SimulatorConfig(wall_clock=...)``) and to
     the client under test, and auth expiry and REST recv_window checks follow virtual time.
-    Call it only inside ``trio.run``.
+    The first call must be inside ``trio.run``; it keeps that run's clock object, so later
+    calls work from any thread too (as ``HybridStream.health()`` from an exporter's thread).
     """
     base: list[float] = []
+    clock: list[trio.abc.Clock] = []
 
     def now() -> float:
-        current = trio.current_time()
+        if not clock:
+            clock.append(trio.lowlevel.current_clock())
+        current = clock[0].current_time()
         if not base:
             base.append(current)
         return epoch + (current - base[0])
