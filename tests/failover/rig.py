@@ -19,6 +19,7 @@ the event log or the link registry, and re-check at least every ``POLL`` virtual
 
 from __future__ import annotations
 
+import functools
 import random
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -26,6 +27,7 @@ from decimal import Decimal
 from typing import Any, Final
 
 import attrs
+import pytest
 import trio
 import trio.testing
 
@@ -257,3 +259,12 @@ async def open_rig(clock: trio.testing.MockClock | None = None, sim: SimulatorCo
                 nursery.start_soon(rig.record)
                 yield rig
                 nursery.cancel_scope.cancel()
+
+
+@pytest.fixture
+def rig(loopback_clock: trio.testing.MockClock) -> Callable[..., Any]:
+    """``async with rig(heartbeat_interval=5.0) as r:`` on virtual time. Import it into the
+    test module (``from rig import rig``; no conftest here: it would shadow tests/conftest.py
+    for ``from conftest import ...``). A row must ask for ``loopback_clock`` itself too:
+    pytest-trio runs a test on a clock only when it is one of the test's own arguments."""
+    return functools.partial(open_rig, loopback_clock)

@@ -14,7 +14,7 @@ import pytest
 import trio
 
 from hybrid_actors import AuthRejected, RestartPolicy
-from rig import KINDS, RECOVERY, sim_config
+from rig import KINDS, RECOVERY, rig, sim_config  # noqa: F401 (rig: the fixture)
 
 pytestmark = [pytest.mark.integration, pytest.mark.failover]
 
