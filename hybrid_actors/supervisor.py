@@ -60,7 +60,8 @@ log = logging.getLogger(__name__)
 
 
 class Actor(Protocol):
-    name: str
+    @property
+    def name(self) -> str: ...
 
     async def run(self, *, task_status: trio.TaskStatus[None] = ...) -> NoReturn: ...
 
@@ -97,12 +98,16 @@ def is_socket(name: str) -> bool:
     return name == "private" or name.startswith("public:")
 
 
+def _public(hub: Hub, category: str) -> Callable[[], Actor]:
+    return lambda: PublicStreamActor(hub, category)
+
+
 def default_children(hub: Hub) -> tuple[ChildSpec, ...]:
     specs = [ChildSpec("combiner", lambda: CombinerActor(hub)),
              ChildSpec("heartbeat", lambda: HeartbeatActor(hub)),
              ChildSpec("subscriptions", lambda: SubscriptionManager(hub))]
     for category in hub.config.categories:
-        specs.append(ChildSpec(f"public:{category}", lambda c=category: PublicStreamActor(hub, c)))
+        specs.append(ChildSpec(f"public:{category}", _public(hub, category)))
     specs.append(ChildSpec("private", lambda: PrivateStreamActor(hub)))
     specs.append(ChildSpec("reconciler", lambda: ReconcilerActor(hub)))
     return tuple(specs)
@@ -300,7 +305,7 @@ def build_health_report(hub: Hub) -> HealthReport:
               "subscription_failures_total": health.subscription_failures_total,
               "handler_errors": health.handler_errors()}
     rest = hub.rest
-    rest_section = {
+    rest_section: dict[str, Any] = {
         "calls": rest.calls, "failures": rest.failures,
         "banned_for_s": round(max(0.0, rest.banned_until - now), 3),
         "skipped": {_scope_name(scope): why for scope, why in sorted(rest.unsupported.items(), key=str)},
