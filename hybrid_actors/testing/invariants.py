@@ -19,7 +19,7 @@ from typing import Any
 
 from ..state import PositionClosed, PositionUpdate
 
-__all__ = ["Key", "position_mismatches", "lifecycle", "lifecycle_mismatches", "lifecycle_anomalies"]
+__all__ = ["Key", "position_mismatches", "LifecycleTracker", "lifecycle", "lifecycle_mismatches", "lifecycle_anomalies"]
 
 Key = tuple[str, str, int]
 #: side, size
@@ -40,19 +40,29 @@ def _show(holding: Holding | None) -> str:
     return "flat" if holding is None else f"{holding[0]} {holding[1]}"
 
 
+class LifecycleTracker:
+    """:func:`lifecycle`, fed as events arrive (a long run need not keep its events)."""
+
+    def __init__(self) -> None:
+        self.steps: dict[Key, list[str]] = {}
+        self._open: set[Key] = set()
+
+    def feed(self, events: Iterable[Any]) -> None:
+        for event in events:
+            if isinstance(event, PositionClosed):
+                self.steps.setdefault(event.key, []).append("close")
+                self._open.discard(event.key)
+            elif isinstance(event, PositionUpdate) and event.key not in self._open:
+                self.steps.setdefault(event.key, []).append("open")
+                self._open.add(event.key)
+
+
 def lifecycle(events: Iterable[Any]) -> dict[Key, list[str]]:
     """Per position, "open" / "close" in the order the client's events said so. A
     ``position.update`` for a position not open is an open; a ``position.closed`` is a close."""
-    steps: dict[Key, list[str]] = {}
-    open_now: set[Key] = set()
-    for event in events:
-        if isinstance(event, PositionClosed):
-            steps.setdefault(event.key, []).append("close")
-            open_now.discard(event.key)
-        elif isinstance(event, PositionUpdate) and event.key not in open_now:
-            steps.setdefault(event.key, []).append("open")
-            open_now.add(event.key)
-    return steps
+    tracker = LifecycleTracker()
+    tracker.feed(events)
+    return tracker.steps
 
 
 def lifecycle_mismatches(journal: Mapping[Key, list[str]], seen: Mapping[Key, list[str]]) -> list[str]:

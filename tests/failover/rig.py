@@ -35,7 +35,7 @@ from hybrid_actors import StreamConfig
 from hybrid_actors.actors.mailboxes import StreamClosed
 from hybrid_actors.state import PositionClosed, PositionUpdate
 from hybrid_actors.supervisor import HybridStream, open_hybrid_stream
-from hybrid_actors.testing.invariants import (Key, lifecycle, lifecycle_anomalies, lifecycle_mismatches,
+from hybrid_actors.testing.invariants import (Key, LifecycleTracker, lifecycle_anomalies, lifecycle_mismatches,
                                               position_mismatches)
 from hybrid_actors.testing.simulator import Simulator, SimulatorConfig, open_simulator, trio_wall_clock
 
@@ -71,15 +71,34 @@ class Rig:
     events: list[Any] = attrs.Factory(list)
     journal: dict[Key, list[str]] = attrs.Factory(dict)
     _changed: trio.Event = attrs.Factory(trio.Event)
+    _reading: trio.Event = attrs.Factory(trio.Event)
+    #: every open and close seen, folded as events arrive
+    seen: LifecycleTracker = attrs.Factory(LifecycleTracker)
+    #: False: events are only folded into ``seen``, not kept (long runs measuring memory)
+    keep_events: bool = True
+
+    def __attrs_post_init__(self) -> None:
+        self._reading.set()
 
     # --- the recorder ---------------------------------------------------------------------
     async def record(self) -> None:
         try:
             while True:
-                self.events.extend(await self.stream.batches())
+                await self._reading.wait()
+                batch = await self.stream.batches()
+                self.seen.feed(batch)
+                if self.keep_events:
+                    self.events.extend(batch)
                 self._poke()
         except StreamClosed:
             return
+
+    def stop_reading(self) -> None:
+        """A slow consumer: the recorder takes nothing more until :meth:`read_again`."""
+        self._reading = trio.Event()
+
+    def read_again(self) -> None:
+        self._reading.set()
 
     def _poke(self) -> None:
         self._changed.set()
@@ -215,9 +234,8 @@ class Rig:
     # --- the invariants -----------------------------------------------------------------------
     def assert_nothing_lost(self) -> None:
         problems = position_mismatches(self.exchange_positions(), self.client_positions())
-        seen = lifecycle(self.positions_events())
-        problems += lifecycle_mismatches(self.journal, seen)
-        problems += lifecycle_anomalies(seen)
+        problems += lifecycle_mismatches(self.journal, self.seen.steps)
+        problems += lifecycle_anomalies(self.seen.steps)
         problems += [f"simulator bug: {e}" for e in self.sim.observe.internal_errors()]
         assert not problems, "\n".join(problems)
 
