@@ -38,6 +38,7 @@ from typing import Any, Literal, NoReturn, Protocol
 import attrs
 import trio
 
+from .actors.alerting import AlertActor
 from .actors.emitter import CombinerActor
 from .actors.heartbeat import HeartbeatActor
 from .actors.hub import Hub
@@ -110,6 +111,7 @@ def default_children(hub: Hub) -> tuple[ChildSpec, ...]:
         specs.append(ChildSpec(f"public:{category}", _public(hub, category)))
     specs.append(ChildSpec("private", lambda: PrivateStreamActor(hub)))
     specs.append(ChildSpec("reconciler", lambda: ReconcilerActor(hub)))
+    specs.append(ChildSpec("alerts", lambda: AlertActor(hub, partial(build_health_report, hub))))
     return tuple(specs)
 
 
@@ -227,6 +229,8 @@ class HybridStream:
     supervisor: Supervisor
     #: ``http://host:port`` of the ``/metrics`` and ``/health`` server (None without ``metrics_port``)
     metrics_url: str | None = None
+    #: the run's clock, read by :meth:`health` so that it works from any thread (and on a MockClock)
+    clock: trio.abc.Clock = attrs.field(factory=trio.lowlevel.current_clock)
 
     def __aiter__(self) -> HybridStream:
         return self
@@ -254,26 +258,35 @@ class HybridStream:
         return self.hub.events.drain()
 
     def positions(self) -> tuple[PositionUpdate, ...]:
-        """The current view of every open position (latest mark and PnL)."""
+        """The current view of every open position (latest mark and PnL). Safe from any thread."""
         return self.hub.combiner.current()
 
     def health(self) -> HealthReport:
-        return build_health_report(self.hub)
+        """The stream's :class:`HealthReport`. Safe from any thread (e.g. a metrics exporter's):
+        it reads the run's clock object, not ``trio.current_time()``, and copies every
+        collection it walks in one C-level step, so the actors' writes cannot break it."""
+        return build_health_report(self.hub, now=self.clock.current_time())
 
 
-def build_health_report(hub: Hub) -> HealthReport:
-    now = trio.current_time()
+def build_health_report(hub: Hub, *, now: float | None = None) -> HealthReport:
+    """The report at trio time ``now`` (default ``trio.current_time()``: on the run's thread).
+
+    Every dict/deque/set is first copied whole (``list(d.items())``, ``set(s)``: one C call,
+    atomic under the GIL), so a report built on another thread never iterates a collection
+    the trio thread is changing."""
+    if now is None:
+        now = trio.current_time()
     health = hub.health
     problems: list[str] = []
     actors = {}
-    for name, stats in health.actors.items():
+    for name, stats in list(health.actors.items()):
         actors[name] = {"state": stats.state, "restarts": stats.restarts, "crashes": stats.crashes,
                         "outages": stats.outages, "last_error": stats.last_error,
                         "since_s": round(now - stats.last_change, 3)}
         if stats.state != "running":
             problems.append(f"actor {name} is {stats.state}" + (f": {stats.last_error}" if stats.last_error else ""))
     connections: dict[str, dict[str, Any]] = {}
-    for name, link_stats in health.links.items():
+    for name, link_stats in list(health.links.items()):
         link = hub.links.get(name)
         connections[name] = {
             "connected": link_stats.connected, "connects": link_stats.connects,
@@ -282,16 +295,18 @@ def build_health_report(hub: Hub) -> HealthReport:
             "rtt_ms": round(link.rtt * 1000, 3) if link and link.rtt is not None else None,
             "last_frame_age_s": round(now - link.last_frame_at, 3) if link else None,
             "frames": link_stats.frames, "malformed": link_stats.malformed, "unknown": link_stats.unknown,
+            "down_s": round(now - link_stats.disconnected_at, 3)
+            if not link_stats.connected and link_stats.disconnected_at is not None else None,
         }
         if not link_stats.connected:
             problems.append(f"{name} is disconnected")
     subscriptions: dict[str, dict[str, Any]] = {}
-    for category, subs in hub.subscriptions.items():
+    for category, subs in list(hub.subscriptions.items()):
         desired = hub.desired.value.get(category, frozenset())
-        missing = sorted(desired - subs.confirmed)
+        missing = sorted(desired - set(subs.confirmed))
         subscriptions[category] = {
             "desired": len(desired), "confirmed": len(subs.confirmed), "pending": len(subs.inflight),
-            "missing": missing[:50], "failed": {s: f.ret_msg for s, f in sorted(subs.failed.items())},
+            "missing": missing[:50], "failed": {s: f.ret_msg for s, f in sorted(list(subs.failed.items()))},
             "requests_sent": subs.requests_sent, "resubscribes": subs.resubscribes,
         }
         if subs.failed:
@@ -325,6 +340,7 @@ def build_health_report(hub: Hub) -> HealthReport:
     stream_state.pop("event", None)
     return HealthReport(status, actors, connections, subscriptions, events, len(hub.combiner.book), tuple(problems),
                         latency=hub.latency.report(now), open_positions=position_rows(hub),
+                        alerts=tuple(hub.alerts.report(now)),
                         rest=rest_section, stream_state=stream_state)
 
 
@@ -382,8 +398,9 @@ async def open_hybrid_stream(config: StreamConfig, *, wall_clock: Callable[[], f
                 await nursery.start(supervisor.run)
                 metrics_url = None
                 if config.metrics_port is not None:  # up before the first snapshot: a slow start shows
-                    metrics_url = await nursery.start(partial(serve_observability, hub,
-                                                              partial(build_health_report, hub)))
+                    metrics_url = await nursery.start(partial(
+                        serve_observability, hub, partial(build_health_report, hub),
+                        alert_names=lambda: tuple(sorted(hub.alerts.known))))
                 await hub.first_snapshot.wait()
                 try:
                     yield HybridStream(hub, supervisor, metrics_url)
