@@ -5,6 +5,7 @@ Subcommands:
 - ``run``        stream your Bybit positions (keys from BYBIT_API_KEY / BYBIT_API_SECRET)
 - ``demo``       the same stream against the built-in simulator: no keys, no network
 - ``simulator``  serve the local Bybit v5 simulator for other processes
+- ``dashboard``  a live terminal dashboard of a running stream (its ``--metrics-port``)
 
 Events go to stdout (JSON lines or a live table); logs go to stderr. Help texts are plain
 text (argparse prints them as they are). Exit codes: see :data:`EXIT_CODES`.
@@ -18,6 +19,7 @@ import os
 import sys
 from collections.abc import Sequence
 from contextlib import nullcontext
+from functools import partial
 
 import trio
 
@@ -48,11 +50,11 @@ DEFAULT_START_TIMEOUT = 30.0
 
 def _check_positive(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Durations and rates (never prices) are floats; argparse parses them, we bound them."""
-    for name in ("heartbeat_interval", "seconds", "rate", "start_timeout"):
+    for name in ("heartbeat_interval", "seconds", "rate", "start_timeout", "refresh"):
         value = getattr(args, name, None)
         if value is not None and not value > 0:
             parser.error(f"--{name.replace('_', '-')} must be > 0, got {value}")
-    for name in ("symbols", "positions"):
+    for name in ("symbols", "positions", "rows"):
         value = getattr(args, name, None)
         if value is not None and value < 0:
             parser.error(f"--{name} must be >= 0, got {value}")
@@ -90,7 +92,7 @@ def add_log_level(parser: argparse.ArgumentParser, default: str) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m hybrid_actors", description=DESCRIPTION, epilog=EPILOG)
     parser.add_argument("--version", action="version", version=f"hybrid_actors {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,demo,simulator}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,demo,simulator,dashboard}")
 
     run = sub.add_parser("run", help="stream live Bybit positions (keys from the environment)",
                          description="Stream Bybit positions with live mark prices. Keys come from "
@@ -118,6 +120,18 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=7, help="random seed of prices and the scenario")
     _add_stream_options(demo)
 
+    dash = sub.add_parser("dashboard", help="live terminal dashboard of a running stream, from its /health",
+                          description="Poll a running stream's /health (start it with --metrics-port) and "
+                                      "show sockets, subscriptions, latency, alerts, rollout and positions.")
+    dash.add_argument("--url", required=True, metavar="http://127.0.0.1:PORT",
+                      help="the stream's metrics server (its --metrics-port)")
+    dash.add_argument("--refresh", type=float, default=1.0, metavar="SECONDS", help="poll interval (default 1)")
+    dash.add_argument("--rows", type=int, default=None, help="position rows to show (default: what fits)")
+    dash.add_argument("--sort", choices=("pnl", "age", "symbol"), default="pnl",
+                      help="pnl: largest |uPnL| first (default); age: stalest mark first; symbol")
+    dash.add_argument("--once", action="store_true", help="print one frame and exit (for scripts)")
+    add_log_level(dash, "WARNING")
+    dash.set_defaults(subparser=dash)
     sub.add_parser("simulator", help="serve the local Bybit v5 simulator (see 'simulator --help')",
                    add_help=False)
     return parser
@@ -125,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _deduplicated(args: argparse.Namespace) -> None:
     """A repeated --category counts once (first mention first)."""
-    if args.categories:
+    if getattr(args, "categories", None):
         args.categories = list(dict.fromkeys(args.categories))
 
 
@@ -172,6 +186,12 @@ def _run_unwrapped(args: argparse.Namespace, output: str) -> None:
                 args.subparser.error(str(exc))  # a bad flag: say so with the command's usage
             config = _config_from(args, _credentials_from_env(), endpoints)
             trio.run(_run, config, output, args.seconds, args.start_timeout)
+        elif args.command == "dashboard":
+            from .dashboard import default_rows, run_dashboard
+
+            rows = args.rows if args.rows is not None else default_rows()
+            trio.run(partial(run_dashboard, args.url, refresh=args.refresh, max_rows=rows, sort=args.sort,
+                             once=args.once))
         else:
             from .demo import run_demo
 
@@ -202,7 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               "The keyless simulator demo is the 'demo' command.", file=sys.stderr)
         args.demo_trading = True
     _configure_logging(args.log_level)
-    output = args.output or ("table" if sys.stdout.isatty() else "jsonl")
+    output = getattr(args, "output", None) or ("table" if sys.stdout.isatty() else "jsonl")
     try:
         _run_unwrapped(args, output)
     except ConfigError as exc:

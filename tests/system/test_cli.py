@@ -119,9 +119,12 @@ async def test_demo_table_output_shows_the_positions():
                            env=cli_env(None, None))
     assert result.returncode == 0
     out = result.stdout.decode()
-    for column in ("symbol", "side", "size", "entry", "mark", "uPnL", "price age"):
+    for column in ("symbol", "side", "size", "entry", "mark", "uPnL", "mark age"):
         assert column in out
     assert "USDT" in out
+    # the dashboard's renderer: sockets, subscriptions and latency above the positions
+    for section in ("sockets", "public:linear", "subscriptions vs positions", "latency, ms", "exchange → event"):
+        assert section in out
 
 
 async def test_jsonl_to_a_regular_file(tmp_path):
@@ -252,14 +255,14 @@ async def test_a_crash_loop_exits_1_and_names_it():
 
 async def test_flags_log_level_any_case_deprecated_demo_and_usage_of_the_subcommand():
     # --log-level in any case, everywhere, with help
-    for command in ("run", "demo", "simulator"):
+    for command in ("run", "demo", "simulator", "dashboard"):
         help_text = (await run_cli(command, "--help")).stdout.decode()
         assert "--log-level LEVEL" in help_text and "any case" in help_text, command
     result = await run_cli("demo", "--seconds", "0.5", "--output", "jsonl", "--log-level", "debug",
                            env=cli_env(None, None))
     assert result.returncode == 0 and b"DEBUG" in result.stderr
     # help texts are plain text, no reST markup
-    for args in ((), ("run",), ("demo",), ("simulator",)):
+    for args in ((), ("run",), ("demo",), ("simulator",), ("dashboard",)):
         text = (await run_cli(*args, "--help")).stdout.decode()
         assert "``" not in text and ":class:" not in text, args
     # an error of a subcommand shows that subcommand's usage
