@@ -68,13 +68,27 @@ endpoints. Everything is measured in the same run, on the real clock, in this or
    The combiner deduplicates: when the subscription snapshot's mark equals the mark the
    position record already carried, no event is emitted until the mark next moves.
 
+7. **Latest prices delivered** (``latest_prices``): the simulator's market is stopped
+   (``set_rate 0``), and after ``SETTLE_S`` every position's mark in ``stream.positions()``
+   is compared with the simulator's current mark (REST tickers): must be all of them.
+8. **Comparison** (``comparison``, one row per client on the same simulator stream): the
+   bare client of step 1; the stream of steps 3-4; the stream again on the old hand-written
+   RFC 6455 parser (``legacy``: lean_transport.py as it was before the websockets core,
+   kept in this script only, ``details.legacy_stream``) and on the lean transport with
+   adaptive coalescing windows ``--coalesce-ms`` (``details.coalesced_streams``), each
+   with throughput, latency and latest prices; and pybit's ``WebSocket.ticker_stream``
+   (``details.pybit``; the ``bench`` extra; see ``PYBIT_NOTE`` for how it is pointed at the
+   simulator). ``details.read_floor`` is the CPU of a bare read (``receive_some`` with
+   nothing parsed), the floor under every per-read design.
+
 The HTTP control calls of steps 2, 5 and 6 run in this process but outside the CPU
 windows. Each window also reports ``client_runqueue_wait_ms`` (time this process was
 ready to run but had no CPU, from ``/proc/thread-self/schedstat``) and involuntary
 context switches, to tell how much of a latency tail a shared machine added.
 
 Usage: python scripts/bench_stream.py [--symbols 500] [--rate 10] [--seconds 15]
-                                     [--transport {lean,trio-websocket}]
+                                     [--transport {lean,legacy,trio-websocket}]
+                                     [--no-legacy] [--no-pybit] [--coalesce-ms 1,2]
 """
 
 from __future__ import annotations
