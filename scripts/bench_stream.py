@@ -1282,7 +1282,10 @@ def _pybit_phase(url: str, symbols: list[str], opts: Options, sim_pid: int) -> d
     lags: list[float] = []
     lock = threading.Lock()
 
+    delivering = threading.Event()
+
     def callback(message: dict[str, Any]) -> None:
+        delivering.set()
         if state["counting"]:
             with lock:
                 state["frames"] += 1
@@ -1299,6 +1302,8 @@ def _pybit_phase(url: str, symbols: list[str], opts: Options, sim_pid: int) -> d
     try:
         for start_at in range(0, len(symbols), 100):
             ws.ticker_stream(symbol=symbols[start_at:start_at + 100], callback=callback)
+        if not delivering.wait(WAIT_LIMIT):  # the window starts once pybit delivers
+            raise RuntimeError(f"pybit delivered no ticker within {WAIT_LIMIT:g}s")
         time.sleep(opts.warmup)
         state["counting"] = True
         start = Sample.take(sim_pid)
