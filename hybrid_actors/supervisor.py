@@ -1,12 +1,14 @@
 """The supervisor: one nursery, one supervised loop per actor, one-for-one restarts.
 
-Children, in start order: combiner, heartbeat, subscription manager, one public stream
-per category, private stream, reconciler. Each runs in its own loop:
+Children: combiner, heartbeat, subscription manager, one public stream per category,
+private stream, reconciler. All start at once, each in its own loop (none waits for
+another to succeed):
 
 - it is (re)started with a fresh instance; the shared :class:`~.actors.hub.Hub` keeps
   the books, desired topics, subscription state and queued messages, so nothing is lost;
 - ``TransportError`` (an outage: refused, reset, timed out, half-open, REST down) is
-  retried forever with capped exponential backoff and full jitter, first retry fast,
+  retried forever through the restart policy's :class:`~.backoff.Backoff` (capped,
+  jittered, overflow-free; a cool-down the exchange names is a floor), first retry fast,
   and the delay starts over once an incarnation has been stable for ``stable_after``;
 - any other exception is a crash (a bug): logged with its traceback and retried the
   same way, but counted; ``max_restarts`` crashes within ``window`` seconds end the
@@ -103,20 +105,24 @@ class Supervisor:
             self.children = default_children(self.hub)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> NoReturn:
-        """Start every child in order (each ready before the next), then supervise forever."""
+        """Start every child at once, each in its own supervised loop, and supervise forever.
+
+        Ready as soon as every loop is running: no child waits for another to succeed, so a
+        refused public endpoint (403 ban, maintenance) cannot keep the private stream from
+        starting. What "the stream is up" means is :func:`open_hybrid_stream`'s business."""
         async with trio.open_nursery() as nursery:
             for spec in self.children or ():
-                await nursery.start(self._supervise, spec)
+                self.hub.health.actor(spec.name)  # every child shows in health() from the start
+                nursery.start_soon(self._supervise, spec, name=f"supervise:{spec.name}")
             task_status.started()
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _supervise(self, spec: ChildSpec, *, task_status: trio.TaskStatus[None]) -> NoReturn:
+    async def _supervise(self, spec: ChildSpec) -> NoReturn:
         policy = self.hub.config.restart
         backoff = policy.backoff
         stats = self.hub.health.actor(spec.name)
         crashes: deque[float] = deque(maxlen=policy.max_restarts)
         attempt = 0
-        status: trio.TaskStatus[None] | None = task_status
         while True:
             started_at = trio.current_time()
             stats.starts += 1
@@ -127,9 +133,6 @@ class Supervisor:
                     await incarnation.start(spec.make().run)
                     stats.state = "running"
                     stats.last_change = trio.current_time()
-                    if status is not None:
-                        status.started()
-                        status = None
                 # run() never returns normally; if it does, that is a bug worth restarting for
                 raise SupervisorError(f"actor {spec.name!r} returned instead of running forever")
             except Exception as exc:  # noqa: BLE001 - classified below; Cancelled is a BaseException
@@ -246,8 +249,10 @@ def build_health_report(hub: Hub) -> HealthReport:
 @asynccontextmanager
 async def open_hybrid_stream(config: StreamConfig, *, wall_clock: Callable[[], float] = time.time,
                              rng: random.Random | None = None) -> AsyncIterator[HybridStream]:
-    """Run the supervised actors; yield once the private snapshot is applied and every
-    public socket is up.
+    """Run the supervised actors; yield once the private socket is authenticated and its
+    REST snapshot applied: the open positions are then already queued as events (source
+    ``"rest"``, REST ``markPrice``). Public sockets start at the same time and each one's
+    live prices follow as soon as it can connect; a refused public endpoint delays nothing.
 
     Raises :class:`~.errors.AuthRejected` for bad credentials and
     :class:`~.errors.RestartIntensityExceeded` for a crash loop, from the ``async with``

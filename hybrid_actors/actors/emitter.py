@@ -80,7 +80,8 @@ class CombinerActor:
                 hub.health.reconcile_corrections += len(events)
                 log.warning("REST reconciliation corrected %d position(s) the streams had missed: %s",
                             len(events), ", ".join(f"{e.name} {e.symbol}/{e.position_idx}" for e in events[:10]))
-        hub.first_snapshot.set()
+        if message.reason == "connect":  # the private socket's: authenticated, and this applied
+            hub.first_snapshot.set()
 
     async def _prices(self) -> NoReturn:
         hub = self.hub

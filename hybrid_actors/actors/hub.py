@@ -105,7 +105,8 @@ class Hub:
     reconcile_now: trio.Event = attrs.Factory(trio.Event)
     #: consecutive private auth refusals (the first is retried after a clock resync)
     auth_refusals: int = 0
-    #: set once the first REST snapshot has been applied by the combiner
+    #: set once the private socket is authenticated and its REST snapshot has been applied
+    #: by the combiner: the stream counts as started (``open_hybrid_stream`` yields)
     first_snapshot: trio.Event = attrs.Factory(trio.Event)
 
     def __attrs_post_init__(self) -> None:
