@@ -1,7 +1,7 @@
 """The supervisor: one nursery, one supervised loop per actor, one-for-one restarts.
 
 Children: combiner, heartbeat, subscription manager, one public stream per category,
-private stream, reconciler. All start at once, each in its own loop (none waits for
+clock, private stream, reconciler. All start at once, each in its own loop (none waits for
 another to succeed):
 
 - it is (re)started with a fresh instance; the shared :class:`~.actors.hub.Hub` keeps
@@ -32,6 +32,7 @@ from typing import Any, Literal, NoReturn, Protocol
 import attrs
 import trio
 
+from .actors.clock import ClockActor
 from .actors.emitter import CombinerActor
 from .actors.heartbeat import HeartbeatActor
 from .actors.hub import Hub
@@ -90,6 +91,7 @@ def default_children(hub: Hub) -> tuple[ChildSpec, ...]:
              ChildSpec("subscriptions", lambda: SubscriptionManager(hub))]
     for category in hub.config.categories:
         specs.append(ChildSpec(f"public:{category}", lambda c=category: PublicStreamActor(hub, c)))
+    specs.append(ChildSpec("clock", lambda: ClockActor(hub)))
     specs.append(ChildSpec("private", lambda: PrivateStreamActor(hub)))
     specs.append(ChildSpec("reconciler", lambda: ReconcilerActor(hub)))
     return tuple(specs)

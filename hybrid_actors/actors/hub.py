@@ -105,6 +105,8 @@ class Hub:
     reconcile_now: trio.Event = attrs.Factory(trio.Event)
     #: consecutive private auth refusals (the first is retried after a clock resync)
     auth_refusals: int = 0
+    #: set to ask the clock actor to measure the exchange's clock now
+    clock_sync_requested: trio.Event = attrs.Factory(trio.Event)
     #: set once the private socket is authenticated and its REST snapshot has been applied
     #: by the combiner: the stream counts as started (``open_hybrid_stream`` yields)
     first_snapshot: trio.Event = attrs.Factory(trio.Event)
@@ -124,3 +126,6 @@ class Hub:
 
     def request_reconcile(self) -> None:
         self.reconcile_now.set()
+
+    def request_clock_sync(self) -> None:
+        self.clock_sync_requested.set()

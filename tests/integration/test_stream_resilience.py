@@ -19,11 +19,20 @@ from hybrid_actors import StreamConfig
 from hybrid_actors.state import PositionUpdate
 from hybrid_actors.supervisor import HybridStream, open_hybrid_stream
 from hybrid_actors.testing.simulator import Simulator, open_simulator, trio_wall_clock
-from stack import TEST_TIMEOUT, EventLog, eventually, sim_config
+from stack import TEST_TIMEOUT, EventLog, eventually, running, sim_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.failover]
 
 PATHS = {"private": "/v5/private", "linear": "/v5/public/linear", "inverse": "/v5/public/inverse"}
+
+
+@pytest.fixture
+def fast_clock() -> trio.testing.MockClock:
+    """Virtual time that jumps as soon as every task is blocked. Safe on loopback here: the
+    simulator runs in this same trio thread and loopback delivery completes inside the
+    sender's syscall, so "every task blocked" really means "waiting for a timer"; it makes
+    hours of refused reconnects cost seconds (loopback_clock waits 0.1 s per jump)."""
+    return trio.testing.MockClock(autojump_threshold=0)
 
 
 @asynccontextmanager
@@ -53,7 +62,7 @@ def refusals(sim: Simulator, kind: str) -> list[float]:
 
 
 @pytest.mark.parametrize("status", [403, 503])
-async def test_a_public_endpoint_refused_from_the_start_hides_no_position(loopback_clock, status):
+async def test_a_public_endpoint_refused_from_the_start_hides_no_position(fast_clock, status):
     """403 (an IP ban on that endpoint) or 503 (maintenance) from the first handshake on:
     the stream starts anyway, with the REST positions, and live prices follow when the
     endpoint accepts (after the ban's 10-minute cool-down for 403)."""
@@ -98,15 +107,6 @@ async def test_a_public_endpoint_refused_from_the_start_hides_no_position(loopba
                     assert stream.health().actors["public:linear"]["crashes"] == 0
 
 
-@pytest.fixture
-def fast_clock() -> trio.testing.MockClock:
-    """Virtual time that jumps as soon as every task is blocked. Safe on loopback here: the
-    simulator runs in this same trio thread and loopback delivery completes inside the
-    sender's syscall, so "every task blocked" really means "waiting for a timer"; it makes
-    hours of refused reconnects cost seconds (loopback_clock waits 0.1 s per jump)."""
-    return trio.testing.MockClock(autojump_threshold=0)
-
-
 async def test_every_socket_is_back_within_5s_and_refusals_stay_under_one_per_second(fast_clock):
     outage = 600.0  # ten minutes of refused handshakes on every socket
     with trio.fail_after(outage + TEST_TIMEOUT):
@@ -137,3 +137,36 @@ async def test_every_socket_is_back_within_5s_and_refusals_stay_under_one_per_se
                 await sim.observe.wait_until(lambda: sim.observe.subscribed_symbols("linear") == {"BTCUSDT"}
                                              and sim.observe.subscribed_symbols("inverse") == {"BTCUSD"})
                 assert all(a["crashes"] == 0 for a in stream.health().actors.values())
+
+
+@pytest.mark.parametrize("status", [503, 403])
+async def test_a_rest_outage_or_ban_does_not_keep_the_private_socket_down(fast_clock, status):
+    """The private socket signs with the last known clock offset instead of measuring it
+    before every connect: REST down (503) or banned (403) only delays the snapshot."""
+    with trio.fail_after(TEST_TIMEOUT * 15):
+        async with running() as s:
+            sim = s.sim
+            sim.control.open_position("BTCUSDT", "Buy", "1")
+            await s.wait_subscriptions_match_positions()
+            sim.control.rest_http_error(status, count=None)  # every REST path, /v5/market/time too
+            dropped_at = trio.current_time()
+            sim.control.drop_private("reset")
+            await sim.observe.wait_auth(2, ok=True)
+            assert trio.current_time() - dropped_at <= 5.0
+            new = await sim.observe.wait_connection("private", 2)
+            await sim.observe.wait_until(lambda: "position" in sim.observe.subscriptions(new.conn_id))
+            mark = s.log.mark()
+            sim.control.open_position("ETHUSDT", "Sell", "2")  # pushed on the new socket
+            pushed = await s.log.wait_for(lambda e: e.symbol == "ETHUSDT", after=mark)
+            assert pushed.source == "position"
+            assert sim.observe.opened_count("private") == 2  # no reconnect per REST failure
+            assert s.hub.health.actors["private"].crashes == 0
+            # REST returns: the snapshot follows (after the ban's cool-down for 403)
+            assert s.hub.health.actors["private"].state == "starting"  # up, snapshot pending
+            sim.control.clear_faults()
+            cleared = trio.current_time()
+            await eventually(lambda: s.hub.health.actors["private"].state == "running", max_step=5.0)
+            waited = trio.current_time() - cleared
+            assert waited <= (600.0 + 10.0 if status == 403 else 10.0)
+            assert sim.observe.rest_calls("/v5/position/list")[-1].status == 200
+            assert {p.symbol for p in s.stream.positions()} == {"BTCUSDT", "ETHUSDT"}
