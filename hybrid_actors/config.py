@@ -233,6 +233,11 @@ class StreamConfig:
     event_buffer: int = attrs.field(default=4096, validator=_positive_int)
     #: settle coins queried for linear positions (GET /v5/position/list needs one)
     linear_settle_coins: tuple[str, ...] = attrs.field(default=("USDT", "USDC"), converter=_names)
+    #: serve Prometheus text at ``/metrics`` and JSON at ``/health`` on this port (0: any free
+    #: port, see ``HybridStream.metrics_url``); None: no server
+    metrics_port: int | None = attrs.field(default=None)
+    #: the address the metrics server binds; loopback unless you say otherwise
+    metrics_host: str = attrs.field(default="127.0.0.1")
 
     @categories.validator
     def _check_categories(self, _attribute: attrs.Attribute, value: tuple[str, ...]) -> None:
@@ -257,6 +262,16 @@ class StreamConfig:
         seconds = parse_duration(value)
         if not 30 <= seconds <= 600:
             raise ConfigError(f"max_active_time {value!r} must be between 30s and 600s (Bybit's range)")
+
+    @metrics_port.validator
+    def _check_metrics_port(self, _attribute: attrs.Attribute, value: int | None) -> None:
+        if value is not None and not (isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 65535):
+            raise ConfigError(f"metrics_port must be a TCP port number (0-65535; 0 picks a free one), got {value!r}")
+
+    @metrics_host.validator
+    def _check_metrics_host(self, _attribute: attrs.Attribute, value: str) -> None:
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(f"metrics_host must be an address to bind, got {value!r}")
 
     @property
     def effective_pong_timeout(self) -> float:

@@ -25,7 +25,8 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from .state import Event, PositionUpdate
+from .notices import StreamEvent
+from .state import PositionUpdate
 
 if TYPE_CHECKING:
     from .supervisor import HybridStream
@@ -33,6 +34,8 @@ if TYPE_CHECKING:
 __all__ = ["JsonlWriter", "open_stdout", "position_table", "TableView", "consume"]
 
 TABLE_REFRESH = 0.5
+#: how long the JSON lines output may take to write the stream's last events after it failed
+FLUSH_TIMEOUT = 2.0
 
 
 class ByteSink(Protocol):
@@ -73,13 +76,14 @@ async def open_stdout() -> AsyncIterator[ByteSink]:
 
 
 class JsonlWriter:
-    """Writes each batch of events as JSON lines with one write."""
+    """Writes each batch of events (position events and ``stream.*`` notices) as JSON
+    lines with one write."""
 
     def __init__(self, sink: ByteSink):
         self._sink = sink
         self.lines = 0
 
-    async def write_batch(self, events: Sequence[Event]) -> None:
+    async def write_batch(self, events: Sequence[StreamEvent]) -> None:
         if not events:
             return
         dumps = orjson.dumps
@@ -96,8 +100,18 @@ async def consume(stream: HybridStream, output: str) -> None:
     if output == "jsonl":
         async with open_stdout() as sink:
             writer = JsonlWriter(sink)
-            while True:
-                await writer.write_batch(await stream.batches())
+            last: list[StreamEvent] = []
+            try:
+                while True:
+                    batch = await stream.batches()
+                    if stream.ended:  # an error ended the stream: we are about to be cancelled
+                        last = batch
+                        break
+                    await writer.write_batch(batch)
+            finally:
+                if stream.ended:  # print its last events, the "failed" line that says why included
+                    with trio.move_on_after(FLUSH_TIMEOUT, shield=True):
+                        await writer.write_batch([*last, *stream.unread()])
     with TableView() as view:
         while True:
             with trio.move_on_after(TABLE_REFRESH):

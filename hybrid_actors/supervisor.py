@@ -15,6 +15,13 @@ another to succeed):
   stream with :class:`~.errors.RestartIntensityExceeded`;
 - :class:`~.errors.AuthRejected` (bad credentials) ends the stream at once.
 
+The supervisor is also the one writer of the stream's ``stream.state``
+(:class:`~.notices.StateTracker`): ``starting`` when it starts; once the private socket's
+first snapshot is applied ``live`` if every socket is up, else ``degraded`` naming those
+still down (a refused public endpoint does not hold the start back); ``degraded`` when a socket actor (the
+private one, a public one) fails, ``recovered`` when all run again; ``failed`` (the last
+event of all: the event queue closes behind it) when an error ends the stream.
+
 A failing child never tears down its siblings: only the supervisor's own errors
 (escalations) cancel the nursery.
 """
@@ -27,6 +34,8 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
+from functools import partial
+from decimal import Decimal
 from typing import Any, Literal, NoReturn, Protocol
 
 import attrs
@@ -44,8 +53,10 @@ from .actors.subscriptions import SubscriptionManager
 from .config import StreamConfig
 from .errors import AuthRejected, HybridActorsError, RestartIntensityExceeded, SupervisorError, TransportError
 from .health import HealthReport
+from .observability import serve_observability
 from .rest import open_rest_client
-from .state import Event, PositionUpdate
+from .notices import StateTracker, StreamEvent, StreamState
+from .state import PositionUpdate
 
 __all__ = ["Supervisor", "HybridStream", "open_hybrid_stream", "ChildSpec"]
 
@@ -85,6 +96,11 @@ def classify(exc: BaseException) -> tuple[Literal["fatal", "outage", "crash"], B
     return "outage", leaves[0]
 
 
+def is_socket(name: str) -> bool:
+    """Does the child called ``name`` own one of the stream's sockets?"""
+    return name == "private" or name.startswith("public:")
+
+
 def default_children(hub: Hub) -> tuple[ChildSpec, ...]:
     specs = [ChildSpec("combiner", lambda: CombinerActor(hub)),
              ChildSpec("heartbeat", lambda: HeartbeatActor(hub)),
@@ -105,19 +121,51 @@ class Supervisor:
     def __attrs_post_init__(self) -> None:
         if self.children is None:
             self.children = default_children(self.hub)
+        self.hub.stream_state = StateTracker.for_sockets([s.name for s in self.children if is_socket(s.name)])
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> NoReturn:
         """Start every child at once, each in its own supervised loop, and supervise forever.
 
         Ready as soon as every loop is running: no child waits for another to succeed, so a
         refused public endpoint (403 ban, maintenance) cannot keep the private stream from
-        starting. What "the stream is up" means is :func:`open_hybrid_stream`'s business."""
-        async with trio.open_nursery() as nursery:
-            for spec in self.children or ():
-                self.hub.health.actor(spec.name)  # every child shows in health() from the start
-                nursery.start_soon(self._supervise, spec, name=f"supervise:{spec.name}")
-            task_status.started()
+        starting. The stream is ``live`` (or ``degraded``, naming the sockets still down)
+        once the private socket's first snapshot is applied; :func:`open_hybrid_stream`
+        waits for that too."""
+        hub = self.hub
+        self._notify(hub.stream_state.start(hub.wall_ms()))
+        try:
+            async with trio.open_nursery() as nursery:
+                for spec in self.children or ():
+                    hub.health.actor(spec.name)  # every child shows in health() from the start
+                    nursery.start_soon(self._supervise, spec, name=f"supervise:{spec.name}")
+                task_status.started()
+                await hub.first_snapshot.wait()
+                self._notify(hub.stream_state.ready(hub.wall_ms()))
+        except BaseException as exc:
+            self._ended(exc)
+            raise
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _notify(self, notice: StreamState | None) -> None:
+        if notice is not None:
+            self.hub.emit_notice(notice)
+            log.log(logging.WARNING if notice.state in ("degraded", "failed") else logging.INFO,
+                    "stream %s: %s", notice.state, notice.reason)
+
+    def _socket(self, name: str, up: bool, why: str = "") -> None:
+        if is_socket(name):
+            self._notify(self.hub.stream_state.socket(name, up, self.hub.wall_ms(), why))
+
+    def _ended(self, exc: BaseException) -> None:
+        """An error ended the stream: say so as its last event, then close the queue."""
+        leaves = [e for e in exception_leaves(exc) if isinstance(e, Exception)]
+        if not leaves:
+            return  # cancelled (the stream was stopped), or the process is being interrupted
+        leaf = next((e for kind in (AuthRejected, RestartIntensityExceeded) for e in leaves if isinstance(e, kind)),
+                    leaves[0])
+        reason = f"{type(leaf).__name__}: {leaf}"
+        self._notify(self.hub.stream_state.fail(reason, self.hub.wall_ms()))
+        self.hub.events.close(StreamClosed(f"the stream failed: {reason}"))
 
     async def _supervise(self, spec: ChildSpec) -> NoReturn:
         policy = self.hub.config.restart
@@ -135,6 +183,7 @@ class Supervisor:
                     await incarnation.start(spec.make().run)
                     stats.state = "running"
                     stats.last_change = trio.current_time()
+                    self._socket(spec.name, True)
                 # run() never returns normally; if it does, that is a bug worth restarting for
                 raise SupervisorError(f"actor {spec.name!r} returned instead of running forever")
             except Exception as exc:  # noqa: BLE001 - classified below; Cancelled is a BaseException
@@ -146,6 +195,7 @@ class Supervisor:
                     stats.state = "failed"
                     log.error("%s: %s", spec.name, stats.last_error)
                     raise leaf from None
+                self._socket(spec.name, False, stats.last_error)
                 if now - started_at >= policy.stable_after:
                     attempt = 0
                 if kind == "crash":
@@ -172,24 +222,39 @@ class Supervisor:
 
 @attrs.define(eq=False)
 class HybridStream:
-    """The running stream. Iterate it for events; ask it for positions and health."""
+    """The running stream. Iterate it for events (``position.update``, ``position.closed`` and
+    the ``stream.*`` notices of :mod:`~hybrid_actors.notices`, in order); ask it for
+    positions and health."""
 
     hub: Hub
     supervisor: Supervisor
+    #: ``http://host:port`` of the ``/metrics`` and ``/health`` server (None without ``metrics_port``)
+    metrics_url: str | None = None
 
     def __aiter__(self) -> HybridStream:
         return self
 
-    async def __anext__(self) -> Event:
+    async def __anext__(self) -> StreamEvent:
         try:
             return await self.hub.events.get()
         except StreamClosed:
             raise StopAsyncIteration from None
 
-    async def batches(self, max_items: int | None = None) -> list[Event]:
+    async def batches(self, max_items: int | None = None) -> list[StreamEvent]:
         """Every queued event (at least one), in order: the efficient way to consume.
         Raises :class:`~.actors.mailboxes.StreamClosed` when the stream has ended."""
         return await self.hub.events.get_batch(max_items)
+
+    @property
+    def ended(self) -> bool:
+        """The stream ended by itself (an error; see :meth:`unread`) or was closed."""
+        return self.hub.events.closed
+
+    def unread(self) -> list[StreamEvent]:
+        """Take the events queued but not read yet, without waiting. After an error ended the
+        stream (which cancels the reader's block), these are its last events, ending with the
+        ``stream.state`` notice ``failed`` that says why."""
+        return self.hub.events.drain()
 
     def positions(self) -> tuple[PositionUpdate, ...]:
         """The current view of every open position (latest mark and PnL)."""
@@ -234,18 +299,67 @@ def build_health_report(hub: Hub) -> HealthReport:
         }
         if subs.failed:
             problems.append(f"{category}: no ticker for {', '.join(sorted(subs.failed))}")
-    events = {"emitted": health.events_emitted, "delivered": hub.events.delivered,
+    events = {"emitted": health.events_emitted, "notices": health.notices_emitted, "delivered": hub.events.delivered,
               "queued": len(hub.events), "conflated": hub.events.conflated,
               "last_event_age_s": round(now - health.last_event_at, 3) if health.last_event_at is not None else None,
               "subscription_failures_1h": health.failures_within(now, 3600.0),
-              "reconciliations": health.reconciliations, "reconcile_corrections": health.reconcile_corrections}
+              "reconciliations": health.reconciliations, "reconcile_corrections": health.reconcile_corrections,
+              "by_event": _by_event(health.events_by_kind), "last_event_ms": health.last_event_ms,
+              "subscription_failures_total": health.subscription_failures_total,
+              "handler_errors": health.handler_errors()}
+    rest = hub.rest
+    rest_section = {
+        "calls": rest.calls, "failures": rest.failures,
+        "banned_for_s": round(max(0.0, rest.banned_until - now), 3),
+        "skipped": {_scope_name(scope): why for scope, why in sorted(rest.unsupported.items(), key=str)},
+        "paging_problems": {_scope_name(scope): why for scope, why in sorted(rest.paging_problems.items(), key=str)},
+    }
+    for name, why in rest_section["paging_problems"].items():
+        problems.append(f"REST position/list {name}: {why}")
     if any(a["state"] == "failed" for a in actors.values()):
         status: Literal["ok", "degraded", "down"] = "down"
     elif problems:
         status = "degraded"
     else:
         status = "ok"
-    return HealthReport(status, actors, connections, subscriptions, events, len(hub.combiner.book), tuple(problems))
+    current = hub.stream_state.current
+    stream_state = {} if current is None else {**current.as_dict(),
+                                               "since_s": round(max(0, hub.wall_ms() - current.ts) / 1000, 3)}
+    stream_state.pop("event", None)
+    return HealthReport(status, actors, connections, subscriptions, events, len(hub.combiner.book), tuple(problems),
+                        latency=hub.latency.report(now), open_positions=position_rows(hub),
+                        rest=rest_section, stream_state=stream_state)
+
+
+def _by_event(counts: dict[tuple[str, str], int]) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    for (name, source), count in tuple(counts.items()):
+        out.setdefault(name, {})[source] = count
+    return out
+
+
+def position_rows(hub: Hub) -> tuple[dict[str, Any], ...]:
+    """Every open position as the consumer last saw it, JSON-ready (decimals as strings)."""
+    wall_ms = hub.wall_ms()
+    marks = hub.combiner.marks
+    rows = []
+    for view in hub.combiner.current():
+        mark = marks.get((view.category, view.symbol))
+        seen_ms = mark.received_ts if mark is not None and mark.price == view.mark_price else view.received_ts
+        rows.append({"symbol": view.symbol, "category": view.category, "position_idx": view.position_idx,
+                     "side": view.side, "size": _plain(view.size), "entry_price": _plain(view.entry_price),
+                     "mark_price": _plain(view.mark_price), "unrealized_pnl": _plain(view.unrealized_pnl),
+                     "mark_age_s": round(max(0, wall_ms - seen_ms) / 1000, 3), "source": view.source})
+    return tuple(rows)
+
+
+def _plain(value: Decimal | None) -> str | None:
+    return None if value is None else format(value, "f")
+
+
+def _scope_name(scope: tuple[str, str | None]) -> str:
+    category, coin = scope
+    return f"{category}/{coin}" if coin else category
 
 
 @asynccontextmanager
@@ -271,9 +385,13 @@ async def open_hybrid_stream(config: StreamConfig, *, wall_clock: Callable[[], f
             supervisor = Supervisor(hub)
             async with trio.open_nursery() as nursery:
                 await nursery.start(supervisor.run)
+                metrics_url = None
+                if config.metrics_port is not None:  # up before the first snapshot: a slow start shows
+                    metrics_url = await nursery.start(partial(serve_observability, hub,
+                                                              partial(build_health_report, hub)))
                 await hub.first_snapshot.wait()
                 try:
-                    yield HybridStream(hub, supervisor)
+                    yield HybridStream(hub, supervisor, metrics_url)
                 finally:
                     hub.events.close()
                     nursery.cancel_scope.cancel()

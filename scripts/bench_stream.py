@@ -107,7 +107,7 @@ from hybrid_actors import transport as transport_module
 from hybrid_actors.actors import connection, public_ws
 from hybrid_actors.config import Credentials, Endpoints, RestartPolicy, StreamConfig
 from hybrid_actors.protocol.frames import TickerFrame
-from hybrid_actors.state import Combiner, Event
+from hybrid_actors.state import Combiner, Event, PositionEvent
 from hybrid_actors.supervisor import HybridStream, open_hybrid_stream
 
 CLK_TCK: Final = os.sysconf("SC_CLK_TCK")
@@ -378,8 +378,9 @@ class Consumer:
             self.batches += 1
             if self.watchers:
                 stamp = clock()
+                positions = [e for e in out if isinstance(e, PositionEvent)]  # not the stream.* notices
                 for watcher in list(self.watchers):
-                    watcher(out, stamp)
+                    watcher(positions, stamp)
 
     @contextmanager
     def watching(self, watcher: Watcher) -> Iterator[None]:
@@ -452,22 +453,6 @@ class _StampingStream:
         return getattr(self._inner, name)
 
 
-class _StampingSend:
-    """Wraps trio-websocket's message queue: each message keeps the stamps of its read."""
-
-    def __init__(self, inner: Any, probe: LatencyProbe) -> None:
-        self._inner = inner
-        self._probe = probe
-
-    async def send(self, message: str | bytes) -> None:
-        probe = self._probe
-        probe.read_of[message] = (probe.kernel_ns, probe.read_ns)
-        await self._inner.send(message)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-
 @attrs.define(eq=False)
 class LatencyProbe:
     #: time.time_ns() when the current read returned / when the kernel received its newest segment
@@ -487,13 +472,14 @@ class LatencyProbe:
     _wrapped: list[Any] = attrs.Factory(list)
 
     def _wrap(self, owner: Any) -> None:
-        """Stamp the reads of ``owner._stream``: a trio-websocket connection (whose message
-        queue is wrapped too) or a lean transport."""
+        """Stamp the reads of ``owner``'s byte stream: the lean transport's ``_stream``, or the
+        stream under trio-websocket (``_guard.inner``, our own wrapper's)."""
         if any(w is owner for w in self._wrapped):
             return
-        owner._stream = _StampingStream(owner._stream, self)
-        if isinstance(owner, trio_websocket.WebSocketConnection):
-            owner._send_channel = _StampingSend(owner._send_channel, self)  # type: ignore[attr-defined]
+        if isinstance(owner, transport_module._GuardedStream):
+            owner.inner = _StampingStream(owner.inner, self)
+        else:
+            owner._stream = _StampingStream(owner._stream, self)
         self._wrapped.append(owner)
 
     @contextmanager
@@ -505,9 +491,14 @@ class LatencyProbe:
         original_decode = public_ws.decode
 
         async def receive_batch(transport: Any) -> list[str | bytes]:
-            if transport._label == PUBLIC_LINK:
-                probe._wrap(transport._ws)
-            return await ws_batch(transport)
+            if transport._label != PUBLIC_LINK:
+                return await ws_batch(transport)
+            probe._wrap(transport._guard)
+            batch = await ws_batch(transport)
+            stamps = (probe.kernel_ns, probe.read_ns)  # the newest read: a lower bound for queued messages
+            for message in batch:
+                probe.read_of[message] = stamps
+            return batch
 
         async def receive_lean_batch(transport: Any) -> list[str | bytes]:
             if transport._label != PUBLIC_LINK:
@@ -536,9 +527,10 @@ class LatencyProbe:
             lean_transport._LeanTransport.receive_batch = lean_batch  # type: ignore[method-assign]
             public_ws.decode = original_decode
             for owner in self._wrapped:
-                owner._stream = owner._stream._inner
-                if isinstance(owner, trio_websocket.WebSocketConnection):
-                    owner._send_channel = owner._send_channel._inner  # type: ignore[attr-defined]
+                if isinstance(owner, transport_module._GuardedStream):
+                    owner.inner = owner.inner._inner
+                else:
+                    owner._stream = owner._stream._inner
 
     def watcher(self, events: list[Event], stamp: int) -> None:
         out_ns = time.time_ns()

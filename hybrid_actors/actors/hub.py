@@ -20,7 +20,9 @@ import trio
 
 from ..config import StreamConfig
 from ..health import Health
+from ..latency import Latency
 from ..messages import Lifecycle, SubscriptionMessage
+from ..notices import Notice, StateTracker
 from ..protocol.session import Session
 from ..rest import RestClient
 from ..state import Combiner, Mark
@@ -90,6 +92,8 @@ class Hub:
     rng: random.Random = attrs.field(factory=random.Random, repr=False)
     combiner: Combiner = attrs.Factory(Combiner)
     health: Health = attrs.Factory(Health)
+    #: written by the combiner only (when it hands events over)
+    latency: Latency = attrs.Factory(Latency)
     events: EventQueue = attrs.field(init=False)
     marks: LatestByKey[tuple[str, str], Mark] = attrs.Factory(LatestByKey)
     desired: Watch[dict[str, frozenset[str]]] = attrs.field(init=False)
@@ -110,6 +114,8 @@ class Hub:
     #: set once the private socket is authenticated and its REST snapshot has been applied
     #: by the combiner: the stream counts as started (``open_hybrid_stream`` yields)
     first_snapshot: trio.Event = attrs.Factory(trio.Event)
+    #: ``stream.state``: written by the supervisor only (see :class:`~..notices.StateTracker`)
+    stream_state: StateTracker = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         cats = self.config.categories
@@ -118,6 +124,7 @@ class Hub:
         self.links = LinkRegistry(self.config.heartbeat_interval)
         self.subscriptions = {c: CategorySubscriptions(c) for c in cats}
         self.activity = {c: {} for c in cats}
+        self.stream_state = StateTracker.for_sockets(["private", *(f"public:{c}" for c in cats)])
         self.lifecycle_send, self.lifecycle_recv = trio.open_memory_channel[Lifecycle](LIFECYCLE_BUFFER)
         self.subs_send, self.subs_recv = trio.open_memory_channel[SubscriptionMessage](SUBSCRIPTION_INBOX)
 
@@ -129,3 +136,11 @@ class Hub:
 
     def request_clock_sync(self) -> None:
         self.clock_sync_requested.set()
+
+    def emit_notice(self, notice: Notice) -> None:
+        """Queue a ``stream.*`` notice for the consumer, in order with the position events
+        around it. Never dropped nor conflated; never waits (notices are rare, so they may
+        exceed the queue's lifecycle capacity by a few). After the queue is closed (the
+        stream has ended) it is ignored."""
+        self.events.put(notice)
+        self.health.notices_emitted += 1

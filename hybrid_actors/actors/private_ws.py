@@ -89,7 +89,8 @@ class PrivateStreamActor:
                 raise ConnectionLost(f"private stream: subscribing 'position' was refused: {reason}")
             snapshot = await self._snapshot()
             await lifecycle.send(PositionsSnapshot(
-                snapshot.categories, snapshot.positions, snapshot.as_of_ms, hub.wall_ms(), reason="connect"))
+                snapshot.categories, snapshot.positions, snapshot.as_of_ms, hub.wall_ms(), reason="connect",
+                coverage=snapshot.coverage))
             log.info("private stream live (generation %d): %d position records from %d REST page(s)",
                      conn.link.generation, len(snapshot.positions), snapshot.requests)
             task_status.started()
@@ -138,6 +139,12 @@ class PrivateStreamActor:
                     positions = tuple(p for p in frame.positions if p.category in categories)
                     if positions:
                         await link.deliver(lifecycle, PositionsPushed(positions, received_ms))
+                    if frame.rejected:
+                        # the push's other records were used; what the bad one said is healed
+                        # from REST (a close in it must not be missed for five minutes)
+                        reporter.report(MalformedFrame("position record(s) dropped: " + "; ".join(frame.rejected),
+                                                       ""), hub)
+                        hub.request_reconcile()
                 else:
                     self._control(frame, link, now, reporter)
 

@@ -9,7 +9,10 @@ keeps its asyncio code and its event router; only its start-up changes::
     await stream.stop()         # graceful, idempotent
 
 ``on_event(event_name, data)`` is awaited with ``"position.update"`` / ``"position.closed"``
-and the event's :meth:`~hybrid_actors.state.PositionEvent.as_dict` (Decimals kept).
+and the event's :meth:`~hybrid_actors.state.PositionEvent.as_dict` (Decimals kept), and
+with the stream's notices (``"stream.state"`` and the others of :mod:`hybrid_actors.notices`)
+and their ``as_dict()``; every ``data`` carries ``"event"`` too. Notices share one lane, so
+they reach the handler in order.
 
 Two hosts, chosen by :meth:`BybitHybridStream.start` from the running loop
 --------------------------------------------------------------------------

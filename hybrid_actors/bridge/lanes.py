@@ -18,7 +18,8 @@ from typing import Any, Final
 
 import attrs
 
-from ..state import Event, Key
+from ..notices import StreamEvent
+from ..state import Key
 from .stats import BridgeStats
 
 __all__ = ["DELIVERY_SLICE_NS", "Dispatcher", "EventHandler"]
@@ -40,7 +41,7 @@ _ERROR_LOG_WINDOW: Final = 60.0
 class _Lane:
     key: Key
     #: (event, perf_counter_ns when the trio side took its batch)
-    pending: deque[tuple[Event, int]] = attrs.Factory(deque)
+    pending: deque[tuple[StreamEvent, int]] = attrs.Factory(deque)
     #: the task running this lane's handler call that suspended; it drains the lane, then lets go
     owner: asyncio.Task[None] | None = None
     #: waiting in the delivery task's ready queue
@@ -156,7 +157,7 @@ class Dispatcher:
     def queued(self) -> int:
         return sum(len(lane.pending) for lane in self.lanes.values())
 
-    def accept(self, batch: list[Event], stamp: int) -> None:
+    def accept(self, batch: list[StreamEvent], stamp: int) -> None:
         """Queue a batch in its lanes and wake the delivery task (called by the trio side)."""
         stats = self.stats
         stats.batches += 1
@@ -254,14 +255,14 @@ class Dispatcher:
         stats.delays.add(time.perf_counter_ns() - stamp)
         context = self.context.copy()
         try:
-            coro = context.run(self._invoke, event.name, data)
+            coro = context.run(self._invoke, event.event, data)
             yielded = context.run(coro.send, None)
         except StopIteration:
             return None
         except (Exception, asyncio.CancelledError) as exc:  # noqa: BLE001 - (its own CancelledError too)
-            self._failed(event.name, data, exc)
+            self._failed(event.event, data, exc)
             return None
-        return _Suspended(coro, context, yielded, event.name, data)
+        return _Suspended(coro, context, yielded, event.event, data)
 
     def _invoke(self, name: str, data: dict[str, Any]) -> Coroutine[Any, Any, object]:
         result = self.handler(name, data)

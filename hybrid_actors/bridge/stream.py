@@ -163,6 +163,12 @@ class BybitHybridStream:
     def handler_errors(self) -> int:
         return self._stats.handler_errors
 
+    @property
+    def metrics_url(self) -> str | None:
+        """``http://host:port`` of ``/metrics`` and ``/health`` while running with ``metrics_port=``."""
+        stream = self._stream
+        return stream.metrics_url if stream is not None else None
+
     # --- life cycle ---------------------------------------------------------------------------
     async def start(self) -> None:
         """Start the stream; return once both sockets are up and the REST snapshot is applied.
@@ -341,6 +347,8 @@ class BybitHybridStream:
         if self._started is None or self._started.done() or self._stop_requested:
             return
         self._stream = stream
+        stats = self._stats
+        stream.hub.health.handler_errors_source = lambda: stats.handler_errors  # for /metrics
         self._state = "running"
         self._started.set_result(None)
 
@@ -368,10 +376,19 @@ class BybitHybridStream:
             if self._stop_requested:
                 scope.cancel()
             with trio.CancelScope(deadline=math.inf if timeout is None else trio.current_time() + timeout) as starting:
-                async with open_hybrid_stream(self._config) as stream:
-                    starting.deadline = math.inf
-                    loop.call_soon(self._on_started, stream, context=context)
-                    await self._pump(stream)
+                opened: list[HybridStream] = []
+                try:
+                    async with open_hybrid_stream(self._config) as stream:
+                        opened.append(stream)
+                        starting.deadline = math.inf
+                        loop.call_soon(self._on_started, stream, context=context)
+                        await self._pump(stream)
+                except Exception:
+                    if opened and self._dispatcher is not None:
+                        # the stream's last events, its ``stream.state`` "failed" included: the
+                        # error cancelled the pump before it could take them
+                        self._dispatcher.accept(opened[0].unread(), time.perf_counter_ns())
+                    raise
             if starting.cancelled_caught:
                 endpoints = self._config.endpoints
                 public = ", ".join(endpoints.public_url(c) for c in self._config.categories)
