@@ -117,6 +117,8 @@ def default_children(hub: Hub) -> tuple[ChildSpec, ...]:
 class Supervisor:
     hub: Hub
     children: tuple[ChildSpec, ...] | None = None
+    #: set whenever a child starts or fails (the ready notice waits for the sockets to settle)
+    _socket_changed: trio.Event = attrs.field(init=False, factory=trio.Event)
 
     def __attrs_post_init__(self) -> None:
         if self.children is None:
@@ -140,6 +142,11 @@ class Supervisor:
                     nursery.start_soon(self._supervise, spec, name=f"supervise:{spec.name}")
                 task_status.started()
                 await hub.first_snapshot.wait()
+                # A socket still in its first handshake is "connecting", not down: call the
+                # stream live or degraded once each socket has connected or failed once.
+                while not self._sockets_settled():
+                    self._socket_changed = trio.Event()
+                    await self._socket_changed.wait()
                 self._notify(hub.stream_state.ready(hub.wall_ms()))
         except BaseException as exc:
             self._ended(exc)
@@ -152,7 +159,14 @@ class Supervisor:
             log.log(logging.WARNING if notice.state in ("degraded", "failed") else logging.INFO,
                     "stream %s: %s", notice.state, notice.reason)
 
+    def _sockets_settled(self) -> bool:
+        actors = self.hub.health.actors
+        return all(actors[spec.name].state == "running" or actors[spec.name].starts > 1
+                   or actors[spec.name].state in ("backoff", "failed")
+                   for spec in self.children or () if is_socket(spec.name))
+
     def _socket(self, name: str, up: bool, why: str = "") -> None:
+        self._socket_changed.set()
         if is_socket(name):
             self._notify(self.hub.stream_state.socket(name, up, self.hub.wall_ms(), why))
 
@@ -216,6 +230,7 @@ class Supervisor:
             delay = backoff.delay(attempt, self.hub.rng, retry_after)
             attempt = backoff.next_attempt(attempt)  # bounded: an outage of days is no overflow
             stats.state = "backoff"
+            self._socket_changed.set()
             log.info("%s: restarting in %.2fs (failure %d)", spec.name, delay, stats.crashes + stats.outages)
             await trio.sleep(delay)
 

@@ -16,6 +16,7 @@ import pytest
 import trio
 
 from hybrid_actors import StreamConfig
+from hybrid_actors.notices import StreamState
 from hybrid_actors.state import PositionUpdate
 from hybrid_actors.supervisor import HybridStream, open_hybrid_stream
 from hybrid_actors.testing.simulator import Simulator, open_simulator, trio_wall_clock
@@ -104,6 +105,9 @@ async def test_a_public_endpoint_refused_from_the_start_hides_no_position(fast_c
                     sim.control.set_mark_price("ETHUSDT", "3333.33")
                     live = await log.wait_for(lambda e: e.symbol == "ETHUSDT" and e.mark_price == Decimal("3333.33"))
                     assert live.source == "ticker"
+                    states = [e for e in [*first, *log.notices] if isinstance(e, StreamState)]
+                    assert [n.state for n in states] == ["starting", "degraded", "recovered"], states
+                    assert "public:linear is down" in states[1].reason and str(status) in states[1].reason
                     assert stream.health().actors["public:linear"]["crashes"] == 0
 
 
