@@ -10,8 +10,9 @@ another to succeed):
   retried forever through the restart policy's :class:`~.backoff.Backoff` (capped,
   jittered, overflow-free; a cool-down the exchange names is a floor), first retry fast,
   and the delay starts over once an incarnation has been stable for ``stable_after``;
-- any other exception is a crash (a bug): logged with its traceback and retried the
-  same way, but counted; ``max_restarts`` crashes within ``window`` seconds end the
+- any other exception is a crash (a bug): logged with its traceback, the hub state the
+  child owns is reset to a known-good value (its :attr:`ChildSpec.reset`), and it is
+  retried the same way, but counted; ``max_restarts`` crashes within ``window`` seconds end the
   stream with :class:`~.errors.RestartIntensityExceeded`;
 - :class:`~.errors.AuthRejected` (bad credentials) ends the stream at once.
 
@@ -73,6 +74,9 @@ class Actor(Protocol):
 class ChildSpec:
     name: str
     make: Callable[[], Actor]
+    #: after a crash, before the restart: put the hub state this child owns back to a
+    #: known-good value, so the state that caused the crash is not inherited
+    reset: Callable[[], None] | None = None
 
 
 def exception_leaves(exc: BaseException) -> Iterator[BaseException]:
@@ -102,14 +106,16 @@ def is_socket(name: str) -> bool:
 
 
 def default_children(hub: Hub) -> tuple[ChildSpec, ...]:
-    specs = [ChildSpec("combiner", lambda: CombinerActor(hub)),
-             ChildSpec("heartbeat", lambda: HeartbeatActor(hub)),
-             ChildSpec("subscriptions", lambda: SubscriptionManager(hub))]
+    specs = [ChildSpec("combiner", lambda: CombinerActor(hub), partial(CombinerActor.reset_after_crash, hub)),
+             ChildSpec("heartbeat", lambda: HeartbeatActor(hub), partial(HeartbeatActor.reset_after_crash, hub)),
+             ChildSpec("subscriptions", lambda: SubscriptionManager(hub),
+                       partial(SubscriptionManager.reset_after_crash, hub))]
     for category in hub.config.categories:
-        specs.append(ChildSpec(f"public:{category}", lambda c=category: PublicStreamActor(hub, c)))
-    specs.append(ChildSpec("clock", lambda: ClockActor(hub)))
-    specs.append(ChildSpec("private", lambda: PrivateStreamActor(hub)))
-    specs.append(ChildSpec("reconciler", lambda: ReconcilerActor(hub)))
+        specs.append(ChildSpec(f"public:{category}", lambda c=category: PublicStreamActor(hub, c),
+                               partial(PublicStreamActor.reset_after_crash, hub, category)))
+    specs.append(ChildSpec("clock", lambda: ClockActor(hub), partial(ClockActor.reset_after_crash, hub)))
+    specs.append(ChildSpec("private", lambda: PrivateStreamActor(hub), partial(PrivateStreamActor.reset_after_crash, hub)))
+    specs.append(ChildSpec("reconciler", lambda: ReconcilerActor(hub), partial(ReconcilerActor.reset_after_crash, hub)))
     return tuple(specs)
 
 
@@ -222,6 +228,9 @@ class Supervisor:
                         stats.state = "failed"
                         raise RestartIntensityExceeded(spec.name, policy.max_restarts, policy.window,
                                                        leaf) from exc
+                    if spec.reset is not None:
+                        spec.reset()  # the restart must not inherit the state that caused the crash
+                        log.warning("%s: the hub state it owns is reset to a known-good value", spec.name)
                 else:
                     stats.outages += 1
                     log.warning("%s: %s", spec.name, stats.last_error)
@@ -300,9 +309,13 @@ def build_health_report(hub: Hub) -> HealthReport:
             "rtt_ms": round(link.rtt * 1000, 3) if link and link.rtt is not None else None,
             "last_frame_age_s": round(now - link.last_frame_at, 3) if link else None,
             "frames": link_stats.frames, "malformed": link_stats.malformed, "unknown": link_stats.unknown,
+            "last_error": link_stats.last_error, "tls_error": link_stats.tls_error,
         }
         if not link_stats.connected:
             problems.append(f"{name} is disconnected")
+            if link_stats.tls_error:
+                problems.append(f"{name}: TLS certificate verification failed ({link_stats.tls_error}); "
+                                "check the CA bundle, the host name and the clock")
     subscriptions: dict[str, dict[str, Any]] = {}
     for category, subs in hub.subscriptions.items():
         desired = hub.desired.value.get(category, frozenset())

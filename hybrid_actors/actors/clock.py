@@ -34,6 +34,11 @@ class ClockActor:
     hub: Hub
     name: str = "clock"
 
+    @staticmethod
+    def reset_after_crash(hub: Hub) -> None:
+        """Takes ``clock_sync_requested``. Known-good after a crash: a measurement requested."""
+        hub.request_clock_sync()
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> NoReturn:
         hub = self.hub
         backoff = hub.config.restart.backoff

@@ -37,6 +37,14 @@ class CombinerActor:
     hub: Hub
     name: str = "combiner"
 
+    @staticmethod
+    def reset_after_crash(hub: Hub) -> None:
+        """Owns ``combiner``, ``desired``, ``latency``, ``first_snapshot``. Known-good after a
+        crash: the last committed book (changes not handed over are dropped) and a REST
+        snapshot at once, since the crash may have come mid-apply."""
+        hub.combiner.rollback()
+        hub.request_reconcile()
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> NoReturn:
         hub = self.hub
         if hub.health.actor(self.name).starts > 1:

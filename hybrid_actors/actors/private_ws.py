@@ -48,6 +48,12 @@ class PrivateStreamActor:
     _subscribed: trio.Event = attrs.field(init=False, factory=trio.Event)
     _sub_outcome: AckOutcome | None = attrs.field(init=False, default=None)
 
+    @staticmethod
+    def reset_after_crash(hub: Hub) -> None:
+        """Owns ``auth_refusals``. Known-good after a crash: no refusal counted (a crash is
+        not the exchange refusing us); the next refusal gets its one retry again."""
+        hub.auth_refusals = 0
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> NoReturn:
         hub = self.hub
         config = hub.config

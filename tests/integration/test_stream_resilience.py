@@ -6,6 +6,7 @@ Against the simulator on loopback, on virtual time."""
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from decimal import Decimal
@@ -174,3 +175,102 @@ async def test_a_rest_outage_or_ban_does_not_keep_the_private_socket_down(fast_c
             assert waited <= (600.0 + 10.0 if status == 403 else 10.0)
             assert sim.observe.rest_calls("/v5/position/list")[-1].status == 200
             assert {p.symbol for p in s.stream.positions()} == {"BTCUSDT", "ETHUSDT"}
+
+
+async def test_a_crash_that_leaves_bad_subscription_state_is_not_inherited_by_the_restart(
+        loopback_clock, monkeypatch):
+    """The manager crashes while applying an ack the session has already consumed: the
+    symbol is left "in flight" with no request pending, which nothing would ever retry.
+    The reset before the restart clears it, so the symbol is subscribed without a reconnect."""
+    from hybrid_actors.actors.subscriptions import SubscriptionManager
+
+    armed = [False]
+    original = SubscriptionManager._apply
+
+    def crash_once(self, subs, outcome, now):  # type: ignore[no-untyped-def]
+        if armed[0] and any("ETHUSDT" in t for t in outcome.request.topics):
+            armed[0] = False
+            raise RuntimeError("injected crash while applying an ack")
+        return original(self, subs, outcome, now)
+
+    monkeypatch.setattr(SubscriptionManager, "_apply", crash_once)
+    with trio.fail_after(TEST_TIMEOUT):
+        async with running() as s:
+            sim = s.sim
+            sim.control.open_position("BTCUSDT", "Buy", "1")
+            await s.wait_subscriptions_match_positions()
+            armed[0] = True
+            sim.control.reject_subscribes("ETHUSDT", 1)
+            sim.control.open_position("ETHUSDT", "Buy", "2")
+            await eventually(lambda: s.hub.health.actors["subscriptions"].crashes == 1)
+            crashed_at = trio.current_time()
+            await sim.observe.wait_subscribed("linear", ["ETHUSDT"])
+            assert trio.current_time() - crashed_at < s.hub.config.subscriptions.ack_timeout
+            assert sim.observe.opened_count("linear") == 1  # no reconnect needed
+            sim.control.set_mark_price("ETHUSDT", "3456.78")
+            await s.log.wait_for(lambda e: e.symbol == "ETHUSDT" and e.mark_price == Decimal("3456.78"))
+            assert all(r == 0 for n, r in s.restarts().items() if n != "subscriptions")
+
+
+@pytest.fixture(scope="module")
+def certificates(tmp_path_factory):
+    """A CA the test makes trusted (through SSL_CERT_FILE) and one nobody trusts."""
+    import trustme
+
+    trusted, stranger = trustme.CA(), trustme.CA()
+    bundle = tmp_path_factory.mktemp("tls") / "ca.pem"
+    trusted.cert_pem.write_to_path(str(bundle))
+    return trusted, stranger, str(bundle)
+
+
+@pytest.mark.parametrize("case", ["unknown issuer", "hostname mismatch"])
+async def test_a_rejected_certificate_is_reported_as_tls_and_retried_with_backoff(
+        fast_clock, certificates, monkeypatch, caplog, case):
+    import ssl
+    from contextlib import suppress
+    from functools import partial
+
+    from hybrid_actors.config import Endpoints
+
+    trusted, stranger, bundle = certificates
+    monkeypatch.setenv("SSL_CERT_FILE", bundle)  # ssl.create_default_context() trusts `trusted` only
+    issuer, identity = (stranger, "127.0.0.1") if case == "unknown issuer" else (trusted, "bybit.example")
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    issuer.issue_cert(identity).configure_cert(server_context)
+    handshakes: list[float] = []
+
+    async def handler(stream: trio.SSLStream) -> None:
+        handshakes.append(trio.current_time())
+        with suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await stream.do_handshake()  # the client refuses our certificate
+            await stream.receive_some()
+
+    with trio.fail_after(TEST_TIMEOUT * 5):
+        async with simulator() as (sim, wall), trio.open_nursery() as nursery:
+            sim.control.open_position("BTCUSDT", "Buy", "1")
+            listeners = await nursery.start(partial(trio.serve_ssl_over_tcp, handler, 0, server_context,
+                                                    host="127.0.0.1"))
+            port = listeners[0].transport_listener.socket.getsockname()[1]
+            endpoints = Endpoints(f"wss://127.0.0.1:{port}", sim.endpoints.ws_private_url, sim.endpoints.rest_url)
+            config = StreamConfig(credentials=sim.credentials, endpoints=endpoints)
+            async with open_hybrid_stream(config, wall_clock=wall, rng=random.Random(4)) as stream:
+                first = await stream.batches()  # the private side started regardless
+                assert any(isinstance(e, PositionUpdate) and e.symbol == "BTCUSDT" for e in first)
+                started = trio.current_time()
+                await trio.sleep(120)
+                health = stream.health()
+                link = health.connections["public:linear"]
+                actor = health.actors["public:linear"]
+                expected = "unable to get local issuer|certificate verify failed" if case == "unknown issuer" \
+                    else "Hostname mismatch|doesn't match|IP address mismatch|certificate verify failed"
+                assert not link["connected"]
+                assert link["tls_error"] and re.search(expected, link["tls_error"]), link
+                assert actor["last_error"].startswith("TlsVerificationError"), actor
+                assert actor["crashes"] == 0  # an outage to retry, not a bug
+                assert any("TLS certificate verification failed" in p for p in health.problems), health.problems
+                assert health.connections["private"]["connected"]
+                tries = [t for t in handshakes if t >= started]
+                assert 120 / 4.5 <= len(tries) <= 120  # the capped backoff: every 2-4 s, never a storm
+            nursery.cancel_scope.cancel()
+    logged = [r for r in caplog.records if "TLS verification failed" in r.getMessage()]
+    assert logged and all(r.levelname == "ERROR" for r in logged)
