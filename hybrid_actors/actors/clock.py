@@ -5,8 +5,10 @@ offset :meth:`~hybrid_actors.rest.RestClient.sync_time` measures with ``/v5/mark
 The private socket signs with the last known offset and never waits for a measurement
 (a REST outage or ban must not keep a socket down that could connect); this actor
 measures at start, every ``clock_resync_interval``, and at once when asked
-(:meth:`~.hub.Hub.request_clock_sync`). A failed measurement is retried through the
-restart policy's backoff; the old offset stays in use meanwhile.
+(:meth:`~.hub.Hub.request_clock_sync`). A failed measurement is retried through the one
+backoff policy with its own, gentle bounds (:data:`CLOCK_RETRY`: nothing waits for it, so
+a REST outage costs at most one measurement every few minutes); the old offset stays in
+use meanwhile.
 
 The one exception is an auth refused with ``Params Error`` (bad keys, or an ``expires``
 off because our clock was stepped): the private actor then measures before its single
@@ -16,17 +18,22 @@ retry itself, since signing with the same offset again would prove nothing.
 from __future__ import annotations
 
 import logging
-from typing import NoReturn
+from typing import Final, NoReturn
 
 import attrs
 import trio
 
+from ..backoff import Backoff
 from ..errors import RestUnavailable
 from .hub import Hub
 
-__all__ = ["ClockActor"]
+__all__ = ["ClockActor", "CLOCK_RETRY"]
 
 log = logging.getLogger(__name__)
+
+#: retries of a failed measurement: 1 s, 2 s, 4 s... up to 5 minutes (a cool-down the
+#: exchange names is a floor, as everywhere)
+CLOCK_RETRY: Final = Backoff(initial=1.0, maximum=300.0)
 
 
 @attrs.define(eq=False)
@@ -41,7 +48,7 @@ class ClockActor:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> NoReturn:
         hub = self.hub
-        backoff = hub.config.restart.backoff
+        backoff = CLOCK_RETRY
         attempt = 0
         task_status.started()
         while True:

@@ -5,6 +5,7 @@ Against the simulator on loopback, on virtual time."""
 
 from __future__ import annotations
 
+import logging
 import random
 import re
 from collections.abc import AsyncIterator
@@ -16,7 +17,7 @@ import attrs
 import pytest
 import trio
 
-from hybrid_actors import StreamConfig
+from hybrid_actors import RestartPolicy, StreamConfig
 from hybrid_actors.notices import StreamState
 from hybrid_actors.state import PositionUpdate
 from hybrid_actors.supervisor import HybridStream, open_hybrid_stream
@@ -274,3 +275,48 @@ async def test_a_rejected_certificate_is_reported_as_tls_and_retried_with_backof
             nursery.cancel_scope.cancel()
     logged = [r for r in caplog.records if "TLS verification failed" in r.getMessage()]
     assert logged and all(r.levelname == "ERROR" for r in logged)
+
+
+async def test_48_virtual_hours_of_refusals_everywhere_then_the_stream_converges(fast_clock, caplog):
+    """Every handshake and every REST call refused for two days: nothing ends the stream (the
+    old ``2 ** attempt`` overflowed after 1024 attempts), and when the exchange returns the
+    positions converge to the simulator's, changes made meanwhile included."""
+    caplog.set_level(logging.ERROR, logger="hybrid_actors")  # tens of thousands of warnings otherwise
+    hours = 48
+    # A longer cap than the default's 4 s keeps this test to a few thousand real handshakes;
+    # it still takes each socket past 1024 attempts (the default is proven on the supervisor
+    # alone in tests/actors/test_supervisor_policy.py, and its 5 s recovery above).
+    policy = RestartPolicy(backoff_max=150.0)
+    with trio.fail_after(hours * 3600 + TEST_TIMEOUT * 10):
+        async with simulator() as (sim, wall):
+            sim.control.open_position("BTCUSDT", "Buy", "1")
+            sim.control.open_position("ETHUSDT", "Sell", "2")
+            config = stream_config(sim, restart=policy, rest_attempts=2)
+            async with open_hybrid_stream(config, wall_clock=wall, rng=random.Random(48)) as stream, \
+                    logging_events(stream) as log:
+                await sim.observe.wait_until(lambda: sim.observe.subscribed_symbols("linear") == {"BTCUSDT", "ETHUSDT"})
+                sim.control.reject_connections(None, status=503, target="all")
+                sim.control.rest_http_error(503, count=None)
+                down_at = trio.current_time()
+                sim.control.drop("all", "reset")
+                await trio.sleep(3600)
+                sim.control.close_position("BTCUSDT")  # pushed to nobody
+                sim.control.open_position("SOLUSDT", "Buy", "7")
+                await trio.sleep(hours * 3600 - 3600)
+                assert not stream.ended
+                health = stream.health()
+                assert all(a["state"] != "failed" and a["crashes"] == 0 for a in health.actors.values()), health.actors
+                for kind in ("private", "linear"):
+                    refused = [t for t in refusals(sim, kind) if t >= down_at]
+                    assert len(refused) > 1024, (kind, len(refused))  # past the old overflow
+                    assert len(refused) / (hours * 3600) <= 1.0
+                sim.control.clear_faults()
+                back_at = trio.current_time()
+                truth = {(p.symbol, p.side, p.size) for p in sim.observe.positions("linear", open_only=True)}
+                await eventually(lambda: {(p.symbol, p.side, p.size) for p in stream.positions()} == truth,
+                                 max_step=5.0)
+                assert trio.current_time() - back_at <= policy.backoff_max + 10.0
+                assert truth == {("ETHUSDT", "Sell", Decimal("2")), ("SOLUSDT", "Buy", Decimal("7"))}
+                await sim.observe.wait_until(lambda: sim.observe.subscribed_symbols("linear") == {"ETHUSDT", "SOLUSDT"})
+                closed = [e for e in log.events if e.symbol == "BTCUSDT" and e.name == "position.closed"]
+                assert closed and closed[-1].source == "rest"
