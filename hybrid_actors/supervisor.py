@@ -344,6 +344,10 @@ def build_health_report(hub: Hub) -> HealthReport:
     }
     for name, why in rest_section["paging_problems"].items():
         problems.append(f"REST position/list {name}: {why}")
+    rest_section["tls_error"] = rest.tls_error
+    if rest.tls_error:
+        problems.append(f"REST: TLS certificate verification failed ({rest.tls_error}); "
+                        "check the CA bundle, the host name and the clock")
     if any(a["state"] == "failed" for a in actors.values()):
         status: Literal["ok", "degraded", "down"] = "down"
     elif problems:

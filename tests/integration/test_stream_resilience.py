@@ -320,3 +320,34 @@ async def test_48_virtual_hours_of_refusals_everywhere_then_the_stream_converges
                 await sim.observe.wait_until(lambda: sim.observe.subscribed_symbols("linear") == {"ETHUSDT", "SOLUSDT"})
                 closed = [e for e in log.events if e.symbol == "BTCUSDT" and e.name == "position.closed"]
                 assert closed and closed[-1].source == "rest"
+
+
+async def test_a_rejected_rest_certificate_is_reported_as_tls(fast_clock, certificates, caplog):
+    import ssl
+    from contextlib import suppress
+    from functools import partial
+
+    from hybrid_actors.errors import RestUnavailable
+    from hybrid_actors.rest import open_rest_client
+
+    _trusted, stranger, _bundle = certificates
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    stranger.issue_cert("127.0.0.1").configure_cert(server_context)
+
+    async def handler(stream: trio.SSLStream) -> None:
+        with suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await stream.do_handshake()
+
+    with trio.fail_after(TEST_TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            listeners = await nursery.start(partial(trio.serve_ssl_over_tcp, handler, 0, server_context,
+                                                    host="127.0.0.1"))
+            port = listeners[0].transport_listener.socket.getsockname()[1]
+            async with open_rest_client(f"https://127.0.0.1:{port}", None, attempts=2,
+                                        rng=random.Random(1)) as rest:
+                with pytest.raises(RestUnavailable, match="TLS certificate rejected") as caught:
+                    await rest.sync_time()
+                assert rest.tls_error and re.search("unable to get local issuer|certificate", rest.tls_error)
+                assert caught.value.retry_after is None  # an outage: retried by the callers' backoff
+            nursery.cancel_scope.cancel()
+    assert any(r.levelname == "ERROR" and "TLS verification failed" in r.getMessage() for r in caplog.records)
