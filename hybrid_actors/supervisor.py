@@ -43,6 +43,7 @@ import attrs
 import trio
 
 from .actors.clock import ClockActor
+from .actors.alerting import AlertActor
 from .actors.emitter import CombinerActor
 from .actors.heartbeat import HeartbeatActor
 from .actors.hub import Hub
@@ -65,7 +66,8 @@ log = logging.getLogger(__name__)
 
 
 class Actor(Protocol):
-    name: str
+    @property
+    def name(self) -> str: ...
 
     async def run(self, *, task_status: trio.TaskStatus[None] = ...) -> NoReturn: ...
 
@@ -105,17 +107,23 @@ def is_socket(name: str) -> bool:
     return name == "private" or name.startswith("public:")
 
 
+def _public(hub: Hub, category: str) -> Callable[[], Actor]:
+    return lambda: PublicStreamActor(hub, category)
+
+
 def default_children(hub: Hub) -> tuple[ChildSpec, ...]:
     specs = [ChildSpec("combiner", lambda: CombinerActor(hub), partial(CombinerActor.reset_after_crash, hub)),
              ChildSpec("heartbeat", lambda: HeartbeatActor(hub), partial(HeartbeatActor.reset_after_crash, hub)),
              ChildSpec("subscriptions", lambda: SubscriptionManager(hub),
                        partial(SubscriptionManager.reset_after_crash, hub))]
     for category in hub.config.categories:
-        specs.append(ChildSpec(f"public:{category}", lambda c=category: PublicStreamActor(hub, c),
+        specs.append(ChildSpec(f"public:{category}", _public(hub, category),
                                partial(PublicStreamActor.reset_after_crash, hub, category)))
     specs.append(ChildSpec("clock", lambda: ClockActor(hub), partial(ClockActor.reset_after_crash, hub)))
     specs.append(ChildSpec("private", lambda: PrivateStreamActor(hub), partial(PrivateStreamActor.reset_after_crash, hub)))
     specs.append(ChildSpec("reconciler", lambda: ReconcilerActor(hub), partial(ReconcilerActor.reset_after_crash, hub)))
+    # no reset: the alert state is meant to survive a restart (no alert fires twice or is forgotten)
+    specs.append(ChildSpec("alerts", lambda: AlertActor(hub, partial(build_health_report, hub))))
     return tuple(specs)
 
 
@@ -310,6 +318,8 @@ def build_health_report(hub: Hub) -> HealthReport:
             "last_frame_age_s": round(now - link.last_frame_at, 3) if link else None,
             "frames": link_stats.frames, "malformed": link_stats.malformed, "unknown": link_stats.unknown,
             "last_error": link_stats.last_error, "tls_error": link_stats.tls_error,
+            "down_s": round(now - link_stats.disconnected_at, 3)
+            if not link_stats.connected and link_stats.disconnected_at is not None else None,
         }
         if not link_stats.connected:
             problems.append(f"{name} is disconnected")
@@ -336,7 +346,7 @@ def build_health_report(hub: Hub) -> HealthReport:
               "subscription_failures_total": health.subscription_failures_total,
               "handler_errors": health.handler_errors()}
     rest = hub.rest
-    rest_section = {
+    rest_section: dict[str, Any] = {
         "calls": rest.calls, "failures": rest.failures,
         "banned_for_s": round(max(0.0, rest.banned_until - now), 3),
         "skipped": {_scope_name(scope): why for scope, why in sorted(rest.unsupported.items(), key=str)},
@@ -360,6 +370,7 @@ def build_health_report(hub: Hub) -> HealthReport:
     stream_state.pop("event", None)
     return HealthReport(status, actors, connections, subscriptions, events, len(hub.combiner.book), tuple(problems),
                         latency=hub.latency.report(now), open_positions=position_rows(hub),
+                        alerts=tuple(hub.alerts.report(now)),
                         rest=rest_section, stream_state=stream_state)
 
 
@@ -419,8 +430,9 @@ async def open_hybrid_stream(config: StreamConfig, *, wall_clock: Callable[[], f
                 await nursery.start(supervisor.run)
                 metrics_url = None
                 if config.metrics_port is not None:  # up before the first snapshot: a slow start shows
-                    metrics_url = await nursery.start(partial(serve_observability, hub,
-                                                              partial(build_health_report, hub)))
+                    metrics_url = await nursery.start(partial(
+                        serve_observability, hub, partial(build_health_report, hub),
+                        alert_names=lambda: tuple(sorted(hub.alerts.known))))
                 await hub.first_snapshot.wait()
                 try:
                     yield HybridStream(hub, supervisor, metrics_url)

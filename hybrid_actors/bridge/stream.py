@@ -218,7 +218,8 @@ class BybitHybridStream:
         try:
             await asyncio.shield(self._stopping)
         finally:
-            self._stop_waiters.discard(caller)  # type: ignore[arg-type]
+            if caller is not None:
+                self._stop_waiters.discard(caller)
 
     async def _stop(self) -> None:
         self._request_trio_stop()

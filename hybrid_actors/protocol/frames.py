@@ -396,7 +396,7 @@ def _position_push(obj: Mapping[str, Any], topic: str) -> PositionPush:
                         creation_time=opt_int(obj, "creationTime"), rejected=tuple(rejected))
 
 
-def _ticker(obj: Mapping[str, Any], topic: str, category: str | None) -> TickerFrame:
+def _ticker(obj: Mapping[str, Any], topic: str, category: str | None) -> TickerSnapshot | TickerDelta:
     data = obj.get("data")
     if not isinstance(data, dict):
         raise FieldError("ticker data must be an object")

@@ -51,12 +51,12 @@ def families(text: str) -> dict[str, Any]:
     return {family.name: family for family in text_string_to_metric_families(text)}
 
 
-def sample(fams: dict[str, Any], name: str, **labels: str) -> float:
+def sample(fams: dict[str, Any], metric: str, **labels: str) -> float:
     for family in fams.values():
         for s in family.samples:
-            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+            if s.name == metric and all(s.labels.get(k) == v for k, v in labels.items()):
                 return s.value
-    raise KeyError((name, labels))
+    raise KeyError((metric, labels))
 
 
 async def open_two_positions(s) -> None:  # type: ignore[no-untyped-def]
