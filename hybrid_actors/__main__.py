@@ -121,12 +121,16 @@ def _config_from(args: argparse.Namespace, credentials: Credentials, endpoints: 
                         metrics_host=args.metrics_host)
 
 
+#: how the run command spells Endpoints.choose's options (its errors name these flags)
+_ENDPOINT_FLAGS = {"testnet": "--testnet", "demo": "--demo", "stream_url": "--stream-url", "rest_url": "--rest-url"}
+
+
 def _run_unwrapped(args: argparse.Namespace, output: str) -> None:
     """Run the command; an error that ended it comes out on its own, not in a group."""
     try:
         if args.command == "run":
             endpoints = Endpoints.choose(testnet=args.testnet, demo=args.demo, stream_url=args.stream_url,
-                                         rest_url=args.rest_url)
+                                         rest_url=args.rest_url, names=_ENDPOINT_FLAGS)
             config = _config_from(args, _credentials_from_env(), endpoints)
             trio.run(_run, config, output, args.seconds)
         else:

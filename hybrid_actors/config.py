@@ -7,7 +7,7 @@ characters. ``attrs.asdict()`` would still include the secret: never log it.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any, Final, Literal
 from urllib.parse import urlsplit
 
@@ -87,16 +87,23 @@ class Endpoints:
 
     @classmethod
     def choose(cls, *, testnet: bool = False, demo: bool = False, stream_url: str | None = None,
-               rest_url: str | None = None) -> Endpoints:
+               rest_url: str | None = None, names: Mapping[str, str] | None = None) -> Endpoints:
+        """Mainnet, testnet or demo trading, with the base URLs overridden when given.
+
+        ``names``: how the caller spells these four options in error messages (the CLI passes
+        its flags, e.g. ``{"stream_url": "--stream-url"}``); by default the argument names."""
+        spell = {"testnet": "testnet", "demo": "demo", "stream_url": "stream_url", "rest_url": "rest_url",
+                 **(names or {})}
         if testnet and demo:
-            raise ConfigError("--testnet and --demo exclude each other: demo trading is a mainnet account mode")
+            raise ConfigError(f"{spell['testnet']} and {spell['demo']} exclude each other: demo trading is a "
+                              "mainnet account mode")
         base = cls.testnet() if testnet else cls.demo() if demo else cls.mainnet()
         if stream_url is not None:
-            _check_url(stream_url, ("ws", "wss"), "--stream-url")
+            _check_url(stream_url, ("ws", "wss"), spell["stream_url"])
             base = attrs.evolve(base, ws_public_base=stream_url.rstrip("/"),
                                 ws_private_url=f"{stream_url.rstrip('/')}/v5/private")
         if rest_url is not None:
-            _check_url(rest_url, ("http", "https"), "--rest-url")
+            _check_url(rest_url, ("http", "https"), spell["rest_url"])
             base = attrs.evolve(base, rest_url=rest_url.rstrip("/"))
         return base
 

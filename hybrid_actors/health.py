@@ -116,4 +116,4 @@ class Health:
         self.subscription_failures_total += 1
 
     def failures_within(self, now: float, window: float) -> int:
-        return sum(1 for at, *_ in self.subscription_failures if now - at <= window)
+        return sum(1 for at, *_ in list(self.subscription_failures) if now - at <= window)  # copy: any thread

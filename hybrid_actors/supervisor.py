@@ -262,6 +262,8 @@ class HybridStream:
     supervisor: Supervisor
     #: ``http://host:port`` of the ``/metrics`` and ``/health`` server (None without ``metrics_port``)
     metrics_url: str | None = None
+    #: the run's clock, read by :meth:`health` so that it works from any thread (and on a MockClock)
+    clock: trio.abc.Clock = attrs.field(factory=trio.lowlevel.current_clock)
 
     def __aiter__(self) -> HybridStream:
         return self
@@ -289,26 +291,35 @@ class HybridStream:
         return self.hub.events.drain()
 
     def positions(self) -> tuple[PositionUpdate, ...]:
-        """The current view of every open position (latest mark and PnL)."""
+        """The current view of every open position (latest mark and PnL). Safe from any thread."""
         return self.hub.combiner.current()
 
     def health(self) -> HealthReport:
-        return build_health_report(self.hub)
+        """The stream's :class:`HealthReport`. Safe from any thread (e.g. a metrics exporter's):
+        it reads the run's clock object, not ``trio.current_time()``, and copies every
+        collection it walks in one C-level step, so the actors' writes cannot break it."""
+        return build_health_report(self.hub, now=self.clock.current_time())
 
 
-def build_health_report(hub: Hub) -> HealthReport:
-    now = trio.current_time()
+def build_health_report(hub: Hub, *, now: float | None = None) -> HealthReport:
+    """The report at trio time ``now`` (default ``trio.current_time()``: on the run's thread).
+
+    Every dict/deque/set is first copied whole (``list(d.items())``, ``set(s)``: one C call,
+    atomic under the GIL), so a report built on another thread never iterates a collection
+    the trio thread is changing."""
+    if now is None:
+        now = trio.current_time()
     health = hub.health
     problems: list[str] = []
     actors = {}
-    for name, stats in health.actors.items():
+    for name, stats in list(health.actors.items()):
         actors[name] = {"state": stats.state, "restarts": stats.restarts, "crashes": stats.crashes,
                         "outages": stats.outages, "last_error": stats.last_error,
                         "since_s": round(now - stats.last_change, 3)}
         if stats.state != "running":
             problems.append(f"actor {name} is {stats.state}" + (f": {stats.last_error}" if stats.last_error else ""))
     connections: dict[str, dict[str, Any]] = {}
-    for name, link_stats in health.links.items():
+    for name, link_stats in list(health.links.items()):
         link = hub.links.get(name)
         connections[name] = {
             "connected": link_stats.connected, "connects": link_stats.connects,
@@ -327,12 +338,12 @@ def build_health_report(hub: Hub) -> HealthReport:
                 problems.append(f"{name}: TLS certificate verification failed ({link_stats.tls_error}); "
                                 "check the CA bundle, the host name and the clock")
     subscriptions: dict[str, dict[str, Any]] = {}
-    for category, subs in hub.subscriptions.items():
+    for category, subs in list(hub.subscriptions.items()):
         desired = hub.desired.value.get(category, frozenset())
-        missing = sorted(desired - subs.confirmed)
+        missing = sorted(desired - set(subs.confirmed))
         subscriptions[category] = {
             "desired": len(desired), "confirmed": len(subs.confirmed), "pending": len(subs.inflight),
-            "missing": missing[:50], "failed": {s: f.ret_msg for s, f in sorted(subs.failed.items())},
+            "missing": missing[:50], "failed": {s: f.ret_msg for s, f in sorted(list(subs.failed.items()))},
             "requests_sent": subs.requests_sent, "resubscribes": subs.resubscribes,
         }
         if subs.failed:
