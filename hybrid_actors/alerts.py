@@ -113,7 +113,7 @@ class AlertEvaluator:
 
     def report(self, now: float) -> list[dict[str, Any]]:
         """``health()['alerts']``: the firing alerts, most severe first, then oldest first."""
-        ordered = sorted(self.firing.values(), key=lambda a: (a.level != "critical", a.since, a.name))
+        ordered = sorted(list(self.firing.values()), key=lambda a: (a.level != "critical", a.since, a.name))  # copy: any thread
         return [alert.as_dict(now) for alert in ordered]
 
     # --- the rules ------------------------------------------------------------------------

@@ -70,10 +70,10 @@ class _LeanTransport:
     """One connected WebSocket; the reader is whoever calls ``receive_batch()``."""
 
     __slots__ = ("url", "abandoned", "_label", "_stream", "_protocol", "_send_lock", "_close_timeout",
-                 "_ready", "_unflushed", "_lost", "_send_broken", "_parts", "_kind")
+                 "_ready", "_unflushed", "_lost", "_send_broken", "_parts", "_kind", "_coalesce", "_last_read")
 
     def __init__(self, stream: trio.abc.Stream, protocol: ClientProtocol, url: str, label: str,
-                 close_timeout: float) -> None:
+                 close_timeout: float, coalesce: float = 0.0) -> None:
         self.url = url
         self.abandoned = False
         self._label = label
@@ -90,6 +90,9 @@ class _LeanTransport:
         self._send_broken = False
         self._parts: list[bytes | bytearray] = []  # fragments of the message in progress
         self._kind: Opcode | None = None  # its opcode (None: no fragmented message in progress)
+        #: adaptive coalescing window in seconds (0: off); see _wait_for_more
+        self._coalesce = coalesce
+        self._last_read = trio.current_time()  # when the previous read returned (the handshake's)
 
     def abandon(self) -> None:
         self.abandoned = True
@@ -102,6 +105,8 @@ class _LeanTransport:
         while not self._ready:
             if self._lost is not None:
                 raise self._error()
+            if self._coalesce:
+                await self._wait_for_more()
             data = await self._read()  # cancel-safe: nothing was taken from the socket yet
             protocol = self._protocol
             if data:
@@ -126,12 +131,24 @@ class _LeanTransport:
                 raise  # else: these messages first, the loss on the next call
         self._unflushed = False
 
+    async def _wait_for_more(self) -> None:
+        """Adaptive coalescing: when reads come faster than the window (a busy socket, one or
+        two frames a read), wait out the rest of it, so the next read carries every frame that
+        arrived meanwhile. A quiet socket (a gap longer than the window) reads at once. Costs
+        at most ``coalesce`` seconds of latency per frame."""
+        rest = self._last_read + self._coalesce - trio.current_time()
+        if rest > 0:
+            await trio.sleep(rest)
+
     async def _read(self) -> bytes:
         try:
-            return await self._stream.receive_some(RECEIVE_BYTES)
+            data = await self._stream.receive_some(RECEIVE_BYTES)
         except _IO_ERRORS as exc:
             self._end(1006, f"connection lost: {exc!r}")
             raise self._error() from exc
+        if self._coalesce:
+            self._last_read = trio.current_time()
+        return data
 
     def _take(self, frames: list) -> None:
         """The messages these frames complete, onto ``self._ready`` (fragments assembled)."""
@@ -321,12 +338,15 @@ async def _connect(url: str, label: str, connect_timeout: float, max_message_siz
 @asynccontextmanager
 async def open_lean_transport(url: str, *, label: str = "ws", max_message_size: int = MAX_MESSAGE_SIZE,
                               connect_timeout: float = 10.0, close_timeout: float = CLOSE_TIMEOUT,
-                              verify_tls: bool = True,
-                              ssl_context: ssl.SSLContext | None = None) -> AsyncIterator[Transport]:
-    """Connect to ``url``; close (bounded by ``close_timeout``) on exit. As ``open_transport``."""
+                              verify_tls: bool = True, ssl_context: ssl.SSLContext | None = None,
+                              coalesce: float = 0.0) -> AsyncIterator[Transport]:
+    """Connect to ``url``; close (bounded by ``close_timeout``) on exit. As ``open_transport``.
+
+    ``coalesce`` (seconds, 0: off): at high rates, space reads at least this far apart so one
+    read carries many frames (fewer wakeups per frame, up to ``coalesce`` more latency)."""
     context = _ssl_context(url, verify_tls, ssl_context)
     stream, protocol = await _connect(url, label, connect_timeout, max_message_size, context)
-    transport = _LeanTransport(stream, protocol, url, label, close_timeout)
+    transport = _LeanTransport(stream, protocol, url, label, close_timeout, coalesce)
     # frames that came with the 101 answer: the first batch
     transport._take(protocol.events_received()[1:])
     if protocol.state is not _OPEN:

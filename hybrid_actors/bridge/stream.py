@@ -196,7 +196,8 @@ class BybitHybridStream:
 
     # --- life cycle ---------------------------------------------------------------------------
     async def start(self) -> None:
-        """Start the stream; return once both sockets are up and the REST snapshot is applied.
+        """Start the stream; return once the private socket and the public one of
+        every category are up and the REST snapshot is applied.
 
         Raises :class:`~hybrid_actors.errors.AuthRejected` for bad keys (the message shows
         the key's first four characters, never the secret), :class:`StartTimeout` when the
@@ -229,7 +230,7 @@ class BybitHybridStream:
             raise failure
 
     async def stop(self) -> None:
-        """Stop the stream: close both sockets, end our trio tasks (and the guest run if this
+        """Stop the stream: close its sockets, end our trio tasks (and the guest run if this
         was its last stream), drop undelivered events and let handler calls in progress
         finish within ``stop_timeout``. Idempotent; safe to call from a handler."""
         if self._state == "new":

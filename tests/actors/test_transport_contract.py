@@ -446,3 +446,32 @@ async def test_wss_verifies_the_certificate_chain_and_the_hostname(loopback_cloc
                 async with opener(f"{base}/ok"):
                     pass
             nursery.cancel_scope.cancel()
+
+
+# --- the lean transport's adaptive coalescing ------------------------------------------------------
+
+async def test_coalescing_spaces_busy_reads_by_the_window_and_leaves_quiet_ones_alone(loopback_clock):
+    from hybrid_actors.lean_transport import open_lean_transport
+
+    async def script(peer):
+        await peer.handshake(then=text("a"))
+        await trio.sleep(0.1)
+        await peer.stream.send_all(text("b"))  # right after the first read: within the window
+        await trio.sleep(0.1)
+        await peer.stream.send_all(text("c"))
+        await trio.sleep(5)  # quiet
+        await peer.stream.send_all(text("d"))
+        await trio.sleep_forever()
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            url = await start_raw_server(nursery, script)
+            async with open_lean_transport(url, coalesce=1.0) as transport:
+                assert await transport.receive_batch() == ["a"]
+                first = trio.current_time()
+                assert await transport.receive_batch() == ["b", "c"]  # one read after the window
+                assert 1.0 <= trio.current_time() - first < 1.1
+                assert await transport.receive_batch() == ["d"]
+                assert 5.2 <= trio.current_time() - first < 5.3  # at once: no wait after a gap
+                transport.abandon()
+            nursery.cancel_scope.cancel()

@@ -118,9 +118,12 @@ async def test_demo_table_output_shows_the_positions():
                            env=cli_env(None, None))
     assert result.returncode == 0
     out = result.stdout.decode()
-    for column in ("symbol", "side", "size", "entry", "mark", "uPnL", "price age"):
+    for column in ("symbol", "side", "size", "entry", "mark", "uPnL", "mark age"):
         assert column in out
     assert "USDT" in out
+    # the dashboard's renderer: sockets, subscriptions and latency above the positions
+    for section in ("sockets", "public:linear", "subscriptions vs positions", "latency, ms", "exchange → event"):
+        assert section in out
 
 
 async def test_jsonl_to_a_regular_file(tmp_path):
