@@ -45,7 +45,7 @@ from websockets.uri import parse_uri
 from .config import CLOSE_TIMEOUT, MAX_MESSAGE_SIZE
 from .errors import ConnectionLost, HandshakeError
 from .transport import CANCELLED_CLOSE_WAIT, HANDSHAKE_COOLDOWN, RECEIVE_BYTES, Transport, _is_cancellation, \
-    _ssl_context, connect_failure, refusal
+    _ssl_context, connect_error, refusal
 
 __all__ = ["open_lean_transport", "MAX_FRAGMENTS"]
 
@@ -338,7 +338,7 @@ async def _connect(url: str, label: str, connect_timeout: float, max_message_siz
         if isinstance(exc, trio.TooSlowError):
             raise HandshakeError(f"{label}: no WebSocket handshake from {url} within {connect_timeout:g}s") from None
         if isinstance(exc, _IO_ERRORS):
-            raise HandshakeError(f"{label}: cannot connect to {url}: {connect_failure(exc)}") from None
+            raise connect_error(label, url, exc) from None
         if isinstance(exc, InvalidHandshake):  # not expected from the sans-IO core; named anyway
             raise HandshakeError(f"{label}: {url}: {exc}") from None
         raise
