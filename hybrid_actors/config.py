@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 import attrs
 
 from .errors import ConfigError
+from .rollout import Mode, RolloutPolicy, parse_mode
 
 Category = Literal["linear", "inverse", "spot", "option"]
 CATEGORIES: Final[tuple[str, ...]] = ("linear", "inverse", "spot", "option")
@@ -209,6 +210,15 @@ class StreamConfig:
     event_buffer: int = attrs.field(default=4096, validator=_positive_int)
     #: settle coins queried for linear positions (GET /v5/position/list needs one)
     linear_settle_coins: tuple[str, ...] = attrs.field(default=("USDT", "USDC"), converter=_names)
+    #: which source feeds the consumer: rest, canary, parallel or production (see rollout.py);
+    #: None: the ``HYBRID_MODE`` environment variable, else production
+    mode: Mode | None = attrs.field(default=None, converter=lambda v: None if v is None else parse_mode(v))
+    rollout: RolloutPolicy = attrs.field(factory=RolloutPolicy)
+
+    @rollout.validator
+    def _check_rollout(self, _attribute: attrs.Attribute, value: object) -> None:
+        if not isinstance(value, RolloutPolicy):
+            raise ConfigError(f"rollout must be a RolloutPolicy, got {type(value).__name__}")
 
     @categories.validator
     def _check_categories(self, _attribute: attrs.Attribute, value: tuple[str, ...]) -> None:

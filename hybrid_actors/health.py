@@ -54,6 +54,8 @@ class HealthReport:
     events: dict[str, Any]
     positions: int
     problems: tuple[str, ...]
+    #: mode, active source, cutover, comparator figures, rollbacks (see supervisor.rollout_section)
+    rollout: dict[str, Any] = attrs.field(factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return attrs.asdict(self)

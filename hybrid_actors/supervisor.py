@@ -20,6 +20,7 @@ A failing child never tears down its siblings: only the supervisor's own errors
 from __future__ import annotations
 
 import logging
+import os
 import random
 import time
 from collections import deque
@@ -37,11 +38,14 @@ from .actors.mailboxes import StreamClosed
 from .actors.private_ws import PrivateStreamActor
 from .actors.public_ws import PublicStreamActor
 from .actors.reconciler import ReconcilerActor
+from .actors.rest_poller import RestPollerActor
+from .actors.rollback import RollbackMonitor
 from .actors.subscriptions import SubscriptionManager
 from .config import StreamConfig
 from .errors import AuthRejected, HybridActorsError, RestartIntensityExceeded, SupervisorError, TransportError
 from .health import HealthReport
 from .rest import open_rest_client
+from .rollout import resolve_mode
 from .state import Event, PositionUpdate
 
 __all__ = ["Supervisor", "HybridStream", "open_hybrid_stream", "ChildSpec"]
@@ -59,6 +63,10 @@ class Actor(Protocol):
 class ChildSpec:
     name: str
     make: Callable[[], Actor]
+    #: a crash loop of a critical child ends the stream; of another, it is reported to the
+    #: hub (the rollout decides: a rollback in production, nothing in canary/parallel) and the
+    #: child keeps being restarted with backoff
+    critical: bool = True
 
 
 def exception_leaves(exc: BaseException) -> Iterator[BaseException]:
@@ -82,15 +90,28 @@ def classify(exc: BaseException) -> tuple[Literal["fatal", "outage", "crash"], B
     return "outage", leaves[0]
 
 
-def default_children(hub: Hub) -> tuple[ChildSpec, ...]:
-    specs = [ChildSpec("combiner", lambda: CombinerActor(hub)),
-             ChildSpec("heartbeat", lambda: HeartbeatActor(hub)),
-             ChildSpec("subscriptions", lambda: SubscriptionManager(hub))]
+def hybrid_children(hub: Hub, *, critical: bool = True) -> tuple[ChildSpec, ...]:
+    """The hybrid stream's actors."""
+    specs = [ChildSpec("combiner", lambda: CombinerActor(hub), critical),
+             ChildSpec("heartbeat", lambda: HeartbeatActor(hub), critical),
+             ChildSpec("subscriptions", lambda: SubscriptionManager(hub), critical)]
     for category in hub.config.categories:
-        specs.append(ChildSpec(f"public:{category}", lambda c=category: PublicStreamActor(hub, c)))
-    specs.append(ChildSpec("private", lambda: PrivateStreamActor(hub)))
-    specs.append(ChildSpec("reconciler", lambda: ReconcilerActor(hub)))
+        specs.append(ChildSpec(f"public:{category}", lambda c=category: PublicStreamActor(hub, c), critical))
+    specs.append(ChildSpec("private", lambda: PrivateStreamActor(hub), critical))
+    specs.append(ChildSpec("reconciler", lambda: ReconcilerActor(hub), critical))
     return tuple(specs)
+
+
+def default_children(hub: Hub) -> tuple[ChildSpec, ...]:
+    """The actors of ``hub.mode``. The REST poller (and in production the rollback monitor)
+    start first: they must run even while the hybrid actors cannot come up."""
+    rest = ChildSpec("rest", lambda: RestPollerActor(hub))
+    if hub.mode == "rest":
+        return (rest,)
+    if hub.mode in ("canary", "parallel"):  # monitor-only: a hybrid crash loop must not end the bot's stream
+        return (rest, *hybrid_children(hub, critical=False))
+    monitor = ChildSpec("rollback", lambda: RollbackMonitor(hub))
+    return (rest, monitor, *hybrid_children(hub, critical=not hub.config.rollout.rollback_on_crash_loop))
 
 
 @attrs.define(eq=False)
@@ -149,9 +170,14 @@ class Supervisor:
                               sum(1 for t in crashes if now - t < policy.window), policy.window,
                               exc_info=leaf)
                     if len(crashes) == policy.max_restarts and now - crashes[0] < policy.window:
-                        stats.state = "failed"
-                        raise RestartIntensityExceeded(spec.name, policy.max_restarts, policy.window,
-                                                       leaf) from exc
+                        if spec.critical:
+                            stats.state = "failed"
+                            raise RestartIntensityExceeded(spec.name, policy.max_restarts, policy.window,
+                                                           leaf) from exc
+                        log.critical("%s is crash-looping (%d crashes within %gs); the rollout takes over",
+                                     spec.name, policy.max_restarts, policy.window)
+                        crashes.clear()
+                        self.hub.report_crash_loop(spec.name)
                 else:
                     stats.outages += 1
                     log.warning("%s: %s", spec.name, stats.last_error)
@@ -186,8 +212,12 @@ class HybridStream:
         return await self.hub.events.get_batch(max_items)
 
     def positions(self) -> tuple[PositionUpdate, ...]:
-        """The current view of every open position (latest mark and PnL)."""
-        return self.hub.combiner.current()
+        """The current view of every open position (latest mark and PnL), from the source
+        that feeds the consumer."""
+        switch = self.hub.switch
+        if switch.all_hybrid:
+            return self.hub.combiner.current()
+        return tuple(switch.seen.values())
 
     def health(self) -> HealthReport:
         return build_health_report(self.hub)
@@ -239,7 +269,35 @@ def build_health_report(hub: Hub) -> HealthReport:
         status = "degraded"
     else:
         status = "ok"
-    return HealthReport(status, actors, connections, subscriptions, events, len(hub.combiner.book), tuple(problems))
+    rollout = rollout_section(hub, now)
+    if rollout["active"] == "rest" and hub.mode == "production":
+        problems.append(f"rolled back to REST: {hub.switch.last_rollback_reason}")
+    positions = len(hub.combiner.book) if hub.switch.all_hybrid else len(hub.switch.seen)
+    return HealthReport(status, actors, connections, subscriptions, events, positions, tuple(problems),
+                        rollout=rollout)
+
+
+def rollout_section(hub: Hub, now: float) -> dict[str, Any]:
+    """``health()['rollout']``: mode, active source, cutover, comparator, rollbacks, fallback."""
+    runtime = hub.rollout
+    section = hub.switch.health_section()
+    comparator = runtime.comparator
+    section.update({
+        "comparisons": comparator.comparisons if comparator else 0,
+        "divergences": comparator.divergences if comparator else 0,
+        "divergence_max_ratio": format(comparator.max_ratio, "f") if comparator else "0",
+        "divergence_threshold": format(hub.config.rollout.divergence_threshold, "f"),
+        "last_divergence": None if comparator is None or comparator.last_divergence is None else {
+            "category": comparator.last_divergence[0], "symbol": comparator.last_divergence[1],
+            "rest": format(comparator.last_divergence[2], "f"), "hybrid": format(comparator.last_divergence[3], "f"),
+            "ratio": format(comparator.last_divergence[4], "f")},
+        "stale_fallback": sorted(f"{c}:{s}" for c, s in runtime.stale),
+        "fallback_marks": runtime.fallback_marks_sent,
+        "rest_position_polls": runtime.position_polls,
+        "rest_ticker_polls": runtime.ticker_polls,
+        "rest_positions_age_s": round(now - runtime.positions_at, 3) if runtime.positions_at is not None else None,
+    })
+    return section
 
 
 @asynccontextmanager
@@ -253,13 +311,14 @@ async def open_hybrid_stream(config: StreamConfig, *, wall_clock: Callable[[], f
     (a failure while you iterate cancels your block first). Outages never end it.
     """
     random_source = rng or random.Random()
+    mode = resolve_mode(config.mode, os.environ)
     try:
         async with open_rest_client(config.endpoints.rest_url, config.credentials,
                                     recv_window_ms=config.recv_window_ms, timeout=config.rest_timeout,
                                     attempts=config.rest_attempts, verify_tls=config.endpoints.verify_tls,
                                     wall_clock=wall_clock, linear_settle_coins=config.linear_settle_coins,
                                     rng=random_source) as rest:
-            hub = Hub(config, rest, wall_clock=wall_clock, rng=random_source)
+            hub = Hub(config, rest, wall_clock=wall_clock, rng=random_source, mode=mode)
             supervisor = Supervisor(hub)
             async with trio.open_nursery() as nursery:
                 await nursery.start(supervisor.run)

@@ -23,9 +23,11 @@ from ..health import Health
 from ..messages import Lifecycle, SubscriptionMessage
 from ..protocol.session import Session
 from ..rest import RestClient
+from ..rollout import Comparator, Mode, ReturnGate
 from ..state import Combiner, Mark
 from .links import Link, LinkRegistry
 from .mailboxes import EventQueue, LatestByKey, Watch
+from .switch import SourceSwitch
 
 __all__ = ["Hub", "CategorySubscriptions", "Failed", "LIFECYCLE_BUFFER", "SUBSCRIPTION_INBOX"]
 
@@ -83,6 +85,34 @@ class CategorySubscriptions:
 
 
 @attrs.define(eq=False)
+class RolloutRuntime:
+    """Rollout state that outlives the REST poller and the rollback monitor."""
+
+    #: the REST view of every position (written by the REST poller only)
+    combiner: Combiner = attrs.Factory(Combiner)
+    comparator: Comparator | None = None
+    #: REST ticker marks for hybrid positions whose live mark went stale (poller → combiner)
+    fallback_marks: LatestByKey[tuple[str, str], Mark] = attrs.Factory(LatestByKey)
+    #: (category, symbol) → trio time since when the poller has watched its mark age
+    tracked_since: dict[tuple[str, str], float] = attrs.Factory(dict)
+    #: symbols currently fed from REST because their live mark is stale
+    stale: frozenset[tuple[str, str]] = frozenset()
+    fallback_marks_sent: int = 0
+    position_polls: int = 0
+    ticker_polls: int = 0
+    #: trio time of the last REST position snapshot applied
+    positions_at: float | None = None
+    #: the hybrid actor whose crash loop was reported (the rollback monitor takes it)
+    crash_loop: str | None = None
+    wake_monitor: trio.Event = attrs.Factory(trio.Event)
+    started_at: float = 0.0
+    #: when to return to hybrid after a rollback (the rollback monitor's)
+    gate: ReturnGate | None = None
+    #: since when at least one hybrid position has been open (the rollback monitor's)
+    open_since: float | None = None
+
+
+@attrs.define(eq=False)
 class Hub:
     config: StreamConfig
     rest: RestClient
@@ -107,6 +137,10 @@ class Hub:
     auth_refusals: int = 0
     #: set once the first REST snapshot has been applied by the combiner
     first_snapshot: trio.Event = attrs.Factory(trio.Event)
+    #: the rollout mode in force (``config.mode`` or ``HYBRID_MODE`` resolved)
+    mode: Mode = "production"
+    switch: SourceSwitch = attrs.field(init=False)
+    rollout: RolloutRuntime = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         cats = self.config.categories
@@ -117,9 +151,19 @@ class Hub:
         self.activity = {c: {} for c in cats}
         self.lifecycle_send, self.lifecycle_recv = trio.open_memory_channel[Lifecycle](LIFECYCLE_BUFFER)
         self.subs_send, self.subs_recv = trio.open_memory_channel[SubscriptionMessage](SUBSCRIPTION_INBOX)
+        policy = self.config.rollout
+        self.switch = SourceSwitch(self.mode, policy, self.events)
+        self.rollout = RolloutRuntime(
+            comparator=Comparator(policy.divergence_threshold) if self.mode == "parallel" else None,
+            started_at=trio.current_time(), gate=ReturnGate(policy))
 
     def wall_ms(self) -> int:
         return int(self.wall_clock() * 1000)
 
     def request_reconcile(self) -> None:
         self.reconcile_now.set()
+
+    def report_crash_loop(self, actor: str) -> None:
+        """A hybrid actor is crash-looping: the rollback monitor decides what that means."""
+        self.rollout.crash_loop = actor
+        self.rollout.wake_monitor.set()

@@ -1,0 +1,128 @@
+"""Rollback monitor actor (production): watches the hybrid stream, rolls the consumer back to
+REST on a trigger, and (with ``auto_return``) brings it back once hybrid has been healthy.
+
+Every second (or at once when a crash loop is reported) it gathers the inputs of
+:func:`~hybrid_actors.rollout.rollback_reason` from the hub (socket states, the hybrid
+combiner's last event, open positions, subscription failures) and applies the answer:
+the switch routes everything through REST, a ``stream.rollback`` notice goes out, and the
+REST poller fetches a fresh snapshot at once. After a rollback the
+:class:`~hybrid_actors.rollout.ReturnGate` decides when to return; the return synchronises
+the hybrid book with what the consumer has and sends ``stream.return``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from typing import Final, NoReturn
+
+import attrs
+import trio
+
+from ..rollout import ReturnGate, TriggerInputs, rollback_reason
+from .hub import Hub
+
+__all__ = ["RollbackMonitor", "CHECK_INTERVAL"]
+
+log = logging.getLogger(__name__)
+
+#: how often the triggers are evaluated (seconds)
+CHECK_INTERVAL: Final = 1.0
+
+
+@attrs.define(eq=False)
+class RollbackMonitor:
+    hub: Hub
+    name: str = "rollback"
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> NoReturn:
+        task_status.started()
+        runtime = self.hub.rollout
+        while True:
+            with trio.move_on_after(CHECK_INTERVAL):
+                await runtime.wake_monitor.wait()
+            runtime.wake_monitor = trio.Event()
+            self.check(trio.current_time())
+
+    # --- the decision ------------------------------------------------------------------------
+    def socket_names(self) -> tuple[str, ...]:
+        return ("private", *(f"public:{c}" for c in self.hub.config.categories))
+
+    def sockets_down_since(self) -> Mapping[str, float | None]:
+        hub = self.hub
+        out: dict[str, float | None] = {}
+        for name in self.socket_names():
+            stats = hub.health.links.get(name)
+            if stats is not None and stats.connected:
+                out[name] = None
+            elif stats is not None and stats.disconnected_at is not None:
+                out[name] = stats.disconnected_at
+            else:
+                out[name] = hub.rollout.started_at  # never connected: down since the start
+        return out
+
+    def inputs(self, now: float) -> TriggerInputs:
+        hub = self.hub
+        state = hub.rollout
+        open_positions = len(hub.combiner.book)
+        if open_positions == 0:
+            state.open_since = None
+        elif state.open_since is None:
+            state.open_since = now
+        crash = state.crash_loop
+        state.crash_loop = None
+        return TriggerInputs(now=now, sockets_down_since=self.sockets_down_since(),
+                             last_event_at=hub.health.last_event_at, open_positions=open_positions,
+                             positions_open_since=state.open_since,
+                             subscription_failures=tuple(at for at, *_ in hub.health.subscription_failures),
+                             crash_loop=crash)
+
+    _last_check: float = attrs.field(default=-math.inf, init=False)
+
+    def check(self, now: float) -> None:
+        hub = self.hub
+        switch = hub.switch
+        gate = self.gate
+        inputs = self.inputs(now)
+        since = self._last_check
+        self._last_check = now
+        if not switch.rolled_back:
+            reason = rollback_reason(hub.config.rollout, inputs,
+                                     counting_since=switch.returned_at if switch.returned_at is not None else -math.inf)
+            if reason is not None and switch.roll_back(reason, now):
+                gate.rolled_back(now)
+                self._announce("stream.rollback", reason)
+            return
+        if inputs.crash_loop is not None:
+            gate.observe(now, healthy=False)
+            return
+        healthy = self.hybrid_healthy(inputs, since)
+        if gate.observe(now, healthy):
+            required = gate.required(now)
+            reason = f"the hybrid stream has been healthy for {required:g}s"
+            if switch.return_to_hybrid(reason, now):
+                self._announce("stream.return", reason)
+                book = hub.combiner
+                switch.sync("hybrid", book.current(), (p.key for p in book.book.open_positions()), hub.wall_ms())
+
+    @property
+    def gate(self) -> ReturnGate:
+        gate = self.hub.rollout.gate
+        assert gate is not None
+        return gate
+
+    def hybrid_healthy(self, inputs: TriggerInputs, since: float) -> bool:
+        """Every socket up, every hybrid actor running, no subscription failure since the last check."""
+        hub = self.hub
+        if any(v is not None for v in inputs.sockets_down_since.values()):
+            return False
+        for name, stats in hub.health.actors.items():
+            if name in ("rest", self.name):
+                continue
+            if stats.state != "running":
+                return False
+        return not any(at > since for at in inputs.subscription_failures)
+
+    def _announce(self, event: str, reason: str) -> None:
+        log.log(logging.CRITICAL if event == "stream.rollback" else logging.WARNING, "%s: %s", event, reason)
