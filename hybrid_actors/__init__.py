@@ -21,6 +21,10 @@ from .errors import HybridActorsError as HybridActorsError
 from .errors import RestartIntensityExceeded as RestartIntensityExceeded
 from .errors import TransportError as TransportError
 from .health import HealthReport as HealthReport
+from .notices import StreamAlert as StreamAlert
+from .notices import StreamReturn as StreamReturn
+from .notices import StreamRollback as StreamRollback
+from .notices import StreamState as StreamState
 from .state import PositionClosed as PositionClosed
 from .state import PositionUpdate as PositionUpdate
 
@@ -42,5 +46,5 @@ def __getattr__(name: str) -> object:
 __all__ = [
     "AuthRejected", "BybitHybridStream", "ConfigError", "Credentials", "Endpoints", "HealthReport", "HybridActorsError",
     "HybridStream", "PositionClosed", "PositionUpdate", "RestartIntensityExceeded", "RestartPolicy",
-    "StreamConfig", "SubscriptionPolicy", "TransportError", "open_hybrid_stream", "__version__",
+    "StreamAlert", "StreamConfig", "StreamReturn", "StreamRollback", "StreamState", "SubscriptionPolicy", "TransportError", "open_hybrid_stream", "__version__",
 ]

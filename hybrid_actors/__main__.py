@@ -55,6 +55,11 @@ def _add_stream_options(parser: argparse.ArgumentParser) -> None:
                              "(default: table on a terminal, jsonl otherwise)")
     parser.add_argument("--heartbeat-interval", type=float, default=20.0, metavar="SECONDS",
                         help="JSON ping interval on every socket (default 20)")
+    parser.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
+                        help="serve Prometheus metrics at /metrics and JSON health at /health on this port "
+                             "(0: any free port, logged)")
+    parser.add_argument("--metrics-host", default="127.0.0.1", metavar="ADDRESS",
+                        help="address the metrics server binds (default 127.0.0.1: this machine only)")
     parser.add_argument("--seconds", type=float, default=None,
                         help="stop by itself after this many seconds")
     parser.add_argument("--log-level", default="INFO",
@@ -112,7 +117,8 @@ async def _run(config: StreamConfig, output: str, seconds: float | None) -> None
 def _config_from(args: argparse.Namespace, credentials: Credentials, endpoints: Endpoints) -> StreamConfig:
     return StreamConfig(credentials=credentials, endpoints=endpoints,
                         categories=tuple(args.categories or ("linear",)),
-                        heartbeat_interval=args.heartbeat_interval)
+                        heartbeat_interval=args.heartbeat_interval, metrics_port=args.metrics_port,
+                        metrics_host=args.metrics_host)
 
 
 def _run_unwrapped(args: argparse.Namespace, output: str) -> None:

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 import attrs
 
+from .backoff import Backoff
 from .errors import ConfigError
 from .rollout import Mode, RolloutPolicy, parse_mode
 
@@ -150,18 +151,34 @@ def _names(value: str | Iterable[str]) -> tuple[str, ...]:
 class RestartPolicy:
     """One-for-one restarts.
 
-    Outages (``TransportError``) are retried forever with capped exponential backoff and
-    full jitter; the first retry is fast. Crashes (any other exception) are retried the
-    same way but also counted: ``max_restarts`` crashes within ``window`` seconds end the
-    stream with :class:`~hybrid_actors.errors.RestartIntensityExceeded`.
+    Outages (``TransportError``) are retried forever through :attr:`backoff` (capped,
+    jittered, overflow-free; see :mod:`hybrid_actors.backoff`); the first retry is fast.
+    Crashes (any other exception) are retried the same way but also counted:
+    ``max_restarts`` crashes within ``window`` seconds end the stream with
+    :class:`~hybrid_actors.errors.RestartIntensityExceeded`.
+
+    The defaults bound both sides of a refused-connection outage: a socket retries at
+    most every ``backoff_max * (1 - backoff_jitter)`` = 2 s once the delay has grown
+    (about 0.33 attempts per second on average: four sockets stay under Bybit's 500 new
+    connections per 5 minutes per IP), and is back at most ``backoff_max`` = 4 s (plus
+    its handshake) after the exchange accepts again. An exchange's cool-down (403 ban,
+    429 / 10006 rate limit) is honoured on top: the wait is never shorter than it asked.
     """
 
     backoff_initial: float = attrs.field(default=0.25, validator=_positive)
-    backoff_max: float = attrs.field(default=30.0, validator=_positive)
+    backoff_max: float = attrs.field(default=4.0, validator=_positive)
+    #: the random share of each delay (delay within ``[nominal * (1 - jitter), nominal]``)
+    backoff_jitter: float = attrs.field(default=0.5, validator=_non_negative)
     #: an actor that ran this long without failing starts again from ``backoff_initial``
     stable_after: float = attrs.field(default=60.0, validator=_positive)
     max_restarts: int = attrs.field(default=5, validator=_positive_int)
     window: float = attrs.field(default=60.0, validator=_positive)
+    #: the policy itself, built from the fields above (invalid combinations fail here)
+    backoff: Backoff = attrs.field(init=False, repr=False, eq=False, default=None)
+
+    def __attrs_post_init__(self) -> None:  # after the validators
+        object.__setattr__(self, "backoff", Backoff(self.backoff_initial, self.backoff_max,
+                                                    jitter=self.backoff_jitter))
 
 
 @attrs.frozen
@@ -183,6 +200,11 @@ class SubscriptionPolicy:
     unknown_symbol_retry: float = attrs.field(default=300.0, validator=_positive)
     #: a confirmed topic with no data for this long is resubscribed
     silence_timeout: float = attrs.field(default=60.0, validator=_positive)
+    #: per-symbol retries of a subscribe that got no clear answer (``retry_initial`` .. ``retry_max``)
+    backoff: Backoff = attrs.field(init=False, repr=False, eq=False, default=None)
+
+    def __attrs_post_init__(self) -> None:  # after the validators
+        object.__setattr__(self, "backoff", Backoff(self.retry_initial, self.retry_max))
 
 
 @attrs.frozen
@@ -219,6 +241,11 @@ class StreamConfig:
     def _check_rollout(self, _attribute: attrs.Attribute, value: object) -> None:
         if not isinstance(value, RolloutPolicy):
             raise ConfigError(f"rollout must be a RolloutPolicy, got {type(value).__name__}")
+    #: serve Prometheus text at ``/metrics`` and JSON at ``/health`` on this port (0: any free
+    #: port, see ``HybridStream.metrics_url``); None: no server
+    metrics_port: int | None = attrs.field(default=None)
+    #: the address the metrics server binds; loopback unless you say otherwise
+    metrics_host: str = attrs.field(default="127.0.0.1")
 
     @categories.validator
     def _check_categories(self, _attribute: attrs.Attribute, value: tuple[str, ...]) -> None:
@@ -243,6 +270,16 @@ class StreamConfig:
         seconds = parse_duration(value)
         if not 30 <= seconds <= 600:
             raise ConfigError(f"max_active_time {value!r} must be between 30s and 600s (Bybit's range)")
+
+    @metrics_port.validator
+    def _check_metrics_port(self, _attribute: attrs.Attribute, value: int | None) -> None:
+        if value is not None and not (isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 65535):
+            raise ConfigError(f"metrics_port must be a TCP port number (0-65535; 0 picks a free one), got {value!r}")
+
+    @metrics_host.validator
+    def _check_metrics_host(self, _attribute: attrs.Attribute, value: str) -> None:
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(f"metrics_host must be an address to bind, got {value!r}")
 
     @property
     def effective_pong_timeout(self) -> float:

@@ -35,7 +35,8 @@ async def run_demo(args: argparse.Namespace, output: str) -> None:
         async with open_simulator(sim_config) as sim:
             log.info("simulator on %s (REST %s), seed %d", sim.ws_url, sim.rest_url, sim.seed)
             config = StreamConfig(credentials=sim.credentials, endpoints=sim.endpoints, categories=categories,
-                                  heartbeat_interval=args.heartbeat_interval)
+                                  heartbeat_interval=args.heartbeat_interval, metrics_port=args.metrics_port,
+                                  metrics_host=args.metrics_host)
             async with open_hybrid_stream(config) as stream:
                 print(f"demo: streaming {len(stream.positions())} open position(s) from the simulator "
                       f"({', '.join(categories)}); Ctrl-C to stop", file=sys.stderr, flush=True)

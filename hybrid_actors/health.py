@@ -6,6 +6,7 @@ Pure: no trio. Times are passed in (trio time for ages, epoch ms for event stamp
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from typing import Any, Literal
 
 import attrs
@@ -54,6 +55,14 @@ class HealthReport:
     events: dict[str, Any]
     positions: int
     problems: tuple[str, ...]
+    #: REST snapshot state: calls, failures, scopes the account lacks (skipped), paging trouble
+    rest: dict[str, Any] = attrs.Factory(dict)
+    #: h11-observe: p50/p95/p99 ms of exchange->event and frame->event over a recent window,
+    #: with a p99 history for sparklines (see :meth:`hybrid_actors.latency.Latency.report`)
+    latency: dict[str, Any] = attrs.Factory(dict)
+    #: every open position as the consumer last saw it: decimals as strings, ``mark_age_s``
+    #: is the time since its mark last changed (what ``/health`` and the dashboard show)
+    open_positions: tuple[dict[str, Any], ...] = ()
     #: mode, active source, cutover, comparator figures, rollbacks (see supervisor.rollout_section)
     rollout: dict[str, Any] = attrs.field(factory=dict)
 
@@ -66,12 +75,23 @@ class Health:
     actors: dict[str, ActorStats] = attrs.Factory(dict)
     links: dict[str, LinkStats] = attrs.Factory(dict)
     events_emitted: int = 0
+    #: (event name, source) -> events handed over (the combiner writes it)
+    events_by_kind: dict[tuple[str, str], int] = attrs.Factory(dict)
+    notices_emitted: int = 0
     last_event_ms: int | None = None
     last_event_at: float | None = None
     #: (trio time, category, symbol, reason) of recent subscription failures
     subscription_failures: deque[tuple[float, str, str, str]] = attrs.Factory(lambda: deque(maxlen=1000))
+    subscription_failures_total: int = 0
     reconciliations: int = 0
     reconcile_corrections: int = 0
+
+    #: the consumer's handler error count, if it has one (the bridge sets this; None: no handler)
+    handler_errors_source: Callable[[], int] | None = None
+
+    def handler_errors(self) -> int:
+        source = self.handler_errors_source
+        return source() if source is not None else 0
 
     def actor(self, name: str) -> ActorStats:
         stats = self.actors.get(name)
@@ -87,6 +107,7 @@ class Health:
 
     def subscription_failed(self, now: float, category: str, symbol: str, reason: str) -> None:
         self.subscription_failures.append((now, category, symbol, reason))
+        self.subscription_failures_total += 1
 
     def failures_within(self, now: float, window: float) -> int:
         return sum(1 for at, *_ in self.subscription_failures if now - at <= window)

@@ -7,6 +7,7 @@ from typing import Any
 import attrs
 
 from .protocol.frames import Position, SubscribeResult
+from .protocol.rest import Scope
 
 
 @attrs.frozen
@@ -21,7 +22,9 @@ class PositionsPushed:
 class PositionsSnapshot:
     """Private stream / reconciler → combiner: every position of ``categories`` per REST.
 
-    Authoritative, except over records the book knows to be newer (see PositionBook).
+    Authoritative for ``coverage`` only (the (category, settle coin) scopes read completely;
+    None: all of ``categories``), except over records the book knows to be newer (see
+    PositionBook).
     """
 
     categories: tuple[str, ...]
@@ -29,6 +32,7 @@ class PositionsSnapshot:
     as_of_ms: int | None
     received_ts: int
     reason: str  # "connect" | "reconcile"
+    coverage: tuple[Scope, ...] | None = None
 
 
 Lifecycle = PositionsPushed | PositionsSnapshot

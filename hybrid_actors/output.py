@@ -25,7 +25,8 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from .state import Event, PositionUpdate
+from .notices import StreamEvent
+from .state import PositionUpdate
 
 if TYPE_CHECKING:
     from .supervisor import HybridStream
@@ -73,13 +74,14 @@ async def open_stdout() -> AsyncIterator[ByteSink]:
 
 
 class JsonlWriter:
-    """Writes each batch of events as JSON lines with one write."""
+    """Writes each batch of events (position events and ``stream.*`` notices) as JSON
+    lines with one write."""
 
     def __init__(self, sink: ByteSink):
         self._sink = sink
         self.lines = 0
 
-    async def write_batch(self, events: Sequence[Event]) -> None:
+    async def write_batch(self, events: Sequence[StreamEvent]) -> None:
         if not events:
             return
         dumps = orjson.dumps

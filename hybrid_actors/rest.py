@@ -1,7 +1,7 @@
 """The one owner of the HTTP client: signed ``position/list`` (all pages), tickers, time sync.
 
-httpx runs on trio through anyio. Deadlines are trio cancel scopes. Retries, with
-exponential backoff and full jitter, cover what an outage looks like: network errors,
+httpx runs on trio through anyio. Deadlines are trio cancel scopes. Retries, through the
+one backoff policy (:data:`REST_BACKOFF`, :mod:`hybrid_actors.backoff`), cover what an outage looks like: network errors,
 timeouts, HTTP 5xx/429/403, 10006/10018 rate limits (waiting for the reset header when
 given) and 10002 clock skew (after resyncing with ``/v5/market/time``). Credential
 errors (10003/10004/10005/10010) are raised at once: retrying cannot fix them. When the
@@ -23,13 +23,16 @@ import attrs
 import httpx
 import trio
 
+from .backoff import Backoff
 from .config import Credentials
 from .errors import RestAuthError, RestClockSkew, RestError, RestRateLimited, RestUnavailable
 from .protocol.frames import Position
 from .protocol.rest import (
     PositionPage,
     RestRequest,
+    Scope,
     TickerRow,
+    is_ip_ban,
     parse_position_page,
     parse_server_time,
     parse_tickers,
@@ -38,28 +41,45 @@ from .protocol.rest import (
     tickers_request,
 )
 
-__all__ = ["RestClient", "open_rest_client", "PositionSnapshot"]
+__all__ = ["RestClient", "open_rest_client", "PositionSnapshot", "Scope", "MAX_REQUESTS_PER_SNAPSHOT"]
 
 log = logging.getLogger(__name__)
 
-MAX_PAGES: Final = 1000  # 200 positions a page: far beyond any real account
-RETRY_BASE: Final = 0.5
+#: GET position/list requests one snapshot may make, over every category and settle coin.
+#: 200 positions a page: 50 pages hold 10,000 positions, far beyond any real account, and
+#: stay within Bybit's 50 requests/s per UID for this endpoint. Hitting it means the
+#: exchange's paging misbehaves: the snapshot stops there and says so (health, log).
+MAX_REQUESTS_PER_SNAPSHOT: Final = 50
+#: retries within one call: 0.5 s, 1 s, 2 s... up to 8 s, jittered; a cool-down the
+#: exchange names (reset header, ban) is honoured on top
+REST_BACKOFF: Final = Backoff(initial=0.5, maximum=8.0)
+#: the longest a rate-limit reset header makes one call wait before retrying
 RETRY_CAP: Final = 8.0
-#: Bybit: after HTTP 403 "stop everything and wait >= 10 min"
+#: Bybit: after HTTP 403 (or retCode 10009) "stop everything and wait >= 10 min"
 IP_BAN_COOLDOWN: Final = 600.0
 #: retCodes that mean the request itself is wrong (10001 params error): not retried
 CALLER_ERROR_CODES: Final = frozenset({10001})
 
 
+
 @attrs.frozen
 class PositionSnapshot:
     """Every position of ``categories`` as REST saw it. ``as_of_ms`` is the earliest
-    server time among the pages (conservative: pushes after it win)."""
+    server time among the pages (conservative: pushes after it win).
+
+    ``coverage`` lists the (category, settle coin) scopes that were read completely: the
+    snapshot is authoritative for those only (a position elsewhere is not closed by its
+    absence). ``skipped`` are scopes the account does not have (10001, e.g. USDC or
+    option on a Classic account); ``truncated`` are scopes whose paging was cut short.
+    """
 
     categories: tuple[str, ...]
     positions: tuple[Position, ...]
     as_of_ms: int | None
     requests: int
+    coverage: tuple[Scope, ...] = ()
+    skipped: tuple[Scope, ...] = ()
+    truncated: tuple[Scope, ...] = ()
 
 
 @attrs.define(eq=False)
@@ -75,12 +95,17 @@ class RestClient:
     wall_clock: Callable[[], float] = time.time
     linear_settle_coins: tuple[str, ...] = ("USDT", "USDC")
     rng: random.Random = attrs.field(factory=random.Random, repr=False)
+    backoff: Backoff = REST_BACKOFF
     offset_ms: int = 0
     synced: bool = False
     calls: int = 0
     failures: int = 0
     #: trio time until which an HTTP 403 IP ban keeps us off the exchange
     banned_until: float = -math.inf
+    #: scopes the account does not have (position/list answered 10001): not asked again
+    unsupported: dict[Scope, str] = attrs.Factory(dict)
+    #: scopes whose paging misbehaved in the last snapshot, and why (cleared on success)
+    paging_problems: dict[Scope, str] = attrs.Factory(dict)
     _last_round_trip: tuple[float, float] = (0.0, 0.0)
 
     def now_ms(self) -> int:
@@ -114,30 +139,83 @@ class RestClient:
         return await self._call(build, parse_position_page)
 
     async def positions(self, categories: Iterable[str]) -> PositionSnapshot:
-        """Every open position of ``categories`` (all settle coins, all pages)."""
+        """Every open position of ``categories`` (all settle coins, all pages).
+
+        Paging stops on an empty ``nextPageCursor``, on an empty page and on a cursor
+        already followed (Bybit's last page may carry a cursor, and following it may
+        answer an empty page with the same cursor again). At most
+        :data:`MAX_REQUESTS_PER_SNAPSHOT` requests; past that the scope is reported as
+        truncated and left out of ``coverage``. A scope answered with 10001 (the account
+        does not have it) is remembered in :attr:`unsupported` and skipped from then on.
+        """
         if not self.synced:
             await self.sync_time()
         cats = tuple(categories)
-        collected: list[Position] = []
+        collected: dict[tuple[str, str, int], Position] = {}
         as_of: int | None = None
         requests = 0
+        coverage: list[Scope] = []
+        skipped: list[Scope] = []
+        truncated: list[Scope] = []
         for category in cats:
             coins: tuple[str | None, ...] = self.linear_settle_coins if category == "linear" else (None,)
             for coin in coins:
+                scope = (category, coin)
+                if scope in self.unsupported:
+                    skipped.append(scope)
+                    continue
                 cursor: str | None = None
-                for _ in range(MAX_PAGES):
-                    page = await self.position_page(category, settle_coin=coin, cursor=cursor)
+                seen: set[str] = set()
+                complete = False
+                problem: str | None = None
+                while requests < MAX_REQUESTS_PER_SNAPSHOT:
+                    try:
+                        page = await self.position_page(category, settle_coin=coin, cursor=cursor)
+                    except RestError as exc:
+                        if exc.ret_code not in CALLER_ERROR_CODES or isinstance(exc, RestUnavailable):
+                            raise
+                        if cursor is None:
+                            self._unsupported(scope, exc)
+                            skipped.append(scope)
+                        else:  # the exchange refused its own cursor: keep what we read, claim nothing
+                            problem = f"the exchange refused its own cursor {cursor[:60]!r}: {exc.ret_msg}"
+                        requests += 1
+                        break
                     requests += 1
-                    collected.extend(page.positions)
+                    for position in page.positions:  # a row seen again (a repeated page) counts once
+                        if coin is not None:  # the page does not say; the query does
+                            position = attrs.evolve(position, settle_coin=coin)
+                        prior = collected.get(position.key)
+                        if prior is None or position.version >= prior.version:
+                            collected[position.key] = position
                     if page.time_ms is not None:
                         as_of = page.time_ms if as_of is None else min(as_of, page.time_ms)
-                    if not page.next_cursor:
+                    if not page.next_cursor or not page.positions or page.next_cursor in seen:
+                        complete = True
                         break
+                    seen.add(page.next_cursor)
                     cursor = page.next_cursor
                 else:
-                    raise RestUnavailable(f"GET /v5/position/list: more than {MAX_PAGES} pages for "
-                                          f"{category}; the cursor does not advance", path="/v5/position/list")
-        return PositionSnapshot(cats, tuple(collected), as_of, requests)
+                    problem = (f"the snapshot's bound of {MAX_REQUESTS_PER_SNAPSHOT} requests was reached "
+                               + (f"after {len(seen)} page(s) of this scope, the cursor still moving" if seen
+                                  else "before this scope was asked"))
+                if complete:
+                    coverage.append(scope)
+                    self.paging_problems.pop(scope, None)
+                elif problem is not None:
+                    truncated.append(scope)
+                    self.paging_problems[scope] = problem
+                    log.error("GET /v5/position/list %s%s: %s; positions there are not reconciled this time",
+                              category, f"/{coin}" if coin else "", problem)
+        return PositionSnapshot(cats, tuple(collected.values()), as_of, requests, tuple(coverage), tuple(skipped),
+                                tuple(truncated))
+
+    def _unsupported(self, scope: Scope, exc: RestError) -> None:
+        self.unsupported[scope] = exc.ret_msg or str(exc)
+        category, coin = scope
+        log.warning("GET /v5/position/list category=%s%s answered retCode %s (%s): this account does not "
+                    "have it (a Classic account has no USDC contracts and no options); not asking again",
+                    category, f" settleCoin={coin}" if coin else "", exc.ret_code, exc.ret_msg)
 
     def _require_credentials(self) -> Credentials:
         if self.credentials is None:
@@ -148,7 +226,7 @@ class RestClient:
         """During an IP ban every call fails at once, without touching the exchange."""
         remaining = self.banned_until - trio.current_time()
         if remaining > 0:
-            raise RestUnavailable(f"GET {path}: not calling: HTTP 403 IP ban in force for another "
+            raise RestUnavailable(f"GET {path}: not calling: IP ban (HTTP 403 / 10009) in force for another "
                                   f"{remaining:.0f}s", path=path, http_status=403, retry_after=remaining)
 
     async def _call(self, build: Callable[[], RestRequest], parse: Callable[..., object]):  # type: ignore[no-untyped-def]
@@ -161,7 +239,7 @@ class RestClient:
                 try:
                     return parse(body, http_status=status)
                 except RestRateLimited as exc:  # 10006 arrives with HTTP 200 and the reset header
-                    if exc.http_status == 403:
+                    if is_ip_ban(exc):
                         self.banned_until = trio.current_time() + IP_BAN_COOLDOWN
                         log.error("%s: Bybit bans this IP for a while; no REST call for %gs", exc, IP_BAN_COOLDOWN)
                         self._check_ban(request.path)
@@ -176,15 +254,15 @@ class RestClient:
                 continue
             except RestRateLimited as exc:
                 last = exc
-                delay = exc.retry_after if exc.retry_after is not None else self._backoff(attempt)
+                delay = self.backoff.delay(attempt, self.rng, exc.retry_after)
             except RestUnavailable as exc:
                 last = exc
-                delay = self._backoff(attempt)
+                delay = self.backoff.delay(attempt, self.rng)
             except RestError as exc:
                 if exc.ret_code in CALLER_ERROR_CODES:
                     raise  # our request is wrong: retrying cannot help, a bug to be seen
                 last = exc  # an exchange-side error (10000, 10016, ...): an outage, retried
-                delay = self._backoff(attempt)
+                delay = self.backoff.delay(attempt, self.rng)
             self.failures += 1
             if attempt + 1 < self.attempts:
                 log.warning("%s; retrying in %.2fs (attempt %d/%d)", last, delay, attempt + 1, self.attempts)
@@ -193,9 +271,6 @@ class RestClient:
         raise RestUnavailable(f"{last} (gave up after {self.attempts} attempts)", ret_code=last.ret_code,
                               ret_msg=last.ret_msg, path=last.path, http_status=last.http_status,
                               retry_after=last.retry_after) from last
-
-    def _backoff(self, attempt: int) -> float:
-        return self.rng.uniform(0, min(RETRY_CAP, RETRY_BASE * 2 ** attempt))
 
     async def _send(self, request: RestRequest) -> tuple[int, bytes, float | None]:
         """One HTTP GET within the deadline: ``(status, body, seconds until the rate-limit

@@ -21,8 +21,9 @@ from typing import Any, ClassVar, Final, Literal
 import attrs
 
 from .protocol.frames import Position, TickerFrame, TickerSnapshot
+from .protocol.rest import Scope
 
-__all__ = ["Key", "BookDiff", "PositionBook", "TickerBook", "Mark", "PositionUpdate", "PositionClosed",
+__all__ = ["Key", "BookDiff", "settle_coin_hint", "LINEAR_SETTLE_COINS", "PositionBook", "TickerBook", "Mark", "PositionUpdate", "PositionClosed",
            "PositionEvent", "Event", "Combiner", "unrealized_pnl", "Source"]
 
 Key = tuple[str, str, int]
@@ -32,6 +33,25 @@ ZERO: Final = Decimal(0)
 SNAPSHOT_SKEW_MS: Final = 1000
 #: one context for all PnL arithmetic, whatever the caller's thread-local context says
 _CTX: Final = decimal.Context(prec=28, rounding=decimal.ROUND_HALF_EVEN)
+#: every coin Bybit settles linear contracts in: a snapshot of all of them covers the category
+LINEAR_SETTLE_COINS: Final = frozenset({"USDT", "USDC"})
+
+
+def settle_coin_hint(category: str, symbol: str) -> str | None:
+    """The settle coin Bybit's naming implies for a linear symbol, None if it does not say.
+
+    USDT perpetuals are ``BTCUSDT``, USDT futures ``BTCUSDT-26DEC25``; USDC perpetuals are
+    ``BTCPERP`` (newer ones ``BTCUSDC``), USDC futures ``BTC-26DEC25``. Used only for a
+    position no REST page has placed yet (a push does not carry its settle coin).
+    """
+    if category != "linear":
+        return None
+    head = symbol.split("-", 1)[0]
+    if head.endswith("USDT"):
+        return "USDT"
+    if head.endswith(("PERP", "USDC")) or "-" in symbol:
+        return "USDC"
+    return None
 
 
 # --- positions --------------------------------------------------------------------------
@@ -59,7 +79,9 @@ class PositionBook:
     ignored; an equal one is applied (a settings-only change re-uses seq, §5). A snapshot
     replaces everything in its categories except entries the book knows to be strictly
     newer (a push that raced the REST call); a position absent from the snapshot is
-    closed unless the book saw it updated after the snapshot was taken (``as_of_ms``).
+    closed unless the book saw it updated after the snapshot was taken (``as_of_ms``) or
+    the snapshot did not cover its (category, settle coin): a linear snapshot asked for
+    USDT only says nothing about a USDC position.
     """
 
     #: how much earlier than the response's ``time`` a REST list may have been read
@@ -67,6 +89,8 @@ class PositionBook:
     _open: dict[Key, Position] = attrs.Factory(dict)
     _versions: dict[Key, tuple[int, int]] = attrs.Factory(dict)
     _by_symbol: dict[tuple[str, str], set[Key]] = attrs.Factory(dict)
+    #: the settle coin of each key a REST page (asked per coin) has shown
+    _coins: dict[Key, str] = attrs.Factory(dict)
 
     def __len__(self) -> int:
         return len(self._open)
@@ -94,8 +118,12 @@ class PositionBook:
         return diff.build()
 
     def apply_snapshot(self, positions: Iterable[Position], categories: Iterable[str],
-                       as_of_ms: int | None) -> BookDiff:
+                       as_of_ms: int | None, *, coverage: Iterable[Scope] | None = None) -> BookDiff:
+        """Apply a REST snapshot of ``categories``. It closes an absent position only where it
+        is authoritative: ``coverage`` lists the (category, settle coin) scopes it read
+        completely (None: all of ``categories``, whatever the coin)."""
         scope = frozenset(categories)
+        covered = self._coverage(scope, coverage)
         latest: dict[Key, Position] = {}
         for position in positions:
             if position.category in scope:
@@ -104,12 +132,14 @@ class PositionBook:
                     latest[position.key] = position
         diff = _DiffBuilder()
         for key, position in latest.items():
+            if position.settle_coin is not None:
+                self._coins[key] = position.settle_coin
             known = self._versions.get(key)
             if known is not None and position.updated_time is not None and position.version < known:
                 continue  # a push newer than the snapshot already arrived
             self._set(position, diff)
         for key, current in list(self._open.items()):
-            if key[0] not in scope or key in latest:
+            if key[0] not in scope or key in latest or not self._covers(covered, key):
                 continue
             # ``as_of_ms`` is when the response was built; the list was read a little earlier.
             # A position updated within that skew may simply be missing from the list.
@@ -120,6 +150,28 @@ class PositionBook:
             if read_at is not None:
                 self._versions[key] = (read_at, -1)  # tombstone: older pushes stay ignored
         return diff.build()
+
+    def settle_coin(self, key: Key) -> str | None:
+        """The settle coin a REST page placed ``key`` in, else what its symbol implies."""
+        return self._coins.get(key) or settle_coin_hint(key[0], key[1])
+
+    @staticmethod
+    def _coverage(scope: frozenset[str], coverage: Iterable[Scope] | None) -> dict[str, frozenset[str | None]]:
+        if coverage is None:
+            return {category: frozenset({None}) for category in scope}
+        coins: dict[str, set[str | None]] = {}
+        for category, coin in coverage:
+            coins.setdefault(category, set()).add(coin)
+        return {category: frozenset(c) for category, c in coins.items()}
+
+    def _covers(self, covered: Mapping[str, frozenset[str | None]], key: Key) -> bool:
+        coins = covered.get(key[0])
+        if not coins:
+            return False
+        if None in coins:
+            return True
+        coin = self.settle_coin(key)
+        return coin in coins if coin is not None else LINEAR_SETTLE_COINS <= coins
 
     def _set(self, position: Position, diff: _DiffBuilder) -> None:
         key = position.key
@@ -228,11 +280,14 @@ class TickerBook:
 
 @attrs.frozen
 class Mark:
-    """The latest mark price of a symbol and when the exchange / we saw it (epoch ms)."""
+    """The latest mark price of a symbol and when the exchange / we saw it (epoch ms).
+    ``read_at``: our read of the frame in epoch seconds, finer than ``received_ts`` (for the
+    frame-to-event latency; None if the producer did not stamp it)."""
 
     price: Decimal
     exchange_ts: int | None
     received_ts: int
+    read_at: float | None = attrs.field(default=None, eq=False)
 
 
 def unrealized_pnl(category: str, side: str, size: Decimal, entry: Decimal | None,
@@ -288,13 +343,19 @@ class PositionEvent:
         return (self.category, self.symbol, self.position_idx)
 
     @property
+    def event(self) -> str:
+        """The event name (``name``), as on :mod:`~hybrid_actors.notices`: what consumers route on."""
+        return self.name
+
+    @property
     def is_lifecycle(self) -> bool:
         """Open / size / side / entry changes are never dropped; price moves may conflate."""
         return self.source != "ticker"
 
     def as_dict(self) -> dict[str, Any]:
         """The event's data with Decimals kept (for Python consumers such as the bridge)."""
-        return {"symbol": self.symbol, "category": self.category, "side": self.side, "size": self.size,
+        return {"event": self.name, "symbol": self.symbol, "category": self.category, "side": self.side,
+                "size": self.size,
                 "entry_price": self.entry_price, "mark_price": self.mark_price,
                 "unrealized_pnl": self.unrealized_pnl, "position_idx": self.position_idx,
                 "source": self.source, "exchange_ts": self.exchange_ts, "received_ts": self.received_ts}
@@ -353,8 +414,9 @@ class Combiner:
         return self._done(self._diff_events(self.book.apply_push(positions), "position", received_ts), commit)
 
     def apply_snapshot(self, positions: Iterable[Position], *, categories: Iterable[str],
-                       as_of_ms: int | None, received_ts: int, commit: bool = True) -> list[Event]:
-        diff = self.book.apply_snapshot(positions, categories, as_of_ms)
+                       as_of_ms: int | None, received_ts: int, commit: bool = True,
+                       coverage: Iterable[Scope] | None = None) -> list[Event]:
+        diff = self.book.apply_snapshot(positions, categories, as_of_ms, coverage=coverage)
         return self._done(self._diff_events(diff, "rest", received_ts), commit)
 
     def apply_marks(self, category: str, marks: Mapping[str, Mark], *, commit: bool = True) -> list[Event]:

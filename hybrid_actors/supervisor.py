@@ -26,6 +26,8 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
+from functools import partial
+from decimal import Decimal
 from typing import Any, Literal, NoReturn, Protocol
 
 import attrs
@@ -44,9 +46,11 @@ from .actors.subscriptions import SubscriptionManager
 from .config import StreamConfig
 from .errors import AuthRejected, HybridActorsError, RestartIntensityExceeded, SupervisorError, TransportError
 from .health import HealthReport
+from .observability import serve_observability
 from .rest import open_rest_client
+from .notices import StreamEvent
 from .rollout import resolve_mode
-from .state import Event, PositionUpdate
+from .state import PositionUpdate
 
 __all__ = ["Supervisor", "HybridStream", "open_hybrid_stream", "ChildSpec"]
 
@@ -133,6 +137,7 @@ class Supervisor:
 
     async def _supervise(self, spec: ChildSpec, *, task_status: trio.TaskStatus[None]) -> NoReturn:
         policy = self.hub.config.restart
+        backoff = policy.backoff
         stats = self.hub.health.actor(spec.name)
         crashes: deque[float] = deque(maxlen=policy.max_restarts)
         attempt = 0
@@ -181,32 +186,36 @@ class Supervisor:
                 else:
                     stats.outages += 1
                     log.warning("%s: %s", spec.name, stats.last_error)
-            delay = self.hub.rng.uniform(0, min(policy.backoff_max, policy.backoff_initial * 2 ** attempt))
-            if kind == "outage" and getattr(leaf, "retry_after", None):
-                delay = max(delay, leaf.retry_after)  # the exchange said how long (IP ban, rate limit)
-            attempt += 1
+            # the exchange may have said how long to stay away (IP ban, rate limit): a floor
+            retry_after = getattr(leaf, "retry_after", None) if kind == "outage" else None
+            delay = backoff.delay(attempt, self.hub.rng, retry_after)
+            attempt = backoff.next_attempt(attempt)  # bounded: an outage of days is no overflow
             stats.state = "backoff"
-            log.info("%s: restarting in %.2fs (attempt %d)", spec.name, delay, attempt)
+            log.info("%s: restarting in %.2fs (failure %d)", spec.name, delay, stats.crashes + stats.outages)
             await trio.sleep(delay)
 
 
 @attrs.define(eq=False)
 class HybridStream:
-    """The running stream. Iterate it for events; ask it for positions and health."""
+    """The running stream. Iterate it for events (``position.update``, ``position.closed`` and
+    the ``stream.*`` notices of :mod:`~hybrid_actors.notices`, in order); ask it for
+    positions and health."""
 
     hub: Hub
     supervisor: Supervisor
+    #: ``http://host:port`` of the ``/metrics`` and ``/health`` server (None without ``metrics_port``)
+    metrics_url: str | None = None
 
     def __aiter__(self) -> HybridStream:
         return self
 
-    async def __anext__(self) -> Event:
+    async def __anext__(self) -> StreamEvent:
         try:
             return await self.hub.events.get()
         except StreamClosed:
             raise StopAsyncIteration from None
 
-    async def batches(self, max_items: int | None = None) -> list[Event]:
+    async def batches(self, max_items: int | None = None) -> list[StreamEvent]:
         """Every queued event (at least one), in order: the efficient way to consume.
         Raises :class:`~.actors.mailboxes.StreamClosed` when the stream has ended."""
         return await self.hub.events.get_batch(max_items)
@@ -258,11 +267,23 @@ def build_health_report(hub: Hub) -> HealthReport:
         }
         if subs.failed:
             problems.append(f"{category}: no ticker for {', '.join(sorted(subs.failed))}")
-    events = {"emitted": health.events_emitted, "delivered": hub.events.delivered,
+    events = {"emitted": health.events_emitted, "notices": health.notices_emitted, "delivered": hub.events.delivered,
               "queued": len(hub.events), "conflated": hub.events.conflated,
               "last_event_age_s": round(now - health.last_event_at, 3) if health.last_event_at is not None else None,
               "subscription_failures_1h": health.failures_within(now, 3600.0),
-              "reconciliations": health.reconciliations, "reconcile_corrections": health.reconcile_corrections}
+              "reconciliations": health.reconciliations, "reconcile_corrections": health.reconcile_corrections,
+              "by_event": _by_event(health.events_by_kind), "last_event_ms": health.last_event_ms,
+              "subscription_failures_total": health.subscription_failures_total,
+              "handler_errors": health.handler_errors()}
+    rest = hub.rest
+    rest_section = {
+        "calls": rest.calls, "failures": rest.failures,
+        "banned_for_s": round(max(0.0, rest.banned_until - now), 3),
+        "skipped": {_scope_name(scope): why for scope, why in sorted(rest.unsupported.items(), key=str)},
+        "paging_problems": {_scope_name(scope): why for scope, why in sorted(rest.paging_problems.items(), key=str)},
+    }
+    for name, why in rest_section["paging_problems"].items():
+        problems.append(f"REST position/list {name}: {why}")
     if any(a["state"] == "failed" for a in actors.values()):
         status: Literal["ok", "degraded", "down"] = "down"
     elif problems:
@@ -274,7 +295,8 @@ def build_health_report(hub: Hub) -> HealthReport:
         problems.append(f"rolled back to REST: {hub.switch.last_rollback_reason}")
     positions = len(hub.combiner.book) if hub.switch.all_hybrid else len(hub.switch.seen)
     return HealthReport(status, actors, connections, subscriptions, events, positions, tuple(problems),
-                        rollout=rollout)
+                        latency=hub.latency.report(now), open_positions=position_rows(hub),
+                        rest=rest_section, rollout=rollout)
 
 
 def rollout_section(hub: Hub, now: float) -> dict[str, Any]:
@@ -300,6 +322,39 @@ def rollout_section(hub: Hub, now: float) -> dict[str, Any]:
     return section
 
 
+
+def _by_event(counts: dict[tuple[str, str], int]) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    for (name, source), count in tuple(counts.items()):
+        out.setdefault(name, {})[source] = count
+    return out
+
+
+def position_rows(hub: Hub) -> tuple[dict[str, Any], ...]:
+    """Every open position as the consumer last saw it, JSON-ready (decimals as strings)."""
+    wall_ms = hub.wall_ms()
+    marks = hub.combiner.marks
+    rows = []
+    views = hub.combiner.current() if hub.switch.all_hybrid else tuple(hub.switch.seen.values())
+    for view in views:
+        mark = marks.get((view.category, view.symbol))
+        seen_ms = mark.received_ts if mark is not None and mark.price == view.mark_price else view.received_ts
+        rows.append({"symbol": view.symbol, "category": view.category, "position_idx": view.position_idx,
+                     "side": view.side, "size": _plain(view.size), "entry_price": _plain(view.entry_price),
+                     "mark_price": _plain(view.mark_price), "unrealized_pnl": _plain(view.unrealized_pnl),
+                     "mark_age_s": round(max(0, wall_ms - seen_ms) / 1000, 3), "source": view.source})
+    return tuple(rows)
+
+
+def _plain(value: Decimal | None) -> str | None:
+    return None if value is None else format(value, "f")
+
+
+def _scope_name(scope: tuple[str, str | None]) -> str:
+    category, coin = scope
+    return f"{category}/{coin}" if coin else category
+
+
 @asynccontextmanager
 async def open_hybrid_stream(config: StreamConfig, *, wall_clock: Callable[[], float] = time.time,
                              rng: random.Random | None = None) -> AsyncIterator[HybridStream]:
@@ -322,9 +377,13 @@ async def open_hybrid_stream(config: StreamConfig, *, wall_clock: Callable[[], f
             supervisor = Supervisor(hub)
             async with trio.open_nursery() as nursery:
                 await nursery.start(supervisor.run)
+                metrics_url = None
+                if config.metrics_port is not None:  # up before the first snapshot: a slow start shows
+                    metrics_url = await nursery.start(partial(serve_observability, hub,
+                                                              partial(build_health_report, hub)))
                 await hub.first_snapshot.wait()
                 try:
-                    yield HybridStream(hub, supervisor)
+                    yield HybridStream(hub, supervisor, metrics_url)
                 finally:
                     hub.events.close()
                     nursery.cancel_scope.cancel()

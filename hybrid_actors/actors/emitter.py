@@ -14,7 +14,7 @@ subscription manager.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Final, NoReturn
 
 import attrs
@@ -67,7 +67,7 @@ class CombinerActor:
         else:
             events = combiner.apply_snapshot(message.positions, categories=message.categories,
                                              as_of_ms=message.as_of_ms, received_ts=message.received_ts,
-                                             commit=False)
+                                             commit=False, coverage=message.coverage)
             self._snapshot_applied(message, events)
         self._emit(events)
         hub.desired.set({c: combiner.desired_symbols(c) for c in hub.config.categories})
@@ -96,7 +96,8 @@ class CombinerActor:
                 for start in range(0, len(items), STEP):
                     if start:  # a burst of marks must not hold the loop for milliseconds
                         await trio.lowlevel.checkpoint()
-                    self._emit(combiner.apply_marks(category, dict(items[start:start + STEP]), commit=False))
+                    chunk = dict(items[start:start + STEP])
+                    self._emit(combiner.apply_marks(category, chunk, commit=False), chunk)
 
     async def _fallback_prices(self) -> NoReturn:
         """REST ticker marks for positions whose live mark went stale (the REST poller's)."""
@@ -109,9 +110,10 @@ class CombinerActor:
             for category, marks in by_category.items():
                 self._emit(hub.combiner.apply_fallback_marks(category, marks, commit=False))
 
-    def _emit(self, events: Sequence[Event]) -> None:
+    def _emit(self, events: Sequence[Event], marks: Mapping[str, Mark] | None = None) -> None:
         """Hand events over, then commit them as shown: a crash in between is healed by
-        :meth:`Combiner.resync` when this actor restarts."""
+        :meth:`Combiner.resync` when this actor restarts. ``marks``: the ticker marks the
+        events came from (their read stamps give the frame-to-event latency)."""
         hub = self.hub
         try:
             hub.switch.offer_hybrid(events)
@@ -121,6 +123,31 @@ class CombinerActor:
         hub.combiner.commit()
         if not events:
             return
-        hub.health.events_emitted += len(events)
-        hub.health.last_event_ms = events[-1].received_ts
-        hub.health.last_event_at = trio.current_time()
+        now = trio.current_time()
+        health = hub.health
+        health.events_emitted += len(events)
+        health.last_event_ms = events[-1].received_ts
+        health.last_event_at = now
+        self._measure(events, marks, now)
+
+    def _measure(self, events: Sequence[Event], marks: Mapping[str, Mark] | None, now: float) -> None:
+        """Count the events by name and source, and record both latencies of the live ones
+        (ticker and private push; a REST record's ``updatedTime`` may be hours old)."""
+        hub = self.hub
+        by_kind = hub.health.events_by_kind
+        wall = hub.wall_clock()
+        exchange = hub.latency.exchange_to_event.observe
+        frame = hub.latency.frame_to_event.observe
+        for event in events:
+            source = event.source
+            kind = (event.name, source)
+            by_kind[kind] = by_kind.get(kind, 0) + 1
+            if source == "rest":
+                continue
+            read_at = None
+            if marks is not None:
+                mark = marks.get(event.symbol)
+                read_at = mark.read_at if mark is not None else None
+            frame(wall - (read_at if read_at is not None else event.received_ts / 1000.0), now)
+            if event.exchange_ts is not None:
+                exchange(wall - event.exchange_ts / 1000.0, now)

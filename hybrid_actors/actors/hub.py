@@ -20,7 +20,9 @@ import trio
 
 from ..config import StreamConfig
 from ..health import Health
+from ..latency import Latency
 from ..messages import Lifecycle, SubscriptionMessage
+from ..notices import Notice
 from ..protocol.session import Session
 from ..rest import RestClient
 from ..rollout import Comparator, Mode, ReturnGate
@@ -120,6 +122,8 @@ class Hub:
     rng: random.Random = attrs.field(factory=random.Random, repr=False)
     combiner: Combiner = attrs.Factory(Combiner)
     health: Health = attrs.Factory(Health)
+    #: written by the combiner only (when it hands events over)
+    latency: Latency = attrs.Factory(Latency)
     events: EventQueue = attrs.field(init=False)
     marks: LatestByKey[tuple[str, str], Mark] = attrs.Factory(LatestByKey)
     desired: Watch[dict[str, frozenset[str]]] = attrs.field(init=False)
@@ -167,3 +171,11 @@ class Hub:
         """A hybrid actor is crash-looping: the rollback monitor decides what that means."""
         self.rollout.crash_loop = actor
         self.rollout.wake_monitor.set()
+
+    def emit_notice(self, notice: Notice) -> None:
+        """Queue a ``stream.*`` notice for the consumer, in order with the position events
+        around it. Never dropped nor conflated; never waits (notices are rare, so they may
+        exceed the queue's lifecycle capacity by a few). After the queue is closed (the
+        stream has ended) it is ignored."""
+        self.events.put(notice)
+        self.health.notices_emitted += 1

@@ -5,9 +5,10 @@
 - :class:`LatestByKey`  conflating mailbox for mark prices: the reader takes everything
   written since its last take as one dict (latest per key wins); writers never block, so
   a socket reader never waits for a slow consumer, and one wakeup covers a whole batch.
-- :class:`EventQueue`   the stream's output: lifecycle events are kept in order and never
-  dropped (producers wait for space before taking more input); price-only updates of a
-  position conflate while queued (latest price wins) without passing its lifecycle events.
+- :class:`EventQueue`   the stream's output: lifecycle events and stream notices are kept
+  in order and never dropped (producers wait for space before taking more input);
+  price-only updates of a position conflate while queued (latest price wins) without
+  passing its lifecycle events.
 
 Lifecycle and ordinary commands use bounded ``trio.open_memory_channel`` channels.
 """
@@ -21,7 +22,8 @@ from typing import Generic, TypeVar
 import attrs
 import trio
 
-from ..state import Event, Key
+from ..notices import NOTICE_KEY, StreamEvent
+from ..state import Key
 
 __all__ = ["Watch", "LatestByKey", "EventQueue", "StreamClosed"]
 
@@ -77,7 +79,7 @@ class LatestByKey(Generic[K, V]):
 
 @attrs.define(eq=False, slots=True)
 class _Slot:
-    event: Event
+    event: StreamEvent
 
 
 @attrs.define(eq=False)
@@ -106,12 +108,18 @@ class EventQueue:
     def lifecycle_queued(self) -> int:
         return self._lifecycle
 
-    def put(self, event: Event) -> None:
-        """Enqueue without waiting (see :meth:`wait_for_space`)."""
+    def put(self, event: StreamEvent) -> None:
+        """Enqueue without waiting (see :meth:`wait_for_space`). Notices (``stream.*``) are
+        lifecycle, and a barrier: a price update put after one is never merged into a slot
+        before it, so the consumer sees everything in the order it happened."""
         if self._closed is not None:
             return
         key = event.key
-        if event.is_lifecycle:
+        if key == NOTICE_KEY:
+            self._price_slots.clear()  # a notice is a barrier: no later price may move before it
+            self._queue.append(_Slot(event))
+            self._lifecycle += 1
+        elif event.is_lifecycle:
             self._price_slots.pop(key, None)  # later prices must queue after this event
             self._queue.append(_Slot(event))
             self._lifecycle += 1
@@ -137,7 +145,34 @@ class EventQueue:
             self._readable.set()
             self._space.set()
 
-    async def get_batch(self, max_items: int | None = None) -> list[Event]:
+    @property
+    def closed(self) -> bool:
+        return self._closed is not None
+
+    def drain(self) -> list[StreamEvent]:
+        """Everything still queued, without waiting (also after :meth:`close`): what a consumer
+        that was cancelled by the stream's end has not read yet, its last notice included."""
+        out: list[StreamEvent] = []
+        while self._queue:
+            slot = self._queue.popleft()
+            self._take(slot)
+            out.append(slot.event)
+        if self._closed is None:
+            self._readable = trio.Event()
+        if self._lifecycle < self.capacity:
+            self._space.set()
+            self._space = trio.Event()
+        self.delivered += len(out)
+        return out
+
+    def _take(self, slot: _Slot) -> None:
+        event = slot.event
+        if event.is_lifecycle:
+            self._lifecycle -= 1
+        elif self._price_slots.get(event.key) is slot:
+            del self._price_slots[event.key]
+
+    async def get_batch(self, max_items: int | None = None) -> list[StreamEvent]:
         """Everything queued (at least one event), in order."""
         while not self._queue:
             if self._closed is not None:
@@ -146,16 +181,12 @@ class EventQueue:
             if not self._queue and self._closed is None:
                 self._readable = trio.Event()
         count = len(self._queue) if max_items is None else min(max_items, len(self._queue))
-        out: list[Event] = []
-        popleft = self._queue.popleft
+        out: list[StreamEvent] = []
+        popleft, take = self._queue.popleft, self._take
         for _ in range(count):
             slot = popleft()
-            event = slot.event
-            if event.is_lifecycle:
-                self._lifecycle -= 1
-            elif self._price_slots.get(event.key) is slot:
-                del self._price_slots[event.key]
-            out.append(event)
+            take(slot)
+            out.append(slot.event)
         if not self._queue and self._closed is None:
             self._readable = trio.Event()
         if self._lifecycle < self.capacity:
@@ -164,5 +195,5 @@ class EventQueue:
         self.delivered += len(out)
         return out
 
-    async def get(self) -> Event:
+    async def get(self) -> StreamEvent:
         return (await self.get_batch(1))[0]

@@ -14,7 +14,6 @@ stream: retrying bad credentials only risks an IP ban.
 
 from __future__ import annotations
 
-import itertools
 import logging
 from typing import NoReturn
 
@@ -86,7 +85,8 @@ class PrivateStreamActor:
                 raise ConnectionLost(f"private stream: subscribing 'position' was refused: {reason}")
             snapshot = await self._snapshot()
             await lifecycle.send(PositionsSnapshot(
-                snapshot.categories, snapshot.positions, snapshot.as_of_ms, hub.wall_ms(), reason="connect"))
+                snapshot.categories, snapshot.positions, snapshot.as_of_ms, hub.wall_ms(), reason="connect",
+                coverage=snapshot.coverage))
             log.info("private stream live (generation %d): %d position records from %d REST page(s)",
                      conn.link.generation, len(snapshot.positions), snapshot.requests)
             task_status.started()
@@ -97,17 +97,17 @@ class PrivateStreamActor:
         """REST position/list, retried here for as long as it takes: a REST outage must not
         cost a healthy socket (its pushes keep flowing meanwhile, the heartbeat keeps it up)."""
         hub = self.hub
-        for attempt in itertools.count():
+        backoff = hub.config.restart.backoff
+        attempt = 0
+        while True:
             try:
                 return await hub.rest.positions(hub.config.categories)
             except RestUnavailable as exc:
-                policy = hub.config.restart
-                delay = hub.rng.uniform(0, min(policy.backoff_max, policy.backoff_initial * 2 ** attempt))
-                delay = max(delay, exc.retry_after or 0.0)
+                delay = backoff.delay(attempt, hub.rng, exc.retry_after)
+                attempt = backoff.next_attempt(attempt)
                 log.warning("private stream: REST snapshot failed (%s); the socket stays up, "
                             "retrying in %.1fs", exc, delay)
                 await trio.sleep(delay)
-        raise AssertionError("unreachable")  # pragma: no cover
 
     @staticmethod
     async def _wait(event: trio.Event, timeout: float, what: str) -> None:
@@ -135,6 +135,12 @@ class PrivateStreamActor:
                     positions = tuple(p for p in frame.positions if p.category in categories)
                     if positions:
                         await link.deliver(lifecycle, PositionsPushed(positions, received_ms))
+                    if frame.rejected:
+                        # the push's other records were used; what the bad one said is healed
+                        # from REST (a close in it must not be missed for five minutes)
+                        reporter.report(MalformedFrame("position record(s) dropped: " + "; ".join(frame.rejected),
+                                                       ""), hub)
+                        hub.request_reconcile()
                 else:
                     self._control(frame, link, now, reporter)
 

@@ -72,7 +72,8 @@ class PublicStreamActor:
         while True:
             batch = await transport.receive_batch()
             now = trio.current_time()
-            received_ms = int(wall() * 1000)
+            read_at = wall()
+            received_ms = int(read_at * 1000)
             link.last_frame_at = now
             stats.frames += len(batch)
             stats.batches += 1
@@ -82,7 +83,7 @@ class PublicStreamActor:
                     activity[frame.symbol] = now
                     mark = book.apply(frame)
                     if mark is not None:
-                        marks.put((category, frame.symbol), Mark(mark, frame.ts, received_ms))
+                        marks.put((category, frame.symbol), Mark(mark, frame.ts, received_ms, read_at))
                 else:
                     await self._control(frame, link, now, reporter, manager)
                 if index % STEP == 0:  # a long read must not starve the combiner or heartbeat

@@ -38,7 +38,8 @@ class ReconcilerActor:
                 try:
                     snapshot = await hub.rest.positions(config.categories)
                     await lifecycle.send(PositionsSnapshot(snapshot.categories, snapshot.positions,
-                                                           snapshot.as_of_ms, hub.wall_ms(), reason="reconcile"))
+                                                           snapshot.as_of_ms, hub.wall_ms(), reason="reconcile",
+                                                           coverage=snapshot.coverage))
                 except BaseException:
                     if requested:  # not served: the next incarnation (or loop) serves it
                         hub.reconcile_now.set()

@@ -20,6 +20,7 @@ from typing import Final, NoReturn
 import attrs
 import trio
 
+from ..notices import StreamReturn, StreamRollback
 from ..rollout import ReturnGate, TriggerInputs, rollback_reason
 from .hub import Hub
 
@@ -92,7 +93,7 @@ class RollbackMonitor:
                                      counting_since=switch.returned_at if switch.returned_at is not None else -math.inf)
             if reason is not None and switch.roll_back(reason, now):
                 gate.rolled_back(now)
-                self._announce("stream.rollback", reason)
+                hub.emit_notice(StreamRollback(reason, hub.wall_ms()))
             return
         if inputs.crash_loop is not None:
             gate.observe(now, healthy=False)
@@ -102,7 +103,7 @@ class RollbackMonitor:
             required = gate.required(now)
             reason = f"the hybrid stream has been healthy for {required:g}s"
             if switch.return_to_hybrid(reason, now):
-                self._announce("stream.return", reason)
+                hub.emit_notice(StreamReturn(reason, hub.wall_ms()))
                 book = hub.combiner
                 switch.sync("hybrid", book.current(), (p.key for p in book.book.open_positions()), hub.wall_ms())
 
@@ -123,6 +124,3 @@ class RollbackMonitor:
             if stats.state != "running":
                 return False
         return not any(at > since for at in inputs.subscription_failures)
-
-    def _announce(self, event: str, reason: str) -> None:
-        log.log(logging.CRITICAL if event == "stream.rollback" else logging.WARNING, "%s: %s", event, reason)

@@ -9,7 +9,7 @@ unsubscribe frames through the socket's outbox, and:
 - marks ``handler not found`` / ``Invalid symbol`` symbols failed: reported, retried
   only every ``unknown_symbol_retry`` seconds, never blocking other symbols;
 - retries everything else (error acks naming no topic or another topic, ack timeouts)
-  with exponential backoff and jitter;
+  through the one backoff policy (``SubscriptionPolicy.backoff``);
 - waits ``unsubscribe_grace`` before unsubscribing a closed position's symbol, so a
   flipped position does not churn;
 - resubscribes a confirmed topic that has been silent for ``silence_timeout``;
@@ -150,14 +150,17 @@ class SubscriptionManager:
 
     def _retry_later(self, subs: CategorySubscriptions, symbol: str, now: float, reason: str) -> None:
         policy = self.hub.config.subscriptions
-        attempts = subs.attempts.get(symbol, 0) + 1
+        backoff = policy.backoff
+        # the count lives in the hub and outlives restarts: kept bounded by the policy, so
+        # days of failures neither overflow nor grow it
+        previous = subs.attempts.get(symbol, 0)
+        delay = backoff.delay(previous, self.hub.rng)
+        attempts = min(previous + 1, backoff.saturation + 1)  # failures so far, capped
         subs.attempts[symbol] = attempts
-        delay = min(policy.retry_max, policy.retry_initial * 2 ** (attempts - 1))
-        delay *= self.hub.rng.uniform(0.5, 1.5)
         subs.retry_at[symbol] = now + delay
         self.hub.health.subscription_failed(now, subs.category, symbol, reason)
-        log.warning("public:%s: subscribing %s did not succeed (%s); attempt %d, retrying in %.2fs",
-                    subs.category, symbol, reason, attempts, delay)
+        log.warning("public:%s: subscribing %s did not succeed (%s); retrying in %.2fs",
+                    subs.category, symbol, reason, delay)
 
     # -- the diff -------------------------------------------------------------------------
     def reconcile(self, now: float) -> float:

@@ -29,6 +29,9 @@ __all__ = [
 ]
 
 SIDES: Final = ("Buy", "Sell", "")
+#: what a Classic account sends for the side of an empty one-way position (BYBIT_V5.md §12):
+#: read exactly like ``""``, flat
+FLAT_SIDE_ALIASES: Final = frozenset({"None"})
 EXCERPT: Final = 200
 _TOPIC_IN_MSG = re.compile(r"topic:(?P<topic>[^\s,\]]+)")
 _INVALID_SYMBOL = re.compile(r"Invalid symbol\s*:\s*\[(?P<topics>[^\]]*)\]")
@@ -122,7 +125,9 @@ class Pong:
 class Position:
     """One position record, from a WebSocket push (``entryPrice``) or REST (``avgPrice``).
 
-    Flat is ``side == ""`` or ``size == 0``. Keyed by ``(category, symbol, position_idx)``.
+    Flat is ``side == ""`` or ``size == 0`` (a Classic account's ``"None"`` side is read as
+    ``""``). Keyed by ``(category, symbol, position_idx)``. ``settle_coin`` is known only for
+    a REST record (the coin the page was asked for); pushes do not carry it.
     """
 
     category: str
@@ -144,6 +149,9 @@ class Position:
     trailing_stop: Decimal | None = None
     position_value: Decimal | None = None
     cum_realised_pnl: Decimal | None = None
+    #: USDC contracts: the entry since the last 8-hourly settlement (what Bybit's UI shows)
+    session_avg_price: Decimal | None = None
+    settle_coin: str | None = attrs.field(default=None, eq=False)
 
     @property
     def key(self) -> tuple[str, str, int]:
@@ -172,8 +180,10 @@ class Position:
         if not symbol:
             raise FieldError("position symbol is empty")
         side = req_str(item, "side")
+        if side in FLAT_SIDE_ALIASES:
+            side = ""
         if side not in SIDES:
-            raise FieldError(f"position side {side[:20]!r} is not Buy, Sell or ''")
+            raise FieldError(f"position side {side[:20]!r} is not Buy, Sell, '' or 'None'")
         size = req_dec(item, "size")
         if size < 0:
             raise FieldError(f"position size {size} is negative")
@@ -196,17 +206,31 @@ class Position:
             trailing_stop=opt_dec(item, "trailingStop"),
             position_value=opt_dec(item, "positionValue"),
             cum_realised_pnl=opt_dec(item, "cumRealisedPnl"),
+            session_avg_price=_session_avg(item),
+            settle_coin=opt_str(item, "settleCoin") or None,
         )
+
+
+def _session_avg(item: Any) -> Decimal | None:
+    """``sessionAvgPrice``: ``""`` and ``"0"`` (what non-USDC records carry) mean none."""
+    value = opt_dec(item, "sessionAvgPrice")
+    return None if value is None or value == 0 else value
 
 
 @attrs.frozen
 class PositionPush:
-    """A private ``position`` push: several full records, no snapshot/delta distinction."""
+    """A private ``position`` push: several full records, no snapshot/delta distinction.
+
+    ``rejected`` holds why each record we could not use was dropped: one bad record does
+    not cost the others (they are independent full records). A push with no usable
+    record at all decodes as a :class:`MalformedFrame`.
+    """
 
     topic: str
     positions: tuple[Position, ...]
     id: str | None = None
     creation_time: int | None = None
+    rejected: tuple[str, ...] = ()
 
 
 @attrs.frozen
@@ -357,11 +381,19 @@ def _position_push(obj: Mapping[str, Any], topic: str) -> PositionPush:
     if not isinstance(data, list):
         raise FieldError("position push data must be a list")
     category = topic.split(".", 1)[1] if "." in topic else None
-    positions = tuple(Position.from_wire(item, category=item.get("category", category)
-                                         if isinstance(item, dict) else None)
-                      for item in data)
-    return PositionPush(topic=topic, positions=positions, id=opt_str(obj, "id"),
-                        creation_time=opt_int(obj, "creationTime"))
+    positions: list[Position] = []
+    rejected: list[str] = []
+    for index, item in enumerate(data):
+        try:
+            positions.append(Position.from_wire(item, category=item.get("category", category)
+                                                if isinstance(item, dict) else None))
+        except _DECODE_ERRORS as exc:
+            symbol = item.get("symbol") if isinstance(item, dict) else None
+            rejected.append(f"record {index} ({str(symbol)[:40]}): {type(exc).__name__}: {exc}")
+    if rejected and not positions:
+        raise FieldError("; ".join(rejected))  # nothing usable: a malformed frame
+    return PositionPush(topic=topic, positions=tuple(positions), id=opt_str(obj, "id"),
+                        creation_time=opt_int(obj, "creationTime"), rejected=tuple(rejected))
 
 
 def _ticker(obj: Mapping[str, Any], topic: str, category: str | None) -> TickerFrame:

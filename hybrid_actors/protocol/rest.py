@@ -23,15 +23,21 @@ from .fields import FieldError, dec, opt_int, req_str, to_int
 from .frames import Position
 from .signing import rest_signature
 
-__all__ = ["RestRequest", "PositionPage", "TickerRow", "build_query", "signed_headers",
+__all__ = ["Scope", "RestRequest", "PositionPage", "TickerRow", "build_query", "signed_headers",
            "position_list_request", "tickers_request", "server_time_request", "Envelope", "parse_envelope",
            "parse_position_page", "parse_tickers", "parse_server_time", "error_for",
-           "AUTH_CODES", "RATE_LIMIT_CODES", "CLOCK_SKEW_CODES", "MAX_PAGE_LIMIT"]
+           "AUTH_CODES", "RATE_LIMIT_CODES", "IP_BAN_CODES", "CLOCK_SKEW_CODES", "MAX_PAGE_LIMIT",
+           "is_ip_ban"]
 
 AUTH_CODES: Final = frozenset({10003, 10004, 10005, 10010})
 RATE_LIMIT_CODES: Final = frozenset({10006, 10018})
+#: 10009 "IP banned": the same as HTTP 403, stop calling for a long while (BYBIT_V5.md §12)
+IP_BAN_CODES: Final = frozenset({10009})
 CLOCK_SKEW_CODES: Final = frozenset({10002})
 MAX_PAGE_LIMIT: Final = 200
+#: what one ``position/list`` query (all its pages) covers: ``(category, settleCoin)``;
+#: settle coin None means the whole category (inverse, option)
+Scope = tuple[str, str | None]
 
 
 @attrs.frozen
@@ -123,11 +129,20 @@ def error_for(ret_code: int | None, ret_msg: str, *, path: str, http_status: int
     if ret_code in CLOCK_SKEW_CODES:
         return RestClockSkew(f"{where}: clock skew (retCode {ret_code}): {ret_msg}", ret_code=ret_code,
                              ret_msg=ret_msg, path=path, http_status=http_status)
+    if ret_code in IP_BAN_CODES:
+        return RestRateLimited(f"{where}: this IP is banned (retCode {ret_code}): {ret_msg}; "
+                               "back off for several minutes", ret_code=ret_code, ret_msg=ret_msg, path=path,
+                               http_status=http_status, retry_after=retry_after)
     if ret_code in RATE_LIMIT_CODES:
         return RestRateLimited(f"{where}: rate limited (retCode {ret_code}): {ret_msg}", ret_code=ret_code,
                                ret_msg=ret_msg, path=path, http_status=http_status, retry_after=retry_after)
     return RestError(f"{where} failed (retCode {ret_code}): {ret_msg}", ret_code=ret_code,
                      ret_msg=ret_msg, path=path, http_status=http_status)
+
+
+def is_ip_ban(exc: RestError) -> bool:
+    """HTTP 403 and retCode 10009 both mean: this IP is off the exchange for minutes."""
+    return exc.http_status == 403 or exc.ret_code in IP_BAN_CODES
 
 
 def _redact(ret_msg: str) -> str:

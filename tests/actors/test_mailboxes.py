@@ -128,3 +128,46 @@ async def test_watch_wakes_readers_only_on_change():
         assert not seen
         w.set({"linear": frozenset({"BTCUSDT"})})
     assert seen == [{"linear": frozenset({"BTCUSDT"})}]
+
+
+def note(reason: str):
+    from hybrid_actors.notices import StreamState
+
+    return StreamState("degraded", reason, {"private": True}, 0)
+
+
+async def test_notices_keep_their_place_and_are_never_conflated():
+    q = EventQueue(capacity=10)
+    q.put(ev("BTC", "101"))
+    q.put(note("first"))
+    q.put(ev("BTC", "102"))  # after the notice: must not merge into the price before it
+    q.put(note("second"))
+    q.put(ev("BTC", "103"))
+    q.put(ev("BTC", "104"))
+    batch = await q.get_batch()
+    assert [getattr(e, "reason", None) or str(e.mark_price) for e in batch] == [
+        "101", "first", "102", "second", "104"]
+    assert q.conflated == 1 and q.lifecycle_queued == 0
+
+
+async def test_notices_count_as_lifecycle_for_backpressure(autojump_clock):
+    q = EventQueue(capacity=1)
+    q.put(note("only"))
+    assert q.lifecycle_queued == 1
+    with trio.move_on_after(0.01) as scope:
+        await q.wait_for_space()
+    assert scope.cancelled_caught  # full: producers wait
+    await q.get_batch()
+    await q.wait_for_space()  # room again
+
+
+async def test_drain_after_close_hands_over_what_is_left_in_order():
+    q = EventQueue()
+    q.put(ev("A", "1", source="position"))
+    q.put(note("last"))
+    q.close(RuntimeError("ended"))
+    q.put(ev("A", "2", source="position"))  # after close: ignored
+    assert [getattr(e, "reason", None) or e.symbol for e in q.drain()] == ["A", "last"]
+    assert q.drain() == [] and q.closed
+    with pytest.raises(RuntimeError, match="ended"):
+        await q.get_batch()

@@ -107,6 +107,29 @@ async def test_already_subscribed_counts_as_success_and_other_errors_retry_with_
     assert sorted(topics(h.sent())) == ["tickers.AUSDT", "tickers.CUSDT"]
 
 
+async def test_a_retry_count_left_in_the_hub_by_days_of_failures_neither_overflows_nor_grows():
+    # the count lives in the hub, so a restarted manager inherits it: with the old
+    # ``retry_initial * 2 ** attempts`` every restart crashed again (RestartIntensityExceeded)
+    h = Harness(chunk_size=1, retry_initial=1.0, retry_max=60.0)
+    h.connect(0.0)
+    h.want("AUSDT")
+    h.subs.attempts["AUSDT"] = 10**6  # e.g. left by an older build, or days of ack timeouts
+    h.manager.reconcile(0.0)
+    [frame] = h.sent()
+    h.ack(frame, 0.1, success=False, ret_msg="error:timeout")  # names no topic: retried later
+    assert 30.1 <= h.subs.retry_at["AUSDT"] <= 60.1  # the capped delay, jittered
+    backoff = h.hub.config.subscriptions.backoff
+    assert h.subs.attempts["AUSDT"] <= backoff.saturation + 1
+    now = 0.1
+    for _ in range(1000):  # a thousand more failures keep the counter where it is
+        now = h.subs.retry_at["AUSDT"] + 0.01
+        h.manager.reconcile(now)
+        [frame] = h.sent()
+        h.ack(frame, now, success=False, ret_msg="error:timeout")
+    assert h.subs.attempts["AUSDT"] == backoff.saturation + 1
+    assert h.subs.retry_at["AUSDT"] - now <= 60.0
+
+
 async def test_an_unknown_symbol_is_parked_without_blocking_the_rest():
     h = Harness(chunk_size=1, unknown_symbol_retry=300.0, silence_timeout=1000.0)
     h.connect(0.0)

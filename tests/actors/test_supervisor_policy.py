@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import logging
 import random
 
 import attrs
@@ -132,3 +133,30 @@ def test_classify_reads_through_exception_groups():
     assert classify(ExceptionGroup("g", [ConnectionLost("x"), KeyError("k")]))[0] == "crash"
     kind, leaf = classify(ExceptionGroup("g", [ExceptionGroup("h", [AuthRejected("no")]), KeyError("k")]))
     assert kind == "fatal" and isinstance(leaf, AuthRejected)
+
+
+@pytest.mark.failover
+async def test_48_virtual_hours_of_refusals_neither_overflow_nor_storm(autojump_clock, caplog):
+    caplog.set_level(logging.ERROR, logger="hybrid_actors")  # 57,000 warnings cost seconds
+    # the old ``backoff_initial * 2 ** attempt`` raised OverflowError at attempt 1024 (~4 h)
+    hub = make_hub()  # the default policy: 0.25 s growing to 4 s, jitter 0.5
+    starts: list[float] = []
+    hours = 48
+    # fails until 48 h have passed, then stays up
+    refusals = [ConnectionLost("refused")] * 200_000
+    sup = Supervisor(hub, (spec("net", refusals, starts),))
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(sup.run)
+        await trio.sleep(hours * 3600)
+        assert hub.health.actors["net"].state in ("backoff", "starting")
+        del refusals[len(starts):]  # the exchange accepts again from the next attempt on
+        back_at = trio.current_time()
+        await trio.sleep(10)
+        nursery.cancel_scope.cancel()
+    stats = hub.health.actors["net"]
+    assert stats.state == "running" and stats.crashes == 0
+    assert starts[-1] - back_at <= hub.config.restart.backoff_max  # back within the cap (4 s)
+    attempts_per_second = (len(starts) - 1) / (hours * 3600)
+    assert 0.25 < attempts_per_second <= 0.5  # <= 1/s per socket; mean delay 3 s
+    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    assert max(gaps) <= 4.0 and min(gaps[10:]) >= 2.0

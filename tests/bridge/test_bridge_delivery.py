@@ -20,7 +20,7 @@ from hybrid_actors import BybitHybridStream
 pytestmark = pytest.mark.system
 __all__ = ["simulator"]  # the fixture, imported
 
-KEYS = {"symbol", "category", "side", "size", "entry_price", "mark_price", "unrealized_pnl", "position_idx",
+KEYS = {"event", "symbol", "category", "side", "size", "entry_price", "mark_price", "unrealized_pnl", "position_idx",
         "source", "exchange_ts", "received_ts"}
 RATE = 20.0  # simulator ticks per second per subscribed symbol
 
@@ -257,3 +257,26 @@ def test_a_handler_that_cancels_its_own_task_does_not_stop_delivery(host, simula
 
     run_on(host, main)
     assert any("delivery task was cancelled" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("host", HOSTS)
+def test_stream_notices_reach_the_handler_in_order_with_event_in_the_data(host, simulator):
+    from hybrid_actors.notices import StreamAlert, StreamRollback, StreamState
+
+    sim = simulator(rate=0.0)
+    notices = [StreamRollback("divergence", 1), StreamAlert("warning", "lag", "slow", 3, 2, "firing", 2),
+               StreamState("degraded", "public:linear disconnected", {"private": True, "public:linear": False}, 3)]
+
+    async def main() -> None:
+        handler = Recorder()
+        async with BybitHybridStream(sim.api_key, sim.api_secret, handler, **sim.stream_kwargs()) as stream:
+            hub = stream._stream.hub  # the trio side's; notices are queued from trio, like the actors do
+            for notice in notices:
+                stream._token.run_sync_soon(hub.emit_notice, notice)
+            await handler.wait_for(lambda name, data: name == "stream.state" and data["state"] == "degraded")
+            got = [(name, data) for name, data in handler.events if data.get("ts") in (1, 2, 3)]
+        assert got == [(n.event, n.as_dict()) for n in notices]
+        assert all(data["event"] == name for name, data in got)
+        assert stream.handler_errors == 0
+
+    run_on(host, main)

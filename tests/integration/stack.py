@@ -16,7 +16,7 @@ import trio
 
 from hybrid_actors import StreamConfig
 from hybrid_actors.actors.mailboxes import StreamClosed
-from hybrid_actors.state import Event
+from hybrid_actors.state import Event, PositionEvent
 from hybrid_actors.supervisor import HybridStream, open_hybrid_stream
 from hybrid_actors.testing.simulator import Simulator, SimulatorConfig, open_simulator, trio_wall_clock
 
@@ -25,16 +25,23 @@ TEST_TIMEOUT = 60  # virtual seconds under loopback_clock
 
 @attrs.define(eq=False)
 class EventLog:
-    """Everything the stream emitted, in order; lets a test wait for a matching event."""
+    """Everything the stream emitted, in order; lets a test wait for a matching event.
+    ``events`` holds the position events, ``notices`` the ``stream.*`` notices, ``everything``
+    both in the order they came."""
 
     stream: HybridStream
     events: list[Event] = attrs.Factory(list)
+    notices: list[Any] = attrs.Factory(list)
+    everything: list[Any] = attrs.Factory(list)
     _changed: trio.Event = attrs.Factory(trio.Event)
 
     async def run(self) -> None:
         try:
             while True:
-                self.events.extend(await self.stream.batches())
+                batch = await self.stream.batches()
+                self.everything.extend(batch)
+                for item in batch:
+                    (self.events if isinstance(item, PositionEvent) else self.notices).append(item)
                 self._changed.set()
                 self._changed = trio.Event()
         except StreamClosed:

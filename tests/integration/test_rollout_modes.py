@@ -274,6 +274,8 @@ async def test_crash_loop_rolls_back_and_the_consumer_keeps_getting_events(loopb
             sim.control.set_mark_price("BTCUSDT", "60100")
             await wait_rollback(s)
             assert "crash loop: actor public:linear" in rollout(s)["last_rollback_reason"]
+            await eventually(lambda: s.log.notices)
+            assert s.log.notices[0].event == "stream.rollback" and "crash loop" in s.log.notices[0].reason
             mark = s.log.mark()
             sim.control.set_mark_price("BTCUSDT", "60200")
             event = await s.log.wait_for(lambda e: e.mark_price == Decimal("60200"), after=mark)
@@ -356,6 +358,14 @@ async def test_no_lifecycle_event_lost_or_doubled_across_a_rollback_and_a_return
             }
             health = rollout(s)
             assert (health["rollbacks"], health["returns"], health["active"]) == (1, 1, "hybrid")
+            # the notices went out on the event stream, in order with the position events
+            assert [n.event for n in s.log.notices] == ["stream.rollback", "stream.return"]
+            assert "every socket disconnected" in s.log.notices[0].reason
+            assert s.log.notices[0].to_json()["event"] == "stream.rollback"
+            order = s.log.everything
+            rollback_at, return_at = order.index(s.log.notices[0]), order.index(s.log.notices[1])
+            assert all(e.source == "rest" for e in order[rollback_at + 1:return_at])
+            assert all(e.source != "rest" for e in order[return_at + 1:])
             assert {p.symbol for p in s.stream.positions()} == {"BTCUSDT", "XRPUSDT"}
 
 

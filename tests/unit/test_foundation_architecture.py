@@ -1,12 +1,13 @@
 """Architecture rules, read from the source with ``ast`` (nothing is imported):
 
-- the sans-IO layer (``protocol/*``, ``state``, ``config``, ``errors``) imports no event loop,
+- the sans-IO layer (``protocol/*``, ``state``, ``notices``, ``config``, ``errors``) imports no event loop,
   no socket and no HTTP/WebSocket library, and only other sans-IO modules of the package;
-- ``protocol`` and ``state`` read no clock (time is an argument);
+- ``protocol``, ``state`` and ``notices`` read no clock (time is an argument);
 - nothing under ``hybrid_actors/`` calls ``float(...)`` (``metrics.py`` excepted);
 - each foreign I/O library has one owner module: trio_websocket → ``transport.py``,
-  h11 (the lean WebSocket client's HTTP upgrade) → ``lean_transport.py``,
-  httpx → ``rest.py`` (plus ``testing/``), asyncio / trio_asyncio → ``bridge.py``.
+  h11 → ``lean_transport.py`` (the WebSocket upgrade) and ``http_endpoint.py`` (metrics, health),
+  httpx → ``rest.py`` (plus ``testing/``), prometheus_client → ``metrics.py``,
+  asyncio → ``bridge/`` (trio_asyncio → ``bridge/hosts.py``).
 
 Modules that do not exist yet are simply not scanned.
 """
@@ -25,19 +26,21 @@ from foundation_helpers import PACKAGE
 pytestmark = pytest.mark.unit
 
 ROOT = PACKAGE.parent
-PURE = sorted([*(PACKAGE / "protocol").glob("*.py"), PACKAGE / "state.py", PACKAGE / "config.py",
-               PACKAGE / "errors.py", PACKAGE / "rollout.py"])
-NO_CLOCK = sorted([*(PACKAGE / "protocol").glob("*.py"), PACKAGE / "state.py", PACKAGE / "rollout.py"])
+PURE = sorted([*(PACKAGE / "protocol").glob("*.py"), PACKAGE / "state.py", PACKAGE / "notices.py",
+               PACKAGE / "config.py", PACKAGE / "errors.py", PACKAGE / "backoff.py", PACKAGE / "rollout.py"])
+NO_CLOCK = sorted([*(PACKAGE / "protocol").glob("*.py"), PACKAGE / "state.py", PACKAGE / "notices.py",
+                   PACKAGE / "backoff.py", PACKAGE / "rollout.py"])
 IO_LIBRARIES = {"trio", "trio_websocket", "httpx", "asyncio", "trio_asyncio", "socket", "anyio", "ssl", "select",
                 "selectors", "websockets", "requests", "urllib3", "aiohttp"}
 CLOCKS = {"time", "datetime"}
 #: foreign library -> the only modules (relative to hybrid_actors/) that may import it
 OWNERS = {
     "trio_websocket": ("transport.py", "testing/"),
-    "h11": ("lean_transport.py", "testing/"),
+    "h11": ("lean_transport.py", "http_endpoint.py", "testing/"),
     "httpx": ("rest.py", "testing/"),
-    "asyncio": ("bridge.py",),
-    "trio_asyncio": ("bridge.py",),
+    "prometheus_client": ("metrics.py",),
+    "asyncio": ("bridge/",),
+    "trio_asyncio": ("bridge/hosts.py",),
 }
 FLOAT_EXEMPT = {"metrics.py"}
 
@@ -113,7 +116,7 @@ def test_the_float_scan_finds_calls_not_names():
 def test_the_modules_to_check_exist():
     names = {rel(p) for p in PURE}
     assert {"protocol/frames.py", "protocol/session.py", "protocol/rest.py", "protocol/signing.py", "state.py",
-            "config.py", "errors.py"} <= names
+            "config.py", "errors.py", "backoff.py"} <= names
 
 
 # --- the rules ----------------------------------------------------------------------

@@ -13,12 +13,14 @@ from typing import Final
 
 import trio
 
+from .account import CLASSIC_MISSING_CATEGORIES, CLASSIC_MISSING_COINS, Paging
 from .config import ScenarioConfig
 from .exchange import Exchange
 from .faults import DropMode, InjectKind, RestFaultKind, check_target
 from .positions import Position, to_decimal
 from .public import DEFAULT_REJECTION
 from .scenario import run_scenario
+from . import wire
 from .wire import PRIVATE, PUBLIC_KINDS, dumps
 
 #: the size of an OVERSIZED injection unless given: just over the usual 1 MiB client limit
@@ -158,9 +160,16 @@ class Control:
         self._ex.changed()
 
     def reject_connections(self, count: int | None = 1, *, status: int = 502, target: str = "all") -> None:
-        """Refuse the next ``count`` WebSocket handshakes on matching paths with HTTP ``status``."""
+        """Refuse the next ``count`` WebSocket handshakes on matching paths with HTTP ``status``.
+        ``target`` is a group, a socket kind, or a path (``/v5/public/option``: only that one,
+        e.g. a 403 ban on one endpoint while the others accept)."""
         if not 400 <= status <= 599:
             raise ValueError(f"status must be an HTTP error status, got {status!r}")
+        if target.startswith("/"):
+            kind = wire.kind_of_path(target)
+            if kind is None:
+                raise ValueError(f"no WebSocket path {target!r}; use /v5/public/<category> or /v5/private")
+            target = kind
         self._ex.faults.reject_handshakes(target, count, status)
         self._ex.changed()
 
@@ -204,6 +213,26 @@ class Control:
         if seconds < 0:
             raise ValueError(f"seconds must be >= 0, got {seconds!r}")
         self._ex.faults.add_rest(RestFaultKind.HANG, count, path, seconds=seconds)
+        self._ex.changed()
+
+    def set_account(self, *, classic: bool | None = None, paging: Paging | str | None = None,
+                    enforce_rate_limits: bool | None = None) -> None:
+        """Classic account (``"None"`` sides, no USDC/option: 10001), REST paging mode
+        (``normal`` / ``last_page_cursor`` / ``endless``) and 10006 past the per-UID limit."""
+        account = self._ex.account
+        if classic:
+            market = self._ex.market
+            held = [p.key for p in self._ex.book.all(open_only=True)
+                    if p.category in CLASSIC_MISSING_CATEGORIES
+                    or market.require(p.category, p.symbol).instrument.settle_coin in CLASSIC_MISSING_COINS]
+            if held:
+                raise ValueError(f"a Classic account cannot hold {held[:5]}: close them first")
+        if classic is not None:
+            account.classic = bool(classic)
+        if paging is not None:
+            account.paging = paging if isinstance(paging, Paging) else Paging(paging)
+        if enforce_rate_limits is not None:
+            account.enforce_rate_limits = bool(enforce_rate_limits)
         self._ex.changed()
 
     def clear_faults(self) -> None:

@@ -17,6 +17,7 @@ import orjson
 import trio
 
 from . import private, public, wire
+from .account import Account
 from .config import SimulatorConfig
 from .connection import Connection
 from .faults import DropMode, Faults, target_matches
@@ -37,6 +38,8 @@ class Exchange:
     book: PositionBook
     faults: Faults
     observer: Observer = attrs.field(init=False)
+    #: Classic or unified, REST paging and rate-limit behaviour (see account.py)
+    account: Account = attrs.Factory(Account)
     _open: dict[str, Connection] = attrs.Factory(dict)
     _closed: deque[Connection] = attrs.field(init=False)
     _serial: int = 0
@@ -130,6 +133,7 @@ class Exchange:
     def push_position(self, pos: Position) -> None:
         """Push one full record to every authenticated ``position`` / ``position.<category>`` subscriber."""
         record = ws_record(pos, self.market.require(pos.category, pos.symbol).instrument)
+        record["side"] = self.account.side(record["side"])
         now_ms, now = self.now_ms(), trio.current_time()
         frames: dict[str, str] = {}
         for conn in self._open.values():
@@ -151,6 +155,9 @@ class Exchange:
         return f"{self._message_serial}{h[:12]}-{h[12:16]}-{h[16:20]}-{h[20:24]}-{h[24:]}"
 
     def open_position(self, category: str, symbol: str, side: str, size: Any, **kwargs: Any) -> Position:
+        inst = self.market.require(category, symbol).instrument
+        if self.account.lacks(category, inst.settle_coin):
+            raise ValueError(f"a Classic account holds no {category} {inst.settle_coin} position ({symbol})")
         pos = self.book.open(category, symbol, side, size, **kwargs)
         self.push_position(pos)
         return pos
@@ -172,6 +179,8 @@ class Exchange:
         candidates = []
         for category in categories:
             for symbol in list(self.market.instruments[category])[:symbols]:
+                if self.account.lacks(category, self.market.instruments[category][symbol].settle_coin):
+                    continue
                 current = self.book.get(category, symbol)
                 if current is None or not current.is_open:
                     candidates.append((category, symbol))

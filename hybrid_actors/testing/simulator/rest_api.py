@@ -17,6 +17,7 @@ import orjson
 import trio
 
 from ...protocol.signing import constant_time_equals, rest_sign_payload, rest_signature
+from .account import Paging
 from .control import Control
 from .exchange import Exchange
 from .faults import RestFaultKind
@@ -59,6 +60,16 @@ def decode_cursor(raw: str) -> tuple[str, int]:
     return parts[0], int(parts[2])
 
 
+def _advance(cursor: str) -> str:
+    """A new cursor at the same place (its middle field counts up): paging that never ends."""
+    if not cursor:
+        return quote("~,1,0", safe="")
+    symbol, idx = decode_cursor(cursor)
+    middle = unquote(cursor).split(",")[1]
+    serial = int(middle) + 1 if middle.isdigit() else 1
+    return quote(f"{symbol},{serial},{idx}", safe="")
+
+
 class RestApi:
     def __init__(self, exchange: Exchange, control: Control) -> None:
         self._ex = exchange
@@ -76,6 +87,11 @@ class RestApi:
         route = self._routes.get((request.method, request.path))
         if route is None:
             return self._record(request, HttpResponse(404, b"404 page not found", "text/plain"), None)
+        limit, remaining, reset_in, allowed = ex.account.count_call(request.path, trio.current_time())
+        headers = (("X-Bapi-Limit", str(limit)), ("X-Bapi-Limit-Status", str(remaining)),
+                   ("X-Bapi-Limit-Reset-Timestamp", str(ex.now_ms() + int(reset_in * 1000))))
+        if not allowed:
+            return self._envelope(request, 10006, "Too many visits!", {}, headers)
         fault = ex.faults.take_rest(request.path)
         if fault is not None and fault.kind is RestFaultKind.HANG:
             await trio.sleep(fault.seconds)
@@ -83,18 +99,19 @@ class RestApi:
             body = f"<html><body><h1>{fault.status}</h1>simulated outage</body></html>".encode()
             return self._record(request, HttpResponse(fault.status, body, "text/html"), None)
         elif fault is not None:
-            return self._envelope(request, fault.ret_code, fault.ret_msg, {})
+            return self._envelope(request, fault.ret_code, fault.ret_msg, {}, headers)
         params = dict(parse_qsl(request.query, keep_blank_values=True))
         try:
             result = route(request, params)
         except RetCodeError as exc:
-            return self._envelope(request, exc.ret_code, exc.ret_msg, {})
-        return self._envelope(request, 0, "OK", result)
+            return self._envelope(request, exc.ret_code, exc.ret_msg, {}, headers)
+        return self._envelope(request, 0, "OK", result, headers)
 
-    def _envelope(self, request: HttpRequest, ret_code: int, ret_msg: str, result: dict[str, Any]) -> HttpResponse:
+    def _envelope(self, request: HttpRequest, ret_code: int, ret_msg: str, result: dict[str, Any],
+                  headers: tuple[tuple[str, str], ...] = ()) -> HttpResponse:
         body = orjson.dumps({"retCode": ret_code, "retMsg": ret_msg, "result": result, "retExtInfo": {},
                              "time": self._ex.now_ms()})
-        return self._record(request, HttpResponse(200, body), ret_code)
+        return self._record(request, HttpResponse(200, body, headers=headers), ret_code)
 
     def _record(self, request: HttpRequest, response: HttpResponse, ret_code: int | None) -> HttpResponse:
         self._ex.observer.rest_call(request.method, request.path, request.query, response.status, ret_code)
@@ -133,25 +150,45 @@ class RestApi:
         limit = _canonical_int(params.get("limit", str(DEFAULT_LIMIT)))
         if limit is None or not 1 <= limit <= MAX_LIMIT:
             raise RetCodeError(10001, f"params error: limit must be 1..{MAX_LIMIT}")
+        account = ex.account
         if symbol:
-            if ex.market.model(category, symbol) is None:
+            model = ex.market.model(category, symbol)
+            if model is None:
                 raise RetCodeError(10001, "params error: symbol invalid")
+            if account.lacks(category, model.instrument.settle_coin):
+                raise RetCodeError(10001, f"params error: {symbol} is not available to a classic account")
             records = [p for p in ex.book.all(category) if p.symbol == symbol] or [
                 ex.book.never_traded(category, symbol)]
         else:
+            if account.lacks(category, settle):
+                what = f"settleCoin {settle}" if settle else f"category {category}"
+                raise RetCodeError(10001, f"params error: {what} is not available to a classic account")
             records = [p for p in ex.book.all(category, open_only=True)
                        if self._matches(p, settle, base)]
-        if params.get("cursor"):
-            after = decode_cursor(params["cursor"])
+        cursor = params.get("cursor") or ""
+        if cursor:
+            after = decode_cursor(cursor)
+            before = [p for p in records if (p.symbol, p.position_idx) <= after]
             records = [p for p in records if (p.symbol, p.position_idx) > after]
+            if not records and account.paging in (Paging.REPEAT_LAST_PAGE, Paging.ENDLESS):
+                records = before[-limit:]  # the same rows again, and the same cursor below
         page = records[:limit]
         items = []
         for pos in page:
             model = ex.market.require(pos.category, pos.symbol)
             mark = model.instrument.price_of(ex.market.rest_mark_units(model))
-            items.append(rest_record(pos, model.instrument, mark))
-        return {"list": items, "nextPageCursor": encode_cursor(page[-1]) if len(records) > limit else "",
-                "category": category}
+            item = rest_record(pos, model.instrument, mark)
+            item["side"] = account.side(item["side"])
+            items.append(item)
+        if len(records) > limit:
+            next_cursor = encode_cursor(page[-1])
+        elif account.paging in (Paging.LAST_PAGE_CURSOR, Paging.REPEAT_LAST_PAGE):
+            next_cursor = encode_cursor(page[-1]) if page else quote(cursor, safe="")  # as it came
+        elif account.paging is Paging.ENDLESS:
+            next_cursor = _advance(cursor) if cursor else encode_cursor(page[-1]) if page else _advance("")
+        else:
+            next_cursor = ""
+        return {"list": items, "nextPageCursor": next_cursor, "category": category}
 
     def _matches(self, pos: Position, settle: str | None, base: str | None) -> bool:
         inst = self._ex.market.require(pos.category, pos.symbol).instrument

@@ -37,6 +37,7 @@ class HttpResponse:
     status: int
     body: bytes
     content_type: str = "application/json"
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 App = Callable[[HttpRequest], Awaitable[HttpResponse]]
@@ -71,7 +72,8 @@ async def _receive(conn: h11.Connection, stream: trio.SocketStream, peer: str) -
 
 
 async def _send(conn: h11.Connection, stream: trio.SocketStream, response: HttpResponse) -> None:
-    headers = [("content-type", response.content_type), ("content-length", str(len(response.body)))]
+    headers = [("content-type", response.content_type), ("content-length", str(len(response.body))),
+               *response.headers]
     data = conn.send(h11.Response(status_code=response.status, headers=headers,
                                   reason=_REASONS.get(response.status, b"")))
     data += conn.send(h11.Data(data=response.body)) + conn.send(h11.EndOfMessage())

@@ -22,6 +22,15 @@ _BASE32HEX: Final = "0123456789abcdefghijklmnopqrstuv"
 _BASE36: Final = "0123456789abcdefghijklmnopqrstuvwxyz"
 
 
+def kind_of_path(path: str) -> str | None:
+    """The socket kind served at a WebSocket path (``/v5/public/linear`` → ``linear``)."""
+    if path == "/v5/private":
+        return PRIVATE
+    prefix = "/v5/public/"
+    kind = path[len(prefix):] if path.startswith(prefix) else None
+    return kind if kind in PUBLIC_KINDS else None
+
+
 def dumps(obj: Any) -> str:
     return orjson.dumps(obj).decode()
 

@@ -1,0 +1,423 @@
+"""The public class: :class:`BybitHybridStream`, the stream's asyncio face.
+
+It owns the stream's life cycle (start, stop, the loop ending without stop), its
+configuration, the read-only views (``health()``, ``positions()``, ``state``) and the trio
+side (``_trio_main`` / ``_pump``), which it runs on one of the two hosts of
+:mod:`.hosts` and which feeds the lanes of :mod:`.lanes`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import math
+import os
+import time
+from collections.abc import Iterable
+from contextlib import suppress
+from typing import Any, Final, Literal
+
+import attrs
+import trio
+
+from .. import __version__
+from ..actors.mailboxes import StreamClosed
+from ..config import Credentials, Endpoints, StreamConfig, mask_key
+from ..errors import ConfigError, HybridActorsError, StartTimeout
+from ..health import HealthReport
+from ..rollout import MODES, resolve_mode
+from ..state import PositionUpdate
+from ..supervisor import HybridStream, open_hybrid_stream
+from .hosts import GuestRun, Host, choose_host, run_on_trio_asyncio
+from .lanes import Dispatcher, EventHandler
+from .stats import BridgeStats
+
+__all__ = ["BybitHybridStream", "MAX_BATCH", "SUPPORTED_MODES", "State"]
+
+log = logging.getLogger("hybrid_actors.bridge")
+
+State = Literal["new", "starting", "running", "failed", "stopped"]
+
+#: the rollout modes (see :mod:`hybrid_actors.rollout`); ``mode=None`` means ``HYBRID_MODE``
+#: from the environment, else production
+SUPPORTED_MODES: Final[tuple[str, ...]] = MODES
+#: most events the trio side takes from the stream per batch
+MAX_BATCH: Final = 256
+DEFAULT_START_TIMEOUT: Final = 60.0
+DEFAULT_STOP_TIMEOUT: Final = 5.0
+#: options that have their own arguments
+_RESERVED: Final = {"credentials": "api_key and api_secret", "endpoints": "testnet, stream_url and rest_url",
+                    "categories": "categories"}
+
+
+class BybitHybridStream:
+    """Live Bybit positions with live mark prices, delivered to an asyncio event handler.
+
+    ``BybitHybridStream(api_key, api_secret, event_handler, testnet=False, *,
+    categories=("linear",), stream_url=None, rest_url=None, mode=None, **config)``
+
+    - ``event_handler(event_name, data)``: an async callable; ``event_name`` is
+      ``"position.update"`` or ``"position.closed"``, ``data`` has ``symbol``, ``category``,
+      ``side``, ``size``, ``entry_price``, ``mark_price``, ``unrealized_pnl``,
+      ``position_idx``, ``source``, ``exchange_ts``, ``received_ts`` (Decimals for numbers).
+    - ``stream_url`` / ``rest_url``: base URLs overriding mainnet/testnet (e.g. the simulator).
+    - ``mode``: ``"production"`` (the hybrid stream feeds the handler), ``"canary"`` (REST
+      polling feeds it, the hybrid stream runs beside it monitor-only), ``"parallel"``
+      (canary plus a REST/WS price comparator) or ``"rest"`` (REST polling only); None:
+      the ``HYBRID_MODE`` environment variable, else production. ``rollout=RolloutPolicy(...)``
+      sets cutover, stale-price fallback, rollback triggers and auto-return.
+    - ``start_timeout``: seconds :meth:`start` waits for the exchange before raising
+      :class:`~hybrid_actors.errors.StartTimeout` (None: keep retrying); ``stop_timeout``:
+      grace :meth:`stop` gives handler calls in progress.
+    - ``**config``: other :class:`~hybrid_actors.config.StreamConfig` fields, e.g.
+      ``heartbeat_interval=20``, ``subscriptions=SubscriptionPolicy(...)``, ``event_buffer``.
+
+    Bad arguments raise :class:`~hybrid_actors.errors.ConfigError` here, at construction.
+    """
+
+    def __init__(self, api_key: str, api_secret: str, event_handler: EventHandler, testnet: bool = False, *,
+                 categories: str | Iterable[str] = ("linear",), stream_url: str | None = None,
+                 rest_url: str | None = None, mode: str | None = None,
+                 start_timeout: float | None = DEFAULT_START_TIMEOUT, stop_timeout: float = DEFAULT_STOP_TIMEOUT,
+                 **config: Any) -> None:
+        resolved_mode = resolve_mode(mode, os.environ)  # a bad value is a ConfigError here
+        for name, value in (("api_key", api_key), ("api_secret", api_secret)):
+            if not isinstance(value, str) or not value.strip():
+                raise ConfigError(f"{name} must be a non-empty string")
+        if not callable(event_handler):
+            raise ConfigError("event_handler must be an async callable handler(event_name, data), "
+                              f"got {type(event_handler).__name__}")
+        if not isinstance(testnet, bool):
+            raise ConfigError(f"testnet must be True or False, got {testnet!r}")
+        _check_seconds("start_timeout", start_timeout, optional=True)
+        _check_seconds("stop_timeout", stop_timeout, optional=False)
+        known = {field.name for field in attrs.fields(StreamConfig)}
+        for name in config:
+            if name in _RESERVED:
+                raise ConfigError(f"pass {_RESERVED[name]} as arguments of BybitHybridStream, not {name}=")
+            if name not in known:
+                options = ", ".join(sorted(known - set(_RESERVED)))
+                raise ConfigError(f"unknown option {name}=; BybitHybridStream takes these StreamConfig options: "
+                                  f"{options}")
+        endpoints = Endpoints.choose(testnet=testnet, stream_url=stream_url, rest_url=rest_url)
+        self._config = StreamConfig(credentials=Credentials(api_key, api_secret), endpoints=endpoints,
+                                    categories=categories, mode=resolved_mode, **config)
+        self._handler = event_handler
+        self._mode = resolved_mode
+        self._start_timeout = start_timeout
+        self._stop_timeout = stop_timeout
+        self._stats = BridgeStats()
+        self._state: State = "new"
+        self._host: Host | None = None
+        self._error: BaseException | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._context: contextvars.Context | None = None
+        self._dispatcher: Dispatcher | None = None
+        self._started: asyncio.Future[BaseException | None] | None = None
+        self._closed: asyncio.Event | None = None
+        self._host_task: asyncio.Task[None] | None = None
+        self._stopping: asyncio.Task[None] | None = None
+        self._stop_waiters: set[asyncio.Task[Any]] = set()
+        self._guest: GuestRun | None = None
+        # trio side (set and read on the loop's thread)
+        self._stream: HybridStream | None = None
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._trio_scope: trio.CancelScope | None = None
+        self._stop_requested = False
+        self._room: trio.Event | None = None
+
+    def __repr__(self) -> str:
+        return (f"<BybitHybridStream key={mask_key(self._config.credentials.api_key)} "
+                f"categories={','.join(self._config.categories)} host={self._host or '-'} state={self._state}>")
+
+    # --- read-only facts ----------------------------------------------------------------------
+    @property
+    def config(self) -> StreamConfig:
+        return self._config
+
+    @property
+    def mode(self) -> str:
+        return self._mode
+
+    @property
+    def host(self) -> Host | None:
+        """``"trio-asyncio"`` or ``"guest"`` once started."""
+        return self._host
+
+    @property
+    def state(self) -> State:
+        return self._state
+
+    @property
+    def running(self) -> bool:
+        return self._state == "running"
+
+    @property
+    def error(self) -> BaseException | None:
+        """The error that ended the stream after it had started (None while fine or stopped by us)."""
+        return self._error
+
+    @property
+    def stats(self) -> BridgeStats:
+        return self._stats
+
+    @property
+    def handler_errors(self) -> int:
+        return self._stats.handler_errors
+
+    @property
+    def metrics_url(self) -> str | None:
+        """``http://host:port`` of ``/metrics`` and ``/health`` while running with ``metrics_port=``."""
+        stream = self._stream
+        return stream.metrics_url if stream is not None else None
+
+    # --- life cycle ---------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Start the stream; return once both sockets are up and the REST snapshot is applied.
+
+        Raises :class:`~hybrid_actors.errors.AuthRejected` for bad keys (the message shows
+        the key's first four characters, never the secret), :class:`StartTimeout` when the
+        exchange cannot be reached within ``start_timeout``, or the error that ended the
+        start-up. Nothing of ours is left running when it raises.
+        """
+        if self._state != "new":
+            raise RuntimeError(f"start() was already called (the stream is {self._state}); "
+                               "create a new BybitHybridStream to start again")
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._context = contextvars.copy_context()
+        self._host = choose_host(loop)
+        self._state = "starting"
+        self._started = loop.create_future()
+        self._closed = asyncio.Event()
+        self._dispatcher = Dispatcher(loop, self._handler, self._config.event_buffer, self._wake_pump, self._stats,
+                                       self._context)
+        self._dispatcher.start()
+        self._host_task = loop.create_task(self._host_main(), name=f"hybrid_actors bridge host ({self._host})")
+        try:
+            failure = await asyncio.shield(self._started)
+        except asyncio.CancelledError:
+            await self.stop()
+            raise
+        if failure is not None:
+            await self.stop()  # the trio side is down already; end the delivery task too
+            raise failure
+
+    async def stop(self) -> None:
+        """Stop the stream: close both sockets, end our trio tasks (and the guest run if this
+        was its last stream), drop undelivered events and let handler calls in progress
+        finish within ``stop_timeout``. Idempotent; safe to call from a handler."""
+        if self._state == "new":
+            self._state = "stopped"
+            return
+        if self._loop is None:
+            return
+        if self._stopping is None:
+            self._stopping = self._loop.create_task(self._stop(), name="hybrid_actors bridge stop")
+        caller = asyncio.current_task()
+        if caller is not None:
+            self._stop_waiters.add(caller)
+        try:
+            await asyncio.shield(self._stopping)
+        finally:
+            self._stop_waiters.discard(caller)  # type: ignore[arg-type]
+
+    async def _stop(self) -> None:
+        self._request_trio_stop()
+        if self._host_task is not None:
+            await asyncio.wait([self._host_task])
+        if self._dispatcher is not None:
+            await self._dispatcher.close(self._stop_timeout, self._stop_waiters)
+        self._state = "stopped"
+
+    async def wait_closed(self) -> None:
+        """Wait until the stream has ended (``stop()`` or a fatal error); raise that error, if any."""
+        if self._closed is None:
+            raise RuntimeError("the stream was never started")
+        await self._closed.wait()
+        if self._error is not None:
+            raise self._error
+
+    async def __aenter__(self) -> BybitHybridStream:
+        await self.start()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: object) -> None:
+        await self.stop()
+        if exc_type is None and self._error is not None:
+            raise self._error
+
+    # --- views ----------------------------------------------------------------------------------
+    def positions(self) -> tuple[PositionUpdate, ...]:
+        """The open positions with their latest mark and PnL (empty unless running)."""
+        stream = self._stream
+        return stream.positions() if stream is not None else ()
+
+    def health(self) -> HealthReport:
+        """The stream's :class:`HealthReport`; ``events`` also holds the bridge's counters
+        (``handler_calls``, ``handler_errors``, ``bridge_conflated``, ``bridge_queued``,
+        ``delivery_delay``, ``wake_delay``)."""
+        stream = self._stream
+        report = None
+        if stream is not None:
+            try:
+                report = stream.health()
+            except RuntimeError:  # the trio run is gone (it is ending)
+                report = None
+        if report is None:
+            problem = {"new": "the stream has not been started", "starting": "the stream is starting",
+                       "running": "the stream's trio side has ended"}.get(self._state)
+            if problem is None:
+                problem = f"the stream failed: {self._error}" if self._error is not None else "the stream is stopped"
+            report = HealthReport("down", {}, {}, {}, {}, 0, (problem,))
+        stats = self._stats
+        dispatcher = self._dispatcher
+        events = {**report.events, "handler_calls": stats.handler_calls, "handler_errors": stats.handler_errors,
+                  "bridge_conflated": stats.conflated, "bridge_batches": stats.batches,
+                  "bridge_queued": dispatcher.queued() if dispatcher is not None else 0,
+                  "bridge_lifecycle_queued": dispatcher.lifecycle_pending if dispatcher is not None else 0,
+                  "delivery_delay": stats.delays.summary(), "wake_delay": stats.wake_delays.summary()}
+        status, problems = report.status, report.problems
+        if dispatcher is not None and not dispatcher.closed and dispatcher.room() <= 0:
+            problems = (*problems, f"the event handler is behind: {dispatcher.lifecycle_pending} lifecycle events "
+                                   "wait for it and the stream is holding back new ones")
+            status = "degraded" if status == "ok" else status
+        return attrs.evolve(report, status=status, events=events, problems=problems)
+
+    # --- asyncio side of the host ----------------------------------------------------------------
+    async def _host_main(self) -> None:
+        """Own the trio side's lifetime: start it, wait for it, and stop it first if we are cancelled."""
+        loop = self._loop
+        assert loop is not None and self._started is not None and self._closed is not None
+        cancelled = False
+        error: BaseException | None = None
+        try:
+            if self._host == "trio-asyncio":
+                runner = run_on_trio_asyncio(loop, self._trio_main)
+            else:
+                self._guest = await GuestRun.acquire(loop)
+                runner = self._guest.submit(self._trio_main)
+            while not runner.done():
+                try:
+                    await asyncio.shield(runner)
+                except asyncio.CancelledError:
+                    if not runner.done():
+                        cancelled = True  # e.g. asyncio.run() ending without stop(): stop trio first
+                        self._request_trio_stop()
+            if runner.cancelled():  # trio-asyncio's loop is closing and cancelled our trio task
+                if not self._stop_requested:
+                    log.warning("the trio-asyncio loop ended the stream; call stop() before the loop ends")
+                    self._stop_requested = True
+            else:
+                error = runner.exception()
+            await self._release_guest()
+        except asyncio.CancelledError:
+            cancelled = True
+            self._request_trio_stop()
+        except Exception as exc:  # noqa: BLE001 - e.g. a guest run that could not start
+            error = exc
+        self._stream = None
+        if not self._started.done():
+            self._state = "stopped"
+            self._started.set_result(error if error is not None else HybridActorsError(
+                "the stream was stopped before it finished starting"))
+        elif error is not None and not self._stop_requested:
+            log.error("the hybrid stream has ended: %s: %s", type(error).__name__, error, exc_info=error)
+            self._error = error
+            self._state = "failed"
+        elif self._stopping is None:
+            self._state = "stopped"  # the loop is ending without stop(): the trio side is down all the same
+        self._closed.set()
+        if cancelled:
+            raise asyncio.CancelledError
+
+    async def _release_guest(self) -> None:
+        guest = self._guest
+        if guest is None or not guest.closing:
+            return  # another stream still uses the run
+        cancelled = False
+        while not guest.done.done():
+            try:
+                await asyncio.shield(guest.done)
+            except asyncio.CancelledError:
+                cancelled = True
+        if cancelled:
+            raise asyncio.CancelledError
+
+    def _on_started(self, stream: HybridStream) -> None:
+        if self._started is None or self._started.done() or self._stop_requested:
+            return
+        self._stream = stream
+        stats = self._stats
+        stream.hub.health.handler_errors_source = lambda: stats.handler_errors  # for /metrics
+        self._state = "running"
+        self._started.set_result(None)
+
+    def _request_trio_stop(self) -> None:
+        self._stop_requested = True
+        token, scope = self._token, self._trio_scope
+        if token is not None and scope is not None:
+            with suppress(trio.RunFinishedError):
+                token.run_sync_soon(scope.cancel)
+
+    def _wake_pump(self) -> None:
+        room, token = self._room, self._token
+        if room is not None and token is not None:
+            with suppress(trio.RunFinishedError):
+                token.run_sync_soon(room.set)
+
+    # --- trio side ----------------------------------------------------------------------------------
+    async def _trio_main(self) -> None:
+        loop, context = self._loop, self._context
+        assert loop is not None and context is not None
+        self._token = trio.lowlevel.current_trio_token()
+        timeout = self._start_timeout
+        with trio.CancelScope() as scope:
+            self._trio_scope = scope
+            if self._stop_requested:
+                scope.cancel()
+            with trio.CancelScope(deadline=math.inf if timeout is None else trio.current_time() + timeout) as starting:
+                async with open_hybrid_stream(self._config) as stream:
+                    starting.deadline = math.inf
+                    loop.call_soon(self._on_started, stream, context=context)
+                    await self._pump(stream)
+            if starting.cancelled_caught:
+                endpoints = self._config.endpoints
+                public = ", ".join(endpoints.public_url(c) for c in self._config.categories)
+                raise StartTimeout(
+                    f"the stream did not start within {timeout:g}s: could not open {endpoints.ws_private_url} and "
+                    f"{public} and load positions from {endpoints.rest_url}; check the network and the URLs "
+                    "(the warnings of hybrid_actors.supervisor above say what failed)")
+
+    async def _pump(self, stream: HybridStream) -> None:
+        """Move events to the loop: a batch at a time, and only while the lanes have room.
+
+        ``accept`` runs right here: this trio task runs on the loop's thread (as a guest-mode
+        callback, or inside trio-asyncio's loop), so queueing a batch costs no loop callback;
+        waking the delivery task is the one hop per batch.
+        """
+        dispatcher = self._dispatcher
+        assert dispatcher is not None
+        accept, perf = dispatcher.accept, time.perf_counter_ns
+        try:
+            while True:
+                room = dispatcher.room()
+                if room <= 0:
+                    self._room = trio.Event()
+                    dispatcher.producer_waiting = True
+                    await self._room.wait()
+                    continue
+                batch = await stream.batches(min(room, MAX_BATCH))
+                accept(batch, perf())
+        except StreamClosed:
+            return
+
+
+def _check_seconds(name: str, value: object, *, optional: bool) -> None:
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"{name} must be a positive number of seconds{' or None' if optional else ''}, "
+                          f"got {value!r}")

@@ -1,0 +1,116 @@
+"""Issue 8, defects 4 and 5: the REST snapshot against the simulator.
+
+Paging stops on an empty page or a repeated cursor and is bounded per snapshot; a Classic
+account's missing scopes (10001) are remembered and skipped; 10009 bans like HTTP 403.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import attrs
+import pytest
+import trio
+
+from hybrid_actors.errors import RestUnavailable
+from hybrid_actors.rest import IP_BAN_COOLDOWN, MAX_REQUESTS_PER_SNAPSHOT, RestClient, open_rest_client
+from hybrid_actors.testing.simulator import Simulator, open_simulator, trio_wall_clock
+from stack import TEST_TIMEOUT, sim_config
+
+pytestmark = pytest.mark.integration
+LIST = "/v5/position/list"
+
+
+@asynccontextmanager
+async def rest_against_sim(coins: tuple[str, ...] = ("USDT", "USDC"),
+                           **sim: Any) -> AsyncIterator[tuple[Simulator, RestClient]]:
+    wall = trio_wall_clock()
+    async with open_simulator(attrs.evolve(sim_config(**sim), wall_clock=wall)) as simulator, \
+            open_rest_client(simulator.rest_url, simulator.credentials, wall_clock=wall,
+                             linear_settle_coins=coins, rng=random.Random(3)) as rest:
+        yield simulator, rest
+
+
+def list_calls(sim: Simulator) -> int:
+    return len(sim.observe.rest_calls(LIST))
+
+
+@pytest.mark.parametrize("paging", ["last_page_cursor", "repeat_last_page"])
+async def test_a_last_page_with_a_cursor_ends_the_paging(loopback_clock, paging):
+    with trio.fail_after(TEST_TIMEOUT):
+        async with rest_against_sim() as (sim, rest):
+            for symbol in ("BTCUSDT", "ETHUSDT", "SOLUSDT"):
+                sim.control.open_position(symbol, "Buy", "1")
+            sim.control.open_position("BTCPERP", "Sell", "0.5")
+            sim.control.set_account(paging=paging)
+            snapshot = await rest.positions(["linear"])
+            assert {p.symbol for p in snapshot.positions} == {"BTCUSDT", "ETHUSDT", "SOLUSDT", "BTCPERP"}
+            # one page of data and one answer to its cursor per settle coin: no storm
+            assert snapshot.requests == list_calls(sim) == 4
+            assert snapshot.coverage == (("linear", "USDT"), ("linear", "USDC"))
+            assert snapshot.truncated == () and rest.paging_problems == {}
+            assert {p.symbol: p.settle_coin for p in snapshot.positions}["BTCPERP"] == "USDC"
+
+
+async def test_paging_that_never_ends_is_bounded_and_reported(loopback_clock, caplog):
+    with trio.fail_after(TEST_TIMEOUT):
+        async with rest_against_sim(coins=("USDT",)) as (sim, rest):
+            sim.control.open_position("BTCUSDT", "Buy", "1")
+            sim.control.set_account(paging="endless")
+            snapshot = await rest.positions(["linear", "inverse"])
+            assert list_calls(sim) == snapshot.requests == MAX_REQUESTS_PER_SNAPSHOT
+            assert [p.symbol for p in snapshot.positions] == ["BTCUSDT"]  # what was read is kept
+            assert ("linear", "USDT") in snapshot.truncated and ("linear", "USDT") not in snapshot.coverage
+            assert "bound of 50 requests" in rest.paging_problems[("linear", "USDT")]
+            assert any("not reconciled" in r.getMessage() for r in caplog.records)
+
+            sim.control.set_account(paging="normal")  # the exchange behaves again: so do we
+            before = list_calls(sim)
+            healed = await rest.positions(["linear", "inverse"])
+            # right after 50 requests the per-UID limit (50/s) answers 10006 once; the client
+            # waits for X-Bapi-Limit-Reset-Timestamp and goes on
+            codes = [c.ret_code for c in sim.observe.rest_calls(LIST)][before:]
+            assert codes == [10006, 0, 0] and healed.requests == 2
+            assert healed.coverage == (("linear", "USDT"), ("inverse", None)) and rest.paging_problems == {}
+
+
+async def test_a_classic_account_skips_what_it_does_not_have_and_remembers(loopback_clock):
+    with trio.fail_after(TEST_TIMEOUT):
+        async with rest_against_sim() as (sim, rest):
+            sim.control.set_account(classic=True)
+            sim.control.open_position("BTCUSDT", "Buy", "1")
+            sim.control.open_position("BTCUSD", "Sell", "100", category="inverse")
+            snapshot = await rest.positions(["linear", "inverse", "option"])
+            assert {p.symbol for p in snapshot.positions} == {"BTCUSDT", "BTCUSD"}
+            assert snapshot.skipped == (("linear", "USDC"), ("option", None))
+            assert snapshot.coverage == (("linear", "USDT"), ("inverse", None))
+            assert set(rest.unsupported) == {("linear", "USDC"), ("option", None)}
+            asked = [c.query for c in sim.observe.rest_calls(LIST)]
+            assert sum("settleCoin=USDC" in q for q in asked) == 1 and sum("option" in q for q in asked) == 1
+
+            again = await rest.positions(["linear", "inverse", "option"])
+            assert again.skipped == snapshot.skipped and again.requests == 2  # not asked again
+            assert [c.query for c in sim.observe.rest_calls(LIST)][len(asked):] == [
+                "category=linear&settleCoin=USDT&limit=200", "category=inverse&limit=200"]
+
+
+async def test_10009_ip_banned_cools_down_like_http_403(loopback_clock):
+    with trio.fail_after(IP_BAN_COOLDOWN + TEST_TIMEOUT):
+        async with rest_against_sim() as (sim, rest):
+            await rest.sync_time()
+            sim.control.rest_error(10009, "IP is banned", count=1, path=LIST)
+            start = trio.current_time()
+            with pytest.raises(RestUnavailable, match="IP ban") as banned:
+                await rest.positions(["linear"])
+            assert rest.banned_until == pytest.approx(start + IP_BAN_COOLDOWN, abs=1.0)
+            assert banned.value.retry_after is not None and banned.value.retry_after > IP_BAN_COOLDOWN - 5
+            assert list_calls(sim) == 1  # nothing more while banned
+            with pytest.raises(RestUnavailable, match="IP ban"):
+                await rest.positions(["linear"])
+            assert list_calls(sim) == 1
+            await trio.sleep_until(rest.banned_until + 0.001)
+            snapshot = await rest.positions(["linear"])
+            assert snapshot.coverage == (("linear", "USDT"), ("linear", "USDC"))

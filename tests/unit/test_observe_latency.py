@@ -1,0 +1,104 @@
+"""The latency recorder: percentiles over a window, the sparkline history, Prometheus buckets."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hybrid_actors.latency import FINE_BOUNDS, PROMETHEUS_BOUNDS, Latency, LatencyHistogram, percentile
+
+pytestmark = pytest.mark.unit
+
+
+def test_fine_bounds_contain_every_prometheus_bound_and_are_at_most_20_percent_apart():
+    assert set(PROMETHEUS_BOUNDS) <= set(FINE_BOUNDS)
+    assert list(FINE_BOUNDS) == sorted(set(FINE_BOUNDS))
+    assert all(high / low <= 1.2 + 1e-5 for low, high in zip(FINE_BOUNDS, FINE_BOUNDS[1:]))
+
+
+def test_percentiles_match_the_exact_ones_within_a_bucket():
+    rng = random.Random(3)
+    values = [rng.expovariate(1 / 0.004) for _ in range(20_000)]
+    hist = LatencyHistogram()
+    for value in values:
+        hist.observe(value, now=10.0)
+    exact = sorted(values)
+    summary = hist.summary(now=10.0)
+    assert summary["count"] == summary["total"] == 20_000
+    for q, key in ((0.5, "p50"), (0.95, "p95"), (0.99, "p99")):
+        truth = exact[int(q * len(exact))] * 1000
+        assert truth / 1.2 <= summary[key] <= truth * 1.2, (key, summary[key], truth)
+    assert summary["max"] == round(max(values) * 1000, 3)
+
+
+def test_no_data_gives_none_not_zero():
+    hist = LatencyHistogram()
+    assert hist.summary(now=0.0) == {"count": 0, "p50": None, "p95": None, "p99": None, "total": 0, "max": None}
+    assert percentile([0] * (len(FINE_BOUNDS) + 1), 0.5) is None
+
+
+def test_the_window_forgets_old_slots_and_history_keeps_one_point_per_slot():
+    hist = LatencyHistogram(slot=5.0, window=60.0, history=12)
+    for second in range(0, 30):
+        hist.observe(0.800, now=float(second))  # slow for the first 30 s
+    for second in range(30, 100):
+        hist.observe(0.002, now=float(second))
+    at_99 = hist.summary(now=99.0)
+    assert at_99["p99"] < 3.0  # the 800 ms samples left the window
+    assert at_99["count"] == 60  # slots 40..95 (12 of 5 s), one sample per second
+    assert at_99["total"] == 100 and at_99["max"] == 800.0
+    history = hist.history_ms(now=99.0)
+    assert len(history) == 12 and all(p is not None and p < 3.0 for p in history)
+    # a silent stretch shows as gaps, and the window empties
+    assert hist.history_ms(now=130.0)[-6:] == [None] * 6
+    assert hist.summary(now=200.0)["count"] == 0
+
+
+def test_the_window_includes_the_slot_at_its_edge():
+    hist = LatencyHistogram(slot=5.0, window=60.0)
+    hist.observe(0.5, now=41.0)  # slot [40, 45)
+    assert hist.summary(now=100.0)["count"] == 1
+    assert hist.summary(now=100.001)["count"] == 0
+
+
+def test_negative_durations_from_clock_skew_count_as_zero():
+    hist = LatencyHistogram()
+    hist.observe(-0.25, now=1.0)
+    buckets, total = hist.exported()
+    assert buckets[0] == ("0.0005", 1) and total == 0.0
+
+
+def test_values_above_the_top_bound_go_to_inf_and_report_the_top_bound():
+    hist = LatencyHistogram()
+    hist.observe(500.0, now=1.0)
+    buckets, total = hist.exported()
+    assert buckets[-2] == ("60.0", 0) and buckets[-1] == ("+Inf", 1) and total == 500.0
+    assert hist.summary(now=1.0)["p50"] == FINE_BOUNDS[-1] * 1000
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(min_value=0, max_value=200, allow_nan=False), min_size=1, max_size=300))
+def test_exported_buckets_are_exact_cumulative_counts(values):
+    hist = LatencyHistogram()
+    for value in values:
+        hist.observe(value, now=0.0)
+    buckets, total = hist.exported()
+    assert [le for le, _ in buckets] == [repr(b) for b in PROMETHEUS_BOUNDS] + ["+Inf"]
+    for le, count in buckets[:-1]:
+        assert count == sum(1 for v in values if v <= float(le))
+    assert buckets[-1][1] == len(values)
+    assert total == pytest.approx(sum(values))
+
+
+def test_the_report_has_both_latencies_and_their_sparklines():
+    latency = Latency()
+    latency.frame_to_event.observe(0.001, now=3.0)
+    latency.exchange_to_event.observe(0.120, now=3.0)
+    report = latency.report(now=3.0)
+    assert report["frame_to_event_ms"]["count"] == 1 and report["exchange_to_event_ms"]["count"] == 1
+    assert 100.0 <= report["exchange_to_event_ms"]["p50"] <= 120.0
+    assert report["history"]["slot_s"] == 5.0
+    assert report["history"]["exchange_to_event_p99_ms"][-1] == report["exchange_to_event_ms"]["p99"]
