@@ -23,6 +23,7 @@ from contextlib import nullcontext
 import trio
 
 from . import __version__
+from .cli_rollout import add_rollout_options, rollout_settings
 from .config import POSITION_CATEGORIES, Credentials, Endpoints, StreamConfig
 from .errors import AuthRejected, ConfigError, HybridActorsError, RestartIntensityExceeded
 from .output import consume
@@ -64,6 +65,7 @@ def _add_stream_options(parser: argparse.ArgumentParser) -> None:
                         help="stop by itself after this many seconds")
     parser.add_argument("--log-level", default="INFO",
                         choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"))
+    add_rollout_options(parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -118,7 +120,7 @@ def _config_from(args: argparse.Namespace, credentials: Credentials, endpoints: 
     return StreamConfig(credentials=credentials, endpoints=endpoints,
                         categories=tuple(args.categories or ("linear",)),
                         heartbeat_interval=args.heartbeat_interval, metrics_port=args.metrics_port,
-                        metrics_host=args.metrics_host)
+                        metrics_host=args.metrics_host, **rollout_settings(args))
 
 
 def _run_unwrapped(args: argparse.Namespace, output: str) -> None:
