@@ -63,6 +63,9 @@ class HealthReport:
     #: every open position as the consumer last saw it: decimals as strings, ``mark_age_s``
     #: is the time since its mark last changed (what ``/health`` and the dashboard show)
     open_positions: tuple[dict[str, Any], ...] = ()
+    #: the last ``stream.state`` notice (``state``, ``reason``, ``sockets``, ``ts``) and
+    #: ``since_s``; empty before the stream started
+    stream_state: dict[str, Any] = attrs.Factory(dict)
     #: mode, active source, cutover, comparator figures, rollbacks (see supervisor.rollout_section)
     rollout: dict[str, Any] = attrs.field(factory=dict)
 

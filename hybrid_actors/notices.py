@@ -28,7 +28,7 @@ import attrs
 from .state import Key, PositionClosed, PositionUpdate
 
 __all__ = ["StreamState", "StreamAlert", "StreamRollback", "StreamReturn", "Notice", "StreamEvent",
-           "StateName", "NOTICE_KEY", "STATE_NAMES"]
+           "StateName", "NOTICE_KEY", "STATE_NAMES", "StateTracker"]
 
 StateName = Literal["starting", "live", "degraded", "recovered", "failed"]
 STATE_NAMES: Final[tuple[str, ...]] = get_args(StateName)
@@ -136,3 +136,77 @@ class StreamReturn(_Notice):
 Notice = StreamState | StreamAlert | StreamRollback | StreamReturn
 #: everything the stream's event queue carries, in order
 StreamEvent = PositionUpdate | PositionClosed | Notice
+
+
+@attrs.define(eq=False)
+class StateTracker:
+    """Derives ``stream.state`` from the sockets' health; its owner (the supervisor) is the
+    one writer. Each method returns the notice to emit, or None when nothing observable
+    changed.
+
+    ``starting`` until the stream is :meth:`ready` (every child started, the first REST
+    snapshot applied); then ``live`` if every socket is up, else ``degraded``. Afterwards a
+    socket going down gives ``degraded`` (again, whenever the set of sockets down changes),
+    and all of them up again ``recovered``. ``failed`` is final: nothing follows it.
+    """
+
+    sockets: dict[str, bool]
+    current: StreamState | None = None
+    ready_seen: bool = False
+    _why_down: dict[str, str] = attrs.Factory(dict)
+
+    @classmethod
+    def for_sockets(cls, names: tuple[str, ...] | list[str]) -> StateTracker:
+        return cls({name: False for name in names})
+
+    @property
+    def state(self) -> StateName | None:
+        return None if self.current is None else self.current.state
+
+    def start(self, ts: int) -> StreamState | None:
+        if self.current is not None:
+            return None
+        names = ", ".join(self.sockets) or "no sockets"
+        return self._to("starting", f"connecting {names}", ts)
+
+    def socket(self, name: str, up: bool, ts: int, why: str = "") -> StreamState | None:
+        """Socket ``name`` is up (its actor is running) or down (``why``: the error)."""
+        if self.state == "failed" or self.sockets.get(name) is up:
+            return None
+        self.sockets[name] = up
+        if up:
+            self._why_down.pop(name, None)
+        else:
+            self._why_down[name] = why
+        return self._derive(ts) if self.ready_seen else None
+
+    def ready(self, ts: int) -> StreamState | None:
+        """The stream finished starting: every child started once, the first snapshot applied."""
+        if self.ready_seen or self.state == "failed":
+            return None
+        self.ready_seen = True
+        return self._derive(ts)
+
+    def fail(self, reason: str, ts: int) -> StreamState | None:
+        if self.state == "failed":
+            return None
+        return self._to("failed", reason, ts)
+
+    def _derive(self, ts: int) -> StreamState | None:
+        down = [name for name, up in self.sockets.items() if not up]
+        if down:
+            reason = "; ".join(f"{name} is down" + (f": {self._why_down[name]}" if self._why_down.get(name) else "")
+                               for name in down)
+            if self.state == "degraded" and self.current is not None and self.current.reason == reason:
+                return None
+            return self._to("degraded", reason, ts)
+        names = ", ".join(self.sockets) or "no sockets"
+        if self.state in (None, "starting"):
+            return self._to("live", f"every socket is up: {names}", ts)
+        if self.state == "degraded":
+            return self._to("recovered", f"every socket is back up: {names}", ts)
+        return None
+
+    def _to(self, state: StateName, reason: str, ts: int) -> StreamState:
+        self.current = StreamState(state, reason, self.sockets, ts)
+        return self.current

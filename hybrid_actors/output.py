@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 __all__ = ["JsonlWriter", "open_stdout", "position_table", "TableView", "consume"]
 
 TABLE_REFRESH = 0.5
+#: how long the JSON lines output may take to write the stream's last events after it failed
+FLUSH_TIMEOUT = 2.0
 
 
 class ByteSink(Protocol):
@@ -98,8 +100,18 @@ async def consume(stream: HybridStream, output: str) -> None:
     if output == "jsonl":
         async with open_stdout() as sink:
             writer = JsonlWriter(sink)
-            while True:
-                await writer.write_batch(await stream.batches())
+            last: list[StreamEvent] = []
+            try:
+                while True:
+                    batch = await stream.batches()
+                    if stream.ended:  # an error ended the stream: we are about to be cancelled
+                        last = batch
+                        break
+                    await writer.write_batch(batch)
+            finally:
+                if stream.ended:  # print its last events, the "failed" line that says why included
+                    with trio.move_on_after(FLUSH_TIMEOUT, shield=True):
+                        await writer.write_batch([*last, *stream.unread()])
     with TableView() as view:
         while True:
             with trio.move_on_after(TABLE_REFRESH):

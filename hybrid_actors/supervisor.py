@@ -13,6 +13,12 @@ per category, private stream, reconciler. Each runs in its own loop:
   stream with :class:`~.errors.RestartIntensityExceeded`;
 - :class:`~.errors.AuthRejected` (bad credentials) ends the stream at once.
 
+The supervisor is also the one writer of the stream's ``stream.state``
+(:class:`~.notices.StateTracker`): ``starting`` when it starts; ``live`` once every child
+has started and the first snapshot is applied; ``degraded`` when a socket actor (the
+private one, a public one) fails, ``recovered`` when all run again; ``failed`` (the last
+event of all: the event queue closes behind it) when an error ends the stream.
+
 A failing child never tears down its siblings: only the supervisor's own errors
 (escalations) cancel the nursery.
 """
@@ -48,7 +54,7 @@ from .errors import AuthRejected, HybridActorsError, RestartIntensityExceeded, S
 from .health import HealthReport
 from .observability import serve_observability
 from .rest import open_rest_client
-from .notices import StreamEvent
+from .notices import StateTracker, StreamEvent, StreamState
 from .rollout import resolve_mode
 from .state import PositionUpdate
 
@@ -94,6 +100,11 @@ def classify(exc: BaseException) -> tuple[Literal["fatal", "outage", "crash"], B
     return "outage", leaves[0]
 
 
+def is_socket(name: str) -> bool:
+    """Does the child called ``name`` own one of the stream's sockets?"""
+    return name == "private" or name.startswith("public:")
+
+
 def hybrid_children(hub: Hub, *, critical: bool = True) -> tuple[ChildSpec, ...]:
     """The hybrid stream's actors."""
     specs = [ChildSpec("combiner", lambda: CombinerActor(hub), critical),
@@ -126,14 +137,44 @@ class Supervisor:
     def __attrs_post_init__(self) -> None:
         if self.children is None:
             self.children = default_children(self.hub)
+        self.hub.stream_state = StateTracker.for_sockets([s.name for s in self.children if is_socket(s.name)])
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> NoReturn:
         """Start every child in order (each ready before the next), then supervise forever."""
-        async with trio.open_nursery() as nursery:
-            for spec in self.children or ():
-                await nursery.start(self._supervise, spec)
-            task_status.started()
+        hub = self.hub
+        self._notify(hub.stream_state.start(hub.wall_ms()))
+        try:
+            async with trio.open_nursery() as nursery:
+                for spec in self.children or ():
+                    await nursery.start(self._supervise, spec)
+                task_status.started()
+                await hub.first_snapshot.wait()
+                self._notify(hub.stream_state.ready(hub.wall_ms()))
+        except BaseException as exc:
+            self._ended(exc)
+            raise
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _notify(self, notice: StreamState | None) -> None:
+        if notice is not None:
+            self.hub.emit_notice(notice)
+            log.log(logging.WARNING if notice.state in ("degraded", "failed") else logging.INFO,
+                    "stream %s: %s", notice.state, notice.reason)
+
+    def _socket(self, name: str, up: bool, why: str = "") -> None:
+        if is_socket(name):
+            self._notify(self.hub.stream_state.socket(name, up, self.hub.wall_ms(), why))
+
+    def _ended(self, exc: BaseException) -> None:
+        """An error ended the stream: say so as its last event, then close the queue."""
+        leaves = [e for e in exception_leaves(exc) if isinstance(e, Exception)]
+        if not leaves:
+            return  # cancelled (the stream was stopped), or the process is being interrupted
+        leaf = next((e for kind in (AuthRejected, RestartIntensityExceeded) for e in leaves if isinstance(e, kind)),
+                    leaves[0])
+        reason = f"{type(leaf).__name__}: {leaf}"
+        self._notify(self.hub.stream_state.fail(reason, self.hub.wall_ms()))
+        self.hub.events.close(StreamClosed(f"the stream failed: {reason}"))
 
     async def _supervise(self, spec: ChildSpec, *, task_status: trio.TaskStatus[None]) -> NoReturn:
         policy = self.hub.config.restart
@@ -152,6 +193,7 @@ class Supervisor:
                     await incarnation.start(spec.make().run)
                     stats.state = "running"
                     stats.last_change = trio.current_time()
+                    self._socket(spec.name, True)
                     if status is not None:
                         status.started()
                         status = None
@@ -166,6 +208,7 @@ class Supervisor:
                     stats.state = "failed"
                     log.error("%s: %s", spec.name, stats.last_error)
                     raise leaf from None
+                self._socket(spec.name, False, stats.last_error)
                 if now - started_at >= policy.stable_after:
                     attempt = 0
                 if kind == "crash":
@@ -219,6 +262,17 @@ class HybridStream:
         """Every queued event (at least one), in order: the efficient way to consume.
         Raises :class:`~.actors.mailboxes.StreamClosed` when the stream has ended."""
         return await self.hub.events.get_batch(max_items)
+
+    @property
+    def ended(self) -> bool:
+        """The stream ended by itself (an error; see :meth:`unread`) or was closed."""
+        return self.hub.events.closed
+
+    def unread(self) -> list[StreamEvent]:
+        """Take the events queued but not read yet, without waiting. After an error ended the
+        stream (which cancels the reader's block), these are its last events, ending with the
+        ``stream.state`` notice ``failed`` that says why."""
+        return self.hub.events.drain()
 
     def positions(self) -> tuple[PositionUpdate, ...]:
         """The current view of every open position (latest mark and PnL), from the source
@@ -290,13 +344,17 @@ def build_health_report(hub: Hub) -> HealthReport:
         status = "degraded"
     else:
         status = "ok"
+    current = hub.stream_state.current
+    stream_state = {} if current is None else {**current.as_dict(),
+                                               "since_s": round(max(0, hub.wall_ms() - current.ts) / 1000, 3)}
+    stream_state.pop("event", None)
     rollout = rollout_section(hub, now)
     if rollout["active"] == "rest" and hub.mode == "production":
         problems.append(f"rolled back to REST: {hub.switch.last_rollback_reason}")
     positions = len(hub.combiner.book) if hub.switch.all_hybrid else len(hub.switch.seen)
     return HealthReport(status, actors, connections, subscriptions, events, positions, tuple(problems),
                         latency=hub.latency.report(now), open_positions=position_rows(hub),
-                        rest=rest_section, rollout=rollout)
+                        rest=rest_section, stream_state=stream_state, rollout=rollout)
 
 
 def rollout_section(hub: Hub, now: float) -> dict[str, Any]:

@@ -107,7 +107,7 @@ from hybrid_actors import transport as transport_module
 from hybrid_actors.actors import connection, public_ws
 from hybrid_actors.config import Credentials, Endpoints, RestartPolicy, StreamConfig
 from hybrid_actors.protocol.frames import TickerFrame
-from hybrid_actors.state import Combiner, Event
+from hybrid_actors.state import Combiner, Event, PositionEvent
 from hybrid_actors.supervisor import HybridStream, open_hybrid_stream
 
 CLK_TCK: Final = os.sysconf("SC_CLK_TCK")
@@ -378,8 +378,9 @@ class Consumer:
             self.batches += 1
             if self.watchers:
                 stamp = clock()
+                positions = [e for e in out if isinstance(e, PositionEvent)]  # not the stream.* notices
                 for watcher in list(self.watchers):
-                    watcher(out, stamp)
+                    watcher(positions, stamp)
 
     @contextmanager
     def watching(self, watcher: Watcher) -> Iterator[None]:

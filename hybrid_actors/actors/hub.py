@@ -22,7 +22,7 @@ from ..config import StreamConfig
 from ..health import Health
 from ..latency import Latency
 from ..messages import Lifecycle, SubscriptionMessage
-from ..notices import Notice
+from ..notices import Notice, StateTracker
 from ..protocol.session import Session
 from ..rest import RestClient
 from ..rollout import Comparator, Mode, ReturnGate
@@ -145,6 +145,8 @@ class Hub:
     mode: Mode = "production"
     switch: SourceSwitch = attrs.field(init=False)
     rollout: RolloutRuntime = attrs.field(init=False)
+    #: ``stream.state``: written by the supervisor only (see :class:`~..notices.StateTracker`)
+    stream_state: StateTracker = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         cats = self.config.categories
@@ -153,6 +155,7 @@ class Hub:
         self.links = LinkRegistry(self.config.heartbeat_interval)
         self.subscriptions = {c: CategorySubscriptions(c) for c in cats}
         self.activity = {c: {} for c in cats}
+        self.stream_state = StateTracker.for_sockets(["private", *(f"public:{c}" for c in cats)])
         self.lifecycle_send, self.lifecycle_recv = trio.open_memory_channel[Lifecycle](LIFECYCLE_BUFFER)
         self.subs_send, self.subs_recv = trio.open_memory_channel[SubscriptionMessage](SUBSCRIPTION_INBOX)
         policy = self.config.rollout

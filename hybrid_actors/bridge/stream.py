@@ -379,10 +379,19 @@ class BybitHybridStream:
             if self._stop_requested:
                 scope.cancel()
             with trio.CancelScope(deadline=math.inf if timeout is None else trio.current_time() + timeout) as starting:
-                async with open_hybrid_stream(self._config) as stream:
-                    starting.deadline = math.inf
-                    loop.call_soon(self._on_started, stream, context=context)
-                    await self._pump(stream)
+                opened: list[HybridStream] = []
+                try:
+                    async with open_hybrid_stream(self._config) as stream:
+                        opened.append(stream)
+                        starting.deadline = math.inf
+                        loop.call_soon(self._on_started, stream, context=context)
+                        await self._pump(stream)
+                except Exception:
+                    if opened and self._dispatcher is not None:
+                        # the stream's last events, its ``stream.state`` "failed" included: the
+                        # error cancelled the pump before it could take them
+                        self._dispatcher.accept(opened[0].unread(), time.perf_counter_ns())
+                    raise
             if starting.cancelled_caught:
                 endpoints = self._config.endpoints
                 public = ", ".join(endpoints.public_url(c) for c in self._config.categories)

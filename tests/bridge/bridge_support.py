@@ -183,9 +183,14 @@ def expected_host(host: str) -> str:
 
 @attrs.define(eq=False)
 class Recorder:
-    """An event handler that records ``(event_name, data)`` and lets a test wait for a match."""
+    """An event handler that records ``(event_name, data)`` and lets a test wait for a match.
+
+    Position events go to ``events`` (and the waiters), ``stream.*`` notices to ``notices``."""
 
     events: list[tuple[str, dict[str, Any]]] = attrs.Factory(list)
+    notices: list[tuple[str, dict[str, Any]]] = attrs.Factory(list)
+    _notice_waiters: list[tuple[Callable[[dict[str, Any]], bool], asyncio.Future[dict[str, Any]]]] = (
+        attrs.Factory(list))
     _waiters: list[tuple[Callable[[str, dict[str, Any]], bool], asyncio.Future[tuple[str, dict[str, Any]]]]] = (
         attrs.Factory(list))
 
@@ -193,6 +198,13 @@ class Recorder:
         self.record(name, data)
 
     def record(self, name: str, data: dict[str, Any]) -> None:
+        if name.startswith("stream."):
+            self.notices.append((name, data))
+            for waiter in list(self._notice_waiters):
+                if not waiter[1].done() and waiter[0](data):
+                    waiter[1].set_result(data)
+                    self._notice_waiters.remove(waiter)
+            return
         self.events.append((name, data))
         for waiter in list(self._waiters):
             predicate, future = waiter
@@ -214,6 +226,26 @@ class Recorder:
         finally:
             if waiter in self._waiters:
                 self._waiters.remove(waiter)
+
+    def states(self) -> list[str]:
+        return [data["state"] for name, data in self.notices if name == "stream.state"]
+
+    async def wait_for_state(self, state: str, *, timeout: float = 10.0) -> dict[str, Any]:
+        """The first ``stream.state`` notice in ``state``, waiting up to ``timeout``."""
+        def match(data: dict[str, Any]) -> bool:
+            return data["event"] == "stream.state" and data["state"] == state
+
+        for _, data in self.notices:
+            if match(data):
+                return data
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        waiter = (match, future)
+        self._notice_waiters.append(waiter)
+        try:
+            return await asyncio.wait_for(future, timeout)
+        finally:
+            if waiter in self._notice_waiters:
+                self._notice_waiters.remove(waiter)
 
     def of(self, symbol: str) -> list[tuple[str, dict[str, Any]]]:
         return [(n, d) for n, d in self.events if d["symbol"] == symbol]

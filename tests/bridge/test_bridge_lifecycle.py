@@ -227,3 +227,34 @@ def test_two_streams_on_one_loop_share_a_guest_run_that_ends_with_the_last(simul
         await assert_nothing_left(before, "asyncio")  # and the guest run is over
 
     run_on("asyncio", main)
+
+
+@pytest.mark.parametrize("host", HOSTS)
+def test_stream_state_reaches_the_handler_live_degraded_recovered_then_failed_on_revoked_keys(host, simulator):
+    sim = simulator(rate=0)
+
+    async def main() -> None:
+        handler = Recorder()
+        stream = BybitHybridStream(sim.api_key, sim.api_secret, handler, **sim.stream_kwargs())
+        await stream.start()
+        try:
+            live = await handler.wait_for_state("live")
+            assert live["sockets"] == {"private": True, "public:linear": True}
+            assert stream.health().stream_state["state"] == "live"
+            await control(sim, "drop_public", category="linear")
+            degraded = await handler.wait_for_state("degraded")
+            assert degraded["sockets"]["public:linear"] is False and "public:linear is down" in degraded["reason"]
+            await handler.wait_for_state("recovered")
+            await control(sim, "fail_auth", count=None)  # the key is revoked
+            await control(sim, "drop_private")
+            with pytest.raises(AuthRejected):
+                await asyncio.wait_for(stream.wait_closed(), 10)
+            failed = await handler.wait_for_state("failed")
+            assert failed["reason"].startswith("AuthRejected: ") and stream.state == "failed"
+            assert str(stream.error) in failed["reason"]
+        finally:
+            await stream.stop()
+        assert handler.states() == ["starting", "live", "degraded", "recovered", "degraded", "failed"]
+        assert handler.notices[-1][1] is failed  # nothing after failed
+
+    run_on(host, main)

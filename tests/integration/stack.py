@@ -16,7 +16,8 @@ import trio
 
 from hybrid_actors import StreamConfig
 from hybrid_actors.actors.mailboxes import StreamClosed
-from hybrid_actors.state import Event, PositionEvent
+from hybrid_actors.notices import Notice, StreamState
+from hybrid_actors.state import Event, PositionClosed, PositionUpdate
 from hybrid_actors.supervisor import HybridStream, open_hybrid_stream
 from hybrid_actors.testing.simulator import Simulator, SimulatorConfig, open_simulator, trio_wall_clock
 
@@ -26,26 +27,45 @@ TEST_TIMEOUT = 60  # virtual seconds under loopback_clock
 @attrs.define(eq=False)
 class EventLog:
     """Everything the stream emitted, in order; lets a test wait for a matching event.
-    ``events`` holds the position events, ``notices`` the ``stream.*`` notices, ``everything``
-    both in the order they came."""
+
+    ``events``: the position events; ``notices``: the ``stream.*`` notices; ``everything``: both."""
 
     stream: HybridStream
     events: list[Event] = attrs.Factory(list)
-    notices: list[Any] = attrs.Factory(list)
-    everything: list[Any] = attrs.Factory(list)
+    notices: list[Notice] = attrs.Factory(list)
+    everything: list[Event | Notice] = attrs.Factory(list)
     _changed: trio.Event = attrs.Factory(trio.Event)
 
     async def run(self) -> None:
         try:
             while True:
-                batch = await self.stream.batches()
-                self.everything.extend(batch)
-                for item in batch:
-                    (self.events if isinstance(item, PositionEvent) else self.notices).append(item)
-                self._changed.set()
-                self._changed = trio.Event()
+                self.take(await self.stream.batches())
         except StreamClosed:
             return
+
+    def take(self, batch: list[Event | Notice]) -> None:
+        for item in batch:
+            self.everything.append(item)
+            if isinstance(item, (PositionUpdate, PositionClosed)):
+                self.events.append(item)
+            else:
+                self.notices.append(item)
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def states(self) -> list[str]:
+        return [n.state for n in self.notices if isinstance(n, StreamState)]
+
+    async def wait_for_state(self, state: str, *, after: int = 0) -> StreamState:
+        """The first ``stream.state`` notice at index >= ``after`` of ``notices`` in ``state``."""
+        index = after
+        while True:
+            changed = self._changed
+            for notice in self.notices[index:]:
+                if isinstance(notice, StreamState) and notice.state == state:
+                    return notice
+            index = len(self.notices)
+            await changed.wait()
 
     async def wait_for(self, predicate: Callable[[Event], bool], *, after: int = 0) -> Event:
         """The first event at index >= ``after`` matching ``predicate``."""

@@ -9,13 +9,14 @@ import orjson
 import pytest
 import trio
 
-from hybrid_actors import StreamConfig
+from hybrid_actors import AuthRejected, RestartIntensityExceeded, RestartPolicy, StreamConfig
+from hybrid_actors.actors import public_ws
 from hybrid_actors.notices import StreamAlert, StreamRollback, StreamState
 from hybrid_actors.output import JsonlWriter
 from hybrid_actors.state import PositionUpdate
 from hybrid_actors.supervisor import open_hybrid_stream
 from hybrid_actors.testing.simulator import open_simulator, trio_wall_clock
-from stack import TEST_TIMEOUT, sim_config
+from stack import TEST_TIMEOUT, EventLog, running, sim_config
 
 pytestmark = pytest.mark.integration
 
@@ -52,7 +53,7 @@ async def test_emitted_notices_come_out_of_async_for_in_order_and_as_json_lines(
                     if isinstance(event, PositionUpdate) and event.size == 2:
                         break
                 assert seen[1:3] == notices  # after the open, before the resize, in order
-                assert stream.health().events["notices"] == 2
+                assert stream.health().events["notices"] == 4  # with the stream's own starting and live
                 # the JSON lines output prints them like position events
                 state = StreamState("degraded", "public:linear disconnected", {"private": True, "public:linear": False},
                                     hub.wall_ms())
@@ -63,3 +64,81 @@ async def test_emitted_notices_come_out_of_async_for_in_order_and_as_json_lines(
                 assert lines[-1] == {"event": "stream.state", "state": "degraded",
                                      "reason": "public:linear disconnected",
                                      "sockets": {"private": True, "public:linear": False}, "ts": state.ts}
+
+
+SOCKETS = {"private": True, "public:linear": True, "public:inverse": True}
+
+
+async def test_stream_state_goes_live_then_degraded_and_recovered_across_a_public_drop(loopback_clock):
+    with trio.fail_after(TEST_TIMEOUT):
+        async with running(categories=("linear", "inverse")) as s:
+            sim, log = s.sim, s.log
+            sim.control.open_position("BTCUSDT", "Buy", "1", entry_price="60000.0")
+            live = await log.wait_for_state("live")
+            assert log.notices[0].state == "starting" and log.notices[0].sockets == dict.fromkeys(SOCKETS, False)
+            assert live.sockets == SOCKETS and "every socket is up" in live.reason
+            assert s.stream.health().stream_state["state"] == "live"
+            mark = len(log.notices)
+            sim.control.drop_public("inverse")
+            degraded = await log.wait_for_state("degraded", after=mark)
+            assert degraded.sockets == {**SOCKETS, "public:inverse": False}
+            assert degraded.reason.startswith("public:inverse is down: ConnectionLost")
+            assert s.stream.health().stream_state["state"] in ("degraded", "recovered")
+            recovered = await log.wait_for_state("recovered", after=mark)
+            assert recovered.sockets == SOCKETS and recovered.ts >= degraded.ts
+            assert log.states() == ["starting", "live", "degraded", "recovered"]
+            health = s.stream.health().stream_state
+            assert (health["state"], health["reason"], health["sockets"]) == ("recovered", recovered.reason, SOCKETS)
+            # position events went on around the notices, in order (the open came before live)
+            sim.control.set_mark_price("BTCUSDT", "60100.0")
+            await log.wait_for(lambda e: e.mark_price == 60100)
+            assert log.everything.index(recovered) < len(log.everything) - 1
+
+
+async def test_revoked_keys_end_the_stream_with_failed_as_its_last_event(loopback_clock):
+    wall = trio_wall_clock()
+    log: EventLog | None = None
+    with trio.fail_after(TEST_TIMEOUT):
+        async with open_simulator(sim_config(wall_clock=wall)) as sim:
+            config = StreamConfig(credentials=sim.credentials, endpoints=sim.endpoints)
+            with pytest.raises(AuthRejected) as raised:
+                async with open_hybrid_stream(config, wall_clock=wall, rng=random.Random(3)) as stream:
+                    log = EventLog(stream)
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(log.run)
+                        await log.wait_for_state("live")
+                        sim.control.fail_auth(None)  # the key is revoked: every auth fails from now on
+                        sim.control.drop_private()
+                        await trio.sleep_forever()
+            assert log is not None
+            log.take(stream.unread())  # what the cancelled reader had not read yet
+            assert log.states() == ["starting", "live", "degraded", "failed"]
+            failed = log.notices[-1]
+            assert log.everything[-1] is failed
+            assert failed.reason == f"AuthRejected: {raised.value}"
+            assert stream.hub.events.closed and stream.health().stream_state["state"] == "failed"
+            stream.hub.emit_notice(StreamRollback("late", 1))  # nothing follows failed
+            assert stream.unread() == []
+
+
+async def test_a_crash_loop_is_failed_too(loopback_clock, monkeypatch):
+    async def crash(self, *, task_status=trio.TASK_STATUS_IGNORED):
+        raise ValueError("a bug in the public actor")
+
+    stacks, raised = [], []
+    with trio.fail_after(TEST_TIMEOUT):
+        try:
+            async with running(restart=RestartPolicy(max_restarts=3, window=60.0)) as s:
+                stacks.append(s)
+                await s.log.wait_for_state("live")
+                monkeypatch.setattr(public_ws.PublicStreamActor, "run", crash)
+                s.sim.control.drop_public("linear")
+                await trio.sleep_forever()
+        except* RestartIntensityExceeded as group:  # through the simulator's nursery
+            raised.extend(group.exceptions)
+    [s] = stacks
+    assert len(raised) == 1
+    s.log.take(s.stream.unread())
+    assert s.log.states()[-1] == "failed" and s.log.everything[-1] is s.log.notices[-1]
+    assert s.log.notices[-1].reason.startswith("RestartIntensityExceeded: ")
+    assert "public:linear is down" in s.log.notices[-2].reason  # degraded on the way

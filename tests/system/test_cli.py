@@ -17,8 +17,18 @@ CONTRACT = {"event", "symbol", "category", "side", "size", "entry_price", "mark_
             "position_idx", "source", "exchange_ts", "received_ts"}
 
 
+NOTICE = {"event", "state", "reason", "sockets", "ts"}
+
+
 def check_contract(line: bytes) -> dict:
+    """A position event line, or a ``stream.state`` line."""
     event = json.loads(line)
+    if event["event"] == "stream.state":
+        assert set(event) == NOTICE
+        assert event["state"] in ("starting", "live", "degraded", "recovered", "failed")
+        assert isinstance(event["reason"], str) and isinstance(event["ts"], int)
+        assert all(isinstance(up, bool) for up in event["sockets"].values())
+        return event
     assert set(event) == CONTRACT
     assert event["event"] in ("position.update", "position.closed")
     assert event["source"] in ("ticker", "position", "rest")
@@ -59,6 +69,8 @@ async def test_run_prints_one_contract_event_per_line_live_through_a_pipe():
                 await proc.wait()
         assert proc.returncode == 0
         events = [check_contract(line) for line in lines if line]
+        assert [e["state"] for e in events if e["event"] == "stream.state"] == ["starting", "live"]
+        events = [e for e in events if e["event"] != "stream.state"]
         assert len(events) >= 4
         assert {e["source"] for e in events} >= {"rest", "ticker"}
 
@@ -93,7 +105,7 @@ async def test_demo_runs_without_keys_or_network_and_stops_by_itself():
                            env=cli_env(None, None))
     assert result.returncode == 0, result.stderr.decode()[-2000:]
     events = [check_contract(line) for line in result.stdout.splitlines()]
-    assert events and any(e["source"] == "ticker" for e in events)
+    assert events and any(e.get("source") == "ticker" for e in events)
 
 
 async def test_demo_table_output_shows_the_positions():
@@ -129,3 +141,35 @@ async def test_a_reader_that_goes_away_ends_the_run_quietly():
             await proc.stdout.aclose()  # like `| head -1`
             await proc.wait()
     assert proc.returncode == 0
+
+
+async def sim_control(sim: dict, method: str, **kwargs) -> None:
+    import httpx
+
+    async with httpx.AsyncClient() as client:
+        answer = await client.post(f"{sim['rest_url']}/control/{method}", json=kwargs)
+    assert answer.status_code == 200, answer.text
+
+
+async def test_revoked_keys_mid_run_print_failed_as_the_last_line_and_exit_3():
+    async with simulator("--positions", "1", "--rate", "0", "--seed", "3") as sim:
+        command = [PYTHON, "-m", "hybrid_actors", "run", "--stream-url", sim["ws_url"], "--rest-url",
+                   sim["rest_url"], "--output", "jsonl", "--log-level", "WARNING"]
+        async with trio.open_nursery() as nursery:
+            proc = await nursery.start(lambda task_status: trio.run_process(
+                command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False,
+                env=cli_env(sim["api_key"], sim["api_secret"]), task_status=task_status))
+            reader = LineReader(proc.stdout)
+            lines = []
+            with trio.fail_after(30):
+                while (line := await reader.readline()) is not None:
+                    lines.append(check_contract(line))
+                    if lines[-1].get("state") == "live":
+                        await sim_control(sim, "fail_auth", count=None)
+                        await sim_control(sim, "drop_private")
+                await proc.wait()
+    assert proc.returncode == 3
+    states = [e["state"] for e in lines if e["event"] == "stream.state"]
+    assert states == ["starting", "live", "degraded", "failed"]
+    assert lines[-1]["event"] == "stream.state" and lines[-1]["reason"].startswith("AuthRejected: ")
+    assert sim["api_secret"] not in lines[-1]["reason"]

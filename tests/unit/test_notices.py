@@ -70,3 +70,35 @@ def test_position_events_carry_their_event_name_in_both_dicts_too():
                             position_idx=0, source="ticker", exchange_ts=1, received_ts=2)
     assert update.event == "position.update"
     assert update.as_dict()["event"] == "position.update" == update.to_json()["event"]
+
+
+def test_tracker_starting_live_degraded_recovered_then_failed_is_final():
+    from hybrid_actors.notices import StateTracker
+
+    t = StateTracker.for_sockets(["private", "public:linear"])
+    assert t.start(1).state == "starting" and t.start(2) is None
+    assert t.socket("public:linear", True, 3) is None  # still starting: no notice per socket
+    assert t.socket("private", True, 4) is None
+    live = t.ready(5)
+    assert (live.state, dict(live.sockets)) == ("live", {"private": True, "public:linear": True})
+    assert t.socket("private", True, 6) is None  # no change, no notice
+    down = t.socket("public:linear", False, 7, "ConnectionLost: reset")
+    assert (down.state, down.reason) == ("degraded", "public:linear is down: ConnectionLost: reset")
+    worse = t.socket("private", False, 8, "HeartbeatTimeout: no pong")
+    assert worse.state == "degraded" and "private is down: HeartbeatTimeout" in worse.reason
+    assert t.socket("private", True, 9).reason == "public:linear is down: ConnectionLost: reset"
+    back = t.socket("public:linear", True, 10)
+    assert back.state == "recovered" and all(back.sockets.values())
+    failed = t.fail("AuthRejected: bad key", 11)
+    assert failed.state == "failed" and t.fail("again", 12) is None
+    assert t.socket("public:linear", False, 13, "x") is None and t.current is failed
+
+
+def test_tracker_ready_with_a_socket_down_is_degraded_not_live():
+    from hybrid_actors.notices import StateTracker
+
+    t = StateTracker.for_sockets(["private", "public:linear"])
+    t.start(0)
+    t.socket("private", True, 1)
+    assert t.ready(2).state == "degraded"
+    assert t.socket("public:linear", True, 3).state == "recovered"
