@@ -86,6 +86,8 @@ class Health:
     #: (trio time, category, symbol, reason) of recent subscription failures
     subscription_failures: deque[tuple[float, str, str, str]] = attrs.Factory(lambda: deque(maxlen=1000))
     subscription_failures_total: int = 0
+    #: called after each subscription failure is recorded (the hub wakes the rollback monitor)
+    on_subscription_failure: Callable[[], None] | None = attrs.field(default=None, repr=False)
     reconciliations: int = 0
     reconcile_corrections: int = 0
 
@@ -111,6 +113,8 @@ class Health:
     def subscription_failed(self, now: float, category: str, symbol: str, reason: str) -> None:
         self.subscription_failures.append((now, category, symbol, reason))
         self.subscription_failures_total += 1
+        if self.on_subscription_failure is not None:
+            self.on_subscription_failure()  # the rollback monitor counts them
 
     def failures_within(self, now: float, window: float) -> int:
         return sum(1 for at, *_ in self.subscription_failures if now - at <= window)

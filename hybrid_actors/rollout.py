@@ -28,7 +28,7 @@ from .errors import ConfigError
 
 __all__ = ["Mode", "MODES", "parse_mode", "RolloutPolicy", "routes_hybrid", "Comparator",
            "divergence_ratio", "stale_symbols", "TriggerInputs", "rollback_reason", "ReturnGate",
-           "MODE_ENV", "resolve_mode"]
+           "MODE_ENV", "resolve_mode", "next_check"]
 
 Mode = Literal["rest", "canary", "parallel", "production"]
 MODES: Final[tuple[str, ...]] = get_args(Mode)
@@ -236,9 +236,8 @@ def rollback_reason(policy: RolloutPolicy, inputs: TriggerInputs, *, counting_si
     if limit is not None and down is not None and now - down > limit:
         return f"every socket disconnected for {now - down:.0f}s (limit {limit:g}s)"
     limit = policy.rollback_after_silence
-    if limit is not None and inputs.open_positions and inputs.positions_open_since is not None:
-        quiet_since = max(inputs.positions_open_since,
-                          inputs.last_event_at if inputs.last_event_at is not None else -math.inf)
+    quiet_since = _quiet_since(inputs)
+    if limit is not None and quiet_since is not None:
         if now - quiet_since > limit:
             return (f"no events for {now - quiet_since:.0f}s with {inputs.open_positions} position(s) open "
                     f"(limit {limit:g}s)")
@@ -249,6 +248,36 @@ def rollback_reason(policy: RolloutPolicy, inputs: TriggerInputs, *, counting_si
         if failures > count_limit:
             return f"{failures} subscription failures within an hour (limit {count_limit})"
     return None
+
+
+def _quiet_since(inputs: TriggerInputs) -> float | None:
+    """Since when the hybrid stream has been silent with positions open (None: no positions).
+    Opening a position is itself an event, so the last event is the measure; the open time
+    only stands in when there has been no event at all."""
+    if not inputs.open_positions:
+        return None
+    if inputs.last_event_at is not None:
+        return inputs.last_event_at
+    return inputs.positions_open_since
+
+
+#: how far past a threshold the next check is scheduled ("beyond", not "at")
+_PAST: Final = 0.001
+
+
+def next_check(policy: RolloutPolicy, inputs: TriggerInputs, *, idle: float = 30.0) -> float:
+    """When to evaluate the triggers next if nothing else happens: just past the earliest
+    threshold the current figures would cross, and at most ``idle`` seconds from now (new
+    figures, such as a first open position or subscription failures, are seen by then)."""
+    now = inputs.now
+    candidates = [now + idle]
+    down = all_down_since(inputs.sockets_down_since)
+    if policy.rollback_after_disconnect is not None and down is not None:
+        candidates.append(down + policy.rollback_after_disconnect + _PAST)
+    quiet_since = _quiet_since(inputs)
+    if policy.rollback_after_silence is not None and quiet_since is not None:
+        candidates.append(quiet_since + policy.rollback_after_silence + _PAST)
+    return max(now, min(candidates))
 
 
 @attrs.define

@@ -113,6 +113,10 @@ class RolloutRuntime:
     #: since when at least one hybrid position has been open (the rollback monitor's)
     open_since: float | None = None
 
+    def wake(self) -> None:
+        """Ask the rollback monitor to evaluate now."""
+        self.wake_monitor.set()
+
 
 @attrs.define(eq=False)
 class Hub:
@@ -163,6 +167,7 @@ class Hub:
         self.rollout = RolloutRuntime(
             comparator=Comparator(policy.divergence_threshold) if self.mode == "parallel" else None,
             started_at=trio.current_time(), gate=ReturnGate(policy))
+        self.health.on_subscription_failure = self.rollout.wake
 
     def wall_ms(self) -> int:
         return int(self.wall_clock() * 1000)
@@ -173,7 +178,7 @@ class Hub:
     def report_crash_loop(self, actor: str) -> None:
         """A hybrid actor is crash-looping: the rollback monitor decides what that means."""
         self.rollout.crash_loop = actor
-        self.rollout.wake_monitor.set()
+        self.rollout.wake()
 
     def emit_notice(self, notice: Notice) -> None:
         """Queue a ``stream.*`` notice for the consumer, in order with the position events

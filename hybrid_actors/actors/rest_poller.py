@@ -25,6 +25,7 @@ one backoff policy, and the book, comparator and switch state live in the hub.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable
 from decimal import Decimal
 from typing import Final, NoReturn
@@ -42,6 +43,8 @@ __all__ = ["RestPollerActor"]
 log = logging.getLogger(__name__)
 
 PERCENT_PLACES: Final = Decimal("0.001")
+#: wake this long after a mark would turn stale (staleness is "older than", not "as old as")
+STALE_MARGIN: Final = 0.001
 
 
 @attrs.define(eq=False)
@@ -88,13 +91,45 @@ class RestPollerActor:
 
     # --- tickers -------------------------------------------------------------------------------
     async def _tickers(self) -> NoReturn:
+        """Poll every ``ticker_interval`` while some marks are wanted; otherwise sleep until
+        a tracked mark could go stale, the positions change or the routing does."""
         hub = self.hub
         interval = hub.config.rollout.ticker_interval
         next_at = trio.current_time()
         while True:
-            next_at = max(next_at + interval, trio.current_time())
-            await self._poll_tickers()
-            await trio.sleep_until(next_at)
+            now = trio.current_time()
+            next_at = max(next_at + interval, now)
+            rest, stale, compare = self._wanted(now)
+            if rest or stale or compare or hub.switch.needs_rest_positions:
+                await self._poll_tickers(rest, stale, compare)
+                await trio.sleep_until(next_at)
+            else:
+                await self._idle(now)
+
+    async def _idle(self, now: float) -> None:
+        """Until the earliest tracked mark could go stale, or the hybrid book's symbols or the
+        routing change (no REST call meanwhile)."""
+        hub = self.hub
+        stale_after = hub.config.rollout.stale_after
+        wake_at = math.inf
+        if stale_after is not None and hub.switch.mode == "production":
+            for (category, symbol), since in hub.rollout.tracked_since.items():
+                last = max(since, hub.activity.get(category, {}).get(symbol, -math.inf))
+                wake_at = min(wake_at, last + stale_after + STALE_MARGIN)
+        version = hub.desired.version
+        changed = hub.switch.changed
+        with trio.move_on_at(wake_at):
+            async with trio.open_nursery() as nursery:
+                async def positions_changed() -> None:
+                    await hub.desired.wait_newer(version)
+                    nursery.cancel_scope.cancel()
+
+                async def routing_changed() -> None:
+                    await changed.wait()
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(positions_changed)
+                nursery.start_soon(routing_changed)
 
     def _wanted(self, now: float) -> tuple[dict[str, set[str]], dict[str, set[str]], dict[str, set[str]]]:
         """Per category: symbols of REST-routed positions, stale hybrid symbols, and hybrid
@@ -132,9 +167,9 @@ class RestPollerActor:
         runtime.stale = frozenset((c, s) for c, symbols in stale.items() for s in symbols)
         return rest, stale, compare
 
-    async def _poll_tickers(self) -> None:
+    async def _poll_tickers(self, rest: dict[str, set[str]], stale: dict[str, set[str]],
+                            compare: dict[str, set[str]]) -> None:
         hub = self.hub
-        rest, stale, compare = self._wanted(trio.current_time())
         categories = [c for c in hub.config.categories if c in rest or c in stale or c in compare]
         runtime = hub.rollout
         for category in categories:

@@ -21,15 +21,18 @@ import attrs
 import trio
 
 from ..notices import StreamReturn, StreamRollback
-from ..rollout import ReturnGate, TriggerInputs, rollback_reason
+from ..rollout import ReturnGate, TriggerInputs, next_check, rollback_reason
 from .hub import Hub
 
 __all__ = ["RollbackMonitor", "CHECK_INTERVAL"]
 
 log = logging.getLogger(__name__)
 
-#: how often the triggers are evaluated (seconds)
+#: how often health is sampled while waiting to return to hybrid (seconds)
 CHECK_INTERVAL: Final = 1.0
+#: the longest the monitor sleeps without a reason: new figures (a first open position,
+#: subscription failures) are seen within this (or half the shortest trigger limit)
+IDLE_CHECK: Final = 30.0
 
 
 @attrs.define(eq=False)
@@ -41,10 +44,10 @@ class RollbackMonitor:
         task_status.started()
         runtime = self.hub.rollout
         while True:
-            with trio.move_on_after(CHECK_INTERVAL):
+            wake_at = self.check(trio.current_time())
+            with trio.move_on_at(wake_at):
                 await runtime.wake_monitor.wait()
             runtime.wake_monitor = trio.Event()
-            self.check(trio.current_time())
 
     # --- the decision ------------------------------------------------------------------------
     def socket_names(self) -> tuple[str, ...]:
@@ -81,7 +84,13 @@ class RollbackMonitor:
 
     _last_check: float = attrs.field(default=-math.inf, init=False)
 
-    def check(self, now: float) -> None:
+    def idle(self) -> float:
+        policy = self.hub.config.rollout
+        limits = [x for x in (policy.rollback_after_disconnect, policy.rollback_after_silence) if x is not None]
+        return min([IDLE_CHECK, *(limit / 2 for limit in limits)])
+
+    def check(self, now: float) -> float:
+        """Evaluate once; the trio time of the next check."""
         hub = self.hub
         switch = hub.switch
         gate = self.gate
@@ -94,10 +103,13 @@ class RollbackMonitor:
             if reason is not None and switch.roll_back(reason, now):
                 gate.rolled_back(now)
                 hub.emit_notice(StreamRollback(reason, hub.wall_ms()))
-            return
+            else:
+                return next_check(hub.config.rollout, inputs, idle=self.idle())
+        if hub.config.rollout.auto_return is None:
+            return now + IDLE_CHECK  # nothing to decide until a restart of the stream
         if inputs.crash_loop is not None:
             gate.observe(now, healthy=False)
-            return
+            return now + CHECK_INTERVAL
         healthy = self.hybrid_healthy(inputs, since)
         if gate.observe(now, healthy):
             required = gate.required(now)
@@ -106,6 +118,8 @@ class RollbackMonitor:
                 hub.emit_notice(StreamReturn(reason, hub.wall_ms()))
                 book = hub.combiner
                 switch.sync("hybrid", book.current(), (p.key for p in book.book.open_positions()), hub.wall_ms())
+                return next_check(hub.config.rollout, self.inputs(now), idle=self.idle())
+        return now + CHECK_INTERVAL
 
     @property
     def gate(self) -> ReturnGate:

@@ -20,7 +20,9 @@ async def test_mode_rest_streams_rest_events_without_any_websocket():
                                "--rest-interval", "2", env=cli_env(sim["api_key"], sim["api_secret"]), timeout=60)
         state = await _state(sim["rest_url"])
     assert result.returncode == 0, result.stderr.decode()
-    events = [json.loads(line) for line in result.stdout.splitlines() if line]
+    lines = [json.loads(line) for line in result.stdout.splitlines() if line]
+    events = [e for e in lines if e["event"].startswith("position.")]
+    assert {e["event"] for e in lines} <= {"position.update", "stream.state"}
     linear = {p["symbol"] for p in state["positions"] if p["category"] == "linear" and p["size"] != "0"}
     assert linear and {e["symbol"] for e in events} == linear  # every open linear position, from REST
     assert {e["source"] for e in events} == {"rest"}

@@ -12,7 +12,7 @@ import pytest
 from hybrid_actors import ConfigError, StreamConfig
 from hybrid_actors.config import Credentials
 from hybrid_actors.rollout import (Comparator, ReturnGate, RolloutPolicy, TriggerInputs, divergence_ratio,
-                                   parse_mode, resolve_mode, rollback_reason, routes_hybrid, stale_symbols)
+                                   next_check, parse_mode, resolve_mode, rollback_reason, routes_hybrid, stale_symbols)
 
 pytestmark = pytest.mark.unit
 
@@ -146,10 +146,20 @@ def test_silence_trigger_counts_only_while_positions_are_open():
     assert rollback_reason(policy, inputs(160.0, **quiet)) is None
     assert "no events for 60s with 2 position(s)" in rollback_reason(policy, inputs(160.001, **quiet))
     assert rollback_reason(policy, inputs(1000.0, last_event_at=100.0, open_positions=0)) is None
-    # a position opened long after the last event: silence counts from the open
-    late = {"last_event_at": 100.0, "open_positions": 1, "positions_open_since": 900.0}
-    assert rollback_reason(policy, inputs(960.0, **late)) is None
-    assert rollback_reason(policy, inputs(961.0, **late)) is not None
+    # no event at all yet: silence counts from when positions were first seen open
+    never = {"last_event_at": None, "open_positions": 1, "positions_open_since": 900.0}
+    assert rollback_reason(policy, inputs(960.0, **never)) is None
+    assert rollback_reason(policy, inputs(961.0, **never)) is not None
+
+
+def test_the_next_check_is_just_past_the_earliest_threshold_or_the_idle_cap():
+    policy = RolloutPolicy(rollback_after_disconnect=120.0, rollback_after_silence=100.0)
+    assert next_check(policy, inputs(10.0), idle=30.0) == 40.0  # nothing pending
+    down = {"private": 5.0, "public:linear": 8.0}
+    assert next_check(policy, inputs(10.0, sockets_down_since=down, last_event_at=0.0), idle=500.0) == 128.001
+    quiet = {"last_event_at": 20.0, "open_positions": 1, "positions_open_since": 20.0}
+    assert next_check(policy, inputs(30.0, **quiet), idle=500.0) == 120.001
+    assert rollback_reason(policy, inputs(120.001, **quiet)) is not None  # and it fires there
 
 
 def test_subscription_failure_trigger_is_more_than_n_within_an_hour_since_the_last_return():
