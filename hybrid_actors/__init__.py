@@ -10,6 +10,8 @@ trio actors combine them into one event stream of ``position.update`` /
             ...
 """
 
+from typing import TYPE_CHECKING
+
 from .config import Credentials as Credentials
 from .config import Endpoints as Endpoints
 from .config import RestartPolicy as RestartPolicy
@@ -21,18 +23,27 @@ from .errors import HybridActorsError as HybridActorsError
 from .errors import RestartIntensityExceeded as RestartIntensityExceeded
 from .errors import TransportError as TransportError
 from .health import HealthReport as HealthReport
+from .notices import Notice as Notice
 from .notices import StreamAlert as StreamAlert
+from .notices import StreamEvent as StreamEvent
 from .notices import StreamReturn as StreamReturn
 from .notices import StreamRollback as StreamRollback
 from .notices import StreamState as StreamState
 from .state import PositionClosed as PositionClosed
 from .state import PositionUpdate as PositionUpdate
 
+if TYPE_CHECKING:  # what __getattr__ loads lazily at runtime, as type checkers must see it
+    from .bridge import BybitHybridStream as BybitHybridStream
+    from .bridge import EventHandler as EventHandler
+    from .supervisor import HybridStream as HybridStream
+    from .supervisor import open_hybrid_stream as open_hybrid_stream
+
 __version__ = "0.1.0"
 
 # The runtime (trio, trio-websocket, httpx) loads on first use, so that importing the
 # pure layers (``hybrid_actors.protocol``, ``hybrid_actors.state``) stays free of it.
-_LAZY = {"HybridStream": "supervisor", "open_hybrid_stream": "supervisor", "BybitHybridStream": "bridge"}
+_LAZY = {"HybridStream": "supervisor", "open_hybrid_stream": "supervisor", "BybitHybridStream": "bridge",
+         "EventHandler": "bridge"}
 
 
 def __getattr__(name: str) -> object:
@@ -44,7 +55,8 @@ def __getattr__(name: str) -> object:
     return getattr(import_module(f".{module}", __name__), name)
 
 __all__ = [
-    "AuthRejected", "BybitHybridStream", "ConfigError", "Credentials", "Endpoints", "HealthReport", "HybridActorsError",
-    "HybridStream", "PositionClosed", "PositionUpdate", "RestartIntensityExceeded", "RestartPolicy",
-    "StreamAlert", "StreamConfig", "StreamReturn", "StreamRollback", "StreamState", "SubscriptionPolicy", "TransportError", "open_hybrid_stream", "__version__",
+    "AuthRejected", "BybitHybridStream", "ConfigError", "Credentials", "Endpoints", "EventHandler", "HealthReport",
+    "HybridActorsError", "HybridStream", "Notice", "PositionClosed", "PositionUpdate", "RestartIntensityExceeded",
+    "RestartPolicy", "StreamAlert", "StreamConfig", "StreamEvent", "StreamReturn", "StreamRollback", "StreamState",
+    "SubscriptionPolicy", "TransportError", "open_hybrid_stream", "__version__",
 ]

@@ -5,6 +5,7 @@ Subcommands:
 - ``run``        stream your Bybit positions (keys from BYBIT_API_KEY / BYBIT_API_SECRET)
 - ``demo``       the same stream against the built-in simulator: no keys, no network
 - ``simulator``  serve the local Bybit v5 simulator for other processes
+- ``dashboard``  a live terminal dashboard of a running stream (its ``--metrics-port``)
 
 Events go to stdout (JSON lines or a live table); logs go to stderr.
 Exit codes: 0 done, 1 crash loop / unexpected error, 2 bad usage or configuration,
@@ -19,6 +20,7 @@ import os
 import sys
 from collections.abc import Sequence
 from contextlib import nullcontext
+from functools import partial
 
 import trio
 
@@ -38,11 +40,11 @@ EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_AUTH = 0, 1, 2, 3
 
 def _check_positive(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Durations and rates (never prices) are floats; argparse parses them, we bound them."""
-    for name in ("heartbeat_interval", "seconds", "rate"):
+    for name in ("heartbeat_interval", "seconds", "rate", "refresh"):
         value = getattr(args, name, None)
         if value is not None and not value > 0:
             parser.error(f"--{name.replace('_', '-')} must be > 0, got {value}")
-    for name in ("symbols", "positions"):
+    for name in ("symbols", "positions", "rows"):
         value = getattr(args, name, None)
         if value is not None and value < 0:
             parser.error(f"--{name} must be >= 0, got {value}")
@@ -71,7 +73,7 @@ def _add_stream_options(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m hybrid_actors", description=__doc__.split("\n\n")[0])
     parser.add_argument("--version", action="version", version=f"hybrid_actors {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,demo,simulator}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,demo,simulator,dashboard}")
 
     run = sub.add_parser("run", help="stream live Bybit positions (keys from the environment)",
                          description="Stream Bybit positions with live mark prices. Keys come from "
@@ -91,6 +93,17 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=7, help="random seed of prices and the scenario")
     _add_stream_options(demo)
 
+    dash = sub.add_parser("dashboard", help="live terminal dashboard of a running stream, from its /health",
+                          description="Poll a running stream's /health (start it with --metrics-port) and "
+                                      "show sockets, subscriptions, latency, alerts, rollout and positions.")
+    dash.add_argument("--url", required=True, metavar="http://127.0.0.1:PORT",
+                      help="the stream's metrics server (its --metrics-port)")
+    dash.add_argument("--refresh", type=float, default=1.0, metavar="SECONDS", help="poll interval (default 1)")
+    dash.add_argument("--rows", type=int, default=None, help="position rows to show (default: what fits)")
+    dash.add_argument("--sort", choices=("pnl", "age", "symbol"), default="pnl",
+                      help="pnl: largest |uPnL| first (default); age: stalest mark first; symbol")
+    dash.add_argument("--once", action="store_true", help="print one frame and exit (for scripts)")
+    dash.add_argument("--log-level", default="WARNING", choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"))
     sub.add_parser("simulator", help="serve the local Bybit v5 simulator (see 'simulator --help')",
                    add_help=False)
     return parser
@@ -123,14 +136,24 @@ def _config_from(args: argparse.Namespace, credentials: Credentials, endpoints: 
                         metrics_host=args.metrics_host, **rollout_settings(args))
 
 
+#: how the run command spells Endpoints.choose's options (its errors name these flags)
+_ENDPOINT_FLAGS = {"testnet": "--testnet", "demo": "--demo", "stream_url": "--stream-url", "rest_url": "--rest-url"}
+
+
 def _run_unwrapped(args: argparse.Namespace, output: str) -> None:
     """Run the command; an error that ended it comes out on its own, not in a group."""
     try:
         if args.command == "run":
             endpoints = Endpoints.choose(testnet=args.testnet, demo=args.demo, stream_url=args.stream_url,
-                                         rest_url=args.rest_url)
+                                         rest_url=args.rest_url, names=_ENDPOINT_FLAGS)
             config = _config_from(args, _credentials_from_env(), endpoints)
             trio.run(_run, config, output, args.seconds)
+        elif args.command == "dashboard":
+            from .dashboard import default_rows, run_dashboard
+
+            rows = args.rows if args.rows is not None else default_rows()
+            trio.run(partial(run_dashboard, args.url, refresh=args.refresh, max_rows=rows, sort=args.sort,
+                             once=args.once))
         else:
             from .demo import run_demo
 
@@ -156,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _check_positive(parser, args)
     _configure_logging(args.log_level)
-    output = args.output or ("table" if sys.stdout.isatty() else "jsonl")
+    output = getattr(args, "output", None) or ("table" if sys.stdout.isatty() else "jsonl")
     try:
         _run_unwrapped(args, output)
     except ConfigError as exc:

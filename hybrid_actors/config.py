@@ -7,8 +7,8 @@ characters. ``attrs.asdict()`` would still include the secret: never log it.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
-from typing import Final, Literal
+from collections.abc import Iterable, Mapping
+from typing import Any, Final, Literal
 from urllib.parse import urlsplit
 
 import attrs
@@ -88,16 +88,23 @@ class Endpoints:
 
     @classmethod
     def choose(cls, *, testnet: bool = False, demo: bool = False, stream_url: str | None = None,
-               rest_url: str | None = None) -> Endpoints:
+               rest_url: str | None = None, names: Mapping[str, str] | None = None) -> Endpoints:
+        """Mainnet, testnet or demo trading, with the base URLs overridden when given.
+
+        ``names``: how the caller spells these four options in error messages (the CLI passes
+        its flags, e.g. ``{"stream_url": "--stream-url"}``); by default the argument names."""
+        spell = {"testnet": "testnet", "demo": "demo", "stream_url": "stream_url", "rest_url": "rest_url",
+                 **(names or {})}
         if testnet and demo:
-            raise ConfigError("--testnet and --demo exclude each other: demo trading is a mainnet account mode")
+            raise ConfigError(f"{spell['testnet']} and {spell['demo']} exclude each other: demo trading is a "
+                              "mainnet account mode")
         base = cls.testnet() if testnet else cls.demo() if demo else cls.mainnet()
         if stream_url is not None:
-            _check_url(stream_url, ("ws", "wss"), "--stream-url")
+            _check_url(stream_url, ("ws", "wss"), spell["stream_url"])
             base = attrs.evolve(base, ws_public_base=stream_url.rstrip("/"),
                                 ws_private_url=f"{stream_url.rstrip('/')}/v5/private")
         if rest_url is not None:
-            _check_url(rest_url, ("http", "https"), "--rest-url")
+            _check_url(rest_url, ("http", "https"), spell["rest_url"])
             base = attrs.evolve(base, rest_url=rest_url.rstrip("/"))
         return base
 
@@ -122,17 +129,17 @@ def _is_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)  # True is not 1 second
 
 
-def _positive(_inst: object, attribute: attrs.Attribute, value: float) -> None:
+def _positive(_inst: object, attribute: attrs.Attribute[Any], value: float) -> None:
     if not (_is_number(value) and math.isfinite(value) and value > 0):
         raise ConfigError(f"{attribute.name} must be a positive number of seconds, got {value!r}")
 
 
-def _non_negative(_inst: object, attribute: attrs.Attribute, value: float) -> None:
+def _non_negative(_inst: object, attribute: attrs.Attribute[Any], value: float) -> None:
     if not (_is_number(value) and math.isfinite(value) and value >= 0):
         raise ConfigError(f"{attribute.name} must be >= 0, got {value!r}")
 
 
-def _positive_int(_inst: object, attribute: attrs.Attribute, value: int) -> None:
+def _positive_int(_inst: object, attribute: attrs.Attribute[Any], value: int) -> None:
     if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
         raise ConfigError(f"{attribute.name} must be a positive integer, got {value!r}")
 
@@ -208,6 +215,28 @@ class SubscriptionPolicy:
 
 
 @attrs.frozen
+class AlertPolicy:
+    """When ``stream.alert`` notices fire (the rollout plan's thresholds; see ``alerts.py``).
+    Latency is the p95 of exchange timestamp -> event over the last minute."""
+
+    disconnected_warning: float = attrs.field(default=30.0, validator=_positive)
+    disconnected_critical: float = attrs.field(default=120.0, validator=_positive)
+    latency_warning_ms: float = attrs.field(default=500.0, validator=_positive)
+    latency_critical_ms: float = attrs.field(default=1000.0, validator=_positive)
+    #: the plan's manual rollback condition: latency over the critical level this long
+    latency_rollback_after: float = attrs.field(default=300.0, validator=_positive)
+    no_events_critical: float = attrs.field(default=300.0, validator=_positive)
+    #: REST vs hybrid mark divergence (ratio, 0.01 = 1%) that says "consider rollback"
+    divergence_ratio: float = attrs.field(default=0.01, validator=_positive)
+    #: a divergence keeps its alert firing this long after the comparator counted it
+    divergence_hold: float = attrs.field(default=300.0, validator=_positive)
+    #: a firing alert resolves once its condition has been false this long (no flapping)
+    resolve_after: float = attrs.field(default=10.0, validator=_non_negative)
+    #: how often the alert actor evaluates
+    interval: float = attrs.field(default=1.0, validator=_positive)
+
+
+@attrs.frozen
 class StreamConfig:
     """Everything :func:`hybrid_actors.open_hybrid_stream` needs. Immutable; secret masked."""
 
@@ -246,9 +275,10 @@ class StreamConfig:
     metrics_port: int | None = attrs.field(default=None)
     #: the address the metrics server binds; loopback unless you say otherwise
     metrics_host: str = attrs.field(default="127.0.0.1")
+    alerts: AlertPolicy = attrs.field(factory=AlertPolicy)
 
     @categories.validator
-    def _check_categories(self, _attribute: attrs.Attribute, value: tuple[str, ...]) -> None:
+    def _check_categories(self, _attribute: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
         if not value:
             raise ConfigError("at least one category is needed")
         for category in value:
@@ -259,12 +289,12 @@ class StreamConfig:
             raise ConfigError(f"category listed twice in {value!r}")
 
     @pong_timeout.validator
-    def _check_pong_timeout(self, attribute: attrs.Attribute, value: float | None) -> None:
+    def _check_pong_timeout(self, attribute: attrs.Attribute[Any], value: float | None) -> None:
         if value is not None:
             _positive(self, attribute, value)
 
     @max_active_time.validator
-    def _check_max_active_time(self, _attribute: attrs.Attribute, value: str | None) -> None:
+    def _check_max_active_time(self, _attribute: attrs.Attribute[Any], value: str | None) -> None:
         if value is None:
             return
         seconds = parse_duration(value)
@@ -272,12 +302,12 @@ class StreamConfig:
             raise ConfigError(f"max_active_time {value!r} must be between 30s and 600s (Bybit's range)")
 
     @metrics_port.validator
-    def _check_metrics_port(self, _attribute: attrs.Attribute, value: int | None) -> None:
+    def _check_metrics_port(self, _attribute: attrs.Attribute[Any], value: int | None) -> None:
         if value is not None and not (isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 65535):
             raise ConfigError(f"metrics_port must be a TCP port number (0-65535; 0 picks a free one), got {value!r}")
 
     @metrics_host.validator
-    def _check_metrics_host(self, _attribute: attrs.Attribute, value: str) -> None:
+    def _check_metrics_host(self, _attribute: attrs.Attribute[Any], value: str) -> None:
         if not isinstance(value, str) or not value.strip():
             raise ConfigError(f"metrics_host must be an address to bind, got {value!r}")
 

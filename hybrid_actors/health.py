@@ -63,6 +63,8 @@ class HealthReport:
     #: every open position as the consumer last saw it: decimals as strings, ``mark_age_s``
     #: is the time since its mark last changed (what ``/health`` and the dashboard show)
     open_positions: tuple[dict[str, Any], ...] = ()
+    #: h11-observe: the firing alerts (name, level, message, value, threshold, firing_for_s)
+    alerts: tuple[dict[str, Any], ...] = ()
     #: the last ``stream.state`` notice (``state``, ``reason``, ``sockets``, ``ts``) and
     #: ``since_s``; empty before the stream started
     stream_state: dict[str, Any] = attrs.Factory(dict)
@@ -117,4 +119,4 @@ class Health:
             self.on_subscription_failure()  # the rollback monitor counts them
 
     def failures_within(self, now: float, window: float) -> int:
-        return sum(1 for at, *_ in self.subscription_failures if now - at <= window)
+        return sum(1 for at, *_ in list(self.subscription_failures) if now - at <= window)  # copy: any thread

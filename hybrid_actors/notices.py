@@ -66,7 +66,8 @@ class _Notice:
 
     def as_dict(self) -> dict[str, Any]:
         """The notice for Python consumers (the bridge's handler): ``{"event": ..., **fields}``."""
-        return {"event": self.event, **{a.name: getattr(self, a.name) for a in attrs.fields(type(self))}}
+        fields: tuple[attrs.Attribute[Any], ...] = attrs.fields(type(self))  # type: ignore[arg-type]  # every subclass is a record
+        return {"event": self.event, **{a.name: getattr(self, a.name) for a in fields}}
 
     def to_json(self) -> dict[str, Any]:
         """The JSON line: like :meth:`as_dict`, in JSON types (Decimals as strings)."""

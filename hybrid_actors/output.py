@@ -3,9 +3,10 @@
 JSON lines go straight to the stdout file descriptor, one ``write`` per batch: never
 seconds late behind a block buffer when piped, and never blocking the actors: on a pipe
 the write is asynchronous (a reader that falls behind makes price updates conflate in
-the stream's queue while the sockets keep being served). rich draws the table: it
-handles terminal width, colour and in-place refresh, and falls back to plain text when
-stdout is not a terminal.
+the stream's queue while the sockets keep being served). The table is the dashboard's
+(``dashboard.py``: sockets, subscriptions, latency, alerts, positions) drawn from this
+process's ``stream.health()``; rich handles terminal width, colour and in-place refresh,
+and falls back to plain text when stdout is not a terminal.
 """
 
 from __future__ import annotations
@@ -13,20 +14,15 @@ from __future__ import annotations
 import os
 import stat
 import sys
-import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager, suppress
-from decimal import Decimal
 from typing import TYPE_CHECKING, Protocol
 
 import orjson
 import trio
-from rich import box
-from rich.console import Console
-from rich.table import Table
 
+from .dashboard import EventRate, TableView, default_rows, position_table, render_dashboard
 from .notices import StreamEvent
-from .state import PositionUpdate
 
 if TYPE_CHECKING:
     from .supervisor import HybridStream
@@ -112,69 +108,13 @@ async def consume(stream: HybridStream, output: str) -> None:
                 if stream.ended:  # print its last events, the "failed" line that says why included
                     with trio.move_on_after(FLUSH_TIMEOUT, shield=True):
                         await writer.write_batch([*last, *stream.unread()])
-    with TableView() as view:
+    rate = EventRate()
+    rows = default_rows()
+    with TableView() as view:  # the dashboard's renderer, fed by this process's stream
         while True:
             with trio.move_on_after(TABLE_REFRESH):
                 while True:
                     await stream.batches()  # drain; the table shows current state
-            health = stream.health()
-            view.show(position_table(stream.positions(), footer=f"stream {health.status}; "
-                                     f"{health.events['emitted']} events"))
-
-
-def _fmt(value: Decimal | None, places: int | None = None) -> str:
-    if value is None:
-        return "-"
-    if places is not None:
-        value = value.quantize(Decimal(1).scaleb(-places)).normalize()
-    return format(value, "f")
-
-
-def position_table(views: Iterable[PositionUpdate], *, now_ms: int | None = None, title: str = "positions",
-                   footer: str = "") -> Table:
-    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
-    table = Table(title=title, caption=footer or None, box=box.SIMPLE_HEAVY, expand=False)
-    for column, justify in (("symbol", "left"), ("cat", "left"), ("idx", "right"), ("side", "left"),
-                            ("size", "right"), ("entry", "right"), ("mark", "right"), ("uPnL", "right"),
-                            ("price age", "right"), ("src", "left")):
-        table.add_column(column, justify=justify)  # type: ignore[arg-type]
-    for view in sorted(views, key=lambda v: (v.category, v.symbol, v.position_idx)):
-        pnl = view.unrealized_pnl
-        style = "green" if pnl is not None and pnl > 0 else "red" if pnl is not None and pnl < 0 else ""
-        age_ms = max(0, now_ms - view.received_ts)
-        table.add_row(view.symbol, view.category, str(view.position_idx), view.side, _fmt(view.size),
-                      _fmt(view.entry_price), _fmt(view.mark_price), f"[{style}]{_fmt(pnl, 8)}[/]" if style
-                      else _fmt(pnl, 8), f"{age_ms / 1000:.1f}s", view.source)
-    return table
-
-
-class TableView:
-    """Redraws the position table: in place on a terminal, a fresh table per refresh otherwise."""
-
-    def __init__(self, console: Console | None = None):
-        if console is None:
-            console = Console()
-            if not console.is_terminal:  # piped: no width to detect; do not truncate columns
-                console = Console(width=160)
-        self.console = console
-        self._live = None
-
-    def __enter__(self) -> TableView:
-        if self.console.is_terminal:
-            from rich.live import Live
-
-            self._live = Live(console=self.console, auto_refresh=False, transient=False)
-            self._live.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._live is not None:
-            self._live.__exit__(None, None, None)
-            self._live = None
-
-    def show(self, table: Table) -> None:
-        if self._live is not None:
-            self._live.update(table, refresh=True)
-        else:
-            self.console.print(table)
-            self.console.file.flush()
+            health = stream.health().as_dict()
+            per_s = rate.update(health["events"].get("emitted", 0), trio.current_time())
+            view.show(render_dashboard(health, events_per_s=per_s, max_rows=rows))

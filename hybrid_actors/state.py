@@ -23,8 +23,9 @@ import attrs
 from .protocol.frames import Position, TickerFrame, TickerSnapshot
 from .protocol.rest import Scope
 
-__all__ = ["Key", "BookDiff", "settle_coin_hint", "LINEAR_SETTLE_COINS", "PositionBook", "TickerBook", "Mark", "PositionUpdate", "PositionClosed",
-           "PositionEvent", "Event", "Combiner", "unrealized_pnl", "Source"]
+__all__ = ["Key", "BookDiff", "settle_coin_hint", "LINEAR_SETTLE_COINS", "PositionBook", "TickerBook", "Mark",
+           "PositionUpdate", "PositionClosed", "PositionEvent", "Event", "Combiner", "unrealized_pnl", "pnl_entry",
+           "Source"]
 
 Key = tuple[str, str, int]
 Source = Literal["ticker", "position", "rest"]
@@ -310,6 +311,18 @@ def unrealized_pnl(category: str, side: str, size: Decimal, entry: Decimal | Non
     return pnl if pnl != 0 else ZERO
 
 
+def pnl_entry(position: Position) -> Decimal | None:
+    """The price ``unrealized_pnl`` is measured from.
+
+    USDC perpetuals and futures are settled every 8 hours: Bybit then realises the PnL so
+    far and its UI shows PnL since the last settlement, from ``sessionAvgPrice``. We follow
+    the UI for those (a record carrying a non-zero ``sessionAvgPrice``); every other
+    contract, and a USDC one before its first settlement data, uses the entry (``avgPrice``
+    / ``entryPrice``), which the event still reports as ``entry_price``.
+    """
+    return position.session_avg_price if position.session_avg_price is not None else position.entry_price
+
+
 def _plain(value: Decimal | None) -> str | None:
     """Decimal → JSON string without exponent (``1E-7`` → ``0.0000001``)."""
     return None if value is None else format(value, "f")
@@ -337,6 +350,20 @@ class PositionEvent:
     source: Source
     exchange_ts: int | None
     received_ts: int
+    #: what the position record says (None when the exchange left it empty)
+    leverage: Decimal | None = None
+    liq_price: Decimal | None = None
+    take_profit: Decimal | None = None
+    stop_loss: Decimal | None = None
+    trailing_stop: Decimal | None = None
+    cum_realised_pnl: Decimal | None = None
+    #: the exchange's ``createdTime`` / ``updatedTime`` of the position (epoch ms): the
+    #: position's age survives our restarts
+    created_time: int | None = None
+    updated_time: int | None = None
+    #: how old ``mark_price`` was when this event was made (ms since we received it from the
+    #: ticker stream, or since the position record that carried it was updated)
+    mark_age_ms: int | None = None
 
     @property
     def key(self) -> Key:
@@ -358,7 +385,11 @@ class PositionEvent:
                 "size": self.size,
                 "entry_price": self.entry_price, "mark_price": self.mark_price,
                 "unrealized_pnl": self.unrealized_pnl, "position_idx": self.position_idx,
-                "source": self.source, "exchange_ts": self.exchange_ts, "received_ts": self.received_ts}
+                "source": self.source, "exchange_ts": self.exchange_ts, "received_ts": self.received_ts,
+                "leverage": self.leverage, "liq_price": self.liq_price, "take_profit": self.take_profit,
+                "stop_loss": self.stop_loss, "trailing_stop": self.trailing_stop,
+                "cum_realised_pnl": self.cum_realised_pnl, "created_time": self.created_time,
+                "updated_time": self.updated_time, "mark_age_ms": self.mark_age_ms}
 
     def to_json(self) -> dict[str, Any]:
         """The JSON contract: decimals as strings, timestamps as integer ms."""
@@ -366,7 +397,12 @@ class PositionEvent:
                 "size": _plain(self.size), "entry_price": _plain(self.entry_price),
                 "mark_price": _plain(self.mark_price), "unrealized_pnl": _plain(self.unrealized_pnl),
                 "position_idx": self.position_idx, "source": self.source,
-                "exchange_ts": self.exchange_ts, "received_ts": self.received_ts}
+                "exchange_ts": self.exchange_ts, "received_ts": self.received_ts,
+                "leverage": _plain(self.leverage), "liq_price": _plain(self.liq_price),
+                "take_profit": _plain(self.take_profit), "stop_loss": _plain(self.stop_loss),
+                "trailing_stop": _plain(self.trailing_stop), "cum_realised_pnl": _plain(self.cum_realised_pnl),
+                "created_time": self.created_time, "updated_time": self.updated_time,
+                "mark_age_ms": self.mark_age_ms}
 
 
 @attrs.frozen
@@ -390,9 +426,22 @@ class PositionClosed(PositionEvent):
 Event = PositionUpdate | PositionClosed
 
 
-#: what the consumer can see of a position: side, size, entry, mark, and whether the mark is
-#: live (from the ticker stream) or the snapshot a push / REST record carried
-_Observed = tuple[str, Decimal, Decimal | None, Decimal | None, bool]
+#: what the consumer can see of a position: side, size, entry, mark, whether the mark is
+#: live (from the ticker stream) or the snapshot a push / REST record carried, the PnL, and
+#: the record's settings (leverage, liq. price, TP, SL, trailing stop, realised PnL)
+_Observed = tuple[Any, ...]
+
+
+def _record_fields(position: Position) -> dict[str, Any]:
+    """The position record's fields every event of it carries."""
+    return {"leverage": position.leverage, "liq_price": position.liq_price, "take_profit": position.take_profit,
+            "stop_loss": position.stop_loss, "trailing_stop": position.trailing_stop,
+            "cum_realised_pnl": position.cum_realised_pnl, "created_time": position.created_time,
+            "updated_time": position.updated_time}
+
+
+def _age(now_ms: int, seen_ms: int | None) -> int | None:
+    return None if seen_ms is None else max(0, now_ms - seen_ms)
 
 
 @attrs.define(eq=False)
@@ -476,7 +525,12 @@ class Combiner:
                     symbol=view.symbol, category=view.category, side=view.side, size=ZERO,
                     entry_price=view.entry_price, mark_price=view.mark_price, unrealized_pnl=ZERO,
                     position_idx=view.position_idx, source="rest", exchange_ts=view.exchange_ts,
-                    received_ts=received_ts))
+                    received_ts=received_ts, leverage=view.leverage, liq_price=view.liq_price,
+                    take_profit=view.take_profit, stop_loss=view.stop_loss, trailing_stop=view.trailing_stop,
+                    cum_realised_pnl=view.cum_realised_pnl, created_time=view.created_time,
+                    updated_time=view.updated_time,
+                    mark_age_ms=None if view.mark_age_ms is None
+                    else view.mark_age_ms + max(0, received_ts - view.received_ts)))
         for position in self.book.open_positions():
             self._emit_if_changed(*self._view(position, "rest", received_ts), events)
         return self._done(events, commit)
@@ -509,27 +563,33 @@ class Combiner:
             # the close's own time, not the last open record's (which may predate the close
             # by hours and precede ticker events already emitted for the position)
             closed_at = diff.closed_at[i] if i < len(diff.closed_at) else None
+            fields = _record_fields(position)
+            if closed_at is not None:
+                fields["updated_time"] = closed_at
             events.append(PositionClosed(
                 symbol=position.symbol, category=position.category, side=position.side, size=ZERO,
                 entry_price=position.entry_price, mark_price=mark[0], unrealized_pnl=ZERO,
                 position_idx=position.position_idx, source=source,
                 exchange_ts=closed_at if closed_at is not None else position.updated_time,
-                received_ts=received_ts))
+                received_ts=received_ts, mark_age_ms=_age(received_ts, mark[3]), **fields))
         return events
 
     def _emit_if_changed(self, view: PositionUpdate, live: bool, events: list[Event]) -> None:
         """Emit ``view`` if anything observable changed. The first live mark of a position
         is news even at an unchanged price: it says the ticker stream now covers it."""
-        observed = (view.side, view.size, view.entry_price, view.mark_price, live)
+        observed = (view.side, view.size, view.entry_price, view.mark_price, live, view.unrealized_pnl,
+                    view.leverage, view.liq_price, view.take_profit, view.stop_loss, view.trailing_stop,
+                    view.cum_realised_pnl)
         self._views[view.key] = view
         seen = self._seen(view.key)
         if seen is None or seen[0] != observed:
             self._staged[view.key] = (observed, view)
             events.append(view)
 
-    def _mark_for(self, position: Position) -> tuple[Decimal | None, int | None, bool]:
+    def _mark_for(self, position: Position) -> tuple[Decimal | None, int | None, bool, int | None]:
         """The fresher of the ticker mark and the mark the position record carried:
-        ``(price, exchange_ts, live)``."""
+        ``(price, exchange_ts, live, seen_ms)``; ``seen_ms`` is when we received the ticker
+        (or REST fallback) mark, or the record's ``updatedTime`` (the mark's age counts from it)."""
         pair = (position.category, position.symbol)
         mark = self.marks.get(pair)
         live = mark is not None
@@ -540,16 +600,19 @@ class Combiner:
         if mark is not None and (position.mark_price is None or mark.exchange_ts is None
                                  or position.updated_time is None
                                  or mark.exchange_ts >= position.updated_time):
-            return mark.price, mark.exchange_ts, live
-        return position.mark_price, position.updated_time, False
+            return mark.price, mark.exchange_ts, live, mark.received_ts
+        seen = position.updated_time if position.mark_price is not None else None
+        return position.mark_price, position.updated_time, False, seen
 
     def _view(self, position: Position, source: Source, received_ts: int) -> tuple[PositionUpdate, bool]:
-        mark_price, mark_ts, live = self._mark_for(position)
+        mark_price, mark_ts, live, seen_ms = self._mark_for(position)
+        if source == "rest" and not live and mark_price is not None:
+            seen_ms = received_ts  # a REST record's mark is as of the answer, not of its updatedTime
         return PositionUpdate(
             symbol=position.symbol, category=position.category, side=position.side, size=position.size,
             entry_price=position.entry_price, mark_price=mark_price,
             unrealized_pnl=unrealized_pnl(position.category, position.side, position.size,
-                                          position.entry_price, mark_price),
+                                          pnl_entry(position), mark_price),
             position_idx=position.position_idx, source=source,
             exchange_ts=mark_ts if source == "ticker" else position.updated_time,
-            received_ts=received_ts), live
+            received_ts=received_ts, mark_age_ms=_age(received_ts, seen_ms), **_record_fields(position)), live

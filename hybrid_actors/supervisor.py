@@ -39,6 +39,7 @@ from typing import Any, Literal, NoReturn, Protocol
 import attrs
 import trio
 
+from .actors.alerting import AlertActor
 from .actors.emitter import CombinerActor
 from .actors.heartbeat import HeartbeatActor
 from .actors.hub import Hub
@@ -64,7 +65,8 @@ log = logging.getLogger(__name__)
 
 
 class Actor(Protocol):
-    name: str
+    @property
+    def name(self) -> str: ...
 
     async def run(self, *, task_status: trio.TaskStatus[None] = ...) -> NoReturn: ...
 
@@ -105,13 +107,17 @@ def is_socket(name: str) -> bool:
     return name == "private" or name.startswith("public:")
 
 
+def _public(hub: Hub, category: str) -> Callable[[], Actor]:
+    return lambda: PublicStreamActor(hub, category)
+
+
 def hybrid_children(hub: Hub, *, critical: bool = True) -> tuple[ChildSpec, ...]:
     """The hybrid stream's actors."""
     specs = [ChildSpec("combiner", lambda: CombinerActor(hub), critical),
              ChildSpec("heartbeat", lambda: HeartbeatActor(hub), critical),
              ChildSpec("subscriptions", lambda: SubscriptionManager(hub), critical)]
     for category in hub.config.categories:
-        specs.append(ChildSpec(f"public:{category}", lambda c=category: PublicStreamActor(hub, c), critical))
+        specs.append(ChildSpec(f"public:{category}", _public(hub, category), critical))
     specs.append(ChildSpec("private", lambda: PrivateStreamActor(hub), critical))
     specs.append(ChildSpec("reconciler", lambda: ReconcilerActor(hub), critical))
     return tuple(specs)
@@ -121,12 +127,13 @@ def default_children(hub: Hub) -> tuple[ChildSpec, ...]:
     """The actors of ``hub.mode``. The REST poller (and in production the rollback monitor)
     start first: they must run even while the hybrid actors cannot come up."""
     rest = ChildSpec("rest", lambda: RestPollerActor(hub))
+    alerts = ChildSpec("alerts", lambda: AlertActor(hub, partial(build_health_report, hub)))
     if hub.mode == "rest":
-        return (rest,)
+        return (rest, alerts)
     if hub.mode in ("canary", "parallel"):  # monitor-only: a hybrid crash loop must not end the bot's stream
-        return (rest, *hybrid_children(hub, critical=False))
+        return (rest, *hybrid_children(hub, critical=False), alerts)
     monitor = ChildSpec("rollback", lambda: RollbackMonitor(hub))
-    return (rest, monitor, *hybrid_children(hub, critical=not hub.config.rollout.rollback_on_crash_loop))
+    return (rest, monitor, *hybrid_children(hub, critical=not hub.config.rollout.rollback_on_crash_loop), alerts)
 
 
 @attrs.define(eq=False)
@@ -248,6 +255,8 @@ class HybridStream:
     supervisor: Supervisor
     #: ``http://host:port`` of the ``/metrics`` and ``/health`` server (None without ``metrics_port``)
     metrics_url: str | None = None
+    #: the run's clock, read by :meth:`health` so that it works from any thread (and on a MockClock)
+    clock: trio.abc.Clock = attrs.field(factory=trio.lowlevel.current_clock)
 
     def __aiter__(self) -> HybridStream:
         return self
@@ -276,29 +285,38 @@ class HybridStream:
 
     def positions(self) -> tuple[PositionUpdate, ...]:
         """The current view of every open position (latest mark and PnL), from the source
-        that feeds the consumer."""
+        that feeds the consumer. Safe from any thread."""
         switch = self.hub.switch
         if switch.all_hybrid:
             return self.hub.combiner.current()
         return tuple(switch.seen.values())
 
     def health(self) -> HealthReport:
-        return build_health_report(self.hub)
+        """The stream's :class:`HealthReport`. Safe from any thread (e.g. a metrics exporter's):
+        it reads the run's clock object, not ``trio.current_time()``, and copies every
+        collection it walks in one C-level step, so the actors' writes cannot break it."""
+        return build_health_report(self.hub, now=self.clock.current_time())
 
 
-def build_health_report(hub: Hub) -> HealthReport:
-    now = trio.current_time()
+def build_health_report(hub: Hub, *, now: float | None = None) -> HealthReport:
+    """The report at trio time ``now`` (default ``trio.current_time()``: on the run's thread).
+
+    Every dict/deque/set is first copied whole (``list(d.items())``, ``set(s)``: one C call,
+    atomic under the GIL), so a report built on another thread never iterates a collection
+    the trio thread is changing."""
+    if now is None:
+        now = trio.current_time()
     health = hub.health
     problems: list[str] = []
     actors = {}
-    for name, stats in health.actors.items():
+    for name, stats in list(health.actors.items()):
         actors[name] = {"state": stats.state, "restarts": stats.restarts, "crashes": stats.crashes,
                         "outages": stats.outages, "last_error": stats.last_error,
                         "since_s": round(now - stats.last_change, 3)}
         if stats.state != "running":
             problems.append(f"actor {name} is {stats.state}" + (f": {stats.last_error}" if stats.last_error else ""))
     connections: dict[str, dict[str, Any]] = {}
-    for name, link_stats in health.links.items():
+    for name, link_stats in list(health.links.items()):
         link = hub.links.get(name)
         connections[name] = {
             "connected": link_stats.connected, "connects": link_stats.connects,
@@ -307,16 +325,18 @@ def build_health_report(hub: Hub) -> HealthReport:
             "rtt_ms": round(link.rtt * 1000, 3) if link and link.rtt is not None else None,
             "last_frame_age_s": round(now - link.last_frame_at, 3) if link else None,
             "frames": link_stats.frames, "malformed": link_stats.malformed, "unknown": link_stats.unknown,
+            "down_s": round(now - link_stats.disconnected_at, 3)
+            if not link_stats.connected and link_stats.disconnected_at is not None else None,
         }
         if not link_stats.connected:
             problems.append(f"{name} is disconnected")
     subscriptions: dict[str, dict[str, Any]] = {}
-    for category, subs in hub.subscriptions.items():
+    for category, subs in list(hub.subscriptions.items()):
         desired = hub.desired.value.get(category, frozenset())
-        missing = sorted(desired - subs.confirmed)
+        missing = sorted(desired - set(subs.confirmed))
         subscriptions[category] = {
             "desired": len(desired), "confirmed": len(subs.confirmed), "pending": len(subs.inflight),
-            "missing": missing[:50], "failed": {s: f.ret_msg for s, f in sorted(subs.failed.items())},
+            "missing": missing[:50], "failed": {s: f.ret_msg for s, f in sorted(list(subs.failed.items()))},
             "requests_sent": subs.requests_sent, "resubscribes": subs.resubscribes,
         }
         if subs.failed:
@@ -330,7 +350,7 @@ def build_health_report(hub: Hub) -> HealthReport:
               "subscription_failures_total": health.subscription_failures_total,
               "handler_errors": health.handler_errors()}
     rest = hub.rest
-    rest_section = {
+    rest_section: dict[str, Any] = {
         "calls": rest.calls, "failures": rest.failures,
         "banned_for_s": round(max(0.0, rest.banned_until - now), 3),
         "skipped": {_scope_name(scope): why for scope, why in sorted(rest.unsupported.items(), key=str)},
@@ -354,6 +374,7 @@ def build_health_report(hub: Hub) -> HealthReport:
     positions = len(hub.combiner.book) if hub.switch.all_hybrid else len(hub.switch.seen)
     return HealthReport(status, actors, connections, subscriptions, events, positions, tuple(problems),
                         latency=hub.latency.report(now), open_positions=position_rows(hub),
+                        alerts=tuple(hub.alerts.report(now)),
                         rest=rest_section, stream_state=stream_state, rollout=rollout)
 
 
@@ -437,8 +458,9 @@ async def open_hybrid_stream(config: StreamConfig, *, wall_clock: Callable[[], f
                 await nursery.start(supervisor.run)
                 metrics_url = None
                 if config.metrics_port is not None:  # up before the first snapshot: a slow start shows
-                    metrics_url = await nursery.start(partial(serve_observability, hub,
-                                                              partial(build_health_report, hub)))
+                    metrics_url = await nursery.start(partial(
+                        serve_observability, hub, partial(build_health_report, hub),
+                        alert_names=lambda: tuple(sorted(hub.alerts.known))))
                 await hub.first_snapshot.wait()
                 try:
                     yield HybridStream(hub, supervisor, metrics_url)

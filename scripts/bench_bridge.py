@@ -11,6 +11,8 @@ it measures for ``--seconds`` and prints one JSON object, the hosts side by side
 
     delay_ms_p50/p99/max   the batch being taken from the trio stream (stamped by the
                            bridge) to the asyncio handler being called, per event
+    frame_delay_ms_*       from the frame's read (the event's received_ts, 1 ms steps) to
+                           the handler call: what health()'s delivery_delay reports
     wake_ms_p50/p99/max    the part of it before the idle delivery task got the thread
                            back, per wakeup: the loop's thread busy with trio's own steps
     events_per_s           handler calls per second during the window
@@ -110,7 +112,7 @@ async def measure(info: dict[str, Any], args: argparse.Namespace) -> dict[str, A
         health = stream.health().events
         after = (calls, stats.conflated, stats.batches, health["conflated"], health["emitted"], cpu_seconds(),
                  time.perf_counter())
-        delays, wakes = stats.delays.summary(), stats.wake_delays.summary()
+        delays, wakes, frames = stats.delays.summary(), stats.wake_delays.summary(), stats.frame_delays.summary()
         subscribed = stream.health().subscriptions.get("linear", {}).get("confirmed")
     finally:
         await stream.stop()
@@ -119,6 +121,8 @@ async def measure(info: dict[str, Any], args: argparse.Namespace) -> dict[str, A
         "host": stream.host, "subscribed": subscribed, "seconds": round(elapsed, 2),
         "delay_ms_p50": delays["p50_ms"], "delay_ms_p99": delays["p99_ms"], "delay_ms_max": delays["max_ms"],
         "wake_ms_p50": wakes["p50_ms"], "wake_ms_p99": wakes["p99_ms"], "wake_ms_max": wakes["max_ms"],
+        "frame_delay_ms_p50": frames["p50_ms"], "frame_delay_ms_p99": frames["p99_ms"],
+        "frame_delay_ms_max": frames["max_ms"],
         "events_per_s": round(handled / elapsed), "handler_calls": handled, "conflated_bridge": conflated,
         "conflated_stream": stream_conflated, "batches": batches,
         "mean_batch": round(handled / batches, 1) if batches else None,

@@ -80,6 +80,8 @@ Usage: python scripts/bench_stream.py [--symbols 500] [--rate 10] [--seconds 15]
 from __future__ import annotations
 
 import argparse
+import base64
+import hashlib
 import json
 import logging
 import os
@@ -90,13 +92,17 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from functools import partial
+from decimal import Decimal
 from typing import Any, Final
+from urllib.parse import urlsplit
 
 import attrs
+import h11
 import httpx
 import orjson
 import trio
@@ -105,7 +111,11 @@ import trio_websocket
 from hybrid_actors import lean_transport
 from hybrid_actors import transport as transport_module
 from hybrid_actors.actors import connection, public_ws
-from hybrid_actors.config import Credentials, Endpoints, RestartPolicy, StreamConfig
+from hybrid_actors.config import CLOSE_TIMEOUT, MAX_MESSAGE_SIZE, Credentials, Endpoints, RestartPolicy, StreamConfig
+from hybrid_actors.errors import ConnectionLost, HandshakeError
+from hybrid_actors.transport import (
+    CANCELLED_CLOSE_WAIT, HANDSHAKE_COOLDOWN, RECEIVE_BYTES, Transport, _is_cancellation, _ssl_context,
+)
 from hybrid_actors.protocol.frames import TickerFrame
 from hybrid_actors.state import Combiner, Event, PositionEvent
 from hybrid_actors.supervisor import HybridStream, open_hybrid_stream
@@ -122,7 +132,16 @@ POLL: Final = 0.005
 TRANSPORTS: Final[dict[str, Callable[..., Any]]] = {
     "trio-websocket": transport_module.open_transport,
     "lean": lean_transport.open_lean_transport,
+    "legacy": lambda *args, **kwargs: open_legacy_transport(*args, **kwargs),  # defined below
 }
+
+
+def coalescing(ms: float) -> str:
+    """The TRANSPORTS key of the lean transport with a coalescing window of ``ms`` (added on use)."""
+    name = f"lean-coalesce-{ms:g}ms"
+    if name not in TRANSPORTS:
+        TRANSPORTS[name] = partial(lean_transport.open_lean_transport, coalesce=ms / 1000)
+    return name
 
 
 @attrs.frozen
@@ -138,6 +157,12 @@ class Options:
     seed: int = 1
     #: the public sockets' transport (a key of TRANSPORTS); None: what choose_transport picks
     transport: str | None = None
+    #: also run the stream on the old hand-written parser (throughput + latency windows)
+    compare_legacy: bool = True
+    #: also measure pybit's ticker_stream (needs the ``bench`` extra)
+    pybit: bool = True
+    #: also run the stream on the lean transport with adaptive coalescing, per window (ms)
+    coalesce_ms: tuple[float, ...] = (1.0, 2.0)
 
 
 # --- small helpers --------------------------------------------------------------------------
@@ -355,6 +380,538 @@ async def measure_transport_ceiling(sim: SimProcess, symbols: list[str], opts: O
     return {**_rates(frames, start, end), "frames_per_batch": round(frames / batches, 2) if batches else None}
 
 
+# --- the old hand-written parser, kept here only to compare against -------------------------
+# This is lean_transport.py as it was before the websockets core replaced its framing
+# (commit 6d0ab5e): h11 for the upgrade, our own RFC 6455 frame parser. Nothing in the
+# library uses it; ``--transport legacy`` and the comparison phase run the stream on it.
+
+OP_CONTINUATION: Final = 0x0
+OP_TEXT: Final = 0x1
+OP_BINARY: Final = 0x2
+OP_CLOSE: Final = 0x8
+OP_PING: Final = 0x9
+OP_PONG: Final = 0xA
+#: RFC 6455 §1.3: appended to Sec-WebSocket-Key before hashing it into Sec-WebSocket-Accept
+ACCEPT_GUID: Final = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+CLOSE_NAMES: Final = {
+    1000: "NORMAL_CLOSURE", 1001: "GOING_AWAY", 1002: "PROTOCOL_ERROR", 1003: "UNSUPPORTED_DATA",
+    1005: "NO_STATUS_RCVD", 1006: "ABNORMAL_CLOSURE", 1007: "INVALID_FRAME_PAYLOAD_DATA",
+    1008: "POLICY_VIOLATION", 1009: "MESSAGE_TOO_BIG", 1010: "MANDATORY_EXT", 1011: "INTERNAL_ERROR",
+    1012: "SERVICE_RESTART", 1013: "TRY_AGAIN_LATER", 1014: "BAD_GATEWAY",
+}
+#: close codes a peer may put on the wire (RFC 6455 §7.4.1; 3000-4999 are registered/private)
+WIRE_CLOSE_CODES: Final = frozenset({1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014})
+
+
+def mask(payload: bytes, key: bytes) -> bytes:
+    """``payload`` XOR the 4-byte ``key`` repeated (RFC 6455 §5.3), as one big-integer XOR."""
+    size = len(payload)
+    if not size:
+        return b""
+    keys = (key * ((size >> 2) + 1))[:size]
+    return (int.from_bytes(payload, "big") ^ int.from_bytes(keys, "big")).to_bytes(size, "big")
+
+
+def client_frame(opcode: int, payload: bytes) -> bytes:
+    """One final client frame: masked with a fresh random key, as a client's must be."""
+    size = len(payload)
+    if size < 126:
+        header = bytes((0x80 | opcode, 0x80 | size))
+    elif size < 1 << 16:
+        header = bytes((0x80 | opcode, 0x80 | 126)) + size.to_bytes(2, "big")
+    else:
+        header = bytes((0x80 | opcode, 0x80 | 127)) + size.to_bytes(8, "big")
+    key = os.urandom(4)
+    return header + key + mask(payload, key)
+
+
+def close_payload(code: int, reason: str = "") -> bytes:
+    """A close frame's payload; 1005 ("no code") sends none. The reason fits in 123 bytes."""
+    if code == 1005:
+        return b""
+    return code.to_bytes(2, "big") + reason.encode()[:123].decode(errors="ignore").encode()
+
+
+def _frame_length(data: bytes) -> int:
+    """Bytes the frame at the start of ``data`` needs: its whole length once its header is
+    complete, else the length of its header so far known."""
+    if len(data) < 2:
+        return 2
+    size = data[1] & 0x7F
+    if size < 126:
+        return 2 + size
+    header = 4 if size == 126 else 10
+    if len(data) < header:
+        return header
+    return header + int.from_bytes(data[2:header], "big")
+
+
+class LegacyFrameParser:
+    """Server-to-client WebSocket frames (RFC 6455 §5), sans-IO.
+
+    ``feed(data)`` returns the messages that ``data`` completes, in order (text as ``str``,
+    binary as ``bytes``); the bytes of an unfinished frame wait for the next call, which does
+    not parse them again until enough have arrived. For the caller to act on: ``pings``
+    (payloads to answer with a pong), ``close`` (the peer's close code and reason; 1005 when
+    it gave none) and ``failure`` (the close code we must send, and why). After a close or a
+    failure, nothing more is parsed.
+    """
+
+    __slots__ = ("max_message_size", "pings", "close", "failure",
+                 "_tail", "_tail_size", "_need", "_opcode", "_parts", "_size")
+
+    def __init__(self, max_message_size: int = MAX_MESSAGE_SIZE) -> None:
+        self.max_message_size = max_message_size
+        self.pings: list[bytes] = []
+        self.close: tuple[int, str] | None = None
+        self.failure: tuple[int, str] | None = None
+        self._tail: list[bytes] = []  # an unfinished frame, as received
+        self._tail_size = 0
+        self._need = 0  # bytes the unfinished frame needs before parsing can go on
+        self._opcode = 0  # of the fragmented message in progress (0: none)
+        self._parts: list[bytes] = []
+        self._size = 0
+
+    @property
+    def ended(self) -> bool:
+        return self.close is not None or self.failure is not None
+
+    def feed(self, data: bytes) -> list[str | bytes]:
+        if self.close is not None or self.failure is not None:
+            return []
+        if self._tail:
+            self._tail.append(data)
+            self._tail_size += len(data)
+            if self._tail_size < self._need:
+                return []
+            data = b"".join(self._tail)
+            self._tail.clear()
+        messages: list[str | bytes] = []
+        append = messages.append
+        limit = self.max_message_size
+        continuing = self._opcode
+        end = len(data)
+        pos = 0
+        while True:
+            start = pos + 2
+            if start > end:
+                break
+            first = data[pos]
+            size = data[pos + 1]  # >= 128: the mask bit is set
+            if size >= 126:
+                if size == 126:
+                    start = pos + 4
+                    if start > end:
+                        break
+                    size = data[pos + 2] << 8 | data[pos + 3]
+                elif size == 127:
+                    start = pos + 10
+                    if start > end:
+                        break
+                    size = int.from_bytes(data[pos + 2:start], "big")
+                else:
+                    self._fail(1002, "the server masked a frame")
+                    return messages
+            stop = start + size
+            if first == 0x81 and size <= limit and not continuing:  # the hot path: one whole text message
+                if stop > end:
+                    break
+                try:
+                    append(data[start:stop].decode())
+                except UnicodeDecodeError:
+                    self._fail(1007, "invalid UTF-8 in a text message")
+                    return messages
+            else:
+                refusal = self._refusal(first, size)
+                if refusal is not None:
+                    self._fail(*refusal)
+                    return messages
+                if stop > end:
+                    break
+                self._frame(first, data[start:stop], append)
+                if self.close is not None or self.failure is not None:
+                    return messages
+                continuing = self._opcode
+            pos = stop
+        if pos < end:
+            rest = data[pos:] if pos else data
+            self._tail.append(rest)
+            self._tail_size = end - pos
+            self._need = _frame_length(rest)
+        return messages
+
+    def _refusal(self, first: int, size: int) -> tuple[int, str] | None:
+        """Why a frame with this first byte and payload size is refused, if it is (from the header alone)."""
+        if first & 0x70:
+            return 1002, "RSV bits set, but no extension was agreed"
+        opcode = first & 0x0F
+        if opcode >= OP_CLOSE:
+            if opcode > OP_PONG:
+                return 1002, f"unknown opcode {opcode:#x}"
+            if not first & 0x80:
+                return 1002, "a fragmented control frame"
+            if size > 125:
+                return 1002, f"a control frame of {size} bytes (at most 125)"
+            return None
+        if opcode == OP_CONTINUATION:
+            if not self._opcode:
+                return 1002, "a continuation frame outside a fragmented message"
+            size += self._size
+        elif opcode in (OP_TEXT, OP_BINARY):
+            if self._opcode:
+                return 1002, "a new message inside a fragmented one"
+        else:
+            return 1002, f"unknown opcode {opcode:#x}"
+        if size > self.max_message_size:
+            return 1009, f"a message of at least {size} bytes, over the limit of {self.max_message_size}"
+        return None
+
+    def _frame(self, first: int, payload: bytes, append: Callable[[str | bytes], None]) -> None:
+        """A frame that passed :meth:`_refusal`, payload complete."""
+        opcode = first & 0x0F
+        if opcode == OP_PING:
+            self.pings.append(payload)
+        elif opcode == OP_CLOSE:
+            self._closed(payload)
+        elif opcode != OP_PONG:  # a data frame: the start of a message or a continuation
+            if opcode:
+                self._opcode = opcode
+            self._parts.append(payload)
+            self._size += len(payload)
+            if first & 0x80:
+                parts, kind = self._parts, self._opcode
+                body = parts[0] if len(parts) == 1 else b"".join(parts)
+                self._parts, self._opcode, self._size = [], 0, 0
+                if kind == OP_BINARY:
+                    append(body)
+                    return
+                try:
+                    append(body.decode())
+                except UnicodeDecodeError:
+                    self._fail(1007, "invalid UTF-8 in a text message")
+
+    def _closed(self, payload: bytes) -> None:
+        if not payload:
+            self.close = (1005, "")
+            return
+        if len(payload) == 1:
+            self._fail(1002, "a close frame with a one-byte payload")
+            return
+        code = int.from_bytes(payload[:2], "big")
+        if code not in WIRE_CLOSE_CODES and not 3000 <= code <= 4999:
+            self._fail(1002, f"close code {code} may not be sent")
+            return
+        try:
+            self.close = (code, payload[2:].decode())
+        except UnicodeDecodeError:
+            self._fail(1007, "invalid UTF-8 in a close reason")
+
+    def _fail(self, code: int, detail: str) -> None:
+        self.failure = (code, detail)
+        self._tail.clear()
+        self._parts = []
+
+
+class _LegacyTransport:
+    """One connected WebSocket; the reader is whoever calls ``receive_batch()``."""
+
+    __slots__ = ("url", "abandoned", "_label", "_stream", "_parser", "_send_lock", "_close_timeout",
+                 "_pending", "_lost", "_close_sent", "_send_broken")
+
+    def __init__(self, stream: trio.abc.Stream, url: str, label: str, max_message_size: int,
+                 close_timeout: float, pending: bytes) -> None:
+        self.url = url
+        self.abandoned = False
+        self._label = label
+        self._stream = stream
+        self._parser = LegacyFrameParser(max_message_size)
+        self._send_lock = trio.StrictFIFOLock()
+        self._close_timeout = close_timeout
+        self._pending = pending  # frame bytes that came with the handshake's answer
+        #: how the connection ended (message, code, reason); from then on, send/receive raise
+        self._lost: tuple[str, int, str | None] | None = None
+        self._close_sent = False
+        #: a write was interrupted: the stream may hold half a frame, so nothing more is written
+        self._send_broken = False
+
+    def abandon(self) -> None:
+        self.abandoned = True
+
+    # --- receiving ------------------------------------------------------------------------
+
+    async def receive_batch(self) -> list[str | bytes]:
+        parser = self._parser
+        data, self._pending = self._pending, b""
+        while True:
+            if self._lost is not None:
+                raise self._error()
+            if not data:
+                data = await self._read()
+            messages = parser.feed(data)
+            data = b""
+            if parser.pings or parser.close is not None or parser.failure is not None:
+                await self._answer(parser)
+            if messages:
+                return messages
+
+    async def _read(self) -> bytes:
+        try:
+            data = await self._stream.receive_some(RECEIVE_BYTES)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            self._end(1006, f"connection lost: {exc!r}")
+            raise self._error() from exc
+        if not data:
+            self._end(1006, "the peer ended the TCP connection without a close frame")
+            raise self._error()
+        return data
+
+    async def _answer(self, parser: LegacyFrameParser) -> None:
+        """Pong every ping; answer a close frame or a violation with our close frame."""
+        pings, parser.pings = parser.pings, []
+        for payload in pings:
+            if self._lost is None:
+                try:
+                    await self._write(client_frame(OP_PONG, payload))
+                except ConnectionLost as exc:
+                    self._end(1006, str(exc))
+        if parser.failure is not None:
+            code, detail = parser.failure
+            self._end(code, detail)
+            await self._send_close(code, CLOSE_NAMES[code].lower().replace("_", " "))
+        elif parser.close is not None:
+            code, reason = parser.close
+            self._end(code, reason, reason)
+            await self._send_close(code)  # echo it (the parser let only sendable codes and 1005 through)
+
+    # --- sending --------------------------------------------------------------------------
+
+    async def send(self, text: str) -> None:
+        if self._lost is not None:
+            raise self._error()
+        await self._write(client_frame(OP_TEXT, text.encode()))
+
+    async def _write(self, frame: bytes) -> None:
+        async with self._send_lock:
+            if self._send_broken:
+                raise ConnectionLost(f"{self._label}: an earlier send broke off; the socket is unusable",
+                                     code=1006)
+            try:
+                await self._stream.send_all(frame)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                self._send_broken = True
+                raise ConnectionLost(f"{self._label}: send failed: {exc!r}", code=1006) from exc
+            except BaseException:  # cancelled: part of the frame may be on the wire
+                self._send_broken = True
+                raise
+
+    async def _send_close(self, code: int, reason: str = "") -> bool:
+        """Our close frame, once, within ``close_timeout``; True when it went out."""
+        if self._close_sent or self._send_broken:
+            return False
+        self._close_sent = True
+        with trio.move_on_after(self._close_timeout):
+            try:
+                await self._write(client_frame(OP_CLOSE, close_payload(code, reason)))
+            except ConnectionLost:
+                return False
+            return True
+        return False
+
+    # --- the end --------------------------------------------------------------------------
+
+    def _end(self, code: int, detail: str, reason: str | None = None) -> None:
+        """Record how the connection ended; the first cause wins."""
+        if self._lost is None:
+            name = CLOSE_NAMES.get(code)
+            text = f"{self._label}: closed with code {code}" + (f" {name}" if name else "")
+            self._lost = (text + (f" ({detail})" if detail else ""), code, reason)
+
+    def _error(self) -> ConnectionLost:
+        assert self._lost is not None
+        text, code, reason = self._lost
+        return ConnectionLost(text, code=code, reason=reason)
+
+    async def _shut(self, close_timeout: float, *, cancelled: bool) -> bool:
+        """Close politely unless the connection already ended or the peer is known dead, then
+        release the socket. True when the peer's close frame did not come in time."""
+        try:
+            if self.abandoned or self._lost is not None:
+                return False
+            self._end(1000, "closed by this side")  # send() refuses from here on
+            with trio.move_on_after(CANCELLED_CLOSE_WAIT if cancelled else close_timeout, shield=True) as scope:
+                if await self._send_close(1000) and not cancelled:
+                    await self._await_peer_close()
+            return scope.cancelled_caught and not cancelled
+        finally:
+            await trio.aclose_forcefully(self._stream)
+
+    async def _await_peer_close(self) -> None:
+        """Read (and drop) whatever still comes until the peer's close frame or EOF."""
+        parser = self._parser
+        data, self._pending = self._pending, b""
+        while not parser.ended:
+            if data:
+                parser.feed(data)
+                data = b""
+                continue
+            try:
+                data = await self._stream.receive_some(RECEIVE_BYTES)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                return
+            if not data:
+                return
+
+
+def _accept_token(key: bytes) -> bytes:
+    return base64.b64encode(hashlib.sha1(key + ACCEPT_GUID).digest())
+
+
+def _upgrade_problem(response: h11.InformationalResponse, key: bytes) -> str | None:
+    """What is wrong with a ``101`` answer to our upgrade request, if anything."""
+    connection: list[bytes] = []
+    upgrade = accept = None
+    for name, value in response.headers:  # h11 gives lower-case names
+        if name == b"connection":
+            connection += (token.strip().lower() for token in value.split(b","))
+        elif name == b"upgrade":
+            upgrade = value.strip().lower()
+        elif name == b"sec-websocket-accept":
+            accept = value.strip()
+        elif name in (b"sec-websocket-extensions", b"sec-websocket-protocol"):
+            return f"it chose {name.decode()} {value.decode(errors='replace')!r}, which we did not offer"
+    if b"upgrade" not in connection:
+        return "no 'Connection: upgrade' header"
+    if upgrade != b"websocket":
+        return "no 'Upgrade: websocket' header"
+    if accept != _accept_token(key):
+        return "a wrong Sec-WebSocket-Accept"
+    return None
+
+
+async def _legacy_upgrade(stream: trio.abc.Stream, host: str, target: str, label: str, url: str) -> bytes:
+    """The HTTP upgrade; returns the bytes that followed the ``101`` answer (frames already)."""
+    key = base64.b64encode(os.urandom(16))
+    http = h11.Connection(h11.CLIENT)
+    request = h11.Request(method="GET", target=target, headers=[
+        ("Host", host), ("Upgrade", "websocket"), ("Connection", "Upgrade"),
+        ("Sec-WebSocket-Key", key), ("Sec-WebSocket-Version", "13"),
+    ])
+    await stream.send_all(http.send(request) + (http.send(h11.EndOfMessage()) or b""))
+    while True:
+        try:
+            event = http.next_event()
+        except h11.RemoteProtocolError as exc:
+            raise HandshakeError(f"{label}: {url} answered the WebSocket upgrade with broken HTTP: {exc}") from None
+        if event is h11.NEED_DATA:
+            data = await stream.receive_some(RECEIVE_BYTES)
+            if not data:
+                raise HandshakeError(f"{label}: {url} closed the connection during the WebSocket handshake")
+            http.receive_data(data)
+        elif isinstance(event, h11.InformationalResponse) and event.status_code == 101:
+            problem = _upgrade_problem(event, key)
+            if problem is not None:
+                raise HandshakeError(f"{label}: {url} accepted the WebSocket upgrade with {problem}")
+            return bytes(http.trailing_data[0])
+        elif isinstance(event, h11.Response):
+            status = event.status_code
+            wait = HANDSHAKE_COOLDOWN.get(status)
+            advice = f"; backing off {wait:g}s as the exchange asks" if wait else ""
+            raise HandshakeError(f"{label}: {url} refused the WebSocket upgrade with HTTP {status}{advice}",
+                                 status=status, retry_after=wait)
+        # any other 1xx answer: wait for the real one
+
+
+async def _legacy_connect(url: str, label: str, connect_timeout: float, verify_tls: bool) -> tuple[trio.abc.Stream, bytes]:
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if parts.scheme not in ("ws", "wss") or not parts.hostname or port == -1:
+        raise HandshakeError(f"{label}: {url} is not a ws:// or wss:// URL")
+    host = parts.hostname
+    secure = parts.scheme == "wss"
+    default_port = 443 if secure else 80
+    port = port or default_port
+    name = f"[{host}]" if ":" in host else host
+    host_header = name if port == default_port else f"{name}:{port}"
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    context = _ssl_context(url, verify_tls)
+    stream: trio.abc.Stream | None = None
+    try:
+        with trio.fail_after(connect_timeout):
+            stream = await trio.open_tcp_stream(host, port)
+            if context is not None:
+                stream = trio.SSLStream(stream, context, server_hostname=host, https_compatible=True)
+                await stream.do_handshake()
+            return stream, await _legacy_upgrade(stream, host_header, target, label, url)
+    except BaseException as exc:
+        if stream is not None:
+            await trio.aclose_forcefully(stream)
+        if isinstance(exc, trio.TooSlowError):
+            raise HandshakeError(f"{label}: no WebSocket handshake from {url} within {connect_timeout:g}s") from None
+        if isinstance(exc, (OSError, trio.BrokenResourceError, trio.ClosedResourceError)):
+            raise HandshakeError(f"{label}: cannot connect to {url}: {exc!r}") from None
+        raise
+
+
+@asynccontextmanager
+async def open_legacy_transport(url: str, *, label: str = "ws", max_message_size: int = MAX_MESSAGE_SIZE,
+                              connect_timeout: float = 10.0, close_timeout: float = CLOSE_TIMEOUT,
+                              verify_tls: bool = True) -> AsyncIterator[Transport]:
+    """The pre-websockets public transport (hand-written RFC 6455 parser), as it was."""
+    stream, pending = await _legacy_connect(url, label, connect_timeout, verify_tls)
+    transport = _LegacyTransport(stream, url, label, max_message_size, close_timeout, pending)
+    try:
+        yield transport
+    except BaseException as exc:
+        await transport._shut(close_timeout, cancelled=_is_cancellation(exc))
+        raise
+    if await transport._shut(close_timeout, cancelled=False):
+        raise ConnectionLost(f"{label}: close handshake with {url} timed out")
+
+
+# --- 1c. the per-read floor -------------------------------------------------------------------
+
+async def measure_read_floor(sim: SimProcess, symbols: list[str], opts: Options) -> dict[str, Any]:
+    """The cost of a read itself: the lean transport's socket, subscribed like the stream's,
+    read in a loop (``receive_some(65536)``: wakeup, epoll, recv) with the bytes thrown away,
+    nothing parsed. CPU per read here is the floor under any per-read design; the frames a
+    read carries share it."""
+    url = f"{sim.ws_url}/v5/public/{CATEGORY}"
+    topics = [f"tickers.{s}" for s in symbols]
+    counting = False
+    reads = received = 0
+    async with lean_transport.open_lean_transport(url, label="bench") as transport:
+        for start_at in range(0, len(topics), 100):
+            await transport.send(orjson.dumps({"op": "subscribe", "args": topics[start_at:start_at + 100]}).decode())
+        stream = transport._stream  # benchmark-only: below the WebSocket layer on purpose
+        async with trio.open_nursery() as nursery:
+
+            async def consume() -> None:
+                nonlocal reads, received
+                receive_some = stream.receive_some
+                while True:
+                    data = await receive_some(65536)
+                    if counting:
+                        reads += 1
+                        received += len(data)
+
+            nursery.start_soon(consume)
+            await trio.sleep(opts.warmup)
+            counting = True
+            start = Sample.take(sim.pid)
+            await trio.sleep(opts.transport_seconds)
+            counting = False
+            end = Sample.take(sim.pid)
+            nursery.cancel_scope.cancel()
+        transport.abandon()
+    cpu = end.cpu - start.cpu
+    return {**end.since(start), "reads": reads, "reads_per_s": round(reads / (end.wall - start.wall), 1),
+            "bytes_per_read": round(received / reads, 1) if reads else None,
+            "cpu_per_read_us": round(cpu / reads * 1e6, 2) if reads and cpu > 0 else None}
+
+
 # --- the consumer and its watchers ----------------------------------------------------------
 
 Watcher = Callable[[list[Event], int], None]
@@ -453,22 +1010,6 @@ class _StampingStream:
         return getattr(self._inner, name)
 
 
-class _StampingSend:
-    """Wraps trio-websocket's message queue: each message keeps the stamps of its read."""
-
-    def __init__(self, inner: Any, probe: LatencyProbe) -> None:
-        self._inner = inner
-        self._probe = probe
-
-    async def send(self, message: str | bytes) -> None:
-        probe = self._probe
-        probe.read_of[message] = (probe.kernel_ns, probe.read_ns)
-        await self._inner.send(message)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-
 @attrs.define(eq=False)
 class LatencyProbe:
     #: time.time_ns() when the current read returned / when the kernel received its newest segment
@@ -488,13 +1029,14 @@ class LatencyProbe:
     _wrapped: list[Any] = attrs.Factory(list)
 
     def _wrap(self, owner: Any) -> None:
-        """Stamp the reads of ``owner._stream``: a trio-websocket connection (whose message
-        queue is wrapped too) or a lean transport."""
+        """Stamp the reads of ``owner``'s byte stream: the lean transport's ``_stream``, or the
+        stream under trio-websocket (``_guard.inner``, our own wrapper's)."""
         if any(w is owner for w in self._wrapped):
             return
-        owner._stream = _StampingStream(owner._stream, self)
-        if isinstance(owner, trio_websocket.WebSocketConnection):
-            owner._send_channel = _StampingSend(owner._send_channel, self)  # type: ignore[attr-defined]
+        if isinstance(owner, transport_module._GuardedStream):
+            owner.inner = _StampingStream(owner.inner, self)
+        else:
+            owner._stream = _StampingStream(owner._stream, self)
         self._wrapped.append(owner)
 
     @contextmanager
@@ -502,23 +1044,32 @@ class LatencyProbe:
         """Patch the public socket's transport (either kind) and the public actor's decode; undo on exit."""
         probe = self
         ws_batch = transport_module._WsTransport.receive_batch
-        lean_batch = lean_transport._LeanTransport.receive_batch
         original_decode = public_ws.decode
 
         async def receive_batch(transport: Any) -> list[str | bytes]:
-            if transport._label == PUBLIC_LINK:
-                probe._wrap(transport._ws)
-            return await ws_batch(transport)
-
-        async def receive_lean_batch(transport: Any) -> list[str | bytes]:
             if transport._label != PUBLIC_LINK:
-                return await lean_batch(transport)
-            probe._wrap(transport)
-            batch = await lean_batch(transport)
-            stamps = (probe.kernel_ns, probe.read_ns)  # the read that completed them all
+                return await ws_batch(transport)
+            probe._wrap(transport._guard)
+            batch = await ws_batch(transport)
+            stamps = (probe.kernel_ns, probe.read_ns)  # the newest read: a lower bound for queued messages
             for message in batch:
                 probe.read_of[message] = stamps
             return batch
+
+        def batch_wrapper(original: Callable[..., Any]) -> Callable[..., Any]:
+            async def receive_read_batch(transport: Any) -> list[str | bytes]:
+                if transport._label != PUBLIC_LINK:
+                    return await original(transport)
+                probe._wrap(transport)
+                batch = await original(transport)
+                stamps = (probe.kernel_ns, probe.read_ns)  # the read that completed them all
+                for message in batch:
+                    probe.read_of[message] = stamps
+                return batch
+            return receive_read_batch
+
+        read_batch_classes = (lean_transport._LeanTransport, _LegacyTransport)
+        originals = [cls.receive_batch for cls in read_batch_classes]
 
         def decode(raw: str | bytes, *, category: str | None = None) -> Any:
             frame = original_decode(raw, category=category)
@@ -528,18 +1079,21 @@ class LatencyProbe:
             return frame
 
         transport_module._WsTransport.receive_batch = receive_batch  # type: ignore[method-assign]
-        lean_transport._LeanTransport.receive_batch = receive_lean_batch  # type: ignore[method-assign]
+        for cls, original in zip(read_batch_classes, originals):
+            cls.receive_batch = batch_wrapper(original)  # type: ignore[method-assign]
         public_ws.decode = decode  # type: ignore[assignment]
         try:
             yield
         finally:
             transport_module._WsTransport.receive_batch = ws_batch  # type: ignore[method-assign]
-            lean_transport._LeanTransport.receive_batch = lean_batch  # type: ignore[method-assign]
+            for cls, original in zip(read_batch_classes, originals):
+                cls.receive_batch = original  # type: ignore[method-assign]
             public_ws.decode = original_decode
             for owner in self._wrapped:
-                owner._stream = owner._stream._inner
-                if isinstance(owner, trio_websocket.WebSocketConnection):
-                    owner._send_channel = owner._send_channel._inner  # type: ignore[attr-defined]
+                if isinstance(owner, transport_module._GuardedStream):
+                    owner.inner = owner.inner._inner
+                else:
+                    owner._stream = owner._stream._inner
 
     def watcher(self, events: list[Event], stamp: int) -> None:
         out_ns = time.time_ns()
@@ -671,7 +1225,169 @@ async def measure_opens(stream: HybridStream, consumer: Consumer, sim: SimProces
     return result
 
 
+# --- 7. latest prices delivered -------------------------------------------------------------
+
+#: after the market stops, time for the last ticks to travel (real clock)
+SETTLE_S: Final = 0.5
+
+
+async def measure_latest_prices(stream: HybridStream, sim: SimProcess, symbols: list[str],
+                                opts: Options) -> dict[str, Any]:
+    """Stop the simulator's market, let the last ticks arrive, then compare each position's
+    mark in ``stream.positions()`` with the simulator's current mark (REST tickers): the
+    conflating path must never leave a stale price behind."""
+    await sim.control("set_rate", rate=0.0)
+    try:
+        await trio.sleep(SETTLE_S)
+        response = await sim.http.get("/v5/market/tickers", params={"category": CATEGORY})
+        truth = {item["symbol"]: Decimal(item["markPrice"]) for item in response.json()["result"]["list"]}
+        marks = {p.symbol: p.mark_price for p in stream.positions() if p.category == CATEGORY}
+        stale = sorted(s for s in symbols if marks.get(s) != truth.get(s))
+    finally:
+        await sim.control("set_rate", rate=opts.rate)
+    return {"symbols": len(symbols), "latest_delivered": len(symbols) - len(stale),
+            "ratio": round((len(symbols) - len(stale)) / len(symbols), 4) if symbols else None,
+            "stale_examples": stale[:5]}
+
+
+# --- 8. pybit, Bybit's official SDK, on the same simulator stream -----------------------------
+
+PYBIT_NOTE: Final = (
+    "pybit builds its URL from 'wss://{SUBDOMAIN}.{DOMAIN}.com/v5/public/{CHANNEL_TYPE}' and "
+    "its public options (testnet, demo, domain, tld) cannot point it at a loopback ws:// server; "
+    "this benchmark sets pybit.unified_trading.PUBLIC_WSS to the simulator's URL for the phase "
+    "and restores it. Everything else is pybit's public API: WebSocket(channel_type=...), "
+    "ticker_stream(symbol=[...], callback), exit(). Its callbacks run on websocket-client's "
+    "thread; CPU is this process's (all threads), with the trio side idle during the window.")
+
+
+def _pybit_phase(url: str, symbols: list[str], opts: Options, sim_pid: int) -> dict[str, Any]:
+    from pybit import unified_trading
+
+    state = {"counting": False, "frames": 0}
+    lags: list[float] = []
+    lock = threading.Lock()
+
+    def callback(message: dict[str, Any]) -> None:
+        if state["counting"]:
+            with lock:
+                state["frames"] += 1
+                ts = message.get("ts")
+                if ts is not None:
+                    lags.append(time.time_ns() / 1e6 - ts)
+
+    original = unified_trading.PUBLIC_WSS
+    unified_trading.PUBLIC_WSS = url
+    try:
+        ws = unified_trading.WebSocket(channel_type=CATEGORY, testnet=False, retries=3)
+    finally:
+        unified_trading.PUBLIC_WSS = original
+    try:
+        for start_at in range(0, len(symbols), 100):
+            ws.ticker_stream(symbol=symbols[start_at:start_at + 100], callback=callback)
+        time.sleep(opts.warmup)
+        state["counting"] = True
+        start = Sample.take(sim_pid)
+        time.sleep(opts.seconds)
+        state["counting"] = False
+        end = Sample.take(sim_pid)
+    finally:
+        ws.exit()
+    with lock:
+        frames, lag_values = state["frames"], list(lags)
+    return {**_rates(frames, start, end), "tick_to_callback_ms": percentiles(lag_values, 2),
+            "pybit_version": _version("pybit"), "how": PYBIT_NOTE}
+
+
+def _version(package: str) -> str | None:
+    try:
+        from importlib.metadata import version
+        return version(package)
+    except Exception:  # noqa: BLE001 - only a label in the output
+        return None
+
+
+async def measure_pybit(sim: SimProcess, symbols: list[str], opts: Options) -> dict[str, Any]:
+    try:
+        import pybit  # noqa: F401
+    except ImportError:
+        return {"skipped": "pybit is not installed: pip install -e '.[bench]'"}
+    url = f"{sim.ws_url}/v5/public/{{CHANNEL_TYPE}}"
+    return await trio.to_thread.run_sync(_pybit_phase, url, symbols, opts, sim.pid)
+
+
+# --- a second stream on another public transport (throughput, latency, latest prices) ----------
+
+async def measure_stream_on(choice: str, sim: SimProcess, symbols: list[str], opts: Options) -> dict[str, Any]:
+    with public_transport(choice):
+        async with open_hybrid_stream(stream_config(sim), rng=random.Random(opts.seed)) as stream:
+            consumer = Consumer(stream)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(consumer.run)
+                await wait_until(lambda: _all_confirmed(stream)
+                                 and len(stream.hub.subscriptions[CATEGORY].confirmed) >= len(symbols),
+                                 "the initial subscriptions", limit=60)
+                throughput = await measure_stream_throughput(stream, consumer, sim, opts)
+                probe, window = await measure_latency(consumer, sim, opts)
+                latest = await measure_latest_prices(stream, sim, symbols, opts)
+                nursery.cancel_scope.cancel()
+    return {"stream": throughput, "frame_to_event_ms": percentiles(probe.overhead_ms),
+            "frame_to_event_from_read_return_ms": percentiles(probe.from_read_ms),
+            "tick_to_event_ms": percentiles(probe.tick_to_event_ms, 2), "latency_window": window,
+            "public_reads": {"reads": probe.reads,
+                             "bytes_per_read": percentiles([float(b) for b in probe.read_bytes], 0)},
+            "latest_prices": latest}
+
+
 # --- the whole run --------------------------------------------------------------------------
+
+def comparison(raw: dict[str, Any], stream: dict[str, Any], overhead: dict[str, Any], tick_to_event: dict[str, Any],
+               latest: dict[str, Any], name: str, legacy: dict[str, Any] | None,
+               pybit: dict[str, Any], coalesced: dict[str, Any]) -> dict[str, Any]:
+    """One row per client on the same simulator stream: frames per CPU-second (and the ratio to
+    the bare client), and receive latency. ``tick_to_*`` is wall time at receipt minus the
+    frame's ``ts`` (ms resolution, includes the simulator's send spread), comparable across
+    rows; ``frame_to_event_ms`` (streams only) is kernel receive → event out."""
+    bare = raw["msgs_per_cpu_s"]
+
+    def ratio(value: Any) -> float | None:
+        return round(value / bare, 3) if bare and value else None
+
+    def latency(figure: dict[str, Any]) -> dict[str, Any]:
+        return {"p50": figure["p50"], "p99": figure["p99"]}
+
+    rows: dict[str, Any] = {
+        "bare trio-websocket + orjson": {"frames_per_cpu_s": bare, "ratio_to_bare": 1.0,
+                                         "tick_to_receive_ms": latency(raw["tick_to_receive_ms"])},
+        f"stream ({name} transport)": {"frames_per_cpu_s": stream["msgs_per_cpu_s"],
+                                       "ratio_to_bare": ratio(stream["msgs_per_cpu_s"]),
+                                       "frames_per_batch": stream["frames_per_batch"],
+                                       "tick_to_event_ms": latency(tick_to_event),
+                                       "frame_to_event_ms": latency(overhead),
+                                       "latest_prices_delivered": latest["ratio"]},
+    }
+    if legacy is not None:
+        rows["stream (legacy hand-written parser)"] = {
+            "frames_per_cpu_s": legacy["stream"]["msgs_per_cpu_s"],
+            "ratio_to_bare": ratio(legacy["stream"]["msgs_per_cpu_s"]),
+            "frames_per_batch": legacy["stream"]["frames_per_batch"],
+            "tick_to_event_ms": latency(legacy["tick_to_event_ms"]),
+            "frame_to_event_ms": latency(legacy["frame_to_event_ms"]),
+            "latest_prices_delivered": legacy["latest_prices"]["ratio"]}
+    for ms, figures in coalesced.items():
+        rows[f"stream (lean, adaptive coalescing <= {ms} ms)"] = {
+            "frames_per_cpu_s": figures["stream"]["msgs_per_cpu_s"],
+            "ratio_to_bare": ratio(figures["stream"]["msgs_per_cpu_s"]),
+            "frames_per_batch": figures["stream"]["frames_per_batch"],
+            "tick_to_event_ms": latency(figures["tick_to_event_ms"]),
+            "frame_to_event_ms": latency(figures["frame_to_event_ms"]),
+            "latest_prices_delivered": figures["latest_prices"]["ratio"]}
+    if "skipped" not in pybit:
+        rows["pybit WebSocket.ticker_stream"] = {"frames_per_cpu_s": pybit["msgs_per_cpu_s"],
+                                                 "ratio_to_bare": ratio(pybit["msgs_per_cpu_s"]),
+                                                 "tick_to_callback_ms": latency(pybit["tick_to_callback_ms"])}
+    return rows
+
 
 def transport_name(opener: Callable[..., Any]) -> str:
     return next(name for name, known in TRANSPORTS.items() if known is opener)
@@ -727,6 +1443,14 @@ async def _run_benchmark(opts: Options, open_public: Callable[..., Any]) -> dict
         mark = time.perf_counter()
         transport = await measure_transport_ceiling(sim, symbols, opts, open_public)
         durations["transport_phase_s"] = time.perf_counter() - mark
+        mark = time.perf_counter()
+        read_floor = await measure_read_floor(sim, symbols, opts)
+        durations["read_floor_phase_s"] = time.perf_counter() - mark
+        legacy_transport = None
+        if opts.compare_legacy:
+            mark = time.perf_counter()
+            legacy_transport = await measure_transport_ceiling(sim, symbols, opts, TRANSPORTS["legacy"])
+            durations["legacy_transport_phase_s"] = time.perf_counter() - mark
 
         mark = time.perf_counter()
         for symbol in symbols:
@@ -752,6 +1476,10 @@ async def _run_benchmark(opts: Options, open_public: Callable[..., Any]) -> dict
                 durations["latency_phase_s"] = time.perf_counter() - mark
 
                 mark = time.perf_counter()
+                latest = await measure_latest_prices(stream, sim, symbols, opts)
+                durations["latest_prices_phase_s"] = time.perf_counter() - mark
+
+                mark = time.perf_counter()
                 fresh_s, resubscribed_s = await measure_drops(stream, consumer, sim, opts)
                 durations["drop_phase_s"] = time.perf_counter() - mark
 
@@ -765,6 +1493,19 @@ async def _run_benchmark(opts: Options, open_public: Callable[..., Any]) -> dict
                           "public_connects": health.connections[PUBLIC_LINK]["connects"],
                           "actor_restarts": {n: a["restarts"] for n, a in health.actors.items() if a["restarts"]}}
                 nursery.cancel_scope.cancel()
+        legacy = None
+        if opts.compare_legacy and transport_name(open_public) != "legacy":
+            mark = time.perf_counter()
+            legacy = await measure_stream_on("legacy", sim, symbols, opts)
+            durations["legacy_stream_phase_s"] = time.perf_counter() - mark
+        coalesced: dict[str, Any] = {}
+        for ms in opts.coalesce_ms:
+            mark = time.perf_counter()
+            coalesced[f"{ms:g}"] = await measure_stream_on(coalescing(ms), sim, symbols, opts)
+            durations[f"coalesce_{ms:g}ms_stream_phase_s"] = time.perf_counter() - mark
+        mark = time.perf_counter()
+        pybit = await measure_pybit(sim, symbols, opts) if opts.pybit else {"skipped": "--no-pybit"}
+        durations["pybit_phase_s"] = time.perf_counter() - mark
         sim_cpu_total = sim.cpu_seconds() - sim_cpu_start
     total = time.perf_counter() - started
 
@@ -782,9 +1523,13 @@ async def _run_benchmark(opts: Options, open_public: Callable[..., Any]) -> dict
         "frame_to_event_overhead_ms": {**overhead, "unmatched_events": probe.unmatched},
         "public_drop_to_fresh_price_s": drops,
         "open_to_first_mark_ms": opens_first,
+        "latest_prices": latest,
+        "comparison": comparison(raw, throughput, overhead, tick_to_event, latest, transport_name(open_public),
+                                 legacy, pybit, coalesced),
         "targets": {
-            "ratio_to_ceiling>=0.60": bool(ceiling and streamed and streamed / ceiling >= 0.60),
-            "frame_to_event_p99<5ms": overhead["p99"] is not None and overhead["p99"] < 5.0,
+            "ratio_to_ceiling>=1.5": bool(ceiling and streamed and streamed / ceiling >= 1.5),
+            "frame_to_event_p99<3ms": overhead["p99"] is not None and overhead["p99"] < 3.0,
+            "latest_prices_delivered=100%": latest["ratio"] == 1.0,
             "public_drop_to_fresh_price_max<1s": drops["max"] is not None and drops["max"] < 1.0,
             "open_to_first_mark_p99<300ms": opens_first["p99"] is not None and opens_first["p99"] < 300.0,
         },
@@ -792,6 +1537,13 @@ async def _run_benchmark(opts: Options, open_public: Callable[..., Any]) -> dict
             "raw": raw,
             "transport": transport,
             "stream": throughput,
+            "legacy_transport": legacy_transport,
+            "legacy_stream": legacy,
+            "coalesced_streams": coalesced,
+            "read_floor": read_floor,
+            "stream_cpu_per_frame_us": (round(throughput["client_cpu_s"] / throughput["frames"] * 1e6, 2)
+                                        if throughput["frames"] else None),
+            "pybit": pybit,
             "ratio_to_transport_ceiling": (round(streamed / transport["msgs_per_cpu_s"], 3)
                                            if streamed and transport["msgs_per_cpu_s"] else None),
             "latency_window": latency_window,
@@ -835,9 +1587,15 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--transport", choices=sorted(TRANSPORTS), default=None,
                         help="the public sockets' transport (default: what the stream uses)")
+    parser.add_argument("--no-legacy", action="store_true", help="skip the old parser's stream phase")
+    parser.add_argument("--no-pybit", action="store_true", help="skip pybit's ticker_stream phase")
+    parser.add_argument("--coalesce-ms", default=",".join(f"{v:g}" for v in defaults.coalesce_ms),
+                        help="coalescing windows to compare, comma-separated ms ('' for none)")
     args = parser.parse_args()
     opts = Options(args.symbols, args.rate, args.seconds, args.warmup, args.transport_seconds,
-                   args.latency_seconds, args.drops, args.opens, args.seed, args.transport)
+                   args.latency_seconds, args.drops, args.opens, args.seed, args.transport,
+                   not args.no_legacy, not args.no_pybit,
+                   tuple(float(v) for v in args.coalesce_ms.split(",") if v.strip()))
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     print(json.dumps(trio.run(partial(run_benchmark, opts))), flush=True)

@@ -5,8 +5,10 @@ The bot is written the way such bots already are: an ``EventRouter`` with
 ``@router.on('position.update')`` handlers, a position manager that does
 ``position.current_price = data.get('mark_price')``, a trailing stop whose
 ``async def update_price(self, symbol, price)`` turns the price into ``Decimal(str(price))``,
-and an aged-position monitor listening to the same events. None of that knows where the
-events come from; only ``TradingBot.start_streams`` (the "ten-line change") does.
+and an aged-position monitor listening to the same events (it ages a position from the
+exchange's ``created_time``, so a restarted bot knows how old its positions are). None of
+that knows where the events come from; only ``TradingBot.start_streams`` (the "ten-line
+change") does. A ``stream.state`` handler reports when the stream degrades and recovers.
 
 The script starts the simulator (``python -m hybrid_actors simulator --json``) in a
 subprocess, opens an ETHUSDT long and a BTCUSDT short there, and then walks the ETHUSDT
@@ -18,6 +20,7 @@ standing in for the stop order filling) and the stream reports ``position.closed
     python scripts/example_bot.py                      # plain asyncio.run() (trio guest mode)
     python scripts/example_bot.py --host trio-asyncio  # under trio_asyncio.run()
     python scripts/example_bot.py --seconds 20
+    python scripts/example_bot.py --head-start 4 --max-age 5   # positions opened 4 s before the bot
 
 It exits by itself after ``--seconds`` (0 when the stop activated and fired, 1 otherwise).
 """
@@ -68,14 +71,15 @@ class EventRouter:
 
 
 class Position:
-    def __init__(self, symbol: str, side: str, quantity: Any, entry_price: Any) -> None:
+    def __init__(self, symbol: str, side: str, quantity: Any, entry_price: Any, created_ms: int | None) -> None:
         self.symbol = symbol
         self.side = side
         self.quantity = quantity
         self.entry_price = entry_price
         self.current_price = entry_price
         self.unrealized_pnl: Any = 0
-        self.opened_at = time.monotonic()
+        #: when the exchange opened it (epoch ms): survives a restart of the bot, unlike our own clock
+        self.created_ms = created_ms
 
 
 class TrailingStop:
@@ -148,7 +152,8 @@ class PositionManager:
             self.updates += 1
             position = self.positions.get(data["symbol"])
             if position is None:
-                position = Position(data["symbol"], data["side"], data["size"], data["entry_price"])
+                position = Position(data["symbol"], data["side"], data["size"], data["entry_price"],
+                                    data.get("created_time"))
                 self.positions[data["symbol"]] = position
                 trailing_stop.track(position.symbol, position.side, position.entry_price)
                 say(f"position opened {position.symbol} {position.side} {position.quantity} @ {position.entry_price}")
@@ -166,7 +171,8 @@ class PositionManager:
 
 
 class AgedPositionMonitor:
-    """Flags positions held longer than ``max_age`` seconds (once each)."""
+    """Flags positions held longer than ``max_age`` seconds (once each), by the exchange's
+    ``created_time``: a position opened before the bot (re)started is as old as it really is."""
 
     def __init__(self, event_router: EventRouter, position_manager: PositionManager, max_age: float) -> None:
         self.flagged: set[str] = set()
@@ -174,9 +180,9 @@ class AgedPositionMonitor:
         @event_router.on("position.update")
         async def check_age(data: dict) -> None:
             position = position_manager.positions.get(data["symbol"])
-            if position is None or position.symbol in self.flagged:
+            if position is None or position.symbol in self.flagged or position.created_ms is None:
                 return
-            age = time.monotonic() - position.opened_at
+            age = time.time() - position.created_ms / 1000
             if age > max_age:
                 self.flagged.add(position.symbol)
                 say(f"AGED POSITION {position.symbol}: open {age:.1f}s (limit {max_age:g}s), "
@@ -196,6 +202,12 @@ class TradingBot:
         self.position_manager = PositionManager(self.event_router, self.trailing_stop)
         self.aged_monitor = AgedPositionMonitor(self.event_router, self.position_manager, args.max_age)
         self.bybit_hybrid_stream: BybitHybridStream | None = None
+        self.stream_states: list[str] = []
+
+        @self.event_router.on("stream.state")
+        async def stream_state(data: dict) -> None:
+            self.stream_states.append(data["state"])
+            say(f"stream {data['state']}: {data['reason']}")
 
     async def _handle_stream_event(self, event_name: str, data: dict) -> None:
         await self.event_router.emit(event_name, data)
@@ -287,6 +299,8 @@ async def run_bot(exchange: SimulatedExchange, args: argparse.Namespace) -> bool
     info = exchange.info
     eth = await exchange.control("open_position", symbol="ETHUSDT", side="Buy", size="1")
     await exchange.control("open_position", symbol="BTCUSDT", side="Sell", size="0.01")
+    if args.head_start:  # the positions were opened before this bot (re)started
+        await asyncio.sleep(args.head_start)
     await bot.start_streams(info["api_key"], info["api_secret"], info["ws_url"], info["rest_url"])
     stream = bot.bybit_hybrid_stream
     assert stream is not None
@@ -320,6 +334,8 @@ def main() -> int:
     parser.add_argument("--activation", type=float, default=1.5, help="trailing stop activation, %% profit")
     parser.add_argument("--callback", type=float, default=1.0, help="trailing stop distance from the best price, %%")
     parser.add_argument("--max-age", type=float, default=5.0, help="aged-position limit, seconds (default 5)")
+    parser.add_argument("--head-start", type=float, default=0.0,
+                        help="open the positions this many seconds before the bot starts (default 0)")
     parser.add_argument("--step-interval", type=float, default=0.3, help="seconds between scripted price moves")
     parser.add_argument("--rate", type=float, default=2.0, help="simulator ticks per second per symbol")
     parser.add_argument("--log-level", default="WARNING")

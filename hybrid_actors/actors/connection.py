@@ -31,16 +31,10 @@ TransportOpener = Callable[..., AbstractAsyncContextManager[Transport]]
 
 
 def choose_transport(name: str) -> TransportOpener:
-    """The transport for connection ``name``: the lean one (``lean_transport.py``: the reader
-    parses its own 64 KiB reads) for the busy public sockets, trio-websocket
-    (``transport.py``) for the private one.
-
-    ``scripts/bench_stream.py --transport`` (500 linear tickers x 10 Hz, six alternating runs
-    each on 2 cores): the stream handled 39.4k frames per CPU-second on average on the lean
-    transport (32.1k-49.6k) against 31.2k on trio-websocket (27.7k-34.5k), +26% (one pair of
-    runs went the other way: the lean reader hands over smaller batches, so the actors'
-    per-batch work runs more often); frame-to-event p99 3.4-4.2 ms against 6.0-10.9 ms.
-    To go back, return ``open_transport`` here.
+    """The transport for connection ``name``: the lean one (``lean_transport.py``: websockets'
+    sans-IO core driven by the reader's own 64 KiB reads, one batch per read) for the busy
+    public sockets, trio-websocket (``transport.py``) for the private one. Both keep the
+    contract in ``transport.py``'s docstring; ``scripts/bench_stream.py`` compares them.
     """
     return open_lean_transport if name.startswith("public:") else open_transport
 

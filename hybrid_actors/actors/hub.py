@@ -20,6 +20,7 @@ import trio
 
 from ..config import StreamConfig
 from ..health import Health
+from ..alerts import AlertEvaluator
 from ..latency import Latency
 from ..messages import Lifecycle, SubscriptionMessage
 from ..notices import Notice, StateTracker
@@ -128,6 +129,8 @@ class Hub:
     health: Health = attrs.Factory(Health)
     #: written by the combiner only (when it hands events over)
     latency: Latency = attrs.Factory(Latency)
+    #: alert state; the alert actor is its only writer
+    alerts: AlertEvaluator = attrs.field(init=False)
     events: EventQueue = attrs.field(init=False)
     marks: LatestByKey[tuple[str, str], Mark] = attrs.Factory(LatestByKey)
     desired: Watch[dict[str, frozenset[str]]] = attrs.field(init=False)
@@ -153,6 +156,7 @@ class Hub:
     stream_state: StateTracker = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
+        self.alerts = AlertEvaluator(self.config.alerts)
         cats = self.config.categories
         self.events = EventQueue(capacity=self.config.event_buffer)
         self.desired = Watch({c: frozenset() for c in cats})

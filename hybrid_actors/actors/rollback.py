@@ -133,7 +133,7 @@ class RollbackMonitor:
         if any(v is not None for v in inputs.sockets_down_since.values()):
             return False
         for name, stats in hub.health.actors.items():
-            if name in ("rest", self.name):
+            if name in ("rest", "alerts", self.name):  # not part of the hybrid stream
                 continue
             if stats.state != "running":
                 return False

@@ -38,8 +38,10 @@ __all__ = ["SourceSwitch"]
 log = logging.getLogger(__name__)
 
 
-def _lifecycle(view: PositionUpdate) -> tuple[str, Decimal, Decimal | None]:
-    return view.side, view.size, view.entry_price
+def _lifecycle(view: PositionUpdate) -> tuple[Any, ...]:
+    """Everything but the mark: a change here is lifecycle, not a price move."""
+    return (view.side, view.size, view.entry_price, view.leverage, view.liq_price, view.take_profit,
+            view.stop_loss, view.trailing_stop)
 
 
 @attrs.define(eq=False)
@@ -218,6 +220,11 @@ class SourceSwitch:
                 "delivered": dict(self.delivered)}
 
 
+def _observable(view: PositionUpdate) -> tuple[Any, ...]:
+    return (view.side, view.size, view.entry_price, view.mark_price, view.leverage, view.liq_price,
+            view.take_profit, view.stop_loss, view.trailing_stop)
+
+
 def _same(a: PositionUpdate, b: PositionUpdate) -> bool:
-    """The consumer could not tell these apart (side, size, entry and mark)."""
-    return (a.side, a.size, a.entry_price, a.mark_price) == (b.side, b.size, b.entry_price, b.mark_price)
+    """The consumer could not tell these apart (side, size, entry, mark and the record's settings)."""
+    return _observable(a) == _observable(b)

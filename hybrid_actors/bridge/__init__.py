@@ -4,11 +4,12 @@ The one package of hybrid_actors that imports asyncio (and talks to trio-asyncio
 keeps its asyncio code and its event router; only its start-up changes::
 
     stream = BybitHybridStream(api_key=key, api_secret=secret, event_handler=on_event)
-    await stream.start()        # both sockets up, REST snapshot applied
+    await stream.start()        # the private socket and every public one up, REST snapshot applied
     ...
     await stream.stop()         # graceful, idempotent
 
-``on_event(event_name, data)`` is awaited with ``"position.update"`` / ``"position.closed"``
+``on_event(event_name, data)`` (``async def``, or a plain ``def``: a result that is not
+awaitable means done) is called with ``"position.update"`` / ``"position.closed"``
 and the event's :meth:`~hybrid_actors.state.PositionEvent.as_dict` (Decimals kept), and
 with the stream's notices (``"stream.state"`` and the others of :mod:`hybrid_actors.notices`)
 and their ``as_dict()``; every ``data`` carries ``"event"`` too. Notices share one lane, so
@@ -70,11 +71,17 @@ token, which wakes the run), waits for it to close its sockets and return, waits
 guest run to finish if this was its last stream, then drops the events not yet handed to
 the handler and gives handler calls in progress ``stop_timeout`` seconds before cancelling
 them. If the loop shuts down without ``stop()`` (``asyncio.run`` cancels every task), the
-host task runs the same trio shutdown before it lets the cancellation through.
+host task runs the same trio shutdown before it lets the cancellation through, and the
+delivery task's cancellation closes the lanes (no handler error, no restart). If the loop
+is closed without ``stop()``, the guest run's close hook runs ``stop()`` first (see
+:class:`~.hosts.GuestRun`, which also keeps Ctrl-C with the host).
 
 Modules: :mod:`.stream` (the public class, the trio side), :mod:`.lanes` (the delivery
-lanes on the asyncio side), :mod:`.hosts` (trio guest mode, trio-asyncio), :mod:`.stats`
-(delay histogram and counters). Everything logs to the ``hybrid_actors.bridge`` logger.
+lanes on the asyncio side), :mod:`.feed` (``events()`` iterators), :mod:`.hosts` (trio
+guest mode, trio-asyncio; Ctrl-C and loop close), :mod:`.stalls` (a blocked loop),
+:mod:`.stats` (delay histograms and counters). Everything logs to the
+``hybrid_actors.bridge`` logger. The read-only views (``health()``, ``positions()``,
+``state``) are safe from any thread.
 """
 
 from __future__ import annotations

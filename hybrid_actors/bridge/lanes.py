@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import inspect
 import logging
 import time
 import types
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Generator
+from contextlib import suppress
 from typing import Any, Final
 
 import attrs
 
 from ..notices import StreamEvent
 from ..state import Key
+from .feed import Feed
 from .stats import BridgeStats
 
 __all__ = ["DELIVERY_SLICE_NS", "Dispatcher", "EventHandler"]
@@ -56,7 +59,7 @@ class _Suspended:
     context: contextvars.Context
     yielded: Any
     name: str
-    data: dict[str, Any]
+    data: Any
 
 
 @types.coroutine
@@ -111,12 +114,18 @@ class Dispatcher:
     """
 
     loop: asyncio.AbstractEventLoop
-    handler: EventHandler
+    handler: EventHandler | None
     capacity: int
     wake_producer: Callable[[], None]
     stats: BridgeStats
     context: contextvars.Context
+    #: called once if the delivery task is cancelled from outside (the loop is shutting down)
+    on_host_shutdown: Callable[[], None] = lambda: None
+    #: hand the handler the frozen records instead of ``as_dict()``
+    records: bool = False
     lanes: dict[Key, _Lane] = attrs.Factory(dict)
+    #: the ``events()`` iterators, fed beside the lanes
+    feeds: list[Feed] = attrs.Factory(list)
     ready: deque[_Lane] = attrs.Factory(deque)
     lifecycle_pending: int = 0
     producer_waiting: bool = False
@@ -130,20 +139,31 @@ class Dispatcher:
     _window_start: float = attrs.field(factory=time.monotonic)
     _logged: int = 0
     _suppressed: int = 0
+    #: a handler cancelled the delivery task; its CancelledError is still to come
+    _swallow_cancel: bool = False
 
     def start(self) -> None:
         self.task = self.loop.create_task(self._deliver(), name="hybrid_actors bridge delivery")
         self.task.add_done_callback(self._delivery_ended)
 
     def _delivery_ended(self, task: asyncio.Task[None]) -> None:
-        """Delivery must never just stop. A handler runs its first step inside the delivery
-        task, so it can cancel it (``asyncio.current_task().cancel()``) or worse; then the
+        """Delivery must never just stop while the stream runs.
+
+        Cancelled from outside (``asyncio.run()`` ending, or the bot cancelling every task):
+        the host is shutting down; the dispatcher closes and the stream is told to stop;
+        nothing is blamed on the handler and no task is left behind. (A handler that cancels
+        the delivery task it runs in is caught in :meth:`_deliver`.) Failed (a bug): the
         lanes left waiting are queued again and a new delivery task takes over."""
         if self.closed or (not task.cancelled() and task.exception() is None):
             return  # stopped, or handed the lanes on to a successor (see ``_deliver``)
-        reason = "was cancelled" if task.cancelled() else f"failed: {task.exception()!r}"
+        if task.cancelled():
+            log.info("the bridge's delivery task was cancelled from outside (the loop is shutting down?); "
+                     "the stream stops")
+            self.close_now()
+            self.on_host_shutdown()
+            return
         self.stats.handler_errors += 1
-        log.error("the bridge's delivery task %s (from inside an event handler?); restarting it", reason)
+        log.error("the bridge's delivery task failed: %r; restarting it", task.exception())
         for lane in self.lanes.values():
             if lane.pending and lane.owner is None and not lane.queued:
                 lane.queued = True
@@ -152,10 +172,26 @@ class Dispatcher:
             self.start()
 
     def room(self) -> int:
-        return self.capacity - self.lifecycle_pending
+        pending = self.lifecycle_pending
+        for feed in self.feeds:
+            pending = max(pending, feed.lifecycle)
+        return self.capacity - pending
+
+    def add_feed(self, feed: Feed) -> None:
+        self.feeds.append(feed)
+
+    def remove_feed(self, feed: Feed) -> None:
+        with suppress(ValueError):
+            self.feeds.remove(feed)
+        self.feed_room()
+
+    def feed_room(self) -> None:
+        """A feed freed lifecycle room."""
+        if self.producer_waiting:
+            self._maybe_wake()
 
     def queued(self) -> int:
-        return sum(len(lane.pending) for lane in self.lanes.values())
+        return sum(len(lane.pending) for lane in list(self.lanes.values()))  # copied: any thread
 
     def accept(self, batch: list[StreamEvent], stamp: int) -> None:
         """Queue a batch in its lanes and wake the delivery task (called by the trio side)."""
@@ -164,6 +200,11 @@ class Dispatcher:
         stats.events_in += len(batch)
         if self.closed:
             stats.dropped_on_stop += len(batch)
+            return
+        for feed in self.feeds:
+            for event in batch:
+                feed.put(event)
+        if self.handler is None:
             return
         lanes, ready = self.lanes, self.ready
         for event in batch:
@@ -189,16 +230,38 @@ class Dispatcher:
             wakeup.set_result(None)
 
     # --- delivery ----------------------------------------------------------------------------
+    def _handler_cancelled_us(self, task: asyncio.Task[None], cancels: int, lane: _Lane) -> None:
+        """A handler call, run inline, cancelled the delivery task (``current_task().cancel()``)."""
+        while task.cancelling() > cancels:
+            task.uncancel()
+        self._swallow_cancel = True  # the CancelledError still arrives at our next await
+        self.stats.handler_errors += 1
+        log.error("an event handler for %s cancelled its task, which is the bridge's shared delivery task: "
+                  "the delivery task was cancelled from inside the handler; ignored, delivery goes on", lane.key)
+
+    async def _pause(self, awaitable: Awaitable[object]) -> None:
+        """Await in the delivery task; a cancellation a handler caused is dropped, any other raised."""
+        try:
+            await awaitable
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if not self._swallow_cancel or (task is not None and task.cancelling()):
+                raise
+            self._swallow_cancel = False
+
     async def _deliver(self) -> None:
         ready = self.ready
         perf = time.perf_counter_ns
+        task = asyncio.current_task()
+        assert task is not None
+        cancels = task.cancelling()
         turn_ends = perf() + DELIVERY_SLICE_NS
         while True:
             if not ready:
                 if self.closed:
                     return
                 self._wakeup = self.loop.create_future()
-                await self._wakeup
+                await self._pause(self._wakeup)
                 self._wakeup = None
                 if self._woken_at:
                     self.stats.wake_delays.add(perf() - self._woken_at)
@@ -209,9 +272,9 @@ class Dispatcher:
             lane.queued = False
             while lane.pending:
                 call = self._first_step(lane)
+                if task.cancelling() != cancels:
+                    self._handler_cancelled_us(task, cancels, lane)
                 if call is not None:  # the handler is waiting: stay with it, let a new task deliver the rest
-                    task = asyncio.current_task()
-                    assert task is not None
                     lane.owner = task
                     self.owners.add(task)
                     self.start()
@@ -219,7 +282,7 @@ class Dispatcher:
                     return
             self._retire(lane)
             if perf() > turn_ends:  # a long backlog: let the rest of the loop have a turn
-                await asyncio.sleep(0)
+                await self._pause(asyncio.sleep(0))
                 turn_ends = perf() + DELIVERY_SLICE_NS
 
     async def _own(self, lane: _Lane, call: _Suspended) -> None:
@@ -249,13 +312,18 @@ class Dispatcher:
             self.lifecycle_pending -= 1
             if self.producer_waiting:
                 self._maybe_wake()
-        data = event.as_dict()
+        data = event if self.records else event.as_dict()
         stats = self.stats
         stats.handler_calls += 1
         stats.delays.add(time.perf_counter_ns() - stamp)
+        received = getattr(event, "received_ts", None)
+        if received is not None:  # from the frame's read (epoch ms): what a blocked loop delays
+            stats.frame_delays.add((time.time_ns() // 1_000_000 - received) * 1_000_000)
         context = self.context.copy()
         try:
             coro = context.run(self._invoke, event.event, data)
+            if coro is None:  # a plain ``def`` handler: it has run
+                return None
             yielded = context.run(coro.send, None)
         except StopIteration:
             return None
@@ -264,9 +332,16 @@ class Dispatcher:
             return None
         return _Suspended(coro, context, yielded, event.event, data)
 
-    def _invoke(self, name: str, data: dict[str, Any]) -> Coroutine[Any, Any, object]:
-        result = self.handler(name, data)
-        return result if type(result) is types.CoroutineType else _await_any(result)  # type: ignore[arg-type]
+    def _invoke(self, name: str, data: Any) -> Coroutine[Any, Any, object] | None:
+        """Call the handler; its coroutine, an awaitable's wrapper, or None when it is done already
+        (a plain ``def`` handler: whatever it returned that is not awaitable means "done")."""
+        handler = self.handler
+        if handler is None:
+            return None
+        result = handler(name, data)
+        if type(result) is types.CoroutineType:
+            return result  # type: ignore[return-value]
+        return _await_any(result) if inspect.isawaitable(result) else None
 
     async def _finish(self, call: _Suspended) -> None:
         try:
@@ -288,7 +363,7 @@ class Dispatcher:
             self.producer_waiting = False
             self.wake_producer()
 
-    def _failed(self, name: str, data: dict[str, Any], exc: BaseException) -> None:
+    def _failed(self, name: str, data: Any, exc: BaseException) -> None:
         self.stats.handler_errors += 1
         now = time.monotonic()
         if now - self._window_start >= _ERROR_LOG_WINDOW:
@@ -304,11 +379,8 @@ class Dispatcher:
             self._suppressed += 1
 
     # --- shutdown -------------------------------------------------------------------------------
-    async def close(self, grace: float, spare: set[asyncio.Task[Any]]) -> None:
-        """Drop what has not been handed to the handler; give calls in progress ``grace`` seconds.
-
-        ``spare``: tasks waiting in ``stop()`` (a handler that stops the stream) are not awaited.
-        """
+    def close_now(self) -> None:
+        """Drop what has not been handed to the handler and let the delivery task return."""
         self.closed = True
         dropped = 0
         for lane in self.lanes.values():
@@ -319,6 +391,13 @@ class Dispatcher:
         self.lifecycle_pending = 0
         if self._wakeup is not None and not self._wakeup.done():
             self._wakeup.set_result(None)
+
+    async def close(self, grace: float, spare: set[asyncio.Task[Any]]) -> None:
+        """Drop what has not been handed to the handler; give calls in progress ``grace`` seconds.
+
+        ``spare``: tasks waiting in ``stop()`` (a handler that stops the stream) are not awaited.
+        """
+        self.close_now()
         tasks = [t for t in (self.task, *self.owners) if t is not None and not t.done() and t not in spare]
         if not tasks:
             return

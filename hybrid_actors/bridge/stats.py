@@ -20,7 +20,7 @@ class DelayHistogram:
     max_us: int = 0
 
     def add(self, delay_ns: int) -> None:
-        us = delay_ns // 1000
+        us = delay_ns // 1000 if delay_ns > 0 else 0  # (a wall clock stepped back: count it as no delay)
         if us > self.max_us:
             self.max_us = us
         if us >= 1_000:
@@ -35,8 +35,9 @@ class DelayHistogram:
             return None
         rank = max(1, math.ceil(q * self.count))
         seen = 0
-        for us in sorted(self._counts):
-            seen += self._counts[us]
+        counts = dict(self._counts)  # one C-level copy: safe while the loop's thread adds
+        for us in sorted(counts):
+            seen += counts[us]
             if seen >= rank:
                 return us / 1000
         return self.max_us / 1000  # pragma: no cover - rank <= count
@@ -53,7 +54,14 @@ class DelayHistogram:
 
 @attrs.define(eq=False)
 class BridgeStats:
-    """What the bridge did. ``delays``: from the trio side taking a batch to the handler call."""
+    """What the bridge did.
+
+    ``frame_delays``: from the frame's read (the event's ``received_ts``, epoch ms, so 1 ms
+    resolution) to the handler call: everything the bot waits for, a blocked loop included.
+    ``delays``: from the trio side taking a batch to the handler call (µs): the bridge's own
+    share. Read from any thread: every field is a number or a histogram whose summary copies
+    its buckets in one step.
+    """
 
     batches: int = 0
     events_in: int = 0
@@ -62,17 +70,19 @@ class BridgeStats:
     conflated: int = 0
     dropped_on_stop: int = 0
     delays: DelayHistogram = attrs.Factory(DelayHistogram)
+    frame_delays: DelayHistogram = attrs.Factory(DelayHistogram)
     #: the part of ``delays`` spent before the idle delivery task got the thread back (per
     #: wakeup): time the loop's thread was busy elsewhere (trio's own steps, other callbacks)
     wake_delays: DelayHistogram = attrs.Factory(DelayHistogram)
 
     def reset_delays(self) -> None:
         self.delays.reset()
+        self.frame_delays.reset()
         self.wake_delays.reset()
 
     def as_dict(self) -> dict[str, Any]:
         return {"batches": self.batches, "events_in": self.events_in, "handler_calls": self.handler_calls,
                 "handler_errors": self.handler_errors, "conflated": self.conflated,
-                "dropped_on_stop": self.dropped_on_stop, "delivery_delay": self.delays.summary(),
-                "wake_delay": self.wake_delays.summary()}
+                "dropped_on_stop": self.dropped_on_stop, "delivery_delay": self.frame_delays.summary(),
+                "bridge_delay": self.delays.summary(), "wake_delay": self.wake_delays.summary()}
 

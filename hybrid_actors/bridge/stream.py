@@ -14,7 +14,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from contextlib import suppress
 from typing import Any, Final, Literal
 
@@ -29,8 +29,10 @@ from ..health import HealthReport
 from ..rollout import MODES, resolve_mode
 from ..state import PositionUpdate
 from ..supervisor import HybridStream, open_hybrid_stream
+from .feed import Feed
 from .hosts import GuestRun, Host, choose_host, run_on_trio_asyncio
 from .lanes import Dispatcher, EventHandler
+from .stalls import DEFAULT_STALL_THRESHOLD, LoopWatch
 from .stats import BridgeStats
 
 __all__ = ["BybitHybridStream", "MAX_BATCH", "SUPPORTED_MODES", "State"]
@@ -47,26 +49,34 @@ MAX_BATCH: Final = 256
 DEFAULT_START_TIMEOUT: Final = 60.0
 DEFAULT_STOP_TIMEOUT: Final = 5.0
 #: options that have their own arguments
-_RESERVED: Final = {"credentials": "api_key and api_secret", "endpoints": "testnet, stream_url and rest_url",
-                    "categories": "categories"}
+_RESERVED: Final = {"credentials": "api_key and api_secret", "categories": "categories"}
 
 
 class BybitHybridStream:
     """Live Bybit positions with live mark prices, delivered to an asyncio event handler.
 
-    ``BybitHybridStream(api_key, api_secret, event_handler, testnet=False, *,
-    categories=("linear",), stream_url=None, rest_url=None, mode=None, **config)``
+    ``BybitHybridStream(api_key, api_secret, event_handler, testnet=False, *, demo=False,
+    endpoints=None, categories=("linear",), stream_url=None, rest_url=None, mode=None,
+    records=False, stall_threshold=0.25, **config)``
 
-    - ``event_handler(event_name, data)``: an async callable; ``event_name`` is
+    - ``event_handler(event_name, data)``: an ``async def`` or a plain ``def`` (a result that
+      is not awaitable means "done"), or None to read :meth:`events` only; ``event_name`` is
       ``"position.update"`` or ``"position.closed"``, ``data`` has ``symbol``, ``category``,
       ``side``, ``size``, ``entry_price``, ``mark_price``, ``unrealized_pnl``,
       ``position_idx``, ``source``, ``exchange_ts``, ``received_ts`` (Decimals for numbers).
-    - ``stream_url`` / ``rest_url``: base URLs overriding mainnet/testnet (e.g. the simulator).
+    - ``records=True``: ``data`` is the frozen record itself
+      (:class:`~hybrid_actors.state.PositionUpdate` / ``PositionClosed``), not a dict.
+    - ``testnet=True``: Bybit testnet. ``demo=True``: Bybit demo trading (private stream on
+      ``stream-demo.bybit.com``, public streams from mainnet, REST on ``api-demo.bybit.com``).
+    - ``stream_url`` / ``rest_url``: base URLs overriding those (e.g. the simulator);
+      ``endpoints``: an explicit :class:`~hybrid_actors.config.Endpoints` instead of all four.
     - ``mode``: ``"production"`` (the hybrid stream feeds the handler), ``"canary"`` (REST
       polling feeds it, the hybrid stream runs beside it monitor-only), ``"parallel"``
       (canary plus a REST/WS price comparator) or ``"rest"`` (REST polling only); None:
       the ``HYBRID_MODE`` environment variable, else production. ``rollout=RolloutPolicy(...)``
       sets cutover, stale-price fallback, rollback triggers and auto-return.
+    - ``stall_threshold``: seconds the loop's thread may be blocked before it counts (and
+      is logged) as a stall; see :mod:`.stalls`.
     - ``start_timeout``: seconds :meth:`start` waits for the exchange before raising
       :class:`~hybrid_actors.errors.StartTimeout` (None: keep retrying); ``stop_timeout``:
       grace :meth:`stop` gives handler calls in progress.
@@ -76,22 +86,25 @@ class BybitHybridStream:
     Bad arguments raise :class:`~hybrid_actors.errors.ConfigError` here, at construction.
     """
 
-    def __init__(self, api_key: str, api_secret: str, event_handler: EventHandler, testnet: bool = False, *,
+    def __init__(self, api_key: str, api_secret: str, event_handler: EventHandler | None, testnet: bool = False,
+                 *, demo: bool = False, endpoints: Endpoints | None = None,
                  categories: str | Iterable[str] = ("linear",), stream_url: str | None = None,
-                 rest_url: str | None = None, mode: str | None = None,
+                 rest_url: str | None = None, mode: str | None = None, records: bool = False,
                  start_timeout: float | None = DEFAULT_START_TIMEOUT, stop_timeout: float = DEFAULT_STOP_TIMEOUT,
-                 **config: Any) -> None:
+                 stall_threshold: float = DEFAULT_STALL_THRESHOLD, **config: Any) -> None:
         resolved_mode = resolve_mode(mode, os.environ)  # a bad value is a ConfigError here
         for name, value in (("api_key", api_key), ("api_secret", api_secret)):
             if not isinstance(value, str) or not value.strip():
                 raise ConfigError(f"{name} must be a non-empty string")
-        if not callable(event_handler):
-            raise ConfigError("event_handler must be an async callable handler(event_name, data), "
-                              f"got {type(event_handler).__name__}")
-        if not isinstance(testnet, bool):
-            raise ConfigError(f"testnet must be True or False, got {testnet!r}")
+        if event_handler is not None and not callable(event_handler):
+            raise ConfigError("event_handler must be a callable handler(event_name, data) (async def or def), "
+                              f"or None to read stream.events() only; got {type(event_handler).__name__}")
+        for name, flag in (("testnet", testnet), ("demo", demo), ("records", records)):
+            if not isinstance(flag, bool):
+                raise ConfigError(f"{name} must be True or False, got {flag!r}")
         _check_seconds("start_timeout", start_timeout, optional=True)
         _check_seconds("stop_timeout", stop_timeout, optional=False)
+        _check_seconds("stall_threshold", stall_threshold, optional=False)
         known = {field.name for field in attrs.fields(StreamConfig)}
         for name in config:
             if name in _RESERVED:
@@ -100,11 +113,20 @@ class BybitHybridStream:
                 options = ", ".join(sorted(known - set(_RESERVED)))
                 raise ConfigError(f"unknown option {name}=; BybitHybridStream takes these StreamConfig options: "
                                   f"{options}")
-        endpoints = Endpoints.choose(testnet=testnet, stream_url=stream_url, rest_url=rest_url)
+        if endpoints is not None:
+            if not isinstance(endpoints, Endpoints):
+                raise ConfigError(f"endpoints must be a hybrid_actors.Endpoints, got {type(endpoints).__name__}")
+            given = [name for name, value in (("testnet", testnet), ("demo", demo), ("stream_url", stream_url),
+                                              ("rest_url", rest_url)) if value not in (False, None)]
+            if given:
+                raise ConfigError(f"endpoints= already says where to connect; drop {' and '.join(given)}")
+        else:
+            endpoints = Endpoints.choose(testnet=testnet, demo=demo, stream_url=stream_url, rest_url=rest_url)
         self._config = StreamConfig(credentials=Credentials(api_key, api_secret), endpoints=endpoints,
                                     categories=categories, mode=resolved_mode, **config)
         self._handler = event_handler
-        self._mode = resolved_mode
+                 stall_threshold: float = DEFAULT_STALL_THRESHOLD, **config: Any) -> None:
+        resolved_mode = resolve_mode(mode, os.environ)  # a bad value is a ConfigError here
         self._start_timeout = start_timeout
         self._stop_timeout = stop_timeout
         self._stats = BridgeStats()
@@ -174,7 +196,8 @@ class BybitHybridStream:
 
     # --- life cycle ---------------------------------------------------------------------------
     async def start(self) -> None:
-        """Start the stream; return once both sockets are up and the REST snapshot is applied.
+        """Start the stream; return once the private socket and the public one of
+        every category are up and the REST snapshot is applied.
 
         Raises :class:`~hybrid_actors.errors.AuthRejected` for bad keys (the message shows
         the key's first four characters, never the secret), :class:`StartTimeout` when the
@@ -192,8 +215,10 @@ class BybitHybridStream:
         self._started = loop.create_future()
         self._closed = asyncio.Event()
         self._dispatcher = Dispatcher(loop, self._handler, self._config.event_buffer, self._wake_pump, self._stats,
-                                       self._context)
+                                      self._context, on_host_shutdown=self._host_shutting_down, records=self._records)
         self._dispatcher.start()
+        self._watch = LoopWatch(loop, self._stall_threshold)
+        self._watch.start()
         self._host_task = loop.create_task(self._host_main(), name=f"hybrid_actors bridge host ({self._host})")
         try:
             failure = await asyncio.shield(self._started)
@@ -205,7 +230,7 @@ class BybitHybridStream:
             raise failure
 
     async def stop(self) -> None:
-        """Stop the stream: close both sockets, end our trio tasks (and the guest run if this
+        """Stop the stream: close its sockets, end our trio tasks (and the guest run if this
         was its last stream), drop undelivered events and let handler calls in progress
         finish within ``stop_timeout``. Idempotent; safe to call from a handler."""
         if self._state == "new":
@@ -221,7 +246,8 @@ class BybitHybridStream:
         try:
             await asyncio.shield(self._stopping)
         finally:
-            self._stop_waiters.discard(caller)  # type: ignore[arg-type]
+            if caller is not None:
+                self._stop_waiters.discard(caller)
 
     async def _stop(self) -> None:
         self._request_trio_stop()
@@ -229,7 +255,20 @@ class BybitHybridStream:
             await asyncio.wait([self._host_task])
         if self._dispatcher is not None:
             await self._dispatcher.close(self._stop_timeout, self._stop_waiters)
+        self._end_side_things()
         self._state = "stopped"
+
+    def _end_side_things(self) -> None:
+        """The stall watch's timer and the ``events()`` feeds end with the stream."""
+        if self._watch is not None:
+            self._watch.stop()
+        for feed in list(self._feeds):
+            feed.close(self._error)
+
+    def _host_shutting_down(self) -> None:
+        """The delivery task was cancelled from outside: the loop (or the bot) is shutting down."""
+        self._request_trio_stop()
+        self._end_side_things()
 
     async def wait_closed(self) -> None:
         """Wait until the stream has ended (``stop()`` or a fatal error); raise that error, if any."""
@@ -249,16 +288,46 @@ class BybitHybridStream:
         if exc_type is None and self._error is not None:
             raise self._error
 
-    # --- views ----------------------------------------------------------------------------------
+    async def events(self, *, records: bool | None = None) -> AsyncIterator[Any]:
+        """``async for event in stream.events():`` every event from now on, in order, beside
+        the handler (which may be None): dicts carrying ``"event"`` like the handler's
+        ``data``, or the frozen records with ``records=True`` (default: the stream's
+        ``records``). Ends when the stream stops; raises the error when it fails. Price-only
+        updates of one position conflate while you are behind; lifecycle events never drop
+        (the stream holds back beyond ``event_buffer`` of them)."""
+        if self._state not in ("starting", "running") or self._loop is None or self._dispatcher is None:
+            raise RuntimeError(f"events() needs a started stream (it is {self._state})")
+        dispatcher = self._dispatcher
+        feed = Feed(self._loop, self._records if records is None else records, dispatcher.feed_room)
+        self._feeds.add(feed)
+        dispatcher.add_feed(feed)
+        try:
+            while True:
+                try:
+                    event = await feed.get()
+                except StopAsyncIteration:
+                    return
+                yield event
+        finally:
+            self._feeds.discard(feed)
+            dispatcher.remove_feed(feed)
+
+    # --- views (safe from any thread) -------------------------------------------------------------
     def positions(self) -> tuple[PositionUpdate, ...]:
-        """The open positions with their latest mark and PnL (empty unless running)."""
+        """The open positions with their latest mark and PnL (empty unless running).
+        Safe from any thread."""
         stream = self._stream
         return stream.positions() if stream is not None else ()
 
     def health(self) -> HealthReport:
         """The stream's :class:`HealthReport`; ``events`` also holds the bridge's counters
         (``handler_calls``, ``handler_errors``, ``bridge_conflated``, ``bridge_queued``,
-        ``delivery_delay``, ``wake_delay``)."""
+        ``delivery_delay`` (frame read to handler call), ``bridge_delay``, ``wake_delay``)
+        and the loop's stalls (``loop_stalls``, ``loop_stall_max_ms``, ``loop_blocked_ms``...).
+
+        Safe from any thread (a metrics exporter's, say): it reads the trio run's clock
+        object, never ``trio.current_time()``, and copies what it walks. While the loop's
+        thread is blocked the report says so (status ``degraded``)."""
         stream = self._stream
         report = None
         if stream is not None:
@@ -278,8 +347,17 @@ class BybitHybridStream:
                   "bridge_conflated": stats.conflated, "bridge_batches": stats.batches,
                   "bridge_queued": dispatcher.queued() if dispatcher is not None else 0,
                   "bridge_lifecycle_queued": dispatcher.lifecycle_pending if dispatcher is not None else 0,
-                  "delivery_delay": stats.delays.summary(), "wake_delay": stats.wake_delays.summary()}
+                  "delivery_delay": stats.frame_delays.summary(), "bridge_delay": stats.delays.summary(),
+                  "wake_delay": stats.wake_delays.summary()}
         status, problems = report.status, report.problems
+        watch = self._watch
+        if watch is not None:
+            events.update(watch.summary())
+            blocked = watch.blocked_for() if self._state == "running" else 0.0
+            if blocked:
+                problems = (*problems, f"the asyncio loop's thread has been blocked for {blocked:.3f}s: trio shares "
+                                       "it, so the stream's sockets are not being read")
+                status = "degraded" if status == "ok" else status
         if dispatcher is not None and not dispatcher.closed and dispatcher.room() <= 0:
             problems = (*problems, f"the event handler is behind: {dispatcher.lifecycle_pending} lifecycle events "
                                    "wait for it and the stream is holding back new ones")
@@ -298,7 +376,7 @@ class BybitHybridStream:
                 runner = run_on_trio_asyncio(loop, self._trio_main)
             else:
                 self._guest = await GuestRun.acquire(loop)
-                runner = self._guest.submit(self._trio_main)
+                runner = self._guest.submit(self, self._trio_main, self.stop)
             while not runner.done():
                 try:
                     await asyncio.shield(runner)
@@ -316,13 +394,19 @@ class BybitHybridStream:
         except asyncio.CancelledError:
             cancelled = True
             self._request_trio_stop()
-        except Exception as exc:  # noqa: BLE001 - e.g. a guest run that could not start
+        except BaseException as exc:  # noqa: BLE001 - a guest run that could not start; KeyboardInterrupt...
             error = exc
+        if self._guest is not None:
+            self._guest.release(self)
         self._stream = None
         if not self._started.done():
             self._state = "stopped"
             self._started.set_result(error if error is not None else HybridActorsError(
                 "the stream was stopped before it finished starting"))
+        elif isinstance(error, (KeyboardInterrupt, SystemExit)):
+            log.info("the hybrid stream was interrupted (%r); it is stopped", error)
+            self._error = error
+            self._state = "stopped"
         elif error is not None and not self._stop_requested:
             log.error("the hybrid stream has ended: %s: %s", type(error).__name__, error, exc_info=error)
             self._error = error
@@ -330,8 +414,14 @@ class BybitHybridStream:
         elif self._stopping is None:
             self._state = "stopped"  # the loop is ending without stop(): the trio side is down all the same
         self._closed.set()
+        if self._stopping is None and self._dispatcher is not None and self._handler is None:
+            self._dispatcher.close_now()  # nothing to deliver to: the delivery task may go
+        for feed in list(self._feeds):
+            feed.close(self._error)
         if cancelled:
             raise asyncio.CancelledError
+        if isinstance(error, (KeyboardInterrupt, SystemExit)):
+            raise error  # recorded above; it is the program's, not ours
 
     async def _release_guest(self) -> None:
         guest = self._guest

@@ -98,7 +98,7 @@ def classify_failure(ret_msg: str, fail_topics: tuple[str, ...] = ()) -> Subscri
     if match:
         named = tuple(t.strip() for t in match.group("topics").split(",") if t.strip())
         return SubscribeFailure("invalid_symbol", named or topics, ret_msg)
-    if "args size" in ret_msg:
+    if "args size" in ret_msg or "Length of 'args'" in ret_msg:
         return SubscribeFailure("too_many_args", topics, ret_msg)
     if "not authorized" in ret_msg:
         return SubscribeFailure("not_authorized", topics, ret_msg)
@@ -396,7 +396,7 @@ def _position_push(obj: Mapping[str, Any], topic: str) -> PositionPush:
                         creation_time=opt_int(obj, "creationTime"), rejected=tuple(rejected))
 
 
-def _ticker(obj: Mapping[str, Any], topic: str, category: str | None) -> TickerFrame:
+def _ticker(obj: Mapping[str, Any], topic: str, category: str | None) -> TickerSnapshot | TickerDelta:
     data = obj.get("data")
     if not isinstance(data, dict):
         raise FieldError("ticker data must be an object")

@@ -29,7 +29,7 @@ from ..errors import LocalProtocolError
 from .client import auth_frame, chunk_topics, max_args_per_request, ping_frame, request_frame
 from .frames import AuthResult, SubscribeFailure, SubscribeResult
 
-__all__ = ["SessionState", "Request", "AckOutcome", "Session", "ArgsBudget"]
+__all__ = ["SessionState", "Request", "AckOutcome", "Session", "ArgsBudget", "arg_cost", "ARG_OVERHEAD"]
 
 Op = Literal["subscribe", "unsubscribe"]
 PERMANENT_FAILURES: Final = frozenset({"handler_not_found", "invalid_symbol"})
@@ -70,10 +70,20 @@ class AckOutcome:
     failure: SubscribeFailure | None = None
 
 
+#: what one topic costs beyond its own characters when counted conservatively: its two
+#: JSON quotes and a comma (BYBIT_V5.md §12, "Args budget")
+ARG_OVERHEAD: Final = 3
+
+
+def arg_cost(topic: str) -> int:
+    return len(topic) + ARG_OVERHEAD
+
+
 @attrs.define
 class ArgsBudget:
     """Bybit caps the total length of all args on one public connection at 21,000
-    characters (and options at 2,000 args). Counted for subscribed + in-flight topics."""
+    characters (and options at 2,000 args). Counted for subscribed + in-flight topics,
+    conservatively: each topic with its JSON quotes and comma (:func:`arg_cost`)."""
 
     max_chars: int = PUBLIC_ARGS_CHAR_BUDGET
     max_args: int | None = None
@@ -89,17 +99,17 @@ class ArgsBudget:
             return True
         if self.max_args is not None and len(self._topics) >= self.max_args:
             return False
-        return self._chars + len(topic) <= self.max_chars
+        return self._chars + arg_cost(topic) <= self.max_chars
 
     def add(self, topic: str) -> None:
         if topic not in self._topics:
             self._topics.add(topic)
-            self._chars += len(topic)
+            self._chars += arg_cost(topic)
 
     def discard(self, topic: str) -> None:
         if topic in self._topics:
             self._topics.remove(topic)
-            self._chars -= len(topic)
+            self._chars -= arg_cost(topic)
 
 
 @attrs.define(eq=False)
@@ -240,7 +250,14 @@ def _interpret(request: Request, ack: SubscribeResult) -> AckOutcome:
     named = tuple(t for t in failure.topics if t in topics)
     others = tuple(t for t in topics if t not in named)
     if failure.kind == "already_subscribed":
+        if not named and len(topics) == 1:
+            # naming no topic on a one-topic frame, it can only mean that one: subscribed
+            return AckOutcome(request, confirmed=topics, failure=failure)
         return AckOutcome(request, confirmed=named, unknown=others, failure=failure)
+    if failure.kind == "too_many_args":
+        # the frame (or the connection's args) is over the exchange's limit: sending the
+        # same again soon fails the same way; held back like a refused symbol
+        return AckOutcome(request, failed=tuple((t, failure) for t in topics), failure=failure)
     if failure.kind in PERMANENT_FAILURES and named:
         return AckOutcome(request, failed=tuple((t, failure) for t in named), unknown=others, failure=failure)
     if failure.kind in PERMANENT_FAILURES and len(topics) == 1:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 import hybrid_actors
-from hybrid_actors import BybitHybridStream, ConfigError, SubscriptionPolicy
+from hybrid_actors import BybitHybridStream, ConfigError, Endpoints, SubscriptionPolicy
 from hybrid_actors.bridge import BybitHybridStream as FromModule
 
 pytestmark = pytest.mark.system
@@ -84,16 +84,20 @@ def test_unknown_modes_are_refused_naming_the_modes(mode):
     ({"api_key": ""}, "api_key must be a non-empty string"),
     ({"api_secret": "  "}, "api_secret must be a non-empty string"),
     ({"api_secret": None}, "api_secret must be a non-empty string"),
-    ({"event_handler": "not callable"}, "event_handler must be an async callable"),
+    ({"event_handler": "not callable"}, "event_handler must be a callable handler"),
+    ({"demo": "yes"}, "demo must be True or False"),
+    ({"demo": True, "testnet": True}, "^testnet and demo exclude each other"),
+    ({"endpoints": "wss://x"}, "endpoints must be a hybrid_actors.Endpoints"),
+    ({"endpoints": Endpoints.demo(), "rest_url": "http://127.0.0.1:1"}, "endpoints= already says.*drop rest_url"),
+    ({"stall_threshold": 0}, "stall_threshold must be a positive number"),
     ({"testnet": 1}, "testnet must be True or False"),
     ({"start_timeout": 0}, "start_timeout must be a positive number of seconds or None"),
     ({"stop_timeout": None}, "stop_timeout must be a positive number of seconds"),
     ({"credentials": object()}, "pass api_key and api_secret as arguments"),
-    ({"endpoints": object()}, "pass testnet, stream_url and rest_url as arguments"),
     ({"heartbeat_intervl": 5}, "unknown option heartbeat_intervl=.*heartbeat_interval"),
     ({"heartbeat_interval": -1}, "heartbeat_interval must be a positive number"),
     ({"categories": ["spot"]}, "category 'spot' cannot hold positions"),
-    ({"stream_url": "http://x"}, "is not a ws/wss:// URL"),
+    ({"stream_url": "http://x"}, "^stream_url 'http://x' is not a ws/wss:// URL"),
 ])
 def test_bad_arguments_raise_config_error_at_construction(kwargs, message):
     with pytest.raises(ConfigError, match=message) as caught:

@@ -21,7 +21,8 @@ pytestmark = pytest.mark.system
 __all__ = ["simulator"]  # the fixture, imported
 
 KEYS = {"event", "symbol", "category", "side", "size", "entry_price", "mark_price", "unrealized_pnl", "position_idx",
-        "source", "exchange_ts", "received_ts"}
+        "source", "exchange_ts", "received_ts", "leverage", "liq_price", "take_profit", "stop_loss", "trailing_stop",
+        "cum_realised_pnl", "created_time", "updated_time", "mark_age_ms"}
 RATE = 20.0  # simulator ticks per second per subscribed symbol
 
 

@@ -1,5 +1,7 @@
 """scripts/example_bot.py runs by itself under both hosts: the trailing stop activates, trails,
-fires, and the bot exits 0. Both hosts run at once, as two processes."""
+fires, and the bot exits 0; the aged-position monitor ages positions from the exchange's
+``created_time`` (they were opened before the bot started); the bot sees ``stream.state``.
+Both hosts run at once, as two processes."""
 
 from __future__ import annotations
 
@@ -15,9 +17,11 @@ SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "scripts" / "example_bot.
 
 
 def test_the_example_bot_sees_its_trailing_stop_fire_under_both_hosts():
+    # positions opened 3 s before the bot, limit 3 s, the bot runs 2.5 s: the first events flag
+    # them by the exchange's created_time; the bot's own clock (from 0) never could
     runs = {host: subprocess.Popen([sys.executable, str(SCRIPT), "--host", host, "--seconds", "2.5",
-                                    "--step-interval", "0.1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                   text=True)
+                                    "--step-interval", "0.1", "--head-start", "3", "--max-age", "3"],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             for host in ("asyncio", "trio-asyncio")}
     outputs = {}
     try:
@@ -33,6 +37,7 @@ def test_the_example_bot_sees_its_trailing_stop_fire_under_both_hosts():
         assert code == 0, f"{host}: exit {code}\n{out}\n{err}"
         assert f"stream started on the {'guest' if host == 'asyncio' else 'trio-asyncio'} host" in out
         for line in ("TRAILING STOP ACTIVATED ETHUSDT", "trailing stop ETHUSDT: best", "TRAILING STOP HIT ETHUSDT",
-                     "position closed ETHUSDT", "trailing stop activated 1x, fired 1x"):
+                     "position closed ETHUSDT", "trailing stop activated 1x, fired 1x",
+                     "AGED POSITION BTCUSDT: open", "stream live: every socket is up"):
             assert line in out, f"{host}: no {line!r} in\n{out}"
         assert "Traceback" not in err, err

@@ -51,12 +51,12 @@ def families(text: str) -> dict[str, Any]:
     return {family.name: family for family in text_string_to_metric_families(text)}
 
 
-def sample(fams: dict[str, Any], name: str, **labels: str) -> float:
+def sample(fams: dict[str, Any], metric: str, **labels: str) -> float:
     for family in fams.values():
         for s in family.samples:
-            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+            if s.name == metric and all(s.labels.get(k) == v for k, v in labels.items()):
                 return s.value
-    raise KeyError((name, labels))
+    raise KeyError((metric, labels))
 
 
 async def open_two_positions(s) -> None:  # type: ignore[no-untyped-def]
@@ -214,3 +214,28 @@ async def test_silent_clients_time_out_and_the_connection_cap_answers_503(loopba
             await stream.aclose()
         assert (await http_get(f"http://{host}:{port}", "/ok"))[0] == 200
         nursery.cancel_scope.cancel()
+
+
+async def test_the_dashboard_command_renders_the_running_stream(loopback_clock):
+    import io
+
+    from rich.console import Console
+
+    from hybrid_actors.dashboard import run_dashboard
+
+    with trio.fail_after(TEST_TIMEOUT):
+        async with running(metrics_port=0) as s:
+            await open_two_positions(s)
+            console = Console(record=True, width=200, file=io.StringIO(), color_system=None)
+            await run_dashboard(s.stream.metrics_url, once=True, console=console)
+            lines = console.export_text().splitlines()
+            assert "OK" in lines[0] and "positions 2" in lines[0] and "mode production" in lines[0]
+            [btc] = [line.split() for line in lines if line.split()[:1] == ["BTCUSDT"]]
+            assert btc[:4] == ["BTCUSDT", "linear", "0", "Buy"]
+            assert Decimal(btc[6]) == 60100 and Decimal(btc[7]) == 50 and btc[9] == "ticker"
+            [eth] = [line.split() for line in lines if line.split()[:1] == ["ETHUSDT"]]
+            assert eth[3] == "Sell"
+            assert any(line.split()[:2] == ["public:linear", "up"] for line in lines)
+            assert any(line.split()[:3] == ["linear", "2", "2"] for line in lines)
+        with pytest.raises(HttpFetchError):  # the stream is gone
+            await run_dashboard(s.stream.metrics_url, once=True, console=console)

@@ -84,3 +84,41 @@ async def test_a_usdt_snapshot_does_not_close_a_usdc_position(loopback_clock):
             s.sim.control.close_position("BTCPERP")
             closed = await s.log.wait_for(lambda e: isinstance(e, PositionClosed) and e.symbol == "BTCPERP")
             assert closed.source == "position"
+
+
+async def test_already_subscribed_naming_no_topic_is_a_confirmation_not_a_retry_loop(loopback_clock):
+    with trio.fail_after(TEST_TIMEOUT):
+        async with running() as s:
+            sim = s.sim
+            sim.control.reject_subscribes("BTCUSDT", 1, ret_msg="error:already subscribed")
+            sim.control.open_position("BTCUSDT", "Buy", "0.5")
+            await s.log.wait_for(lambda e: e.symbol == "BTCUSDT")
+            await eventually(lambda: "BTCUSDT" in s.hub.subscriptions["linear"].confirmed)
+            await trio.sleep(45.0)  # long enough for several retries of an unknown outcome
+            sent = sim.observe.requests("linear", op="subscribe", topic="tickers.BTCUSDT")
+            assert len(sent) == 1 and sent[0].success is False
+            health = s.stream.health().subscriptions["linear"]
+            assert health["confirmed"] == 1 and health["missing"] == [] and health["failed"] == {}
+
+
+async def test_usdc_pnl_follows_the_8_hourly_settlement(loopback_clock):
+    with trio.fail_after(TEST_TIMEOUT):
+        async with running() as s:
+            sim = s.sim
+            sim.control.open_position("BTCPERP", "Buy", "0.5", entry_price="100000.00")
+            await sim.observe.wait_subscribed("linear", ["BTCPERP"])
+            sim.control.set_mark_price("BTCPERP", "101000.00")
+            moved = await s.log.wait_for(lambda e: e.symbol == "BTCPERP" and e.mark_price == Decimal("101000.00"))
+            assert moved.unrealized_pnl == Decimal("500.0000")  # no settlement yet: from the entry
+
+            start = s.log.mark()
+            assert [p.symbol for p in sim.control.settle_usdc()] == ["BTCPERP"]  # the 8-hourly timer's work
+            settled = await s.log.wait_for(lambda e: e.symbol == "BTCPERP", after=start)
+            assert settled.source == "position" and settled.unrealized_pnl == 0  # realised at settlement
+            assert settled.entry_price == Decimal("100000")  # avgPrice: since the position opened
+            await trio.sleep(0.01)  # a later tick: the settlement record is stamped a millisecond ahead
+            sim.control.set_mark_price("BTCPERP", "100500.00")
+            after = await s.log.wait_for(lambda e: e.symbol == "BTCPERP" and e.mark_price == Decimal("100500.00"))
+            assert after.unrealized_pnl == Decimal("-250.0000")  # since the settlement at 101000
+            [view] = s.stream.positions()
+            assert (view.entry_price, view.unrealized_pnl) == (Decimal("100000"), Decimal("-250.0000"))

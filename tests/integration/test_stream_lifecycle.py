@@ -147,3 +147,39 @@ async def test_live_ticker_stream_keeps_prices_flowing(loopback_clock):
             last = [e for e in s.log.events if e.symbol == "BTCUSDT"][-1]
             assert last.mark_price == sim.observe.mark_price("linear", "BTCUSDT")
             assert last.unrealized_pnl == (last.mark_price - Decimal("60000.0")) * 1
+
+
+async def test_events_carry_the_exchanges_position_fields_and_the_marks_age(loopback_clock):
+    from hybrid_actors.testing.simulator.positions import ws_record
+
+    with trio.fail_after(TEST_TIMEOUT):
+        async with running() as s:
+            sim = s.sim
+            sim.control.open_position("ETHUSDT", "Buy", "2", entry_price="3000.00", leverage="5")
+            await sim.observe.wait_subscribed("linear", ["ETHUSDT"])
+            sim.control.modify_position("ETHUSDT", take_profit="3500.00", stop_loss="2800.00", size="1")
+            event = await s.log.wait_for(lambda e: e.symbol == "ETHUSDT" and e.take_profit == Decimal("3500.00"))
+            [exchange] = sim.observe.positions("linear", open_only=True)
+            wire = ws_record(exchange, sim.exchange.market.instruments["linear"]["ETHUSDT"])
+            assert (event.leverage, event.take_profit, event.stop_loss, event.cum_realised_pnl) == (
+                exchange.leverage, exchange.take_profit, exchange.stop_loss, exchange.cum_realised_pnl)
+            assert event.liq_price == Decimal(wire["liqPrice"]) and event.trailing_stop == Decimal(wire["trailingStop"])
+            assert (event.created_time, event.updated_time) == (exchange.created_ms, exchange.updated_ms)
+            assert event.cum_realised_pnl != 0  # the resize realised some
+            for name in ("leverage", "liq_price", "take_profit", "stop_loss", "trailing_stop", "cum_realised_pnl"):
+                assert type(getattr(event, name)) is Decimal, name
+                assert event.to_json()[name] == format(getattr(event, name), "f")
+            assert event.as_dict()["created_time"] == exchange.created_ms
+            # a price move (a virtual second later: a tick no newer than the record loses to its mark):
+            # same record fields, a mark received just now
+            await trio.sleep(1)
+            sim.control.set_mark_price("ETHUSDT", "3100.00")
+            ticked = await s.log.wait_for(lambda e: e.symbol == "ETHUSDT" and e.mark_price == Decimal("3100.00"))
+            assert ticked.source == "ticker" and ticked.mark_age_ms == 0
+            assert (ticked.created_time, ticked.take_profit) == (exchange.created_ms, exchange.take_profit)
+            # a push a while later carries the exchange's mark as of its own updatedTime: age 0
+            await trio.sleep(5)
+            sim.control.modify_position("ETHUSDT", stop_loss="2900.00")
+            later = await s.log.wait_for(lambda e: e.symbol == "ETHUSDT" and e.stop_loss == Decimal("2900.00"))
+            assert later.mark_price == Decimal("3100.00") and later.mark_age_ms == 0
+            assert later.updated_time == sim.observe.positions("linear")[0].updated_ms > event.updated_time

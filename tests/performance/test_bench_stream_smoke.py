@@ -36,15 +36,30 @@ def assert_distribution(figure: dict, keys: tuple[str, ...]) -> None:
         assert is_number(figure[key]) and figure[key] >= 0, (key, figure)
 
 
-@pytest.mark.parametrize("transport", ["trio-websocket", "lean"])
-async def test_a_tiny_run_produces_every_figure(transport):
+@pytest.mark.parametrize(("transport", "compare"), [(None, True), ("trio-websocket", False)])
+async def test_a_tiny_run_produces_every_figure(transport, compare):
     bench = load_script()
     opts = bench.Options(symbols=5, rate=20.0, seconds=1.0, warmup=0.3, transport_seconds=0.5,
-                         latency_seconds=1.0, drops=1, opens=2, seed=3, transport=transport)
-    with trio.fail_after(60):
+                         latency_seconds=1.0, drops=1, opens=2, seed=3, transport=transport,
+                         compare_legacy=compare, pybit=compare, coalesce_ms=(1.0,) if compare else ())
+    with trio.fail_after(90):
         result = await bench.run_benchmark(opts)
     json.dumps(result)  # printable as one JSON object
-    assert result["config"]["transport"] == transport
+    assert result["config"]["transport"] == (transport or "lean")
+    assert result["latest_prices"]["symbols"] == 5 and is_number(result["latest_prices"]["ratio"])
+    rows = result["comparison"]
+    assert rows["bare trio-websocket + orjson"]["ratio_to_bare"] == 1.0
+    assert is_number(rows[f"stream ({transport or 'lean'} transport)"]["frames_per_cpu_s"])
+    if compare:
+        legacy = rows["stream (legacy hand-written parser)"]
+        assert is_number(legacy["frames_per_cpu_s"]) and is_number(legacy["frame_to_event_ms"]["p99"])
+        assert result["details"]["legacy_transport"]["frames"] > 0
+        coalesced = rows["stream (lean, adaptive coalescing <= 1 ms)"]
+        assert is_number(coalesced["frames_per_cpu_s"]) and is_number(coalesced["frame_to_event_ms"]["p99"])
+        assert result["details"]["read_floor"]["reads"] > 0
+        pybit = pytest.importorskip("pybit")
+        assert pybit and rows["pybit WebSocket.ticker_stream"]["frames_per_cpu_s"] > 0
+        assert result["details"]["pybit"]["tick_to_callback_ms"]["samples"] > 0
 
     for key in ("raw_ceiling_msgs_per_cpu_s", "stream_msgs_per_cpu_s", "ratio_to_ceiling"):
         assert is_number(result[key]) and result[key] > 0, key

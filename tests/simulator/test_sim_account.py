@@ -153,3 +153,61 @@ async def test_a_handshake_refused_on_one_path_only(loopback_clock):
             sim.control.clear_faults()
             async with connect(sim.url("option")) as ws:
                 assert ws.closed is None
+
+
+async def test_the_21000_character_args_limit_of_a_public_connection(loopback_clock):
+    from hybrid_actors.testing.simulator.public import ARGS_LIMIT_MESSAGE
+    from sim_support import recv_control, send
+    with trio.fail_after(TEST_TIMEOUT):
+        async with open_simulator(config()) as sim, connect(sim.url("linear")) as ws:
+            held = ["tickers.BTCUSDT", "tickers.ETHUSDT", "tickers.SOLUSDT"]
+            await send(ws, {"op": "subscribe", "args": held, "req_id": "a"})
+            assert (await recv_control(ws))["success"] is True
+            used = sum(len(t) + 3 for t in held)
+            # unknown symbols: each would fail on its own, but the frame is too long first
+            filler = [f"tickers.X{i:06d}USDT" for i in range((21_000 - used) // 22 + 1)]
+            assert used + sum(len(t) + 3 for t in filler) > 21_000 > sum(len(t) + 3 for t in filler)
+            await send(ws, {"op": "subscribe", "args": filler, "req_id": "b"})
+            refused = await recv_control(ws)
+            assert_shape(refused, vector("subscribe_fail.json", 0))
+            assert (refused["success"], refused["ret_msg"], refused["req_id"]) == (False, ARGS_LIMIT_MESSAGE, "b")
+            assert sim.observe.subscribed_symbols("linear") == {"BTCUSDT", "ETHUSDT", "SOLUSDT"}  # kept
+            # without what the connection holds, the same frame fits (and its topics fail one by one)
+            await send(ws, {"op": "unsubscribe", "args": held, "req_id": "c"})
+            assert (await recv_control(ws))["success"] is True
+            await send(ws, {"op": "subscribe", "args": filler, "req_id": "d"})
+            answer = await recv_control(ws)
+            assert answer["ret_msg"].startswith("error:handler not found,topic:tickers.X000000USDT")
+
+
+async def test_usdc_contracts_are_settled_every_8_hours(loopback_clock):
+    from decimal import Decimal
+
+    from hybrid_actors.testing.simulator import trio_wall_clock
+    wall = trio_wall_clock()
+    with trio.fail_after(9 * 3600):
+        # no idle cut: this raw socket sends no pings for hours
+        async with open_simulator(config(wall_clock=wall, default_max_active_time=10 * 3600)) as sim:
+            async with private_session(sim) as ws, httpx.AsyncClient(base_url=sim.rest_url) as client:
+                sim.control.open_position("BTCPERP", "Buy", "0.5", entry_price="100000.00")
+                sim.control.open_position("BTCUSDT", "Buy", "0.5", entry_price="100000.00")
+                opened = (await recv_where(ws, lambda f: f.get("topic") == "position"))["data"][0]
+                assert opened["sessionAvgPrice"] == "100000.00"  # a USDC contract's session starts at entry
+                usdt = (await recv_where(ws, lambda f: f.get("topic") == "position"))["data"][0]
+                assert usdt["sessionAvgPrice"] == "0"  # as in the recorded USDT record
+                sim.control.set_mark_price("BTCPERP", "101000.00")
+                sim.control.set_mark_price("BTCUSDT", "101000.00")
+
+                settled = (await recv_where(ws, lambda f: f.get("topic") == "position"))["data"][0]
+                assert wall() % (8 * 3600) == pytest.approx(0, abs=1e-6)  # at 00:00 / 08:00 / 16:00 UTC
+                assert set(settled) == set(PUSH_ITEM)
+                assert settled["symbol"] == "BTCPERP"
+                assert (settled["sessionAvgPrice"], settled["entryPrice"]) == ("101000.00", "100000")
+                assert Decimal(settled["curRealisedPnl"]) == Decimal("500")  # 1000 * 0.5, realised
+                assert Decimal(settled["unrealisedPnl"]) == 0
+                body = await positions_page(sim, client, "category=linear&settleCoin=USDC")
+                [item] = body["result"]["list"]
+                assert (item["sessionAvgPrice"], item["avgPrice"]) == ("101000.00", "100000")
+                usdt_now = await positions_page(sim, client, "category=linear&symbol=BTCUSDT")
+                assert usdt_now["result"]["list"][0]["sessionAvgPrice"] == ""  # as in the recorded REST record
+                assert [p.symbol for p in sim.control.settle_usdc()] == ["BTCPERP"]

@@ -14,7 +14,8 @@ from procs import PYTHON, LineReader, cli_env, run_cli, simulator
 pytestmark = pytest.mark.system
 
 CONTRACT = {"event", "symbol", "category", "side", "size", "entry_price", "mark_price", "unrealized_pnl",
-            "position_idx", "source", "exchange_ts", "received_ts"}
+            "position_idx", "source", "exchange_ts", "received_ts", "leverage", "liq_price", "take_profit",
+            "stop_loss", "trailing_stop", "cum_realised_pnl", "created_time", "updated_time", "mark_age_ms"}
 
 
 NOTICE = {"event", "state", "reason", "sockets", "ts"}
@@ -32,10 +33,14 @@ def check_contract(line: bytes) -> dict:
     assert set(event) == CONTRACT
     assert event["event"] in ("position.update", "position.closed")
     assert event["source"] in ("ticker", "position", "rest")
-    for field in ("size", "entry_price", "mark_price", "unrealized_pnl"):
+    for field in ("size", "entry_price", "mark_price", "unrealized_pnl", "leverage", "cum_realised_pnl"):
         assert isinstance(event[field], str), (field, event)
         Decimal(event[field])
         assert "e" not in event[field].lower()
+    for field in ("liq_price", "take_profit", "stop_loss", "trailing_stop"):
+        assert event[field] is None or (isinstance(event[field], str) and "e" not in event[field].lower())
+    assert isinstance(event["created_time"], int) and isinstance(event["updated_time"], int)
+    assert isinstance(event["mark_age_ms"], int) and event["mark_age_ms"] >= 0
     assert isinstance(event["position_idx"], int) and isinstance(event["received_ts"], int)
     return event
 
@@ -113,9 +118,12 @@ async def test_demo_table_output_shows_the_positions():
                            env=cli_env(None, None))
     assert result.returncode == 0
     out = result.stdout.decode()
-    for column in ("symbol", "side", "size", "entry", "mark", "uPnL", "price age"):
+    for column in ("symbol", "side", "size", "entry", "mark", "uPnL", "mark age"):
         assert column in out
     assert "USDT" in out
+    # the dashboard's renderer: sockets, subscriptions and latency above the positions
+    for section in ("sockets", "public:linear", "subscriptions vs positions", "latency, ms", "exchange → event"):
+        assert section in out
 
 
 async def test_jsonl_to_a_regular_file(tmp_path):

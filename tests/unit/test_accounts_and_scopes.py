@@ -120,3 +120,90 @@ def test_without_coverage_a_snapshot_covers_its_categories_as_before():
     combiner.apply_push([pos("BTCPERP", ut=1000)], received_ts=1)
     [closed] = combiner.apply_snapshot([], categories=["linear"], as_of_ms=5000, received_ts=2)
     assert isinstance(closed, PositionClosed) and closed.source == "rest"
+
+
+# --- defect 8: "already subscribed" naming no topic; the args limit --------------------
+
+SUBSCRIBE_FAILS = load_vector("subscribe_fail")["messages"]
+
+
+def recorded_ack(req_id: str, ret_msg: str):
+    """The recorded linear failure envelope (sieblyio/bybit-api#477) with our req_id."""
+    from hybrid_actors.protocol.frames import SubscribeResult
+    frame = dict(SUBSCRIBE_FAILS[0], req_id=req_id, ret_msg=ret_msg)
+    decoded = decode(json.dumps(frame))
+    assert isinstance(decoded, SubscribeResult)
+    return decoded
+
+
+@pytest.mark.parametrize("ret_msg", ["error:already subscribed", "error:already subscribed,topic:"])
+def test_already_subscribed_naming_no_topic_confirms_a_one_topic_frame(ret_msg):
+    from hybrid_actors.protocol.session import Session
+    session = Session("linear")
+    (request,), _ = session.subscribe(["tickers.BTCUSDT"], now=0.0)
+    outcome = session.receive_ack(recorded_ack(request.req_id, ret_msg))
+    assert outcome.confirmed == ("tickers.BTCUSDT",) and outcome.unknown == () and outcome.failed == ()
+    assert session.budget.used_chars == len("tickers.BTCUSDT") + 3  # held: it is subscribed
+
+
+def test_already_subscribed_naming_no_topic_on_a_bigger_frame_stays_unknown():
+    from hybrid_actors.protocol.session import Session
+    session = Session("linear")
+    (request,), _ = session.subscribe(["tickers.A", "tickers.B"], now=0.0)
+    outcome = session.receive_ack(recorded_ack(request.req_id, "error:already subscribed"))
+    assert outcome.confirmed == () and outcome.unknown == ("tickers.A", "tickers.B")
+
+
+def test_the_args_limit_answer_fails_every_topic_of_its_frame():
+    from hybrid_actors.protocol.session import Session
+    session = Session("linear")
+    (request,), _ = session.subscribe(["tickers.A", "tickers.B"], now=0.0)
+    outcome = session.receive_ack(recorded_ack(request.req_id, "Length of 'args' array over 21,000 characters"))
+    assert [(t, f.kind) for t, f in outcome.failed] == [("tickers.A", "too_many_args"), ("tickers.B", "too_many_args")]
+    assert outcome.unknown == () and session.budget.used_chars == 0
+
+
+# --- defect 12: USDC contracts' PnL is since the last 8-hourly settlement -------------------
+
+def usdc_push(session_avg: str) -> dict:
+    """The recorded open long (docs 2023) as a USDC perpetual, with the session fields the
+    current docs list (sessionAvgPrice)."""
+    push = copy.deepcopy(PUSHES[1])
+    record = push["data"][0]
+    record.update(symbol="XRPPERP", sessionAvgPrice=session_avg, seq=1)
+    return push
+
+
+def test_usdc_pnl_is_measured_from_session_avg_price_and_entry_stays_avg_price():
+    frame = decode(json.dumps(usdc_push("0.3500")))
+    [position] = frame.positions
+    assert (position.entry_price, position.session_avg_price) == (Decimal("0.3615"), Decimal("0.3500"))
+    [event] = Combiner().apply_push(frame.positions, received_ts=1)
+    assert event.entry_price == Decimal("0.3615")  # avgPrice: since the position opened
+    assert event.mark_price == Decimal("0.3374")
+    assert event.unrealized_pnl == (Decimal("0.3374") - Decimal("0.3500")) * 75  # since the settlement
+    assert event.to_json()["unrealized_pnl"] == "-0.9450"
+
+
+@pytest.mark.parametrize("session_avg", ["0", ""])
+def test_without_a_session_price_pnl_is_from_the_entry(session_avg):
+    [event] = Combiner().apply_push(decode(json.dumps(usdc_push(session_avg))).positions, received_ts=1)
+    assert event.unrealized_pnl == (Decimal("0.3374") - Decimal("0.3615")) * 75 == Decimal("-1.8075")
+
+
+def test_a_settlement_push_moves_pnl_and_is_emitted_though_entry_and_mark_stay():
+    combiner = Combiner()
+    combiner.apply_push(decode(json.dumps(usdc_push("0.3500"))).positions, received_ts=1)
+    settled = usdc_push("0.3374")  # settled at the mark: PnL so far realised
+    settled["data"][0].update(updatedTime="1672364175000", seq=2)
+    [event] = combiner.apply_push(decode(json.dumps(settled)).positions, received_ts=2)
+    assert event.unrealized_pnl == 0 and event.entry_price == Decimal("0.3615")
+
+
+def test_a_rest_record_carries_session_avg_price_too():
+    page = copy.deepcopy(PAGES[1])  # the recorded open LTCUSDT page, as a USDC contract
+    page["result"]["list"][0].update(symbol="LTCPERP", sessionAvgPrice="70.00")
+    [record] = parse_position_page(json.dumps(page)).positions
+    [event] = Combiner().apply_snapshot([record], categories=["linear"], as_of_ms=1, received_ts=1)
+    assert event.entry_price == Decimal("64.59947917")
+    assert event.unrealized_pnl == (Decimal("71.1") - Decimal("70.00")) * Decimal("1.2")

@@ -5,7 +5,8 @@
 - ``protocol``, ``state`` and ``notices`` read no clock (time is an argument);
 - nothing under ``hybrid_actors/`` calls ``float(...)`` (``metrics.py`` excepted);
 - each foreign I/O library has one owner module: trio_websocket → ``transport.py``,
-  h11 → ``lean_transport.py`` (the WebSocket upgrade) and ``http_endpoint.py`` (metrics, health),
+  websockets (the sans-IO WebSocket core of the public sockets) → ``lean_transport.py``,
+  h11 → ``http_endpoint.py`` (metrics, health) and the simulator's REST server (``testing/``),
   httpx → ``rest.py`` (plus ``testing/``), prometheus_client → ``metrics.py``,
   asyncio → ``bridge/`` (trio_asyncio → ``bridge/hosts.py``).
 
@@ -36,7 +37,8 @@ CLOCKS = {"time", "datetime"}
 #: foreign library -> the only modules (relative to hybrid_actors/) that may import it
 OWNERS = {
     "trio_websocket": ("transport.py", "testing/"),
-    "h11": ("lean_transport.py", "http_endpoint.py", "testing/"),
+    "websockets": ("lean_transport.py",),
+    "h11": ("http_endpoint.py", "testing/"),
     "httpx": ("rest.py", "testing/"),
     "prometheus_client": ("metrics.py",),
     "asyncio": ("bridge/",),

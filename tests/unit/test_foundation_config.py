@@ -138,8 +138,10 @@ def test_demo_is_private_only_with_mainnet_public_data():
 
 
 def test_testnet_and_demo_exclude_each_other():
-    with pytest.raises(ConfigError, match="--testnet and --demo"):
+    with pytest.raises(ConfigError, match="^testnet and demo exclude"):  # a library's errors name arguments
         Endpoints.choose(testnet=True, demo=True)
+    with pytest.raises(ConfigError, match="--testnet and --demo"):  # the CLI's name its flags
+        Endpoints.choose(testnet=True, demo=True, names={"testnet": "--testnet", "demo": "--demo"})
 
 
 def test_stream_and_rest_urls_override():
@@ -154,14 +156,14 @@ def test_stream_and_rest_urls_override():
 
 
 @pytest.mark.parametrize(("flag", "url", "message"), [
-    ("stream_url", "http://127.0.0.1:8765", "--stream-url"),
+    ("stream_url", "http://127.0.0.1:8765", "^stream_url "),
     ("stream_url", "ws://", "with a host"),
-    ("stream_url", "127.0.0.1:8765", "--stream-url"),
+    ("stream_url", "127.0.0.1:8765", "^stream_url "),
     ("stream_url", "ws://127.0.0.1:8765/v5/public/linear", "without a path"),
     ("stream_url", "ws://127.0.0.1:8765?x=1", "query"),
     ("stream_url", "ws://127.0.0.1:8765/#top", "query"),
     ("stream_url", "ws://127.0.0.1:port", "port"),
-    ("rest_url", "wss://api.bybit.com", "--rest-url"),
+    ("rest_url", "wss://api.bybit.com", "^rest_url "),
     ("rest_url", "https://api.bybit.com/v5", "without a path"),
     ("rest_url", "https://api.bybit.com?x=1", "query"),
     ("rest_url", "https://api.bybit.com:99999", "port"),

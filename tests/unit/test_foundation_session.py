@@ -259,7 +259,7 @@ def test_spot_invalid_symbol_fails_the_named_topic():
     assert outcome.unknown == ("tickers.A", "tickers.C")  # type: ignore[union-attr]
 
 
-@pytest.mark.parametrize("ret_msg", ["args size >10", "Params Error", "Request not authorized", "something new"])
+@pytest.mark.parametrize("ret_msg", ["Params Error", "Request not authorized", "something new"])
 def test_unattributable_failures_leave_every_topic_unknown(ret_msg):
     session, request = three("spot")
     outcome = session.receive_ack(ack(request, success=False, ret_msg=ret_msg))
@@ -275,7 +275,7 @@ def test_an_unsubscribe_failure_still_means_gone():
     (request,) = session.unsubscribe(["tickers.A", "tickers.B"], now=1.0)
     outcome = session.receive_ack(ack(request, success=False, ret_msg="error:not subscribed", op="unsubscribe"))
     assert outcome.confirmed == ("tickers.A", "tickers.B") and outcome.failure is not None  # type: ignore[union-attr]
-    assert used == 18 and session.budget.used_chars == 0
+    assert used == 24 and session.budget.used_chars == 0  # 9 characters + 2 quotes + 1 comma each
 
 
 # --- args budget --------------------------------------------------------------------
@@ -283,25 +283,25 @@ def test_an_unsubscribe_failure_still_means_gone():
 def test_the_args_budget_is_21000_characters():
     assert PUBLIC_ARGS_CHAR_BUDGET == 21_000
     session = Session("linear", chunk_size=200)
-    names = [f"tickers.{i:012d}" for i in range(1051)]  # 20 characters each
+    names = [f"tickers.{i:012d}" for i in range(914)]  # 20 characters each, 23 with quotes and comma
     requests, refused = session.subscribe(names, now=0.0)
-    assert refused == [names[-1]] and session.budget.used_chars == 21_000
-    assert sum(len(r.topics) for r in requests) == 1050
+    assert refused == [names[-1]] and session.budget.used_chars == 913 * 23 == 20_999
+    assert sum(len(r.topics) for r in requests) == 913
     # a topic already held costs nothing more
-    assert session.subscribe([names[0]], now=0.0)[1] == [] and session.budget.used_chars == 21_000
+    assert session.subscribe([names[0]], now=0.0)[1] == [] and session.budget.used_chars == 20_999
 
 
 def test_the_budget_is_freed_by_unsubscribe_failure_and_overdue():
     session = Session("linear", chunk_size=1)
     (a, b, c), _ = session.subscribe(["tickers.AA", "tickers.BB", "tickers.CC"], now=0.0)
     session.receive_ack(ack(a))
-    assert session.budget.used_chars == 30
-    session.receive_ack(ack(b, success=False, ret_msg="args size >10"))  # unknown: not held
-    assert session.budget.used_chars == 20
+    assert session.budget.used_chars == 39
+    session.receive_ack(ack(b, success=False, ret_msg="Params Error"))  # unknown: not held
+    assert session.budget.used_chars == 26
     assert session.overdue(now=5.0, timeout=5.0) == [c]
-    assert session.budget.used_chars == 10
+    assert session.budget.used_chars == 13
     (unsub,) = session.unsubscribe(["tickers.AA"], now=6.0)
-    assert session.budget.used_chars == 10  # held until the exchange confirms
+    assert session.budget.used_chars == 13  # held until the exchange confirms
     session.receive_ack(ack(unsub, op="unsubscribe"))
     assert session.budget.used_chars == 0
 
@@ -315,17 +315,17 @@ def test_option_is_capped_at_2000_args():
 
 
 def test_args_budget_unit():
-    budget = ArgsBudget(max_chars=10, max_args=2)
+    budget = ArgsBudget(max_chars=16, max_args=2)
     assert budget.fits("abcde")
     budget.add("abcde")
     budget.add("abcde")
-    assert budget.used_chars == 5
+    assert budget.used_chars == 8  # with its quotes and comma
     assert budget.fits("12345") and not budget.fits("123456")
     budget.add("12345")
     assert not budget.fits("x") and budget.fits("abcde")  # 2 args: full, but held topics fit
     budget.discard("abcde")
     budget.discard("never added")
-    assert budget.used_chars == 5 and budget.fits("x")
+    assert budget.used_chars == 8 and budget.fits("x")
 
 
 # --- overdue ------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import json
 from decimal import Decimal
 from fractions import Fraction
 
+import attrs
 import pytest
 
 from foundation_helpers import assert_exact, load_vector
@@ -20,7 +21,10 @@ pytestmark = pytest.mark.unit
 
 D = Decimal
 CONTRACT_KEYS = {"event", "symbol", "category", "side", "size", "entry_price", "mark_price", "unrealized_pnl",
-                 "position_idx", "source", "exchange_ts", "received_ts"}
+                 "position_idx", "source", "exchange_ts", "received_ts", "leverage", "liq_price", "take_profit",
+                 "stop_loss", "trailing_stop", "cum_realised_pnl", "created_time", "updated_time", "mark_age_ms"}
+RECORD_NONE = {"leverage": None, "liq_price": None, "take_profit": None, "stop_loss": None, "trailing_stop": None,
+               "cum_realised_pnl": None, "created_time": None}
 
 
 def pos(symbol: str = "BTCUSDT", *, category: str = "linear", side: str = "Buy", size: str = "2", idx: int = 0,
@@ -344,7 +348,8 @@ def test_open_change_close_from_pushes():
     opened = only(combiner.apply_push([pos(size="2", entry="100", mark="110", ut=1000)], received_ts=5))
     assert_exact(opened, PositionUpdate(symbol="BTCUSDT", category="linear", side="Buy", size=D("2"),
                                         entry_price=D("100"), mark_price=D("110"), unrealized_pnl=D("20"),
-                                        position_idx=0, source="position", exchange_ts=1000, received_ts=5))
+                                        position_idx=0, source="position", exchange_ts=1000, received_ts=5,
+                                        updated_time=1000, mark_age_ms=0))
     changed = only(combiner.apply_push([pos(size="3", entry="102", mark="111", ut=1100)], received_ts=6))
     assert (changed.size, changed.entry_price, changed.unrealized_pnl, changed.exchange_ts) == (3, 102, 27, 1100)
     closed = only(combiner.apply_push([flat(mark="112", ut=1200)], received_ts=7))
@@ -395,8 +400,11 @@ def test_a_repeated_push_gives_no_event():
     record = pos()
     assert combiner.apply_push([record], received_ts=1)
     assert combiner.apply_push([record], received_ts=2) == []
-    # a push that changes only unobserved fields (TP/SL, leverage, time) gives none either
-    assert combiner.apply_push([pos(ut=1001, take_profit=D(200), leverage=D(5))], received_ts=3) == []
+    # a push that changes only its time gives none either
+    assert combiner.apply_push([pos(ut=1001, seq=2)], received_ts=3) == []
+    # the events carry TP/SL, leverage...: a change of those is news
+    changed = only(combiner.apply_push([pos(ut=1002, take_profit=D(200), leverage=D(5))], received_ts=4))
+    assert (changed.take_profit, changed.leverage, changed.updated_time) == (D(200), D(5), 1002)
 
 
 def test_a_rest_snapshot_equal_to_what_we_know_gives_no_event():
@@ -452,7 +460,8 @@ def test_events_json_contract():
     assert data == {"event": "position.update", "symbol": "PEPEUSDT", "category": "linear", "side": "Buy",
                     "size": "0.0000001", "entry_price": "0.00001", "mark_price": "0.00002",
                     "unrealized_pnl": "0.000000000001", "position_idx": 0, "source": "position",
-                    "exchange_ts": 1700000000000, "received_ts": 1700000000123}
+                    "exchange_ts": 1700000000000, "received_ts": 1700000000123, **RECORD_NONE,
+                    "updated_time": 1700000000000, "mark_age_ms": 123}
     assert str(update.size) == "1E-7"  # the Decimal's own str has an exponent; the JSON must not
     assert type(data["exchange_ts"]) is int and type(data["received_ts"]) is int
     text = json.dumps(data)
@@ -500,3 +509,24 @@ def test_every_event_is_lifecycle_except_ticker_moves():
     (opened,) = combiner.apply_push([pos()], received_ts=1)
     (closed,) = combiner.apply_push([flat(ut=1001)], received_ts=2)
     assert opened.is_lifecycle and closed.is_lifecycle
+
+
+def test_events_carry_the_records_fields_and_the_marks_age():
+    combiner = Combiner()
+    record = pos(ut=1000, leverage=D("10"), liq_price=D("55.5"), take_profit=D("150"), stop_loss=D("90"),
+                 trailing_stop=D("0"), cum_realised_pnl=D("-1.25"), created_time=500)
+    opened = only(combiner.apply_push([record], received_ts=1400))
+    assert (opened.leverage, opened.liq_price, opened.take_profit, opened.stop_loss, opened.trailing_stop,
+            opened.cum_realised_pnl, opened.created_time, opened.updated_time) == (
+        D(10), D("55.5"), D(150), D(90), D(0), D("-1.25"), 500, 1000)
+    assert opened.mark_age_ms == 400  # the record's own mark, as of its updatedTime
+    line = opened.to_json()
+    assert (line["leverage"], line["liq_price"], line["cum_realised_pnl"], line["created_time"]) == (
+        "10", "55.5", "-1.25", 500)
+    assert opened.as_dict()["take_profit"] == D(150) and type(opened.as_dict()["stop_loss"]) is Decimal
+    ticked = only(combiner.apply_marks("linear", {"BTCUSDT": Mark(D("111"), 1500, 1600)}))
+    assert ticked.mark_age_ms == 0 and ticked.created_time == 500 and ticked.take_profit == D(150)
+    pushed = only(combiner.apply_push([attrs.evolve(record, size=D(3), updated_time=1450)], received_ts=1750))
+    assert pushed.mark_age_ms == 150  # the ticker mark (exchange 1500, received 1600) is fresher than the push's
+    closed = only(combiner.apply_push([flat(ut=1800, created_time=500)], received_ts=1900))
+    assert (closed.created_time, closed.updated_time, closed.leverage, closed.mark_age_ms) == (500, 1800, D(10), 300)

@@ -82,6 +82,8 @@ async def open_simulator(config: SimulatorConfig | None = None) -> AsyncIterator
         await nursery.start(serve_http, rest_listener, RestApi(exchange, control))
         await nursery.start(exchange.market.run)
         await nursery.start(exchange.run_idle_sweeper)
+        if config.usdc_settlement:
+            await nursery.start(exchange.run_settlement)
         if config.scenario is not None:
             await nursery.start(run_scenario, exchange, config.scenario)
         host = config.host if ":" not in config.host else f"[{config.host}]"

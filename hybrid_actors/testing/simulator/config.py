@@ -117,6 +117,8 @@ class SimulatorConfig:
     trade_probability: float = attrs.field(default=0.3, validator=_probability)
     #: start :func:`run_scenario` with the simulator
     scenario: ScenarioConfig | None = None
+    #: settle USDC contracts every 8 hours of the wall clock (00:00, 08:00, 16:00 UTC)
+    usdc_settlement: bool = True
 
     @connection_limit_status.validator
     def _check_status(self, _attribute: attrs.Attribute, value: int) -> None:

@@ -57,6 +57,11 @@ class Control:
         """Close (side "", size "0") and push the flat record."""
         return self._ex.close_position(category, symbol, position_idx)
 
+    def settle_usdc(self) -> list[Position]:
+        """Run Bybit's 8-hourly USDC settlement now: each open USDC contract's PnL so far is
+        realised, its ``sessionAvgPrice`` moves to the mark, and the record is pushed."""
+        return self._ex.settle_usdc()
+
     # --- prices -----------------------------------------------------------------------------
     def set_mark_price(self, symbol: str, price: Decimal | int | str, *, category: str = "linear") -> None:
         """Move the mark to ``price`` (a multiple of the tick) and push a frame carrying it now."""

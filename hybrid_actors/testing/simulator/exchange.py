@@ -24,7 +24,7 @@ from .faults import DropMode, Faults, target_matches
 from .instruments import generate_instruments
 from .market import Market
 from .observe import Observer
-from .positions import Position, PositionBook, ws_record
+from .positions import SETTLEMENT_INTERVAL, Position, PositionBook, ws_record
 
 log = logging.getLogger(__name__)
 
@@ -195,6 +195,25 @@ class Exchange:
         for _ in range(count):
             if self.open_random_position(rng) is None:
                 break
+
+    # --- the 8-hourly USDC settlement ----------------------------------------------------------
+    def settle_usdc(self) -> list[Position]:
+        """Settle every open USDC contract now (``sessionAvgPrice`` := mark) and push each."""
+        settled = self.book.settle()
+        for pos in settled:
+            self.push_position(pos)
+        return settled
+
+    async def run_settlement(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """At 00:00, 08:00 and 16:00 UTC of the simulator's wall clock, as Bybit does."""
+        task_status.started()
+        while True:
+            now = self.config.wall_clock()
+            wait = SETTLEMENT_INTERVAL - now % SETTLEMENT_INTERVAL
+            await trio.sleep(wait)
+            settled = self.settle_usdc()
+            if settled:
+                log.info("USDC settlement: %d position(s) settled at the mark", len(settled))
 
     # --- the private idle cut -----------------------------------------------------------------
     async def run_idle_sweeper(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

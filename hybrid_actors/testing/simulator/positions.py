@@ -45,6 +45,9 @@ class Position:
     cum_realised_pnl: Decimal = _ZERO
     take_profit: Decimal = _ZERO
     stop_loss: Decimal = _ZERO
+    #: USDC contracts: the entry since the last 8-hourly settlement (0: not a USDC contract
+    #: or flat); their unrealised PnL is measured from it, as Bybit's UI shows
+    session_avg_price: Decimal = _ZERO
 
     @property
     def key(self) -> PositionKey:
@@ -64,7 +67,8 @@ class Position:
             return _ZERO
         if self.category == "inverse":
             return (self.size * (1 / self.entry_price - 1 / mark) * self.direction).quantize(_EIGHT)
-        return ((mark - self.entry_price) * self.size * self.direction).quantize(_EIGHT)
+        entry = self.session_avg_price or self.entry_price
+        return ((mark - entry) * self.size * self.direction).quantize(_EIGHT)
 
     def value(self) -> Decimal:
         if not self.is_open:
@@ -132,7 +136,8 @@ def ws_record(pos: Position, inst: Instrument) -> dict[str, Any]:
         "positionIMByMp": c["positionIMByMp"], "positionMM": c["positionMM"], "positionMMByMp": c["positionMMByMp"],
         "takeProfit": _plain(pos.take_profit), "stopLoss": _plain(pos.stop_loss), "trailingStop": "0",
         "unrealisedPnl": c["unrealisedPnl"], "curRealisedPnl": _money(pos.cur_realised_pnl),
-        "cumRealisedPnl": _money(pos.cum_realised_pnl), "sessionAvgPrice": "0",
+        "cumRealisedPnl": _money(pos.cum_realised_pnl),
+        "sessionAvgPrice": _price(inst, pos.session_avg_price) if pos.session_avg_price else "0",
         "createdTime": str(pos.created_ms), "updatedTime": str(pos.updated_ms), "tpslMode": "Full",
         "liqPrice": c["liqPrice"], "bustPrice": "", "category": pos.category, "positionStatus": "Normal",
         "adlRankIndicator": 2 if pos.is_open else 0, "autoAddMargin": 0, "leverageSysUpdatedTime": "",
@@ -158,10 +163,20 @@ def rest_record(pos: Position, inst: Instrument, mark: Decimal) -> dict[str, Any
         "trailingStop": "0", "unrealisedPnl": "" if flat else c["unrealisedPnl"],
         "curRealisedPnl": _money(pos.cur_realised_pnl), "cumRealisedPnl": _money(pos.cum_realised_pnl),
         "seq": pos.seq, "isReduceOnly": False, "mmrSysUpdatedTime": "", "leverageSysUpdatedTime": "",
-        "sessionAvgPrice": "", "createdTime": str(pos.created_ms), "updatedTime": str(pos.updated_ms),
+        "sessionAvgPrice": _price(inst, pos.session_avg_price) if pos.session_avg_price else "",
+        "createdTime": str(pos.created_ms), "updatedTime": str(pos.updated_ms),
     }
     record.update(_greeks(pos))
     return record
+
+
+#: Bybit settles USDC perpetuals and futures every 8 hours (00:00, 08:00, 16:00 UTC)
+SETTLEMENT_INTERVAL: Final = 8 * 3600
+
+
+def is_session_settled(inst: Instrument) -> bool:
+    """USDC-settled linear contracts carry a session (settled every 8 hours)."""
+    return inst.category == "linear" and inst.settle_coin == "USDC"
 
 
 def to_decimal(value: Any, name: str) -> Decimal:
@@ -248,7 +263,7 @@ class PositionBook:
         base = old if old is not None else Position(category, symbol, position_idx, "", _ZERO, _ZERO, lev,
                                                     mark, 0, now, 0)
         return self._stamp(base, side=side, size=self._size(inst, size), entry_price=entry, leverage=lev,
-                           cur_realised_pnl=_ZERO)
+                           cur_realised_pnl=_ZERO, session_avg_price=entry if is_session_settled(inst) else _ZERO)
 
     def _require_open(self, category: str, symbol: str, position_idx: int) -> tuple[Instrument, Position]:
         inst = self._check(category, symbol, position_idx)
@@ -277,6 +292,8 @@ class PositionBook:
                 raise ValueError(f"side {side!r}: only a one-way (idx 0) position can flip between Buy and Sell")
             changes.update(self._realise(pos, pos.size), side=side, cur_realised_pnl=_ZERO,
                            entry_price=self.mark(category, symbol))
+            if pos.session_avg_price:
+                changes["session_avg_price"] = changes["entry_price"]
         if size is not None:
             new_size = self._size(inst, size)
             if new_size < pos.size and "side" not in changes:
@@ -284,6 +301,8 @@ class PositionBook:
             changes["size"] = new_size
         if entry_price is not None:
             changes["entry_price"] = to_decimal(entry_price, "entry_price")
+            if pos.session_avg_price and pos.session_avg_price == pos.entry_price:  # no settlement yet
+                changes["session_avg_price"] = changes["entry_price"]
         for name, value in (("leverage", leverage), ("take_profit", take_profit), ("stop_loss", stop_loss)):
             if value is not None:
                 changes[name] = to_decimal(value, name)
@@ -291,4 +310,18 @@ class PositionBook:
 
     def close(self, category: str, symbol: str, position_idx: int = 0) -> Position:
         _inst, pos = self._require_open(category, symbol, position_idx)
-        return self._stamp(pos, side="", size=_ZERO, entry_price=_ZERO, **self._realise(pos, pos.size))
+        return self._stamp(pos, side="", size=_ZERO, entry_price=_ZERO, session_avg_price=_ZERO,
+                           **self._realise(pos, pos.size))
+
+    def settle(self) -> list[Position]:
+        """Bybit's 8-hourly settlement of USDC perpetuals and futures: the PnL since the last
+        one is realised and ``sessionAvgPrice`` moves to the mark. The changed records."""
+        settled = []
+        for pos in self.all(open_only=True):
+            if not pos.session_avg_price:
+                continue
+            mark = self.mark(pos.category, pos.symbol)
+            pnl = pos.unrealised_pnl(mark)
+            settled.append(self._stamp(pos, session_avg_price=mark, cur_realised_pnl=pos.cur_realised_pnl + pnl,
+                                       cum_realised_pnl=pos.cum_realised_pnl + pnl))
+        return settled

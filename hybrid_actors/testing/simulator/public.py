@@ -17,6 +17,10 @@ if TYPE_CHECKING:
     from .exchange import Exchange
 
 SPOT_MAX_ARGS: Final = 10
+#: the total length of all args on one public connection (BYBIT_V5.md §3, §12), counted as
+#: a conservative client counts it: each topic with its two JSON quotes and a comma
+ARGS_CHAR_LIMIT: Final = 21_000
+ARGS_LIMIT_MESSAGE: Final = "Length of 'args' array over 21,000 characters"
 TICKER_PREFIX: Final = "tickers."
 #: a forced rejection's text; ``{topic}`` is replaced by the topic
 DEFAULT_REJECTION: Final = "Params Error"
@@ -41,6 +45,10 @@ def _request(ex: Exchange, conn: Connection, op: str, raw_args: Any, req_id: Any
     if conn.kind == "spot" and len(args) > SPOT_MAX_ARGS:
         _reply(ex, conn, op, args, req_id, [], list(args), f"args size >{SPOT_MAX_ARGS}")
         return
+    if op == "subscribe" and conn.kind != "option" and _args_chars(conn.topics, args) > ARGS_CHAR_LIMIT:
+        # the whole frame is refused, naming no topic; what the connection holds stays
+        _reply(ex, conn, op, args, req_id, [], list(args), ARGS_LIMIT_MESSAGE)
+        return
     ok: list[str] = []
     failed: list[str] = []
     first_error: str | None = None
@@ -57,6 +65,11 @@ def _request(ex: Exchange, conn: Connection, op: str, raw_args: Any, req_id: Any
         conn.push(snapshot)
     if ok:
         ex.observer.subscriptions_changed()
+
+
+def _args_chars(held: dict[str, None], args: list[str]) -> int:
+    """What the connection's args would total with ``args`` added."""
+    return sum(len(t) + 3 for t in {**held, **dict.fromkeys(args)})
 
 
 def _reply(ex: Exchange, conn: Connection, op: str, args: list[Any], req_id: Any, ok: list[str],

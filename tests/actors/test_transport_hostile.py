@@ -1,0 +1,294 @@
+"""Hostile and broken servers, against both transports: a raw TCP peer writes frames no
+well-behaved library would send. Each case ends in a clear ConnectionLost (the actors then
+restart the socket), never a hang, never unbounded memory; what is legal but awkward (frames
+cut at any byte, pings between fragments, long lengths) is decoded exactly."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+
+from hybrid_actors.errors import ConnectionLost
+from transport_support import (
+    OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT, OPENERS, close_frame, server_frame,
+    start_raw_server, text,
+)
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(params=sorted(OPENERS))
+def opener(request):
+    return OPENERS[request.param]
+
+
+# --- legal but awkward ------------------------------------------------------------------------------
+
+LONG_16 = "sixteen-bit length " * 10  # 190 bytes: a 16-bit length
+WIRE = (text('{"topic":"tickers.BTCUSDT","price":"€42"}')
+        + server_frame(OP_TEXT, LONG_16.encode())
+        + server_frame(OP_TEXT, "frag€".encode()[:5], fin=False)  # the euro sign cut in two
+        + server_frame(OP_PING, b"between")
+        + server_frame(OP_CONTINUATION, "frag€".encode()[5:], fin=False)
+        + server_frame(OP_PONG, b"unsolicited")
+        + server_frame(OP_CONTINUATION, b"mented")
+        + server_frame(OP_BINARY, b"\x00\xff"))
+WIRE_MESSAGES = ['{"topic":"tickers.BTCUSDT","price":"€42"}', LONG_16, "frag€mented", b"\x00\xff"]
+
+
+async def test_frames_cut_at_every_byte_boundary_decode_whole_and_every_ping_is_answered(loopback_clock, opener):
+    cuts = range(1, len(WIRE))
+    pongs: list[bytes] = []
+
+    async def script(peer):
+        await peer.handshake()
+        for cut in cuts:
+            await peer.stream.send_all(WIRE[:cut])
+            await trio.testing.wait_all_tasks_blocked()  # the client read the first part and waits
+            await peer.stream.send_all(WIRE[cut:])
+        while len(pongs) < len(cuts):
+            frame = await peer.read_frame()
+            assert frame is not None and frame[0] == OP_PONG
+            pongs.append(frame[1])
+        await trio.sleep_forever()
+
+    with trio.fail_after(120):
+        async with trio.open_nursery() as nursery:
+            url = await start_raw_server(nursery, script)
+            async with opener(url) as transport:
+                received: list = []
+                while len(received) < len(WIRE_MESSAGES) * len(cuts):
+                    received += await transport.receive_batch()
+                assert received == WIRE_MESSAGES * len(cuts)
+                while len(pongs) < len(cuts):
+                    await trio.sleep(0.01)
+                transport.abandon()
+            nursery.cancel_scope.cancel()
+    assert pongs == [b"between"] * len(cuts)
+
+
+async def test_16_and_64_bit_lengths_and_a_message_near_the_limit_arrive_intact(loopback_clock, opener):
+    messages = ["x" * 125, "y" * 126, "z" * 65535, "é" * 32768, "w" * 70000, "v" * (1 << 20)]
+
+    async def script(peer):
+        await peer.handshake(then=b"".join(text(m) for m in messages))
+        await trio.sleep_forever()
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            url = await start_raw_server(nursery, script)
+            async with opener(url, max_message_size=1 << 20) as transport:
+                received: list = []
+                while len(received) < len(messages):
+                    received += await transport.receive_batch()
+                assert received == messages
+                transport.abandon()
+            nursery.cancel_scope.cancel()
+
+
+# --- violations: each ends the connection with its close code ----------------------------------------
+
+VIOLATIONS = {
+    "a 64-bit length with the top bit set": (server_frame(OP_TEXT, length=1 << 63), {1002, 1009}),
+    "a 2 MiB message (limit 1 MiB)": (server_frame(OP_TEXT, b"m" * (2 << 20)), {1009}),
+    "invalid UTF-8": (server_frame(OP_TEXT, b"\xc3\x28 not utf-8"), {1007}),
+    "invalid UTF-8 across fragments": (server_frame(OP_TEXT, b"\xe2\x82", fin=False)
+                                       + server_frame(OP_CONTINUATION, b"\x28"), {1007}),
+    "a compressed frame never negotiated (RSV1)": (server_frame(OP_TEXT, b"\x4a\x4c\x02\x00", rsv=4), {1002}),
+    "a masked server frame": (server_frame(OP_TEXT, b"masked", mask_key=b"\x01\x02\x03\x04"), {1002}),
+    "an unknown opcode": (server_frame(0x3, b"?"), {1002}),
+    "a fragmented ping": (server_frame(OP_PING, b"", fin=False), {1002}),
+    "a continuation with no message": (server_frame(OP_CONTINUATION, b"orphan"), {1002}),
+    # a close frame inside a fragmented message: a protocol error to websockets, a close to wsproto
+    "a close frame mid-message": (server_frame(OP_TEXT, b"part", fin=False) + close_frame(1000), {1000, 1002}),
+}
+
+
+@pytest.mark.parametrize("case", sorted(VIOLATIONS))
+async def test_a_violation_ends_in_connection_lost_with_its_close_code(loopback_clock, opener, case):
+    wire, codes = VIOLATIONS[case]
+    answered: list = []
+
+    async def script(peer):
+        await peer.handshake(then=text("fine"))
+        await trio.testing.wait_all_tasks_blocked()
+        try:
+            await peer.stream.send_all(wire)
+        except trio.BrokenResourceError:  # the client refused the frame from its header and hung up
+            pass
+        answered.append(await peer.close_code())
+
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            url = await start_raw_server(nursery, script)
+            with pytest.raises(ConnectionLost) as caught:
+                async with opener(url) as transport:
+                    assert await transport.receive_batch() == ["fine"]
+                    await transport.receive_batch()
+            while not answered:
+                await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+    assert caught.value.code in codes, caught.value
+    assert answered[0] in (caught.value.code, None)  # our close frame carried the same code (or we hung up)
+
+
+async def test_endless_empty_continuation_frames_end_the_connection(loopback_clock, opener):
+    """Each frame adds nothing to the message's size, so only a bound on fragments (lean) or on
+    the bytes one message may take (trio-websocket, via its guard stream) stops them."""
+    sent = [0]
+
+    async def script(peer):
+        await peer.handshake(then=server_frame(OP_TEXT, b"{", fin=False))
+        burst = server_frame(OP_CONTINUATION, b"", fin=False) * 1000
+        try:
+            while sent[0] < 3_000_000:  # then it stops, and a client still waiting fails the test
+                await peer.stream.send_all(burst)
+                sent[0] += 1000
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return
+        await trio.sleep_forever()
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            url = await start_raw_server(nursery, script)
+            with pytest.raises(ConnectionLost) as caught:
+                async with opener(url, max_message_size=1024) as transport:
+                    await transport.receive_batch()
+            nursery.cancel_scope.cancel()
+    assert caught.value.code == 1009
+    assert sent[0] < 1_000_000  # stopped early, not after the peer gave up
+
+
+@pytest.mark.parametrize("where", ["inside a frame header", "inside a payload", "between fragments"])
+async def test_a_tcp_end_mid_message_is_1006(loopback_clock, opener, where):
+    wire = {"inside a frame header": server_frame(OP_TEXT, b"x" * 300)[:3],
+            "inside a payload": server_frame(OP_TEXT, b"x" * 300)[:100],
+            "between fragments": server_frame(OP_TEXT, b"part", fin=False)}[where]
+
+    async def script(peer):
+        await peer.handshake(then=text("fine") + wire)
+        await trio.testing.wait_all_tasks_blocked()
+        await peer.stream.aclose()
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            url = await start_raw_server(nursery, script)
+            with pytest.raises(ConnectionLost) as caught:
+                async with opener(url) as transport:
+                    assert await transport.receive_batch() == ["fine"]
+                    await transport.receive_batch()
+            nursery.cancel_scope.cancel()
+    assert caught.value.code == 1006
+
+
+async def test_a_server_that_never_answers_our_close_costs_close_timeout(loopback_clock, opener):
+    closes: list = []
+
+    async def deaf(peer):
+        await peer.handshake(then=text("hello"))
+        closes.append(await peer.close_code())
+        await trio.sleep_forever()  # reads nothing more, answers nothing, keeps TCP open
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            url = await start_raw_server(nursery, deaf)
+            started = None
+            with pytest.raises(ConnectionLost, match="timed out"):
+                async with opener(url, close_timeout=2.0) as transport:
+                    assert await transport.receive_batch() == ["hello"]
+                    started = trio.current_time()
+            assert 2.0 <= trio.current_time() - started < 3.0
+            nursery.cancel_scope.cancel()
+    assert closes == [1000]
+
+
+async def test_a_ping_flood_is_answered_without_growing_the_batch(loopback_clock, opener):
+    async def script(peer):
+        await peer.handshake()
+        async with trio.open_nursery() as inner:  # flood and read the pongs at once, as a server must
+            inner.start_soon(peer.stream.send_all, server_frame(OP_PING, b"x" * 125) * 2000
+                             + text("after the flood"))
+            pongs = 0
+            while pongs < 2000:
+                frame = await peer.read_frame()
+                assert frame is not None and frame[0] == OP_PONG
+                pongs += 1
+        await peer.stream.send_all(text("pongs counted"))
+        await trio.sleep_forever()
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            url = await start_raw_server(nursery, script)
+            async with opener(url) as transport:
+                received: list = []
+                while "pongs counted" not in received:
+                    received += await transport.receive_batch()
+                assert received == ["after the flood", "pongs counted"]
+                transport.abandon()
+            nursery.cancel_scope.cancel()
+
+
+async def test_a_close_frame_from_the_server_is_echoed_and_ends_the_stream(loopback_clock, opener):
+    echoed: list = []
+
+    async def script(peer):
+        await peer.handshake(then=text("bye soon") + close_frame(4001, "maintenance") + text("never"))
+        echoed.append(await peer.read_frame())
+        await peer.stream.aclose()
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            url = await start_raw_server(nursery, script)
+            with pytest.raises(ConnectionLost) as caught:
+                async with opener(url) as transport:
+                    assert await transport.receive_batch() == ["bye soon"]
+                    await transport.receive_batch()
+            while not echoed:
+                await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+    assert (caught.value.code, caught.value.reason) == (4001, "maintenance")
+    assert echoed == [(OP_CLOSE, (4001).to_bytes(2, "big") + b"maintenance")]
+
+
+# --- at actor level: a hostile public endpoint costs a restart, never the stream -------------------
+
+async def test_a_hostile_public_server_restarts_the_public_socket_and_the_stream_lives_on(loopback_clock):
+    import random
+
+    from hybrid_actors import StreamConfig
+    from hybrid_actors.config import Endpoints
+    from hybrid_actors.supervisor import open_hybrid_stream
+    from hybrid_actors.testing.simulator import SimulatorConfig, open_simulator, trio_wall_clock
+
+    connections = [0]
+
+    async def hostile(peer):  # every connection: a valid upgrade, then a masked frame
+        connections[0] += 1
+        await peer.handshake(then=server_frame(OP_TEXT, b'{"op":"pong"}', mask_key=b"\x01\x02\x03\x04"))
+        await peer.close_code()
+
+    wall = trio_wall_clock()
+    with trio.fail_after(120):
+        async with trio.open_nursery() as nursery:
+            url = await start_raw_server(nursery, hostile)
+            base = url.removesuffix("/raw")
+            config = SimulatorConfig(symbols=5, positions=0, rate=0.0, seed=3, wall_clock=wall)
+            async with open_simulator(config) as sim:
+                endpoints = Endpoints(base, sim.endpoints.ws_private_url, sim.endpoints.rest_url)
+                stream_config = StreamConfig(credentials=sim.credentials, endpoints=endpoints,
+                                             categories=("linear",), heartbeat_interval=20.0)
+                async with open_hybrid_stream(stream_config, wall_clock=wall, rng=random.Random(5)) as stream:
+                    sim.control.open_position("BTCUSDT", "Buy", "1")  # the private socket still delivers
+                    seen = []
+                    while not any(e.symbol == "BTCUSDT" for e in seen):
+                        seen += [e for e in await stream.batches() if hasattr(e, "symbol")]
+                    while connections[0] < 3:  # refused twice more, after backoff
+                        await trio.sleep(0.5)
+                    actors = stream.health().actors
+                    public = actors["public:linear"]
+                    assert public["restarts"] >= 2 and public["crashes"] == 0  # outages, not bugs
+                    assert public["outages"] >= 3
+                    assert "1002 PROTOCOL_ERROR (incorrect masking)" in public["last_error"]
+                    assert actors["private"]["restarts"] == 0
+            nursery.cancel_scope.cancel()
