@@ -125,8 +125,11 @@ class BybitHybridStream:
         self._config = StreamConfig(credentials=Credentials(api_key, api_secret), endpoints=endpoints,
                                     categories=categories, mode=resolved_mode, **config)
         self._handler = event_handler
-                 stall_threshold: float = DEFAULT_STALL_THRESHOLD, **config: Any) -> None:
-        resolved_mode = resolve_mode(mode, os.environ)  # a bad value is a ConfigError here
+        self._records = records
+        self._stall_threshold = stall_threshold
+        self._watch: LoopWatch | None = None
+        self._feeds: set[Feed] = set()
+        self._mode = resolved_mode
         self._start_timeout = start_timeout
         self._stop_timeout = stop_timeout
         self._stats = BridgeStats()
