@@ -368,10 +368,14 @@ async def test_no_lifecycle_event_lost_or_doubled_across_a_rollback_and_a_return
             assert [n.event for n in notices] == ["stream.rollback", "stream.return"]
             assert "every socket disconnected" in notices[0].reason
             assert notices[0].to_json()["event"] == "stream.rollback"
-            order = [e for e in s.log.everything if e.event != "stream.state"]
+            order = [e for e in s.log.everything if e.event not in ("stream.state", "stream.alert")]
             rollback_at, return_at = order.index(notices[0]), order.index(notices[1])
             assert all(e.source == "rest" for e in order[rollback_at + 1:return_at])
             assert all(e.source != "rest" for e in order[return_at + 1:])
+            # and the critical alert (h11-observe's rules over health()['rollout']) fired with the reason
+            alerts = [n for n in s.log.notices if n.event == "stream.alert" and n.name == "rolled_back"]
+            assert alerts and (alerts[0].level, alerts[0].state) == ("critical", "firing")
+            assert "every socket disconnected" in alerts[0].message
             assert {p.symbol for p in s.stream.positions()} == {"BTCUSDT", "XRPUSDT"}
 
 
