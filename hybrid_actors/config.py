@@ -236,6 +236,10 @@ class AlertPolicy:
     interval: float = attrs.field(default=1.0, validator=_positive)
 
 
+def _optional_mode(value: object) -> Mode | None:
+    return None if value is None else parse_mode(value)
+
+
 @attrs.frozen
 class StreamConfig:
     """Everything :func:`hybrid_actors.open_hybrid_stream` needs. Immutable; secret masked."""
@@ -263,11 +267,11 @@ class StreamConfig:
     linear_settle_coins: tuple[str, ...] = attrs.field(default=("USDT", "USDC"), converter=_names)
     #: which source feeds the consumer: rest, canary, parallel or production (see rollout.py);
     #: None: the ``HYBRID_MODE`` environment variable, else production
-    mode: Mode | None = attrs.field(default=None, converter=lambda v: None if v is None else parse_mode(v))
+    mode: Mode | None = attrs.field(default=None, converter=_optional_mode)
     rollout: RolloutPolicy = attrs.field(factory=RolloutPolicy)
 
     @rollout.validator
-    def _check_rollout(self, _attribute: attrs.Attribute, value: object) -> None:
+    def _check_rollout(self, _attribute: attrs.Attribute[RolloutPolicy], value: object) -> None:
         if not isinstance(value, RolloutPolicy):
             raise ConfigError(f"rollout must be a RolloutPolicy, got {type(value).__name__}")
     #: serve Prometheus text at ``/metrics`` and JSON at ``/health`` on this port (0: any free
