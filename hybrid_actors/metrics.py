@@ -117,22 +117,34 @@ class StreamCollector(Collector):
         yield _histogram("hybrid_frame_to_event_seconds", "frame read to event hand-over", sample.frame_to_event)
 
         yield GaugeMetricFamily("hybrid_divergence_max_ratio", "largest REST/hybrid mark divergence seen (ratio)",
-                                value=rollout.get("divergence_max_ratio") or 0)
+                                value=_number(rollout.get("divergence_max_ratio")))
         yield CounterMetricFamily("hybrid_divergences", "REST/hybrid mark comparisons over the threshold",
-                                  value=rollout.get("divergences", 0))
+                                  value=_number(rollout.get("divergences")))
         mode = GaugeMetricFamily("hybrid_mode", "1 for the stream's rollout mode", labels=["mode"])
         current = rollout.get("mode", "production")
         for name in sorted({*MODES, current}):
             mode.add_metric([name], 1 if name == current else 0)
         yield mode
         yield CounterMetricFamily("hybrid_rollbacks", "automatic rollbacks to the REST stream",
-                                  value=rollout.get("rollbacks", 0))
+                                  value=_number(rollout.get("rollbacks")))
 
         firing = GaugeMetricFamily("hybrid_alerts_firing", "1 while the alert fires", labels=["name"])
         active = {alert["name"] for alert in health.get("alerts", ())}
         for name in sorted({*sample.alert_names, *active}):
             firing.add_metric([name], 1 if name in active else 0)
         yield firing
+
+
+def _number(value: Any) -> float:
+    """A report figure (int, float, Decimal or decimal string such as the rollout's ratios) as
+    the float Prometheus wants; 0 when absent or unreadable (this module is the one place
+    floats are allowed: exposition values are floats by definition)."""
+    if value is None or isinstance(value, bool):
+        return 0.0
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return 0.0
 
 
 def _histogram(name: str, documentation: str, data: Buckets) -> HistogramMetricFamily:

@@ -117,4 +117,6 @@ async def consume(stream: HybridStream, output: str) -> None:
                     await stream.batches()  # drain; the table shows current state
             health = stream.health().as_dict()
             per_s = rate.update(health["events"].get("emitted", 0), trio.current_time())
-            view.show(render_dashboard(health, events_per_s=per_s, max_rows=rows))
+            # rich needs ~1-2 ms per table row: draw in a worker thread (the report is a private
+            # copy) so the actors keep running meanwhile instead of stalling for the whole render
+            await trio.to_thread.run_sync(view.show, render_dashboard(health, events_per_s=per_s, max_rows=rows))

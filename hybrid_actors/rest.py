@@ -107,6 +107,8 @@ class RestClient:
     #: scopes whose paging misbehaved in the last snapshot, and why (cleared on success)
     paging_problems: dict[Scope, str] = attrs.Factory(dict)
     _last_round_trip: tuple[float, float] = (0.0, 0.0)
+    #: per path: trio time until which ``X-Bapi-Limit-Status: 0`` said the quota is spent
+    _quota_spent_until: dict[str, float] = attrs.Factory(dict)
 
     def now_ms(self) -> int:
         return int(self.wall_clock() * 1000) + self.offset_ms
@@ -234,6 +236,11 @@ class RestClient:
         for attempt in range(self.attempts):
             request = build()
             self._check_ban(request.path)
+            pause = self._quota_pause(request.path)
+            if pause > 0:  # the last answer said the quota is spent: wait for its reset, not for 10006
+                log.debug("GET %s: rate-limit quota spent; waiting %.2fs for its reset", request.path, pause)
+                await trio.sleep(pause)
+                request = build()  # signed again: the timestamp moved
             try:
                 status, body, retry_after = await self._send(request)
                 try:
@@ -287,7 +294,14 @@ class RestClient:
                                       path=request.path) from None
         if scope.cancelled_caught:
             raise RestUnavailable(f"GET {request.path}: no answer within {self.timeout:g}s", path=request.path)
-        return response.status_code, response.content, self._retry_after(response)
+        retry_after = self._retry_after(response)
+        if response.headers.get("X-Bapi-Limit-Status") == "0" and retry_after is not None:
+            self._quota_spent_until[request.path] = trio.current_time() + retry_after
+        return response.status_code, response.content, retry_after
+
+    def _quota_pause(self, path: str) -> float:
+        until = self._quota_spent_until.pop(path, None)
+        return 0.0 if until is None else max(0.0, until - trio.current_time())
 
     def _retry_after(self, response: httpx.Response) -> float | None:
         reset = response.headers.get("X-Bapi-Limit-Reset-Timestamp")

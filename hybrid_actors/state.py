@@ -67,6 +67,10 @@ class BookDiff:
     #: when each of ``closed`` closed, aligned with it: the flat record's ``updatedTime``, or
     #: the snapshot's ``as_of_ms`` for a position that vanished from one (None if unknown)
     closed_at: tuple[int | None, ...] = ()
+    #: every change in the order it happened: ``("open" | "change", record, None)`` or
+    #: ``("close", last open record, closed_at)``. One push may close a position and open it
+    #: again (or the reverse); the events must follow that order.
+    steps: tuple[tuple[str, Position, int | None], ...] = ()
 
     def __bool__(self) -> bool:
         return bool(self.opened or self.changed or self.closed)
@@ -184,14 +188,18 @@ class PositionBook:
             self._by_symbol.setdefault((key[0], key[1]), set()).add(key)
             if previous is None:
                 diff.opened.append(position)
+                diff.steps.append(("open", position, None))
             elif previous != position:
                 diff.changed.append(position)
+                diff.steps.append(("change", position, None))
         elif previous is not None:
             self._remove(key, diff, position.updated_time)
 
     def _remove(self, key: Key, diff: _DiffBuilder, closed_at: int | None) -> None:
-        diff.closed.append(self._open.pop(key))
+        last = self._open.pop(key)
+        diff.closed.append(last)
         diff.closed_at.append(closed_at)
+        diff.steps.append(("close", last, closed_at))
         keys = self._by_symbol.get((key[0], key[1]))
         if keys is not None:
             keys.discard(key)
@@ -205,9 +213,11 @@ class _DiffBuilder:
     changed: list[Position] = attrs.Factory(list)
     closed: list[Position] = attrs.Factory(list)
     closed_at: list[int | None] = attrs.Factory(list)
+    steps: list[tuple[str, Position, int | None]] = attrs.Factory(list)
 
     def build(self) -> BookDiff:
-        return BookDiff(tuple(self.opened), tuple(self.changed), tuple(self.closed), tuple(self.closed_at))
+        return BookDiff(tuple(self.opened), tuple(self.changed), tuple(self.closed), tuple(self.closed_at),
+                        tuple(self.steps))
 
 
 # --- tickers ----------------------------------------------------------------------------
@@ -552,17 +562,18 @@ class Combiner:
 
     def _diff_events(self, diff: BookDiff, source: Source, received_ts: int) -> list[Event]:
         events: list[Event] = []
-        for position in (*diff.opened, *diff.changed):
-            self._emit_if_changed(*self._view(position, source, received_ts), events)
-        for i, position in enumerate(diff.closed):
+        for kind, position, closed_at in diff.steps:  # in order: a close and a reopen in one push
+            if kind != "close":
+                self._emit_if_changed(*self._view(position, source, received_ts), events)
+                continue
             if self._seen(position.key) is None:
+                self._views.pop(position.key, None)  # opened and closed before anyone saw it
                 continue
             self._staged[position.key] = None
             self._views.pop(position.key, None)
             mark = self._mark_for(position)
             # the close's own time, not the last open record's (which may predate the close
             # by hours and precede ticker events already emitted for the position)
-            closed_at = diff.closed_at[i] if i < len(diff.closed_at) else None
             fields = _record_fields(position)
             if closed_at is not None:
                 fields["updated_time"] = closed_at

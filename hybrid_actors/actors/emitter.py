@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 
 #: marks applied between two checkpoints
 STEP: Final = 16
+#: what every event made from marks is (counted once per chunk)
+TICKER_KIND: Final = ("position.update", "ticker")
 
 
 @attrs.define(eq=False)
@@ -132,22 +134,28 @@ class CombinerActor:
 
     def _measure(self, events: Sequence[Event], marks: Mapping[str, Mark] | None, now: float) -> None:
         """Count the events by name and source, and record both latencies of the live ones
-        (ticker and private push; a REST record's ``updatedTime`` may be hours old)."""
+        (ticker and private push; a REST record's ``updatedTime`` may be hours old).
+        ``scripts/bench_observe.py``: about 1 µs per event on the ticker path."""
         hub = self.hub
         by_kind = hub.health.events_by_kind
         wall = hub.wall_clock()
         exchange = hub.latency.exchange_to_event.observe
         frame = hub.latency.frame_to_event.observe
+        if marks is not None:  # a chunk of marks: every event is a ticker position.update
+            by_kind[TICKER_KIND] = by_kind.get(TICKER_KIND, 0) + len(events)
+            for event in events:
+                mark = marks.get(event.symbol)
+                read_at = mark.read_at if mark is not None else None
+                frame(wall - (read_at if read_at is not None else event.received_ts / 1000.0), now)
+                if event.exchange_ts is not None:
+                    exchange(wall - event.exchange_ts / 1000.0, now)
+            return
         for event in events:
             source = event.source
             kind = (event.name, source)
             by_kind[kind] = by_kind.get(kind, 0) + 1
             if source == "rest":
                 continue
-            read_at = None
-            if marks is not None:
-                mark = marks.get(event.symbol)
-                read_at = mark.read_at if mark is not None else None
-            frame(wall - (read_at if read_at is not None else event.received_ts / 1000.0), now)
+            frame(wall - event.received_ts / 1000.0, now)
             if event.exchange_ts is not None:
                 exchange(wall - event.exchange_ts / 1000.0, now)

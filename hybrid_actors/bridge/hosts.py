@@ -204,9 +204,10 @@ class GuestRun:
         except RuntimeError as exc:
             self._give_back_sigint()
             raise HybridActorsError(
-                "cannot run trio as a guest of this asyncio loop: this thread is already running trio "
-                f"({exc}); start the stream from an asyncio loop that is not itself inside trio.run(), or "
-                "run the whole program under trio_asyncio.run(...)") from exc
+                f"cannot run trio as a guest of this asyncio loop: this thread is already running trio ({exc}). "
+                "Either this asyncio loop runs inside trio.run() (then host the asyncio code with trio_asyncio "
+                "instead), or an earlier guest run was left behind when its loop was closed without stop() "
+                "on a loop that could not be watched for close() (call stop() before closing the loop)") from exc
         self._hook_close()
 
     async def _main(self) -> None:

@@ -37,6 +37,9 @@ import pytest
 import trio
 
 HOSTS = ("asyncio", "trio-asyncio")
+#: also the bots that drive a stock loop themselves: ``loop.run_until_complete(main())`` and
+#: ``loop.run_forever()`` (each followed by ``loop.close()``)
+ALL_HOSTS = ("asyncio", "trio-asyncio", "run_until_complete", "run_forever")
 #: every test's own deadline (seconds of real time)
 TEST_TIMEOUT = 30.0
 T = TypeVar("T")
@@ -170,13 +173,25 @@ def run_on(host: str, main: Callable[[], Awaitable[T]], timeout: float = TEST_TI
         import trio_asyncio
 
         return trio_asyncio.run(trio_asyncio.aio_as_trio(bounded))
+    if host in ("run_until_complete", "run_forever"):
+        loop = asyncio.SelectorEventLoop()
+        try:
+            if host == "run_until_complete":
+                return loop.run_until_complete(bounded())
+            task = loop.create_task(bounded())
+            task.add_done_callback(lambda _: loop.stop())
+            loop.run_forever()
+            return task.result()
+        finally:
+            loop.close()
     assert host == "asyncio", host
     with asyncio.Runner(loop_factory=asyncio.SelectorEventLoop) as runner:
         return runner.run(bounded())
 
 
 def expected_host(host: str) -> str:
-    return {"asyncio": "guest", "trio-asyncio": "trio-asyncio"}[host]
+    return {"asyncio": "guest", "trio-asyncio": "trio-asyncio", "run_until_complete": "guest",
+            "run_forever": "guest"}[host]
 
 
 # --- the handler -----------------------------------------------------------------------------------

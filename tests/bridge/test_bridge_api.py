@@ -15,7 +15,7 @@ from typing import Any
 import attrs
 import pytest
 
-from bridge_support import HOSTS, Recorder, control, open_linear_positions, run_on, simulator, wait_until
+from bridge_support import ALL_HOSTS, HOSTS, Recorder, control, open_linear_positions, run_on, simulator, wait_until
 from hybrid_actors import BybitHybridStream, Endpoints, HealthReport, PositionClosed, PositionUpdate
 
 pytestmark = pytest.mark.system
@@ -27,7 +27,7 @@ def subscribed(stream: BybitHybridStream, count: int) -> bool:
     return subs.get("confirmed", 0) == subs.get("desired", -1) == count
 
 
-@pytest.mark.parametrize("host", HOSTS)
+@pytest.mark.parametrize("host", ALL_HOSTS)
 def test_a_plain_def_handler_receives_every_event_without_errors(host, simulator):
     sim = simulator(rate=0)  # no random ticks: every event is one we cause
 
@@ -82,7 +82,7 @@ def _comparable(report: HealthReport) -> dict[str, Any]:
     return data
 
 
-@pytest.mark.parametrize("host", HOSTS)
+@pytest.mark.parametrize("host", ALL_HOSTS)
 def test_health_positions_and_state_from_a_worker_thread_equal_the_loop_threads(host, simulator):
     sim = simulator(rate=20)
 
@@ -177,7 +177,7 @@ def test_a_handler_that_blocks_the_loop_shows_as_a_stall(host, simulator, caplog
     assert any("loop's thread was blocked for" in r.getMessage() for r in caplog.records)
 
 
-@pytest.mark.parametrize("host", HOSTS)
+@pytest.mark.parametrize("host", ALL_HOSTS)
 def test_async_for_over_events_beside_a_handler_and_as_records(host, simulator):
     sim = simulator(rate=0)
 

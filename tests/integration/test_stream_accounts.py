@@ -122,3 +122,28 @@ async def test_usdc_pnl_follows_the_8_hourly_settlement(loopback_clock):
             assert after.unrealized_pnl == Decimal("-250.0000")  # since the settlement at 101000
             [view] = s.stream.positions()
             assert (view.entry_price, view.unrealized_pnl) == (Decimal("100000"), Decimal("-250.0000"))
+
+
+async def test_paging_that_never_ends_costs_a_bounded_snapshot_and_shows_in_health(loopback_clock):
+    from hybrid_actors.rest import MAX_REQUESTS_PER_SNAPSHOT
+    with trio.fail_after(TEST_TIMEOUT):
+        async with running(linear_settle_coins=("USDT",)) as s:
+            sim = s.sim
+            sim.control.open_position("BTCUSDT", "Buy", "1")
+            await s.log.wait_for(lambda e: e.symbol == "BTCUSDT")
+            sim.control.set_account(paging="endless")
+            before = len(sim.observe.rest_calls("/v5/position/list"))
+            s.hub.request_reconcile()
+            await eventually(lambda: s.stream.health().events["reconciliations"] >= 1)
+            assert len(sim.observe.rest_calls("/v5/position/list")) - before == MAX_REQUESTS_PER_SNAPSHOT
+            health = s.stream.health()
+            assert "linear/USDT" in health.rest["paging_problems"]
+            assert any("REST position/list linear/USDT" in p for p in health.problems)
+            assert [p.symbol for p in s.stream.positions()] == ["BTCUSDT"]  # nothing closed, nothing lost
+
+            sim.control.set_account(paging="last_page_cursor")  # the recorded shape: ends by itself
+            before = len(sim.observe.rest_calls("/v5/position/list"))
+            s.hub.request_reconcile()
+            await eventually(lambda: s.stream.health().events["reconciliations"] >= 2)
+            assert len(sim.observe.rest_calls("/v5/position/list")) - before == 2
+            assert s.stream.health().rest["paging_problems"] == {}

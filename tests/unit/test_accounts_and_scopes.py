@@ -207,3 +207,19 @@ def test_a_rest_record_carries_session_avg_price_too():
     [event] = Combiner().apply_snapshot([record], categories=["linear"], as_of_ms=1, received_ts=1)
     assert event.entry_price == Decimal("64.59947917")
     assert event.unrealized_pnl == (Decimal("71.1") - Decimal("70.00")) * Decimal("1.2")
+
+
+def test_a_push_that_closes_and_reopens_a_position_ends_with_it_open():
+    """Found by the interleavings fuzz: the close was emitted after the reopen, so the
+    consumer saw the position closed while the book held it open."""
+    combiner = Combiner()
+    combiner.apply_push([pos(ut=1000, seq=1)], received_ts=1)
+    flat = pos(side="", size="0", entry="0", ut=1001, seq=2)
+    events = combiner.apply_push([flat, pos(side="Sell", ut=1002, seq=3)], received_ts=2)
+    assert [(type(e).__name__, e.side) for e in events] == [("PositionClosed", "Buy"), ("PositionUpdate", "Sell")]
+    assert [v.side for v in combiner.current()] == ["Sell"]
+    # and the reverse: opened and closed within one push
+    events = combiner.apply_push([pos("ETHUSDT", ut=1003, seq=4), pos("ETHUSDT", side="", size="0", entry="0",
+                                                                        ut=1004, seq=5)], received_ts=3)
+    assert [type(e).__name__ for e in events] == ["PositionUpdate", "PositionClosed"]
+    assert {v.symbol for v in combiner.current()} == {"BTCUSDT"}

@@ -102,3 +102,37 @@ def test_the_report_has_both_latencies_and_their_sparklines():
     assert 100.0 <= report["exchange_to_event_ms"]["p50"] <= 120.0
     assert report["history"]["slot_s"] == 5.0
     assert report["history"]["exchange_to_event_p99_ms"][-1] == report["exchange_to_event_ms"]["p99"]
+
+
+def test_the_combiner_records_exchange_and_frame_latency_per_event_from_the_read_stamp():
+    from decimal import Decimal
+
+    from hybrid_actors import Credentials, StreamConfig
+    from hybrid_actors.actors.emitter import CombinerActor
+    from hybrid_actors.actors.hub import Hub
+    from hybrid_actors.state import Mark, PositionClosed, PositionUpdate
+
+    hub = Hub(StreamConfig(credentials=Credentials("abcdkey", "secret")), rest=None,  # type: ignore[arg-type]
+              wall_clock=lambda: 1_700_000_000.250)
+    actor = CombinerActor(hub)
+
+    def update(source: str, exchange_ts: int | None, received_ts: int) -> PositionUpdate:
+        return PositionUpdate(symbol="BTCUSDT", category="linear", side="Buy", size=Decimal(1),
+                              entry_price=Decimal(1), mark_price=Decimal(2), unrealized_pnl=Decimal(1),
+                              position_idx=0, source=source, exchange_ts=exchange_ts,  # type: ignore[arg-type]
+                              received_ts=received_ts)
+
+    marks = {"BTCUSDT": Mark(Decimal(2), 1_700_000_000_100, 1_700_000_000_248, read_at=1_700_000_000.2485)}
+    actor._measure([update("ticker", 1_700_000_000_100, 1_700_000_000_248)], marks, now=1.0)
+    assert hub.latency.exchange_to_event.sum == pytest.approx(0.150, abs=1e-6)  # ticker ts -> hand-over
+    assert hub.latency.frame_to_event.sum == pytest.approx(0.0015, abs=1e-6)  # the float read stamp, not whole ms
+    # a private push: its received_ts (ms) is the read; a REST snapshot is counted but not timed
+    import attrs
+
+    pushed = update("position", 1_700_000_000_000, 1_700_000_000_240)
+    closed = PositionClosed(**{**attrs.asdict(pushed), "size": Decimal(0)})
+    actor._measure([update("rest", 1_600_000_000_000, 1_700_000_000_249), closed], None, now=1.0)
+    assert hub.latency.frame_to_event.count == 2 and hub.latency.exchange_to_event.count == 2
+    assert hub.latency.exchange_to_event.sum == pytest.approx(0.150 + 0.250, abs=1e-6)
+    assert hub.health.events_by_kind == {("position.update", "ticker"): 1, ("position.update", "rest"): 1,
+                                         ("position.closed", "position"): 1}

@@ -202,22 +202,26 @@ class Control:
         self._ex.changed()
 
     # --- REST ----------------------------------------------------------------------------------
-    def rest_error(self, ret_code: int, ret_msg: str, *, count: int | None = 1, path: str | None = None) -> None:
-        """The next ``count`` REST calls (to ``path`` or any) answer HTTP 200 with this retCode."""
-        self._ex.faults.add_rest(RestFaultKind.RET_CODE, count, path, ret_code=ret_code, ret_msg=ret_msg)
+    def rest_error(self, ret_code: int, ret_msg: str, *, count: int | None = 1, path: str | None = None,
+                   query: str | None = None) -> None:
+        """The next ``count`` REST calls (to ``path`` or any; with ``query``, only those whose
+        raw query string contains it, e.g. one settle coin's page) answer HTTP 200 with this retCode."""
+        self._ex.faults.add_rest(RestFaultKind.RET_CODE, count, path, ret_code=ret_code, ret_msg=ret_msg, query=query)
         self._ex.changed()
 
-    def rest_http_error(self, status: int = 503, *, count: int | None = 1, path: str | None = None) -> None:
+    def rest_http_error(self, status: int = 503, *, count: int | None = 1, path: str | None = None,
+                        query: str | None = None) -> None:
         if not 400 <= status <= 599:
             raise ValueError(f"status must be an HTTP error status, got {status!r}")
-        self._ex.faults.add_rest(RestFaultKind.HTTP_STATUS, count, path, status=status)
+        self._ex.faults.add_rest(RestFaultKind.HTTP_STATUS, count, path, status=status, query=query)
         self._ex.changed()
 
-    def rest_hang(self, seconds: float, *, count: int | None = 1, path: str | None = None) -> None:
+    def rest_hang(self, seconds: float, *, count: int | None = 1, path: str | None = None,
+                  query: str | None = None) -> None:
         """The next ``count`` REST calls wait ``seconds`` (trio time) before answering normally."""
         if seconds < 0:
             raise ValueError(f"seconds must be >= 0, got {seconds!r}")
-        self._ex.faults.add_rest(RestFaultKind.HANG, count, path, seconds=seconds)
+        self._ex.faults.add_rest(RestFaultKind.HANG, count, path, seconds=seconds, query=query)
         self._ex.changed()
 
     def set_account(self, *, classic: bool | None = None, paging: Paging | str | None = None,

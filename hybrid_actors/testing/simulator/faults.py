@@ -106,6 +106,8 @@ class RestFault:
     ret_msg: str = ""
     status: int = 0
     seconds: float = 0.0
+    #: only calls whose raw query string contains this (e.g. "settleCoin=USDC": one page)
+    query: str | None = None
 
 
 @attrs.define
@@ -181,8 +183,9 @@ class Faults:
                 return rule
         return None
 
-    def take_rest(self, path: str) -> RestFault | None:
-        return self._take(self.rest, lambda r: r.path is None or r.path == path)
+    def take_rest(self, path: str, query: str = "") -> RestFault | None:
+        return self._take(self.rest, lambda r: (r.path is None or r.path == path)
+                          and (r.query is None or r.query in query))
 
     def take_handshake_rejection(self, kind: str) -> int | None:
         rule = self._take(self.handshakes, lambda r: target_matches(r.target, kind, ""))

@@ -92,7 +92,7 @@ class RestApi:
                    ("X-Bapi-Limit-Reset-Timestamp", str(ex.now_ms() + int(reset_in * 1000))))
         if not allowed:
             return self._envelope(request, 10006, "Too many visits!", {}, headers)
-        fault = ex.faults.take_rest(request.path)
+        fault = ex.faults.take_rest(request.path, request.query)
         if fault is not None and fault.kind is RestFaultKind.HANG:
             await trio.sleep(fault.seconds)
         elif fault is not None and fault.kind is RestFaultKind.HTTP_STATUS:
