@@ -45,10 +45,12 @@ async def test_hybrid_mode_from_the_environment_and_bad_rollout_flags_exit_2():
     result = await run_cli("run", "--stream-url", "ws://127.0.0.1:1", env=env)
     assert result.returncode == 2 and b"HYBRID_MODE 'shadow' is not a mode" in result.stderr
     for flags, words in ((["--mode", "prod"], b"rest, canary, parallel, production"),
-                         (["--cutover-percent", "150"], b"cutover_percent"),
+                         (["--cutover-percent", "150"], b"--cutover-percent"),
                          (["--divergence-threshold", "abc"], b"--divergence-threshold"),
+                         (["--divergence-threshold", "0%"], b"--divergence-threshold"),
                          (["--stale-after", "-1"], b"--stale-after"),
-                         (["--rollback-sub-failures", "0"], b"--rollback-sub-failures"),
+                         (["--rollback-sub-failures", "-2"], b"--rollback-sub-failures"),
+                         (["--rollback-after-silence", "nan"], b"--rollback-after-silence"),
                          (["--auto-return", "soon"], b"--auto-return")):
         result = await run_cli("run", *flags, env=cli_env("k", "s"))
         assert result.returncode == 2, (flags, result.stderr)
