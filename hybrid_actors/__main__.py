@@ -7,9 +7,8 @@ Subcommands:
 - ``simulator``  serve the local Bybit v5 simulator for other processes
 - ``dashboard``  a live terminal dashboard of a running stream (its ``--metrics-port``)
 
-Events go to stdout (JSON lines or a live table); logs go to stderr.
-Exit codes: 0 done, 1 crash loop / unexpected error, 2 bad usage or configuration,
-3 credentials rejected.
+Events go to stdout (JSON lines or a live table); logs go to stderr. Help texts are plain
+text (argparse prints them as they are). Exit codes: see :data:`EXIT_CODES`.
 """
 
 from __future__ import annotations
@@ -27,7 +26,7 @@ import trio
 from . import __version__
 from .cli_rollout import add_rollout_options, rollout_settings
 from .config import POSITION_CATEGORIES, Credentials, Endpoints, StreamConfig
-from .errors import AuthRejected, ConfigError, HybridActorsError, RestartIntensityExceeded
+from .errors import AuthRejected, ConfigError, HybridActorsError, RestartIntensityExceeded, StartTimeout
 from .output import consume
 from .supervisor import exception_leaves, open_hybrid_stream
 
@@ -35,12 +34,24 @@ __all__ = ["main", "build_parser"]
 
 log = logging.getLogger("hybrid_actors")
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_AUTH = 0, 1, 2, 3
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_AUTH, EXIT_START_TIMEOUT, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
+#: what each exit code means (also in --help and the README)
+EXIT_CODES = {EXIT_OK: "done (--seconds elapsed after start-up, or the reader of stdout went away)",
+              EXIT_ERROR: "the stream ended: crash loop or unexpected error",
+              EXIT_USAGE: "bad flag or configuration",
+              EXIT_AUTH: "credentials rejected",
+              EXIT_START_TIMEOUT: "never connected within --start-timeout",
+              EXIT_INTERRUPTED: "interrupted (Ctrl-C)"}
+DESCRIPTION = ("Live Bybit v5 positions for a trading bot: the private position stream and the public "
+               "tickers combined into one event stream (JSON lines or a live table on stdout; logs on stderr).")
+EPILOG = "exit codes: " + "; ".join(f"{code} {meaning}" for code, meaning in EXIT_CODES.items())
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+DEFAULT_START_TIMEOUT = 30.0
 
 
 def _check_positive(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Durations and rates (never prices) are floats; argparse parses them, we bound them."""
-    for name in ("heartbeat_interval", "seconds", "rate", "refresh"):
+    for name in ("heartbeat_interval", "seconds", "rate", "start_timeout", "refresh"):
         value = getattr(args, name, None)
         if value is not None and not value > 0:
             parser.error(f"--{name.replace('_', '-')} must be > 0, got {value}")
@@ -64,31 +75,49 @@ def _add_stream_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metrics-host", default="127.0.0.1", metavar="ADDRESS",
                         help="address the metrics server binds (default 127.0.0.1: this machine only)")
     parser.add_argument("--seconds", type=float, default=None,
-                        help="stop by itself after this many seconds")
-    parser.add_argument("--log-level", default="INFO",
-                        choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"))
+                        help="stop by itself this many seconds after the stream has started (start-up "
+                             "does not count; exit 0)")
+    parser.add_argument("--start-timeout", type=float, default=DEFAULT_START_TIMEOUT, metavar="SECONDS",
+                        help=f"give up (exit {EXIT_START_TIMEOUT}, saying what failed) if the stream is not up "
+                             f"within this many seconds (default {DEFAULT_START_TIMEOUT:g})")
+    add_log_level(parser, "INFO")
     add_rollout_options(parser)
 
 
+def add_log_level(parser: argparse.ArgumentParser, default: str) -> None:
+    """``--log-level``, any case (``debug`` = ``DEBUG``), with help."""
+    parser.add_argument("--log-level", default=default, type=str.upper, choices=LOG_LEVELS, metavar="LEVEL",
+                        help=f"logs on stderr at this level and above: {', '.join(LOG_LEVELS)}, any case "
+                             f"(default {default})")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m hybrid_actors", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m hybrid_actors", description=DESCRIPTION, epilog=EPILOG)
     parser.add_argument("--version", action="version", version=f"hybrid_actors {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{run,demo,simulator,dashboard}")
 
     run = sub.add_parser("run", help="stream live Bybit positions (keys from the environment)",
                          description="Stream Bybit positions with live mark prices. Keys come from "
-                                     "BYBIT_API_KEY and BYBIT_API_SECRET.")
+                                     "BYBIT_API_KEY and BYBIT_API_SECRET.", epilog=EPILOG)
+    run.set_defaults(subparser=run)
     env = run.add_mutually_exclusive_group()
     env.add_argument("--testnet", action="store_true", help="use Bybit testnet")
-    env.add_argument("--demo", action="store_true", help="use Bybit demo trading (mainnet demo account)")
+    env.add_argument("--demo-trading", action="store_true",
+                     help="use Bybit demo trading (a mainnet demo account: private socket on stream-demo, "
+                          "public data from mainnet); not the keyless 'demo' command")
+    env.add_argument("--demo", action="store_true", dest="demo_deprecated", help=argparse.SUPPRESS)
     run.add_argument("--stream-url", metavar="ws://HOST:PORT",
                      help="WebSocket base; /v5/public/{category} and /v5/private are appended")
     run.add_argument("--rest-url", metavar="http://HOST:PORT", help="REST base URL")
     _add_stream_options(run)
 
-    demo = sub.add_parser("demo", help="run the stream against the built-in simulator (no keys, no network)")
+    demo = sub.add_parser("demo", help="run the stream against the built-in simulator (no keys, no network)",
+                          description="The stream against the built-in Bybit simulator on loopback: no keys, "
+                                      "no network.", epilog=EPILOG)
+    demo.set_defaults(subparser=demo)
     demo.add_argument("--symbols", type=int, default=20, help="instruments the simulator lists (default 20)")
-    demo.add_argument("--positions", type=int, default=5, help="positions open at start (default 5)")
+    demo.add_argument("--positions", type=int, default=5,
+                      help="positions open at start, in the categories followed (default 5)")
     demo.add_argument("--rate", type=float, default=10.0, help="ticker pushes per second per symbol")
     demo.add_argument("--seed", type=int, default=7, help="random seed of prices and the scenario")
     _add_stream_options(demo)
@@ -103,10 +132,17 @@ def build_parser() -> argparse.ArgumentParser:
     dash.add_argument("--sort", choices=("pnl", "age", "symbol"), default="pnl",
                       help="pnl: largest |uPnL| first (default); age: stalest mark first; symbol")
     dash.add_argument("--once", action="store_true", help="print one frame and exit (for scripts)")
-    dash.add_argument("--log-level", default="WARNING", choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"))
+    add_log_level(dash, "WARNING")
+    dash.set_defaults(subparser=dash)
     sub.add_parser("simulator", help="serve the local Bybit v5 simulator (see 'simulator --help')",
                    add_help=False)
     return parser
+
+
+def _deduplicated(args: argparse.Namespace) -> None:
+    """A repeated --category counts once (first mention first)."""
+    if getattr(args, "categories", None):
+        args.categories = list(dict.fromkeys(args.categories))
 
 
 def _configure_logging(level: str) -> None:
@@ -123,9 +159,9 @@ def _credentials_from_env() -> Credentials:
     return Credentials(key, secret)
 
 
-async def _run(config: StreamConfig, output: str, seconds: float | None) -> None:
-    with trio.move_on_after(seconds) if seconds else nullcontext():
-        async with open_hybrid_stream(config) as stream:
+async def _run(config: StreamConfig, output: str, seconds: float | None, start_timeout: float) -> None:
+    async with open_hybrid_stream(config, start_timeout=start_timeout) as stream:
+        with trio.move_on_after(seconds) if seconds else nullcontext():  # counted from start-up done
             await consume(stream, output)
 
 
@@ -137,17 +173,21 @@ def _config_from(args: argparse.Namespace, credentials: Credentials, endpoints: 
 
 
 #: how the run command spells Endpoints.choose's options (its errors name these flags)
-_ENDPOINT_FLAGS = {"testnet": "--testnet", "demo": "--demo", "stream_url": "--stream-url", "rest_url": "--rest-url"}
+_ENDPOINT_FLAGS = {"testnet": "--testnet", "demo": "--demo-trading", "stream_url": "--stream-url",
+                   "rest_url": "--rest-url"}
 
 
 def _run_unwrapped(args: argparse.Namespace, output: str) -> None:
     """Run the command; an error that ended it comes out on its own, not in a group."""
     try:
         if args.command == "run":
-            endpoints = Endpoints.choose(testnet=args.testnet, demo=args.demo, stream_url=args.stream_url,
-                                         rest_url=args.rest_url, names=_ENDPOINT_FLAGS)
+            try:
+                endpoints = Endpoints.choose(testnet=args.testnet, demo=args.demo_trading, stream_url=args.stream_url,
+                                             rest_url=args.rest_url, names=_ENDPOINT_FLAGS)
+            except ConfigError as exc:
+                args.subparser.error(str(exc))  # a bad flag: say so with the command's usage
             config = _config_from(args, _credentials_from_env(), endpoints)
-            trio.run(_run, config, output, args.seconds)
+            trio.run(_run, config, output, args.seconds, args.start_timeout)
         elif args.command == "dashboard":
             from .dashboard import default_rows, run_dashboard
 
@@ -177,7 +217,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return simulator_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
-    _check_positive(parser, args)
+    _check_positive(args.subparser, args)
+    _deduplicated(args)
+    if getattr(args, "demo_deprecated", False):
+        print("hybrid_actors: warning: 'run --demo' is deprecated; use 'run --demo-trading' (Bybit demo trading). "
+              "The keyless simulator demo is the 'demo' command.", file=sys.stderr)
+        args.demo_trading = True
     _configure_logging(args.log_level)
     output = getattr(args, "output", None) or ("table" if sys.stdout.isatty() else "jsonl")
     try:
@@ -188,6 +233,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AuthRejected as exc:
         print(f"hybrid_actors: {exc}", file=sys.stderr)
         return EXIT_AUTH
+    except StartTimeout as exc:
+        print(f"hybrid_actors: never connected: {exc}", file=sys.stderr)
+        return EXIT_START_TIMEOUT
     except RestartIntensityExceeded as exc:
         print(f"hybrid_actors: stopped: {exc}", file=sys.stderr)
         return EXIT_ERROR
@@ -195,11 +243,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"hybrid_actors: stopped: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
-        return EXIT_OK
+        print("hybrid_actors: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except BrokenPipeError:  # the reader of our stdout went away (e.g. `| head`)
         # Point stdout at /dev/null so the interpreter's final flush does not complain.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
+    except Exception as exc:  # noqa: BLE001 - a bug of ours: say so, with the traceback, and exit 1
+        log.critical("unexpected error", exc_info=exc)
+        print(f"hybrid_actors: stopped by an unexpected error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_ERROR
     return EXIT_OK
 
 

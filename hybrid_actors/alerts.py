@@ -27,6 +27,7 @@ The last three read ``health['rollout']`` (absent: never firing).
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterator, Mapping
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -40,6 +41,8 @@ __all__ = ["Check", "FiringAlert", "AlertEvaluator", "STATIC_ALERTS", "log_alert
 
 log = logging.getLogger("hybrid_actors.alerts")
 
+#: how far past a threshold the next check is scheduled (conditions are strict: ``>``)
+DEADLINE_MARGIN = 0.001
 #: the alerts that exist whatever the sockets are called (``disconnected*`` add one per socket)
 STATIC_ALERTS = ("latency_high", "latency_critical", "latency_consider_rollback", "no_events",
                  "divergence_consider_rollback", "rolled_back")
@@ -86,10 +89,19 @@ class AlertEvaluator:
     _clearing: dict[str, float] = attrs.Factory(dict)
     #: every name ever checked (for the metrics: 0 while not firing)
     known: set[str] = attrs.Factory(lambda: set(STATIC_ALERTS))
+    #: the earliest time an alert could fire or resolve with no new input (set by evaluate):
+    #: the actor sleeps until then unless the stream's state changes first
+    next_check: float = math.inf
+    _deadlines: list[float] = attrs.Factory(list)
+
+    def _at(self, when: float) -> None:
+        """A condition may change at ``when`` (just past a strict ``>`` threshold)."""
+        self._deadlines.append(when + DEADLINE_MARGIN)
 
     def evaluate(self, health: Mapping[str, Any], now: float, ts: int) -> list[StreamAlert]:
         """The alerts that fire or resolve at ``now`` given ``health``."""
         out: list[StreamAlert] = []
+        self._deadlines.clear()
         for check in self.checks(health, now):
             self.known.add(check.name)
             current = self.firing.get(check.name)
@@ -109,6 +121,9 @@ class AlertEvaluator:
                     del self._clearing[check.name]
                     out.append(StreamAlert(check.level, check.name, f"resolved: {check.message}", check.value,
                                            check.threshold, "resolved", ts))
+                else:
+                    self._at(since + self.policy.resolve_after)
+        self.next_check = min(self._deadlines, default=math.inf)
         return out
 
     def report(self, now: float) -> list[dict[str, Any]]:
@@ -136,6 +151,11 @@ class AlertEvaluator:
                     f"exchange->event latency p95 {shown} (over {policy.latency_critical_ms:g} ms)",
                     p95, policy.latency_critical_ms)
         slow_for = now - self._slow_since if self._slow_since is not None else 0.0
+        if p95 is not None and p95 > policy.latency_warning_ms:  # the window may forget the slow samples
+            slot = number(((health.get("latency") or {}).get("history") or {}).get("slot_s")) or 5.0
+            self._at(now + slot)
+        if slow and slow_for < policy.latency_rollback_after and self._slow_since is not None:
+            self._at(self._slow_since + policy.latency_rollback_after)
         yield Check("latency_consider_rollback", "critical", slow and slow_for >= policy.latency_rollback_after,
                     f"exchange->event latency p95 {shown} over {policy.latency_critical_ms:g} ms for "
                     f"{slow_for:.0f}s: consider rollback", p95, policy.latency_critical_ms)
@@ -150,6 +170,8 @@ class AlertEvaluator:
         elif quiet is not None:
             self._quiet_seen = None
         silent = bool(positions) and quiet is not None and quiet > policy.no_events_critical
+        if positions and quiet is not None and not silent:
+            self._at(now + (policy.no_events_critical - quiet))
         yield Check("no_events", "critical", silent,
                     f"no event for {quiet or 0:.0f}s with {positions} position(s) open "
                     f"(limit {policy.no_events_critical:g}s)", round(quiet or 0.0, 3), policy.no_events_critical)
@@ -166,6 +188,9 @@ class AlertEvaluator:
                 down = number(conn.get("down_s"))
                 if down is None:
                     down = now - self._down_seen.setdefault(socket, now)
+            for threshold in (policy.disconnected_warning, policy.disconnected_critical):
+                if 0 < down <= threshold or (down == 0 and not conn.get("connected")):
+                    self._at(now + (threshold - down))
             text = f"{socket} disconnected for {down:.0f}s" if down else f"{socket} connected"
             yield Check(f"disconnected:{socket}", "warning", down > policy.disconnected_warning,
                         text, round(down, 3), policy.disconnected_warning)
@@ -185,6 +210,8 @@ class AlertEvaluator:
             ratio = number(rollout.get("divergence_max_ratio"))
         threshold = number(rollout.get("divergence_threshold")) or policy.divergence_ratio
         recent = self._divergence_at is not None and now - self._divergence_at <= policy.divergence_hold
+        if recent and self._divergence_at is not None:
+            self._at(self._divergence_at + policy.divergence_hold)
         where = ""
         if isinstance(last, Mapping) and last.get("symbol"):
             where = f" on {last.get('category')}/{last['symbol']} (REST {last.get('rest')}, hybrid {last.get('hybrid')})"

@@ -31,14 +31,14 @@ async def run_demo(args: argparse.Namespace, output: str) -> None:
     scenario = ScenarioConfig(categories=categories, min_interval=0.5, max_interval=2.0,
                               max_open=max(1, min(8, args.symbols)))
     sim_config = SimulatorConfig(symbols=args.symbols, positions=args.positions, rate=args.rate,
-                                 seed=args.seed, scenario=scenario)
-    with trio.move_on_after(args.seconds) if args.seconds else nullcontext():
-        async with open_simulator(sim_config) as sim:
-            log.info("simulator on %s (REST %s), seed %d", sim.ws_url, sim.rest_url, sim.seed)
-            config = StreamConfig(credentials=sim.credentials, endpoints=sim.endpoints, categories=categories,
-                                  heartbeat_interval=args.heartbeat_interval, metrics_port=args.metrics_port,
-                                  metrics_host=args.metrics_host, **rollout_settings(args))
-            async with open_hybrid_stream(config) as stream:
-                print(f"demo: streaming {len(stream.positions())} open position(s) from the simulator "
-                      f"({', '.join(categories)}); Ctrl-C to stop", file=sys.stderr, flush=True)
+                                 seed=args.seed, scenario=scenario, position_categories=categories)
+    async with open_simulator(sim_config) as sim:
+        log.info("simulator on %s (REST %s), seed %d", sim.ws_url, sim.rest_url, sim.seed)
+        config = StreamConfig(credentials=sim.credentials, endpoints=sim.endpoints, categories=categories,
+                              heartbeat_interval=args.heartbeat_interval, metrics_port=args.metrics_port,
+                              metrics_host=args.metrics_host, **rollout_settings(args))
+        async with open_hybrid_stream(config, start_timeout=args.start_timeout) as stream:
+            print(f"demo: streaming {len(stream.positions())} open position(s) from the simulator "
+                  f"({', '.join(categories)}); Ctrl-C to stop", file=sys.stderr, flush=True)
+            with trio.move_on_after(args.seconds) if args.seconds else nullcontext():  # from start-up done
                 await consume(stream, output)

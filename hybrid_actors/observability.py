@@ -10,6 +10,7 @@ process collector. Neither ever contains the API key or secret: the report holds
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from collections.abc import Callable
 from decimal import Decimal
@@ -41,6 +42,13 @@ def health_json(report: HealthReport) -> bytes:
     return orjson.dumps(report.as_dict(), default=_default, option=orjson.OPT_NON_STR_KEYS)
 
 
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
+
+
 def stream_sample(hub: Hub, health: Callable[[], HealthReport], alert_names: tuple[str, ...] = ()) -> StreamSample:
     latency = hub.latency
     return StreamSample(health().as_dict(), latency.exchange_to_event.exported(), latency.frame_to_event.exported(),
@@ -68,5 +76,8 @@ async def serve_observability(hub: Hub, health: Callable[[], HealthReport], *,
         shown = f"[{host}]" if ":" in host else host
         url = f"http://{shown}:{port}"
         log.info("metrics at %s/metrics, health at %s/health", url, url)
+        if not _is_loopback(host):
+            log.warning("the metrics server listens on %s: other machines can read it (no authentication; "
+                        "it shows positions, never keys)", url)
         task_status.started(url)
     raise AssertionError("unreachable")  # pragma: no cover

@@ -26,6 +26,7 @@ A failing child never tears down its siblings: only the supervisor's own errors
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 import time
@@ -51,7 +52,8 @@ from .actors.rest_poller import RestPollerActor
 from .actors.rollback import RollbackMonitor
 from .actors.subscriptions import SubscriptionManager
 from .config import StreamConfig
-from .errors import AuthRejected, HybridActorsError, RestartIntensityExceeded, SupervisorError, TransportError
+from .errors import (AuthRejected, HybridActorsError, RestartIntensityExceeded, StartTimeout, SupervisorError,
+                     TransportError)
 from .health import HealthReport
 from .observability import serve_observability
 from .rest import open_rest_client
@@ -436,13 +438,16 @@ def _scope_name(scope: tuple[str, str | None]) -> str:
 
 @asynccontextmanager
 async def open_hybrid_stream(config: StreamConfig, *, wall_clock: Callable[[], float] = time.time,
-                             rng: random.Random | None = None) -> AsyncIterator[HybridStream]:
+                             rng: random.Random | None = None,
+                             start_timeout: float | None = None) -> AsyncIterator[HybridStream]:
     """Run the supervised actors; yield once the private snapshot is applied and every
     public socket is up.
 
     Raises :class:`~.errors.AuthRejected` for bad credentials and
     :class:`~.errors.RestartIntensityExceeded` for a crash loop, from the ``async with``
-    (a failure while you iterate cancels your block first). Outages never end it.
+    (a failure while you iterate cancels your block first). Outages never end it, except
+    before the first start: with ``start_timeout`` (seconds), a stream that is not up by
+    then raises :class:`~.errors.StartTimeout` naming what failed.
     """
     random_source = rng or random.Random()
     mode = resolve_mode(config.mode, os.environ)
@@ -455,13 +460,16 @@ async def open_hybrid_stream(config: StreamConfig, *, wall_clock: Callable[[], f
             hub = Hub(config, rest, wall_clock=wall_clock, rng=random_source, mode=mode)
             supervisor = Supervisor(hub)
             async with trio.open_nursery() as nursery:
-                await nursery.start(supervisor.run)
                 metrics_url = None
-                if config.metrics_port is not None:  # up before the first snapshot: a slow start shows
-                    metrics_url = await nursery.start(partial(
-                        serve_observability, hub, partial(build_health_report, hub),
-                        alert_names=lambda: tuple(sorted(hub.alerts.known))))
-                await hub.first_snapshot.wait()
+                with trio.move_on_after(math.inf if start_timeout is None else start_timeout) as starting:
+                    await nursery.start(supervisor.run)
+                    if config.metrics_port is not None:  # up before the first snapshot: a slow start shows
+                        metrics_url = await nursery.start(partial(
+                            serve_observability, hub, partial(build_health_report, hub),
+                            alert_names=lambda: tuple(sorted(hub.alerts.known))))
+                    await hub.first_snapshot.wait()
+                if starting.cancelled_caught:
+                    raise StartTimeout(_why_not_started(hub, start_timeout))
                 try:
                     yield HybridStream(hub, supervisor, metrics_url)
                 finally:
@@ -470,6 +478,17 @@ async def open_hybrid_stream(config: StreamConfig, *, wall_clock: Callable[[], f
     except BaseExceptionGroup as group:
         _raise_meaningful(group)
         raise
+
+
+def _why_not_started(hub: Hub, timeout: float | None) -> str:
+    endpoints = hub.config.endpoints
+    failing = [f"{name}: {stats.last_error}" for name, stats in hub.health.actors.items()
+               if stats.state != "running" and stats.last_error]
+    waiting = [name for name, stats in hub.health.actors.items() if stats.state != "running" and not stats.last_error]
+    detail = "; ".join(failing) if failing else f"still waiting for {', '.join(waiting) or 'the first snapshot'}"
+    return (f"the stream did not start within {timeout:g}s ({detail}); check the network and the URLs: "
+            f"{endpoints.ws_private_url}, {', '.join(endpoints.public_url(c) for c in hub.config.categories)}, "
+            f"{endpoints.rest_url}")
 
 
 def _raise_meaningful(group: BaseExceptionGroup) -> None:

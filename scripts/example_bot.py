@@ -338,7 +338,9 @@ def main() -> int:
                         help="open the positions this many seconds before the bot starts (default 0)")
     parser.add_argument("--step-interval", type=float, default=0.3, help="seconds between scripted price moves")
     parser.add_argument("--rate", type=float, default=2.0, help="simulator ticks per second per symbol")
-    parser.add_argument("--log-level", default="WARNING")
+    parser.add_argument("--log-level", default="WARNING", type=str.upper, metavar="LEVEL",
+                        choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
+                        help="logs on stderr at this level and above, any case (default WARNING)")
     args = parser.parse_args()
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     exchange = SimulatedExchange(args.rate)

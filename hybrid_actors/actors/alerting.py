@@ -1,5 +1,11 @@
-"""Alert actor: evaluates the alert rules (``alerts.py``) once a second and sends each
-transition as a ``stream.alert`` notice on the event stream and as a structured log line.
+"""Alert actor: evaluates the alert rules (``alerts.py``) and sends each transition as a
+``stream.alert`` notice on the event stream and as a structured log line.
+
+It evaluates when the stream's state changes (events handed over, notices, sockets coming
+and going: ``hub.alert_watch`` and the link registry) but at most once per
+``AlertPolicy.interval``, and otherwise sleeps until the evaluator's ``next_check`` (the
+moment a threshold could be crossed with no new input). A busy stream is checked once a
+second; an idle one costs no periodic wakeups.
 
 The evaluator lives in the hub (``hub.alerts``), so a restarted actor neither fires an
 alert twice nor forgets one that is firing; this actor is its only writer.
@@ -20,6 +26,18 @@ from .hub import Hub
 __all__ = ["AlertActor", "alert_view"]
 
 
+async def _first_of(*events: trio.Event) -> None:
+    """Return when any of ``events`` is set."""
+    async with trio.open_nursery() as nursery:
+        for event in events:
+            nursery.start_soon(_set_then_cancel, event, nursery.cancel_scope)
+
+
+async def _set_then_cancel(event: trio.Event, scope: trio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()
+
+
 def alert_view(report: HealthReport) -> dict[str, Any]:
     """The parts of a health report the rules read (no deep copy of the rest)."""
     return {"connections": report.connections, "events": report.events, "positions": report.positions,
@@ -37,12 +55,14 @@ class AlertActor:
         hub = self.hub
         interval = hub.config.alerts.interval
         task_status.started()
-        next_at = trio.current_time()
         while True:
-            next_at += interval
-            await trio.sleep_until(next_at)
+            evaluated_at = trio.current_time()
+            hub.alert_watch = trio.Event()  # changes from now on wake us
+            links_changed = hub.links.changed
             self.evaluate()
-            next_at = max(next_at, trio.current_time() - interval)  # after a long stall, no catch-up burst
+            with trio.move_on_at(hub.alerts.next_check):
+                await _first_of(hub.alert_watch, links_changed)
+            await trio.sleep_until(evaluated_at + interval)  # at most once per interval
 
     def evaluate(self) -> None:
         hub = self.hub

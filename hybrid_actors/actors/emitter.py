@@ -126,6 +126,9 @@ class CombinerActor:
         if not events:
             return
         now = trio.current_time()
+        watch = hub.alert_watch
+        if not watch.is_set():
+            watch.set()
         health = hub.health
         health.events_emitted += len(events)
         health.last_event_ms = events[-1].received_ts

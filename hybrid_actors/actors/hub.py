@@ -131,6 +131,9 @@ class Hub:
     latency: Latency = attrs.Factory(Latency)
     #: alert state; the alert actor is its only writer
     alerts: AlertEvaluator = attrs.field(init=False)
+    #: set when something the alert rules read has changed (events, notices); the alert actor
+    #: replaces it after each evaluation, so an idle stream costs no periodic wakeups
+    alert_watch: trio.Event = attrs.Factory(trio.Event)
     events: EventQueue = attrs.field(init=False)
     marks: LatestByKey[tuple[str, str], Mark] = attrs.Factory(LatestByKey)
     desired: Watch[dict[str, frozenset[str]]] = attrs.field(init=False)
@@ -191,3 +194,4 @@ class Hub:
         stream has ended) it is ignored."""
         self.events.put(notice)
         self.health.notices_emitted += 1
+        self.alert_watch.set()

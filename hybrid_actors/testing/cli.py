@@ -35,7 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--scenario", action="store_true",
                         help="open, resize and close positions at random while serving")
     parser.add_argument("--json", action="store_true", help="print the connection details as one JSON line")
-    parser.add_argument("--log-level", default="WARNING", help="logging level on stderr (default WARNING)")
+    parser.add_argument("--log-level", default="WARNING", type=str.upper, metavar="LEVEL",
+                        choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
+                        help="logs on stderr at this level and above: DEBUG, INFO, WARNING, ERROR, CRITICAL, "
+                             "any case (default WARNING)")
     return parser
 
 

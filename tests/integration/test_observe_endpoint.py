@@ -239,3 +239,12 @@ async def test_the_dashboard_command_renders_the_running_stream(loopback_clock):
             assert any(line.split()[:3] == ["linear", "2", "2"] for line in lines)
         with pytest.raises(HttpFetchError):  # the stream is gone
             await run_dashboard(s.stream.metrics_url, once=True, console=console)
+
+
+async def test_a_non_loopback_bind_is_served_and_logged_as_reachable(loopback_clock, caplog):
+    with trio.fail_after(TEST_TIMEOUT):
+        async with running(metrics_port=0, metrics_host="0.0.0.0") as s:
+            assert s.stream.metrics_url.startswith("http://0.0.0.0:")
+            port = s.stream.metrics_url.rsplit(":", 1)[1]
+            assert (await http_get(f"http://127.0.0.1:{port}", "/health"))[0] == 200
+    assert any("other machines can read it" in r.getMessage() for r in caplog.records)

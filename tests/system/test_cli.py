@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 from decimal import Decimal
 
@@ -181,3 +182,112 @@ async def test_revoked_keys_mid_run_print_failed_as_the_last_line_and_exit_3():
     assert states == ["starting", "live", "degraded", "failed"]
     assert lines[-1]["event"] == "stream.state" and lines[-1]["reason"].startswith("AuthRejected: ")
     assert sim["api_secret"] not in lines[-1]["reason"]
+
+
+# --- every exit code, and the flags around them ---------------------------------------------------------
+
+def free_port() -> int:
+    """A loopback port nobody listens on (bound, then released)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def test_never_connected_exits_4_with_the_reason_within_the_start_timeout():
+    port = free_port()
+    result = await run_cli("run", "--stream-url", f"ws://127.0.0.1:{port}", "--rest-url", f"http://127.0.0.1:{port}",
+                           "--start-timeout", "1.5", "--seconds", "0.5", "--log-level", "critical",
+                           env=cli_env("key", "secret"), timeout=30)
+    err = result.stderr.decode()
+    assert result.returncode == 4, err
+    assert "never connected" in err and "did not start within 1.5s" in err
+    assert f"127.0.0.1:{port}" in err and "Error" in err  # what failed, not just that it did
+    assert "secret" not in err and result.stdout == b""
+
+
+async def test_seconds_count_from_start_up_not_from_launch():
+    """The exchange refuses the first handshakes, so start-up takes a while: --seconds 0.5 must
+    still show a live stream (old behaviour: the clock ran out during start-up, exit 0, no output)."""
+    async with simulator("--positions", "2", "--rate", "5", "--seed", "3") as sim:
+        await sim_control(sim, "reject_connections", count=4, status=503)
+        result = await run_cli("run", "--stream-url", sim["ws_url"], "--rest-url", sim["rest_url"], "--output",
+                               "jsonl", "--seconds", "0.5", "--log-level", "ERROR",
+                               env=cli_env(sim["api_key"], sim["api_secret"]), timeout=60)
+    assert result.returncode == 0, result.stderr.decode()[-2000:]
+    lines = [check_contract(line) for line in result.stdout.splitlines()]
+    assert [e["state"] for e in lines if e["event"] == "stream.state"][:2] == ["starting", "live"]
+    assert any(e["event"] == "position.update" for e in lines)
+
+
+async def test_ctrl_c_exits_130():
+    command = [PYTHON, "-m", "hybrid_actors", "demo", "--output", "jsonl", "--log-level", "error"]
+    async with trio.open_nursery() as nursery:
+        proc = await nursery.start(lambda task_status: trio.run_process(
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False, env=cli_env(None, None),
+            task_status=task_status))
+        reader = LineReader(proc.stdout)
+        with trio.fail_after(30):
+            assert await reader.readline()  # running
+            proc.send_signal(signal.SIGINT)
+            while await reader.readline() is not None:
+                pass
+            await proc.wait()
+    assert proc.returncode == 130
+
+
+async def test_a_crash_loop_exits_1_and_names_it():
+    script = ("import sys\n"
+              "from hybrid_actors.actors import public_ws\n"
+              "async def crash(self, *, task_status=None):\n"
+              "    raise ValueError('a bug in the public actor')\n"
+              "public_ws.PublicStreamActor.run = crash\n"
+              "from hybrid_actors.__main__ import main\n"
+              "sys.exit(main(['demo', '--output', 'jsonl', '--log-level', 'critical']))\n")
+    with trio.fail_after(60):
+        result = await trio.run_process([PYTHON, "-c", script], capture_stdout=True, capture_stderr=True,
+                                        check=False, env=cli_env(None, None))
+    err = result.stderr.decode()
+    assert result.returncode == 1, err
+    assert "stopped: actor 'public:linear' crashed" in err and "ValueError: a bug in the public actor" in err
+
+
+async def test_flags_log_level_any_case_deprecated_demo_and_usage_of_the_subcommand():
+    # --log-level in any case, everywhere, with help
+    for command in ("run", "demo", "simulator", "dashboard"):
+        help_text = (await run_cli(command, "--help")).stdout.decode()
+        assert "--log-level LEVEL" in help_text and "any case" in help_text, command
+    result = await run_cli("demo", "--seconds", "0.5", "--output", "jsonl", "--log-level", "debug",
+                           env=cli_env(None, None))
+    assert result.returncode == 0 and b"DEBUG" in result.stderr
+    # help texts are plain text, no reST markup
+    for args in ((), ("run",), ("demo",), ("simulator",), ("dashboard",)):
+        text = (await run_cli(*args, "--help")).stdout.decode()
+        assert "``" not in text and ":class:" not in text, args
+    # an error of a subcommand shows that subcommand's usage
+    result = await run_cli("demo", "--rate", "-1")
+    assert result.returncode == 2 and b"usage: python -m hybrid_actors demo" in result.stderr
+    result = await run_cli("run", "--stream-url", "http://127.0.0.1:1", env=cli_env("k", "s"))
+    assert result.returncode == 2 and b"usage: python -m hybrid_actors run" in result.stderr
+    assert b"--stream-url" in result.stderr
+    # run --demo still works (as --demo-trading), with a deprecation warning; both at once is bad usage
+    result = await run_cli("run", "--demo", "--stream-url", "ws://127.0.0.1:1", env=cli_env(None, None))
+    assert result.returncode == 2 and b"'run --demo' is deprecated; use 'run --demo-trading'" in result.stderr
+    result = await run_cli("run", "--testnet", "--demo-trading", env=cli_env("k", "s"))
+    assert result.returncode == 2 and b"not allowed with argument" in result.stderr
+
+
+async def test_demo_positions_open_in_the_categories_followed_and_a_repeated_category_counts_once():
+    for categories, count in ((["linear", "linear"], 4), (["inverse"], 3)):
+        flags = [arg for category in categories for arg in ("--category", category)]
+        result = await run_cli("demo", "--positions", str(count), *flags, "--seconds", "0.5", "--output", "jsonl",
+                               "--log-level", "WARNING", env=cli_env(None, None))
+        assert result.returncode == 0, result.stderr.decode()[-2000:]
+        lines = [check_contract(line) for line in result.stdout.splitlines()]
+        live = next(i for i, e in enumerate(lines) if e.get("state") == "live")
+        assert set(lines[live]["sockets"]) == {"private", f"public:{categories[0]}"}
+        snapshot = [e for e in lines[:live] if e["event"] == "position.update"]
+        assert len({e["symbol"] for e in snapshot}) == count
+        assert {e["category"] for e in snapshot} == {categories[0]}
+        assert f"streaming {count} open position(s)".encode() in result.stderr

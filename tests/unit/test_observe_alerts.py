@@ -159,3 +159,20 @@ def test_an_absent_rollout_or_latency_never_fires():
 def test_the_policy_refuses_nonsense(field):
     with pytest.raises(ConfigError):
         AlertPolicy(**{field: 0})
+
+
+def test_next_check_is_when_a_threshold_could_be_crossed_with_no_new_input():
+    ev = AlertEvaluator()
+    ev.evaluate(report(), now=0.0, ts=1)
+    assert ev.next_check == pytest.approx(299.501)  # last event 0.5 s ago: 300 s without one, a position open
+    ev.evaluate(report(positions=0), now=0.0, ts=1)
+    assert ev.next_check == float("inf")  # nothing can happen without new input
+    ev.evaluate(report(positions=0, down={"private": 10.0}), now=100.0, ts=2)
+    assert ev.next_check == pytest.approx(120.001)  # the warning at 30 s down
+    ev.evaluate(report(positions=0, down={"private": 30.5}), now=120.5, ts=3)
+    assert ev.next_check == pytest.approx(210.001)  # the critical at 120 s
+    ev.evaluate(report(positions=0), now=130.0, ts=4)  # back: the warning resolves 10 s later
+    assert ev.next_check == pytest.approx(140.001)
+    slow = AlertEvaluator()
+    slow.evaluate(report(positions=0, p95=1200.0), now=0.0, ts=1)
+    assert slow.next_check == pytest.approx(5.001)  # the window may forget the slow samples

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Callable, Final
+from typing import Any, Callable, Final
 
 import attrs
 
@@ -64,9 +64,13 @@ class ScenarioConfig:
 
     @categories.validator
     def _check_categories(self, _attribute: attrs.Attribute, value: tuple[str, ...]) -> None:
-        bad = [c for c in value if c not in ("linear", "inverse", "option")]
-        if not value or bad:
-            raise ConfigError(f"scenario categories must be among linear/inverse/option, got {value!r}")
+        _check_position_categories("scenario categories", value)
+
+
+def _check_position_categories(what: str, value: tuple[str, ...]) -> None:
+    bad = [c for c in value if c not in ("linear", "inverse", "option")]
+    if not value or bad:
+        raise ConfigError(f"{what} must be among linear/inverse/option, got {value!r}")
 
 
 @attrs.frozen
@@ -81,8 +85,10 @@ class SimulatorConfig:
 
     #: known instruments per category (linear, inverse, spot, option)
     symbols: int = attrs.field(default=50, validator=_count)
-    #: random open positions at start (linear/inverse, seeded)
+    #: random open positions at start (seeded), in ``position_categories``
     positions: int = attrs.field(default=5, validator=_count)
+    #: where the positions open at start go (the ``demo`` command passes the ones it follows)
+    position_categories: tuple[str, ...] = attrs.field(default=("linear", "inverse"), converter=tuple)
     rate: float = attrs.field(default=10.0, validator=_non_negative)
     #: None: a random seed (visible as ``Simulator.seed``)
     seed: int | None = None
@@ -119,6 +125,10 @@ class SimulatorConfig:
     scenario: ScenarioConfig | None = None
     #: settle USDC contracts every 8 hours of the wall clock (00:00, 08:00, 16:00 UTC)
     usdc_settlement: bool = True
+
+    @position_categories.validator
+    def _check_position_categories(self, _attribute: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
+        _check_position_categories("position_categories", value)
 
     @connection_limit_status.validator
     def _check_status(self, _attribute: attrs.Attribute, value: int) -> None:

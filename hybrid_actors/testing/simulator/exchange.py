@@ -60,7 +60,7 @@ class Exchange:
                             random.Random(seed + 2))
         faults = Faults(config.max_connections_per_window, config.connection_window, config.connection_limit_status)
         exchange = cls(config, seed, random.Random(seed + 3), market, book, faults)
-        exchange.open_random_positions(config.positions)
+        exchange.open_random_positions(config.positions, config.position_categories)
         return exchange
 
     def now_ms(self) -> int:
@@ -190,10 +190,10 @@ class Exchange:
         step = self.market.require(category, symbol).instrument.qty_step
         return self.open_position(category, symbol, rng.choice(("Buy", "Sell")), step * rng.randint(1, 100))
 
-    def open_random_positions(self, count: int) -> None:
+    def open_random_positions(self, count: int, categories: tuple[str, ...] = ("linear", "inverse")) -> None:
         rng = random.Random(self.seed + 4)
         for _ in range(count):
-            if self.open_random_position(rng) is None:
+            if self.open_random_position(rng, categories) is None:
                 break
 
     # --- the 8-hourly USDC settlement ----------------------------------------------------------
