@@ -227,7 +227,8 @@ class Supervisor:
                               sum(1 for t in crashes if now - t < policy.window), policy.window,
                               exc_info=leaf)
                     if len(crashes) == policy.max_restarts and now - crashes[0] < policy.window:
-                        if spec.critical:
+                        # before the stream has started there is nothing to roll back to
+                        if spec.critical or not self.hub.first_snapshot.is_set():
                             stats.state = "failed"
                             raise RestartIntensityExceeded(spec.name, policy.max_restarts, policy.window,
                                                            leaf) from exc

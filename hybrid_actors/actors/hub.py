@@ -108,7 +108,8 @@ class RolloutRuntime:
     #: the hybrid actor whose crash loop was reported (the rollback monitor takes it)
     crash_loop: str | None = None
     wake_monitor: trio.Event = attrs.Factory(trio.Event)
-    started_at: float = 0.0
+    #: trio time the rollback monitor first ran (sockets never connected count as down since)
+    started_at: float | None = None
     #: when to return to hybrid after a rollback (the rollback monitor's)
     gate: ReturnGate | None = None
     #: since when at least one hybrid position has been open (the rollback monitor's)
@@ -173,7 +174,7 @@ class Hub:
         self.switch = SourceSwitch(self.mode, policy, self.events)
         self.rollout = RolloutRuntime(
             comparator=Comparator(policy.divergence_threshold) if self.mode == "parallel" else None,
-            started_at=trio.current_time(), gate=ReturnGate(policy))
+            gate=ReturnGate(policy))
         self.health.on_subscription_failure = self.rollout.wake
 
     def wall_ms(self) -> int:

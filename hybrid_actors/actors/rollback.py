@@ -41,8 +41,10 @@ class RollbackMonitor:
     name: str = "rollback"
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> NoReturn:
-        task_status.started()
         runtime = self.hub.rollout
+        if runtime.started_at is None:
+            runtime.started_at = trio.current_time()
+        task_status.started()
         while True:
             wake_at = self.check(trio.current_time())
             with trio.move_on_at(wake_at):
@@ -63,7 +65,8 @@ class RollbackMonitor:
             elif stats is not None and stats.disconnected_at is not None:
                 out[name] = stats.disconnected_at
             else:
-                out[name] = hub.rollout.started_at  # never connected: down since the start
+                started = hub.rollout.started_at
+                out[name] = started if started is not None else 0.0  # never connected: down since the start
         return out
 
     def inputs(self, now: float) -> TriggerInputs:
