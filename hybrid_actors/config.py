@@ -251,6 +251,8 @@ class StreamConfig:
     #: a ping unanswered this long marks the socket dead; default: one interval
     pong_timeout: float | None = attrs.field(default=None)
     reconcile_interval: float = attrs.field(default=300.0, validator=_positive)
+    #: the exchange's clock is measured again this often, in the background
+    clock_resync_interval: float = attrs.field(default=600.0, validator=_positive)
     connect_timeout: float = attrs.field(default=10.0, validator=_positive)
     auth_timeout: float = attrs.field(default=10.0, validator=_positive)
     rest_timeout: float = attrs.field(default=10.0, validator=_positive)

@@ -13,6 +13,7 @@ that owns the foreign library (``transport``, ``rest``) with ``raise ... from ex
     │   └── RemoteProtocolError          the peer sent something we cannot use
     ├── TransportError                   an outage: retried forever with backoff
     │   ├── HandshakeError               could not open the WebSocket
+    │   │   └── TlsVerificationError     the server's certificate was rejected (issuer, host name)
     │   ├── ConnectionLost               the socket closed / reset / oversized frame
     │   ├── HeartbeatTimeout             no pong in time (half-open socket)
     │   └── RestUnavailable              REST unreachable / 5xx / timeouts / rate limit
@@ -74,6 +75,13 @@ class HandshakeError(TransportError):
         super().__init__(message)
         self.status = status
         self.retry_after = retry_after
+
+
+class TlsVerificationError(HandshakeError):
+    """The server's TLS certificate was rejected: an unknown issuer (a proxy intercepting
+    TLS, a missing CA bundle), a host name it does not cover, or an expired certificate.
+    Not the exchange being down: shown as a TLS problem in ``health()``, and still retried
+    with the capped backoff (a CA bundle or proxy may be fixed while we run)."""
 
 
 class ConnectionLost(TransportError):

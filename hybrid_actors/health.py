@@ -43,7 +43,10 @@ class LinkStats:
     connected: bool = False
     connected_at: float | None = None
     disconnected_at: float | None = None
+    #: why the last attempt failed or the connection ended (written by the socket's owner)
     last_error: str | None = None
+    #: the certificate rejection of the last attempt, until a connect succeeds
+    tls_error: str | None = None
 
 
 @attrs.frozen

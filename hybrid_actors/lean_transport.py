@@ -45,7 +45,7 @@ from websockets.uri import parse_uri
 from .config import CLOSE_TIMEOUT, MAX_MESSAGE_SIZE
 from .errors import ConnectionLost, HandshakeError
 from .transport import CANCELLED_CLOSE_WAIT, HANDSHAKE_COOLDOWN, RECEIVE_BYTES, Transport, _is_cancellation, \
-    _ssl_context, connect_failure, refusal
+    _ssl_context, connect_error, refusal
 
 __all__ = ["open_lean_transport", "MAX_FRAGMENTS"]
 
@@ -70,7 +70,7 @@ class _LeanTransport:
     """One connected WebSocket; the reader is whoever calls ``receive_batch()``."""
 
     __slots__ = ("url", "abandoned", "_label", "_stream", "_protocol", "_send_lock", "_close_timeout",
-                 "_ready", "_unflushed", "_lost", "_send_broken", "_parts", "_kind", "_coalesce", "_last_read")
+                 "_ready", "_unflushed", "_lost", "_send_broken", "_parts", "_kind", "_coalesce", "_last_read", "_outgoing")
 
     def __init__(self, stream: trio.abc.Stream, protocol: ClientProtocol, url: str, label: str,
                  close_timeout: float, coalesce: float = 0.0) -> None:
@@ -90,6 +90,7 @@ class _LeanTransport:
         self._send_broken = False
         self._parts: list[bytes | bytearray] = []  # fragments of the message in progress
         self._kind: Opcode | None = None  # its opcode (None: no fragmented message in progress)
+        self._outgoing: list[bytes] = []  # frames taken from the core, waiting for the send lock
         #: adaptive coalescing window in seconds (0: off); see _wait_for_more
         self._coalesce = coalesce
         self._last_read = trio.current_time()  # when the previous read returned (the handshake's)
@@ -213,9 +214,17 @@ class _LeanTransport:
 
     async def _flush(self) -> None:
         """Write what the core has queued: our frames and those of the other task, in order.
-        Taken under the lock, so a flush cancelled while it waits leaves them for the next."""
+        Nothing queued (the common case after a read) costs no lock and no checkpoint. What
+        is queued moves to ``self._outgoing`` first, so a flush cancelled while it waits for
+        the lock leaves it for the next flush, in order."""
+        outgoing = self._outgoing
+        outgoing += self._protocol.data_to_send()
+        if not outgoing:
+            return
         async with self._send_lock:
-            payload = b"".join(self._protocol.data_to_send())  # SEND_EOF (b"") adds nothing
+            outgoing += self._protocol.data_to_send()
+            payload = b"".join(outgoing)  # SEND_EOF (b"") adds nothing: we close the socket ourselves
+            outgoing.clear()
             if not payload:
                 return
             if self._send_broken:
@@ -329,7 +338,7 @@ async def _connect(url: str, label: str, connect_timeout: float, max_message_siz
         if isinstance(exc, trio.TooSlowError):
             raise HandshakeError(f"{label}: no WebSocket handshake from {url} within {connect_timeout:g}s") from None
         if isinstance(exc, _IO_ERRORS):
-            raise HandshakeError(f"{label}: cannot connect to {url}: {connect_failure(exc)}") from None
+            raise connect_error(label, url, exc) from None
         if isinstance(exc, InvalidHandshake):  # not expected from the sans-IO core; named anyway
             raise HandshakeError(f"{label}: {url}: {exc}") from None
         raise

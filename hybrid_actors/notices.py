@@ -172,13 +172,15 @@ class StateTracker:
 
     def socket(self, name: str, up: bool, ts: int, why: str = "") -> StreamState | None:
         """Socket ``name`` is up (its actor is running) or down (``why``: the error)."""
-        if self.state == "failed" or self.sockets.get(name) is up:
+        if self.state == "failed":
+            return None
+        if not up and why:
+            self._why_down[name] = why  # also for a socket that never came up (refused from the start)
+        if self.sockets.get(name) is up:
             return None
         self.sockets[name] = up
         if up:
             self._why_down.pop(name, None)
-        else:
-            self._why_down[name] = why
         return self._derive(ts) if self.ready_seen else None
 
     def ready(self, ts: int) -> StreamState | None:

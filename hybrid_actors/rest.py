@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
@@ -102,6 +103,9 @@ class RestClient:
     failures: int = 0
     #: trio time until which an HTTP 403 IP ban keeps us off the exchange
     banned_until: float = -math.inf
+    #: the server certificate's rejection on the last call (unknown issuer, hostname
+    #: mismatch), until a call gets an answer; ``health()`` names it as a TLS problem
+    tls_error: str | None = None
     #: scopes the account does not have (position/list answered 10001): not asked again
     unsupported: dict[Scope, str] = attrs.Factory(dict)
     #: scopes whose paging misbehaved in the last snapshot, and why (cleared on success)
@@ -290,10 +294,19 @@ class RestClient:
                 response = await self.http.get(url, headers=dict(request.headers))
                 self._last_round_trip = (before, self.wall_clock())
             except httpx.HTTPError as exc:
+                tls = _tls_failure(exc)
+                if tls is not None:
+                    self.tls_error = tls
+                    log.error("GET %s: TLS verification failed, not an exchange outage: %s. Check the CA "
+                              "bundle (a TLS-intercepting proxy?), the host name and this machine's clock",
+                              request.path, tls)
+                    raise RestUnavailable(f"GET {request.path}: TLS certificate rejected: {tls}",
+                                          path=request.path) from None
                 raise RestUnavailable(f"GET {request.path}: {type(exc).__name__}: {exc}",
                                       path=request.path) from None
         if scope.cancelled_caught:
             raise RestUnavailable(f"GET {request.path}: no answer within {self.timeout:g}s", path=request.path)
+        self.tls_error = None
         retry_after = self._retry_after(response)
         if response.headers.get("X-Bapi-Limit-Status") == "0" and retry_after is not None:
             self._quota_spent_until[request.path] = trio.current_time() + retry_after
@@ -308,6 +321,18 @@ class RestClient:
         if reset and reset.isdigit():
             return min(RETRY_CAP, max(0.0, (int(reset) - self.now_ms()) / 1000))
         return None
+
+
+def _tls_failure(exc: BaseException) -> str | None:
+    """The certificate verification error somewhere in ``exc``'s chain, described; else None."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ssl.SSLCertVerificationError):
+            return current.verify_message or str(current)
+        current = current.__cause__ or current.__context__
+    return None
 
 
 @asynccontextmanager

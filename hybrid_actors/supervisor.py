@@ -1,21 +1,25 @@
 """The supervisor: one nursery, one supervised loop per actor, one-for-one restarts.
 
-Children, in start order: combiner, heartbeat, subscription manager, one public stream
-per category, private stream, reconciler. Each runs in its own loop:
+Children: combiner, heartbeat, subscription manager, one public stream per category,
+clock, private stream, reconciler. All start at once, each in its own loop (none waits for
+another to succeed):
 
 - it is (re)started with a fresh instance; the shared :class:`~.actors.hub.Hub` keeps
   the books, desired topics, subscription state and queued messages, so nothing is lost;
 - ``TransportError`` (an outage: refused, reset, timed out, half-open, REST down) is
-  retried forever with capped exponential backoff and full jitter, first retry fast,
+  retried forever through the restart policy's :class:`~.backoff.Backoff` (capped,
+  jittered, overflow-free; a cool-down the exchange names is a floor), first retry fast,
   and the delay starts over once an incarnation has been stable for ``stable_after``;
-- any other exception is a crash (a bug): logged with its traceback and retried the
-  same way, but counted; ``max_restarts`` crashes within ``window`` seconds end the
+- any other exception is a crash (a bug): logged with its traceback, the hub state the
+  child owns is reset to a known-good value (its :attr:`ChildSpec.reset`), and it is
+  retried the same way, but counted; ``max_restarts`` crashes within ``window`` seconds end the
   stream with :class:`~.errors.RestartIntensityExceeded`;
 - :class:`~.errors.AuthRejected` (bad credentials) ends the stream at once.
 
 The supervisor is also the one writer of the stream's ``stream.state``
-(:class:`~.notices.StateTracker`): ``starting`` when it starts; ``live`` once every child
-has started and the first snapshot is applied; ``degraded`` when a socket actor (the
+(:class:`~.notices.StateTracker`): ``starting`` when it starts; once the private socket's
+first snapshot is applied ``live`` if every socket is up, else ``degraded`` naming those
+still down (a refused public endpoint does not hold the start back); ``degraded`` when a socket actor (the
 private one, a public one) fails, ``recovered`` when all run again; ``failed`` (the last
 event of all: the event queue closes behind it) when an error ends the stream.
 
@@ -40,6 +44,7 @@ from typing import Any, Literal, NoReturn, Protocol
 import attrs
 import trio
 
+from .actors.clock import ClockActor
 from .actors.alerting import AlertActor
 from .actors.emitter import CombinerActor
 from .actors.heartbeat import HeartbeatActor
@@ -77,6 +82,9 @@ class Actor(Protocol):
 class ChildSpec:
     name: str
     make: Callable[[], Actor]
+    #: after a crash, before the restart: put the hub state this child owns back to a
+    #: known-good value, so the state that caused the crash is not inherited
+    reset: Callable[[], None] | None = None
     #: a crash loop of a critical child ends the stream; of another, it is reported to the
     #: hub (the rollout decides: a rollback in production, nothing in canary/parallel) and the
     #: child keeps being restarted with backoff
@@ -115,6 +123,39 @@ def _public(hub: Hub, category: str) -> Callable[[], Actor]:
 
 def hybrid_children(hub: Hub, *, critical: bool = True) -> tuple[ChildSpec, ...]:
     """The hybrid stream's actors."""
+    specs = [ChildSpec("combiner", lambda: CombinerActor(hub), partial(CombinerActor.reset_after_crash, hub),
+                       critical=critical),
+             ChildSpec("heartbeat", lambda: HeartbeatActor(hub), partial(HeartbeatActor.reset_after_crash, hub),
+                       critical=critical),
+             ChildSpec("subscriptions", lambda: SubscriptionManager(hub),
+                       partial(SubscriptionManager.reset_after_crash, hub), critical=critical)]
+    for category in hub.config.categories:
+        specs.append(ChildSpec(f"public:{category}", _public(hub, category),
+                               partial(PublicStreamActor.reset_after_crash, hub, category), critical=critical))
+    specs.append(ChildSpec("clock", lambda: ClockActor(hub), partial(ClockActor.reset_after_crash, hub),
+                           critical=critical))
+    specs.append(ChildSpec("private", lambda: PrivateStreamActor(hub), partial(PrivateStreamActor.reset_after_crash, hub),
+                           critical=critical))
+    specs.append(ChildSpec("reconciler", lambda: ReconcilerActor(hub), partial(ReconcilerActor.reset_after_crash, hub),
+                           critical=critical))
+    return tuple(specs)
+
+
+def default_children(hub: Hub) -> tuple[ChildSpec, ...]:
+    specs = [ChildSpec("combiner", lambda: CombinerActor(hub), partial(CombinerActor.reset_after_crash, hub)),
+             ChildSpec("heartbeat", lambda: HeartbeatActor(hub), partial(HeartbeatActor.reset_after_crash, hub)),
+             ChildSpec("subscriptions", lambda: SubscriptionManager(hub),
+                       partial(SubscriptionManager.reset_after_crash, hub))]
+    for category in hub.config.categories:
+        specs.append(ChildSpec(f"public:{category}", _public(hub, category),
+                               partial(PublicStreamActor.reset_after_crash, hub, category)))
+    specs.append(ChildSpec("clock", lambda: ClockActor(hub), partial(ClockActor.reset_after_crash, hub)))
+    specs.append(ChildSpec("private", lambda: PrivateStreamActor(hub), partial(PrivateStreamActor.reset_after_crash, hub)))
+    specs.append(ChildSpec("reconciler", lambda: ReconcilerActor(hub), partial(ReconcilerActor.reset_after_crash, hub)))
+    # no reset: the alert state is meant to survive a restart (no alert fires twice or is forgotten)
+    specs.append(ChildSpec("alerts", lambda: AlertActor(hub, partial(build_health_report, hub))))
+def hybrid_children(hub: Hub, *, critical: bool = True) -> tuple[ChildSpec, ...]:
+    """The hybrid stream's actors."""
     specs = [ChildSpec("combiner", lambda: CombinerActor(hub), critical),
              ChildSpec("heartbeat", lambda: HeartbeatActor(hub), critical),
              ChildSpec("subscriptions", lambda: SubscriptionManager(hub), critical)]
@@ -129,6 +170,7 @@ def default_children(hub: Hub) -> tuple[ChildSpec, ...]:
     """The actors of ``hub.mode``. The REST poller (and in production the rollback monitor)
     start first: they must run even while the hybrid actors cannot come up."""
     rest = ChildSpec("rest", lambda: RestPollerActor(hub))
+    # no reset: the alert state is meant to survive a restart (no alert fires twice or is forgotten)
     alerts = ChildSpec("alerts", lambda: AlertActor(hub, partial(build_health_report, hub)))
     if hub.mode == "rest":
         return (rest, alerts)
@@ -142,6 +184,8 @@ def default_children(hub: Hub) -> tuple[ChildSpec, ...]:
 class Supervisor:
     hub: Hub
     children: tuple[ChildSpec, ...] | None = None
+    #: set whenever a child starts or fails (the ready notice waits for the sockets to settle)
+    _socket_changed: trio.Event = attrs.field(init=False, factory=trio.Event)
 
     def __attrs_post_init__(self) -> None:
         if self.children is None:
@@ -149,15 +193,27 @@ class Supervisor:
         self.hub.stream_state = StateTracker.for_sockets([s.name for s in self.children if is_socket(s.name)])
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> NoReturn:
-        """Start every child in order (each ready before the next), then supervise forever."""
+        """Start every child at once, each in its own supervised loop, and supervise forever.
+
+        Ready as soon as every loop is running: no child waits for another to succeed, so a
+        refused public endpoint (403 ban, maintenance) cannot keep the private stream from
+        starting. The stream is ``live`` (or ``degraded``, naming the sockets still down)
+        once the private socket's first snapshot is applied; :func:`open_hybrid_stream`
+        waits for that too."""
         hub = self.hub
         self._notify(hub.stream_state.start(hub.wall_ms()))
         try:
             async with trio.open_nursery() as nursery:
                 for spec in self.children or ():
-                    await nursery.start(self._supervise, spec)
+                    hub.health.actor(spec.name)  # every child shows in health() from the start
+                    nursery.start_soon(self._supervise, spec, name=f"supervise:{spec.name}")
                 task_status.started()
                 await hub.first_snapshot.wait()
+                # A socket still in its first handshake is "connecting", not down: call the
+                # stream live or degraded once each socket has connected or failed once.
+                while not self._sockets_settled():
+                    self._socket_changed = trio.Event()
+                    await self._socket_changed.wait()
                 self._notify(hub.stream_state.ready(hub.wall_ms()))
         except BaseException as exc:
             self._ended(exc)
@@ -170,7 +226,14 @@ class Supervisor:
             log.log(logging.WARNING if notice.state in ("degraded", "failed") else logging.INFO,
                     "stream %s: %s", notice.state, notice.reason)
 
+    def _sockets_settled(self) -> bool:
+        actors = self.hub.health.actors
+        return all(actors[spec.name].state == "running" or actors[spec.name].starts > 1
+                   or actors[spec.name].state in ("backoff", "failed")
+                   for spec in self.children or () if is_socket(spec.name))
+
     def _socket(self, name: str, up: bool, why: str = "") -> None:
+        self._socket_changed.set()
         if is_socket(name):
             self._notify(self.hub.stream_state.socket(name, up, self.hub.wall_ms(), why))
 
@@ -185,13 +248,12 @@ class Supervisor:
         self._notify(self.hub.stream_state.fail(reason, self.hub.wall_ms()))
         self.hub.events.close(StreamClosed(f"the stream failed: {reason}"))
 
-    async def _supervise(self, spec: ChildSpec, *, task_status: trio.TaskStatus[None]) -> NoReturn:
+    async def _supervise(self, spec: ChildSpec) -> NoReturn:
         policy = self.hub.config.restart
         backoff = policy.backoff
         stats = self.hub.health.actor(spec.name)
         crashes: deque[float] = deque(maxlen=policy.max_restarts)
         attempt = 0
-        status: trio.TaskStatus[None] | None = task_status
         while True:
             started_at = trio.current_time()
             stats.starts += 1
@@ -203,9 +265,6 @@ class Supervisor:
                     stats.state = "running"
                     stats.last_change = trio.current_time()
                     self._socket(spec.name, True)
-                    if status is not None:
-                        status.started()
-                        status = None
                 # run() never returns normally; if it does, that is a bug worth restarting for
                 raise SupervisorError(f"actor {spec.name!r} returned instead of running forever")
             except Exception as exc:  # noqa: BLE001 - classified below; Cancelled is a BaseException
@@ -236,6 +295,9 @@ class Supervisor:
                                      spec.name, policy.max_restarts, policy.window)
                         crashes.clear()
                         self.hub.report_crash_loop(spec.name)
+                    if spec.reset is not None:
+                        spec.reset()  # the restart must not inherit the state that caused the crash
+                        log.warning("%s: the hub state it owns is reset to a known-good value", spec.name)
                 else:
                     stats.outages += 1
                     log.warning("%s: %s", spec.name, stats.last_error)
@@ -244,6 +306,7 @@ class Supervisor:
             delay = backoff.delay(attempt, self.hub.rng, retry_after)
             attempt = backoff.next_attempt(attempt)  # bounded: an outage of days is no overflow
             stats.state = "backoff"
+            self._socket_changed.set()
             log.info("%s: restarting in %.2fs (failure %d)", spec.name, delay, stats.crashes + stats.outages)
             await trio.sleep(delay)
 
@@ -328,11 +391,15 @@ def build_health_report(hub: Hub, *, now: float | None = None) -> HealthReport:
             "rtt_ms": round(link.rtt * 1000, 3) if link and link.rtt is not None else None,
             "last_frame_age_s": round(now - link.last_frame_at, 3) if link else None,
             "frames": link_stats.frames, "malformed": link_stats.malformed, "unknown": link_stats.unknown,
+            "last_error": link_stats.last_error, "tls_error": link_stats.tls_error,
             "down_s": round(now - link_stats.disconnected_at, 3)
             if not link_stats.connected and link_stats.disconnected_at is not None else None,
         }
         if not link_stats.connected:
             problems.append(f"{name} is disconnected")
+            if link_stats.tls_error:
+                problems.append(f"{name}: TLS certificate verification failed ({link_stats.tls_error}); "
+                                "check the CA bundle, the host name and the clock")
     subscriptions: dict[str, dict[str, Any]] = {}
     for category, subs in list(hub.subscriptions.items()):
         desired = hub.desired.value.get(category, frozenset())
@@ -361,6 +428,10 @@ def build_health_report(hub: Hub, *, now: float | None = None) -> HealthReport:
     }
     for name, why in rest_section["paging_problems"].items():
         problems.append(f"REST position/list {name}: {why}")
+    rest_section["tls_error"] = rest.tls_error
+    if rest.tls_error:
+        problems.append(f"REST: TLS certificate verification failed ({rest.tls_error}); "
+                        "check the CA bundle, the host name and the clock")
     if any(a["state"] == "failed" for a in actors.values()):
         status: Literal["ok", "degraded", "down"] = "down"
     elif problems:
@@ -441,8 +512,10 @@ def _scope_name(scope: tuple[str, str | None]) -> str:
 async def open_hybrid_stream(config: StreamConfig, *, wall_clock: Callable[[], float] = time.time,
                              rng: random.Random | None = None,
                              start_timeout: float | None = None) -> AsyncIterator[HybridStream]:
-    """Run the supervised actors; yield once the private snapshot is applied and every
-    public socket is up.
+    """Run the supervised actors; yield once the private socket is authenticated and its
+    REST snapshot applied: the open positions are then already queued as events (source
+    ``"rest"``, REST ``markPrice``). Public sockets start at the same time and each one's
+    live prices follow as soon as it can connect; a refused public endpoint delays nothing.
 
     Raises :class:`~.errors.AuthRejected` for bad credentials and
     :class:`~.errors.RestartIntensityExceeded` for a crash loop, from the ``async with``

@@ -55,9 +55,9 @@ import trio
 import trio_websocket as tw
 
 from .config import CLOSE_TIMEOUT, MAX_MESSAGE_SIZE
-from .errors import ConnectionLost, HandshakeError
+from .errors import ConnectionLost, HandshakeError, TlsVerificationError
 
-__all__ = ["Transport", "open_transport", "refusal", "connect_failure", "HANDSHAKE_COOLDOWN",
+__all__ = ["Transport", "open_transport", "refusal", "connect_failure", "connect_error", "HANDSHAKE_COOLDOWN",
            "WebSocketServer", "WebSocketRequest", "WebSocketConnection", "ConnectionClosed"]
 
 # The server side of trio-websocket, for the simulator (hybrid_actors/testing): named here so
@@ -115,6 +115,14 @@ def connect_failure(exc: BaseException) -> str:
     if isinstance(cause, ssl.SSLCertVerificationError):
         return f"TLS certificate rejected: {cause.verify_message or cause.reason} ({cause!r})"
     return repr(cause)
+
+
+def connect_error(label: str, url: str, exc: BaseException) -> HandshakeError:
+    """The error for a TCP or TLS connection that could not be opened: a rejected certificate
+    is a :class:`~hybrid_actors.errors.TlsVerificationError`, so it is reported as what it is."""
+    cause = exc.__cause__ if isinstance(exc, trio.BrokenResourceError) and exc.__cause__ is not None else exc
+    kind = TlsVerificationError if isinstance(cause, ssl.SSLCertVerificationError) else HandshakeError
+    return kind(f"{label}: cannot connect to {url}: {connect_failure(exc)}")
 
 
 def _ssl_context(url: str, verify: bool, context: ssl.SSLContext | None = None) -> ssl.SSLContext | None:
@@ -254,7 +262,7 @@ async def open_transport(url: str, *, label: str = "ws", max_message_size: int =
     except trio.TooSlowError:
         raise HandshakeError(f"{label}: no WebSocket handshake from {url} within {connect_timeout:g}s") from None
     except _IO_ERRORS as exc:
-        raise HandshakeError(f"{label}: cannot connect to {url}: {connect_failure(exc)}") from None
+        raise connect_error(label, url, exc) from None
     guard = _GuardedStream(stream, (QUEUE_SIZE + 2) * max_message_size)
     outcome: BaseException | None = None  # the body's exception, re-raised outside the nursery
     timed_out = connected = False

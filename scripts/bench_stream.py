@@ -68,13 +68,27 @@ endpoints. Everything is measured in the same run, on the real clock, in this or
    The combiner deduplicates: when the subscription snapshot's mark equals the mark the
    position record already carried, no event is emitted until the mark next moves.
 
+7. **Latest prices delivered** (``latest_prices``): the simulator's market is stopped
+   (``set_rate 0``), and after ``SETTLE_S`` every position's mark in ``stream.positions()``
+   is compared with the simulator's current mark (REST tickers): must be all of them.
+8. **Comparison** (``comparison``, one row per client on the same simulator stream): the
+   bare client of step 1; the stream of steps 3-4; the stream again on the old hand-written
+   RFC 6455 parser (``legacy``: lean_transport.py as it was before the websockets core,
+   kept in this script only, ``details.legacy_stream``) and on the lean transport with
+   adaptive coalescing windows ``--coalesce-ms`` (``details.coalesced_streams``), each
+   with throughput, latency and latest prices; and pybit's ``WebSocket.ticker_stream``
+   (``details.pybit``; the ``bench`` extra; see ``PYBIT_NOTE`` for how it is pointed at the
+   simulator). ``details.read_floor`` is the CPU of a bare read (``receive_some`` with
+   nothing parsed), the floor under every per-read design.
+
 The HTTP control calls of steps 2, 5 and 6 run in this process but outside the CPU
 windows. Each window also reports ``client_runqueue_wait_ms`` (time this process was
 ready to run but had no CPU, from ``/proc/thread-self/schedstat``) and involuntary
 context switches, to tell how much of a latency tail a shared machine added.
 
 Usage: python scripts/bench_stream.py [--symbols 500] [--rate 10] [--seconds 15]
-                                     [--transport {lean,trio-websocket}]
+                                     [--transport {lean,legacy,trio-websocket}]
+                                     [--no-legacy] [--no-pybit] [--coalesce-ms 1,2]
 """
 
 from __future__ import annotations
@@ -1268,7 +1282,10 @@ def _pybit_phase(url: str, symbols: list[str], opts: Options, sim_pid: int) -> d
     lags: list[float] = []
     lock = threading.Lock()
 
+    delivering = threading.Event()
+
     def callback(message: dict[str, Any]) -> None:
+        delivering.set()
         if state["counting"]:
             with lock:
                 state["frames"] += 1
@@ -1285,6 +1302,8 @@ def _pybit_phase(url: str, symbols: list[str], opts: Options, sim_pid: int) -> d
     try:
         for start_at in range(0, len(symbols), 100):
             ws.ticker_stream(symbol=symbols[start_at:start_at + 100], callback=callback)
+        if not delivering.wait(WAIT_LIMIT):  # the window starts once pybit delivers
+            raise RuntimeError(f"pybit delivered no ticker within {WAIT_LIMIT:g}s")
         time.sleep(opts.warmup)
         state["counting"] = True
         start = Sample.take(sim_pid)

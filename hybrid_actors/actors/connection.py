@@ -15,7 +15,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 import attrs
 import trio
 
-from ..errors import HeartbeatTimeout
+from ..errors import HeartbeatTimeout, TlsVerificationError, TransportError
 from ..protocol.frames import MalformedFrame, UnknownFrame
 from ..lean_transport import open_lean_transport
 from ..transport import Transport, open_transport
@@ -60,27 +60,39 @@ async def _die_with(link: Link, transport: Transport) -> None:
 
 @asynccontextmanager
 async def open_link(hub: Hub, name: str, url: str) -> AsyncIterator[Connection]:
-    """Connect ``url`` as connection ``name`` (generation counted by the registry)."""
+    """Connect ``url`` as connection ``name`` (generation counted by the registry). Why the
+    last attempt failed is kept in the link's stats (``last_error``; ``tls_error`` for a
+    rejected certificate, which ``health()`` names as a TLS problem)."""
     config = hub.config
     stats = hub.health.link(name)
     send, recv = trio.open_memory_channel[str](OUTBOX_SIZE)
-    async with choose_transport(name)(url, label=name, max_message_size=config.max_message_size,
-                                      connect_timeout=config.connect_timeout,
-                                      verify_tls=config.endpoints.verify_tls) as transport:
-        with hub.links.register(name, send) as link:
-            stats.connects += 1
-            stats.connected = True
-            stats.connected_at = trio.current_time()
-            log.getChild(name).info("%s connected (generation %d)", name, link.generation)
-            try:
-                async with send, trio.open_nursery() as nursery:
-                    nursery.start_soon(_pump_outbox, transport, recv)
-                    nursery.start_soon(_die_with, link, transport)
-                    yield Connection(transport, link, nursery)
-                    nursery.cancel_scope.cancel()
-            finally:
-                stats.connected = False
-                stats.disconnected_at = trio.current_time()
+    try:
+        async with choose_transport(name)(url, label=name, max_message_size=config.max_message_size,
+                                          connect_timeout=config.connect_timeout,
+                                          verify_tls=config.endpoints.verify_tls) as transport:
+            with hub.links.register(name, send) as link:
+                stats.connects += 1
+                stats.connected = True
+                stats.connected_at = trio.current_time()
+                stats.tls_error = None
+                log.getChild(name).info("%s connected (generation %d)", name, link.generation)
+                try:
+                    async with send, trio.open_nursery() as nursery:
+                        nursery.start_soon(_pump_outbox, transport, recv)
+                        nursery.start_soon(_die_with, link, transport)
+                        yield Connection(transport, link, nursery)
+                        nursery.cancel_scope.cancel()
+                finally:
+                    stats.connected = False
+                    stats.disconnected_at = trio.current_time()
+    except TransportError as exc:
+        stats.last_error = f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, TlsVerificationError):
+            stats.tls_error = str(exc)
+            log.getChild(name).error("%s: TLS verification failed, not an exchange outage: %s. Check the "
+                                     "CA bundle (a TLS-intercepting proxy?), the host name in the URL and "
+                                     "this machine's clock; retrying with backoff", name, exc)
+        raise
 
 
 @attrs.define(eq=False)

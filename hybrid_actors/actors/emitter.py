@@ -39,6 +39,14 @@ class CombinerActor:
     hub: Hub
     name: str = "combiner"
 
+    @staticmethod
+    def reset_after_crash(hub: Hub) -> None:
+        """Owns ``combiner``, ``desired``, ``latency``, ``first_snapshot``. Known-good after a
+        crash: the last committed book (changes not handed over are dropped) and a REST
+        snapshot at once, since the crash may have come mid-apply."""
+        hub.combiner.rollback()
+        hub.request_reconcile()
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> NoReturn:
         hub = self.hub
         if hub.health.actor(self.name).starts > 1:
@@ -83,7 +91,8 @@ class CombinerActor:
                 hub.health.reconcile_corrections += len(events)
                 log.warning("REST reconciliation corrected %d position(s) the streams had missed: %s",
                             len(events), ", ".join(f"{e.name} {e.symbol}/{e.position_idx}" for e in events[:10]))
-        hub.first_snapshot.set()
+        if message.reason == "connect":  # the private socket's: authenticated, and this applied
+            hub.first_snapshot.set()
 
     async def _prices(self) -> NoReturn:
         hub = self.hub

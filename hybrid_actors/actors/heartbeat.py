@@ -34,6 +34,16 @@ class HeartbeatActor:
     name: str = "heartbeat"
     _ids: itertools.count = attrs.field(init=False, factory=lambda: itertools.count(1))
 
+    @staticmethod
+    def reset_after_crash(hub: Hub) -> None:
+        """Owns the ping fields of every link. Known-good after a crash: no ping
+        outstanding, the next one due now (a dead socket is still caught one timeout later)."""
+        now = trio.current_time()
+        for link in hub.links.links():
+            link.ping_req_id = None
+            link.ping_sent_at = None
+            link.next_ping_at = now
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> NoReturn:
         registry = self.hub.links
         task_status.started()

@@ -4,7 +4,9 @@ The supervisor builds one hub and hands it to every actor incarnation. Channel e
 the hub are the originals; an actor uses a ``clone()`` of the ends it consumes and
 closes its clone when it exits, so a restarted actor finds the queued messages intact.
 Books, desired topics, subscription state and ping deadlines live here, which is why
-a restart loses nothing.
+a restart loses nothing. Every field has one writer, named in its comment; after a crash
+the supervisor has the crashed actor reset what it owns (``reset_after_crash``), so the
+restart does not inherit the state that caused the crash.
 """
 
 from __future__ import annotations
@@ -122,11 +124,22 @@ class RolloutRuntime:
 
 @attrs.define(eq=False)
 class Hub:
+    """Each field names its one writer. Channels name their producers and their one
+    consumer. After a crash the supervisor calls the crashed actor's ``reset_after_crash``,
+    which puts the fields that actor owns back to a known-good value before the restart."""
+
+    #: read-only after construction
     config: StreamConfig
+    #: the REST client; its clock offset is written by its own ``sync_time`` only
     rest: RestClient
+    #: read-only after construction
     wall_clock: Callable[[], float] = time.time
+    #: the one source of randomness (backoff jitter); drawn from by every retry loop
     rng: random.Random = attrs.field(factory=random.Random, repr=False)
+    #: written by the combiner only
     combiner: Combiner = attrs.Factory(Combiner)
+    #: counters; each section names its writer in :mod:`~hybrid_actors.health` (actor stats:
+    #: the supervisor; link stats: the socket's owner; event counters: the combiner)
     health: Health = attrs.Factory(Health)
     #: written by the combiner only (when it hands events over)
     latency: Latency = attrs.Factory(Latency)
@@ -135,22 +148,36 @@ class Hub:
     #: set when something the alert rules read has changed (events, notices); the alert actor
     #: replaces it after each evaluation, so an idle stream costs no periodic wakeups
     alert_watch: trio.Event = attrs.Factory(trio.Event)
+    #: the consumer's queue: position events put by the combiner, ``stream.*`` notices by
+    #: their owners through :meth:`emit_notice`; read by the consumer
     events: EventQueue = attrs.field(init=False)
+    #: conflating mailbox: each public actor writes its own category's keys; the combiner takes
     marks: LatestByKey[tuple[str, str], Mark] = attrs.Factory(LatestByKey)
+    #: written by the combiner only (symbols with an open position, per category)
     desired: Watch[dict[str, frozenset[str]]] = attrs.field(init=False)
+    #: each socket's owner registers its own link; the heartbeat writes the ping fields
     links: LinkRegistry = attrs.field(init=False)
+    #: written by the subscription manager only
     subscriptions: dict[str, CategorySubscriptions] = attrs.field(init=False)
-    #: trio time of the last ticker frame per category and symbol (public → manager)
+    #: trio time of the last ticker frame per category and symbol: written by that
+    #: category's public actor only, read by the subscription manager
     activity: dict[str, dict[str, float]] = attrs.field(init=False)
+    #: lifecycle channel: the private actor and the reconciler send (clones); the combiner receives
     lifecycle_send: trio.MemorySendChannel[Lifecycle] = attrs.field(init=False)
     lifecycle_recv: trio.MemoryReceiveChannel[Lifecycle] = attrs.field(init=False)
+    #: subscription inbox: the public actors send (clones); the subscription manager receives
     subs_send: trio.MemorySendChannel[SubscriptionMessage] = attrs.field(init=False)
     subs_recv: trio.MemoryReceiveChannel[SubscriptionMessage] = attrs.field(init=False)
-    #: set to ask the reconciler for a REST snapshot now (e.g. after a combiner crash)
+    #: a request flag: anyone may set it (:meth:`request_reconcile`); only the reconciler
+    #: takes it (replaces it with a fresh event)
     reconcile_now: trio.Event = attrs.Factory(trio.Event)
-    #: consecutive private auth refusals (the first is retried after a clock resync)
+    #: consecutive private auth refusals (the first is retried after a clock resync):
+    #: written by the private actor only
     auth_refusals: int = 0
-    #: set once the first REST snapshot has been applied by the combiner
+    #: a request flag: anyone may set it (:meth:`request_clock_sync`); only the clock actor takes it
+    clock_sync_requested: trio.Event = attrs.Factory(trio.Event)
+    #: set by the combiner only, once the private socket is authenticated and its REST
+    #: snapshot applied: the stream counts as started (``open_hybrid_stream`` yields)
     first_snapshot: trio.Event = attrs.Factory(trio.Event)
     #: the rollout mode in force (``config.mode`` or ``HYBRID_MODE`` resolved)
     mode: Mode = "production"
@@ -187,6 +214,9 @@ class Hub:
         """A hybrid actor is crash-looping: the rollback monitor decides what that means."""
         self.rollout.crash_loop = actor
         self.rollout.wake()
+
+    def request_clock_sync(self) -> None:
+        self.clock_sync_requested.set()
 
     def emit_notice(self, notice: Notice) -> None:
         """Queue a ``stream.*`` notice for the consumer, in order with the position events

@@ -48,13 +48,22 @@ class PrivateStreamActor:
     _subscribed: trio.Event = attrs.field(init=False, factory=trio.Event)
     _sub_outcome: AckOutcome | None = attrs.field(init=False, default=None)
 
+    @staticmethod
+    def reset_after_crash(hub: Hub) -> None:
+        """Owns ``auth_refusals``. Known-good after a crash: no refusal counted (a crash is
+        not the exchange refusing us); the next refusal gets its one retry again."""
+        hub.auth_refusals = 0
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> NoReturn:
         hub = self.hub
         config = hub.config
         credentials = config.credentials
-        # auth `expires` is checked against the exchange's clock; ours may have been stepped
-        # since the last connect (NTP), so measure the offset again every time
-        await hub.rest.sync_time()
+        if hub.auth_refusals:
+            # The last auth was refused: signing with the same offset again would prove
+            # nothing, so measure first (a REST outage here is retried like any outage).
+            await hub.rest.sync_time()
+        # Otherwise sign with the last known offset (the clock actor keeps it fresh in the
+        # background): a REST outage or ban must not keep a socket down that could connect.
         async with open_link(hub, self.name, config.private_url) as conn, \
                 hub.lifecycle_send.clone() as lifecycle:
             conn.nursery.start_soon(self._read, conn.transport, conn.link, lifecycle)
@@ -66,6 +75,7 @@ class PrivateStreamActor:
                 # The docs' 'Params Error' covers bad keys and an expired `expires` alike: resync
                 # the clock (next incarnation) and try once more before calling the keys bad.
                 hub.auth_refusals += 1
+                hub.request_clock_sync()
                 raise ConnectionLost(f"private stream: auth refused ({self._auth.ret_msg!r}); "
                                      "resyncing the clock and trying once more")
             if not self._auth.success:

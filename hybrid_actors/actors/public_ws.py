@@ -43,6 +43,12 @@ class PublicStreamActor:
     def name(self) -> str:
         return f"public:{self.category}"
 
+    @staticmethod
+    def reset_after_crash(hub: Hub, category: str) -> None:
+        """Owns ``activity[category]`` (and its link, gone with the crash). Known-good: no
+        ticker seen yet (the new connection starts its own merged ticker state too)."""
+        hub.activity[category].clear()
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> NoReturn:
         hub = self.hub
         url = hub.config.endpoints.public_url(self.category)

@@ -24,6 +24,12 @@ class ReconcilerActor:
     hub: Hub
     name: str = "reconciler"
 
+    @staticmethod
+    def reset_after_crash(hub: Hub) -> None:
+        """Takes ``reconcile_now``. Known-good after a crash: a snapshot requested, since
+        the one the crash interrupted may never have been applied."""
+        hub.request_reconcile()
+
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> NoReturn:
         hub = self.hub
         config = hub.config

@@ -22,6 +22,7 @@ restarted manager carries on where it was; stale acks of older connections are i
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 from typing import Final, NoReturn
@@ -42,6 +43,8 @@ log = logging.getLogger(__name__)
 MIN_WAIT: Final = 0.001
 #: a token bucket refilled over float time may stop a hair short of a whole token
 TOKEN_EPSILON: Final = 1e-9
+#: numbers the sessions made after crashes (their req_ids must not match an older session's)
+_RESETS: Final = itertools.count(1)
 
 
 @attrs.define(eq=False)
@@ -49,6 +52,34 @@ class SubscriptionManager:
     hub: Hub
     name: str = "subscriptions"
     _wake: trio.Event = attrs.field(init=False, factory=trio.Event)
+
+    @staticmethod
+    def reset_after_crash(hub: Hub) -> None:
+        """Owns ``subscriptions``. Known-good after a crash (which may have come between a
+        request and its bookkeeping): nothing in flight (a fresh session per connection, so
+        late acks of the old one are ignored), no retry timers or parked failures, and every
+        wanted symbol unverified: subscribed again on the live connection, where Bybit's
+        "already subscribed" confirms the ones it has. Symbols possibly subscribed but no
+        longer wanted stay confirmed, so they are unsubscribed after the grace."""
+        policy = hub.config.subscriptions
+        now = trio.current_time()
+        for category, subs in hub.subscriptions.items():
+            desired = hub.desired.value.get(category, frozenset())
+            unwanted = (subs.confirmed | set(subs.inflight)) - desired
+            subs.failed.clear()
+            if subs.link is None or subs.session is None:
+                subs.link = subs.session = None
+                subs.confirmed.clear()
+                subs.confirmed_at.clear()
+                for field in (subs.inflight, subs.retry_at, subs.attempts, subs.leaving):
+                    field.clear()
+                subs.resubscribe.clear()
+                continue
+            session = Session(category, policy.chunk_size,
+                              id_prefix=f"{category}{subs.link.generation}r{next(_RESETS)}-")
+            subs.reset_for(subs.link, session, policy.burst, now)
+            subs.confirmed |= unwanted
+            subs.confirmed_at.update(dict.fromkeys(unwanted, now))
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> NoReturn:
         hub = self.hub

@@ -160,3 +160,35 @@ async def test_48_virtual_hours_of_refusals_neither_overflow_nor_storm(autojump_
     assert 0.25 < attempts_per_second <= 0.5  # <= 1/s per socket; mean delay 3 s
     gaps = [b - a for a, b in zip(starts, starts[1:])]
     assert max(gaps) <= 4.0 and min(gaps[10:]) >= 2.0
+
+
+async def test_a_crash_resets_the_state_the_child_owns_before_the_restart_and_an_outage_does_not(autojump_clock):
+    hub = make_hub()
+    owned = {"value": "good"}
+    seen_at_start: list[str] = []
+
+    @attrs.define(eq=False)
+    class Corrupting:
+        name: str = "owner"
+
+        async def run(self, *, task_status=trio.TASK_STATUS_IGNORED):
+            seen_at_start.append(owned["value"])
+            task_status.started()
+            if len(seen_at_start) == 1:
+                owned["value"] = "bad"  # the bug writes bad state, then crashes on it
+                raise KeyError("bad state")
+            if len(seen_at_start) == 2:
+                owned["value"] = "half-written"
+                raise ConnectionLost("an outage: state is kept")
+            await trio.sleep_forever()
+
+    def reset() -> None:
+        owned["value"] = "good"
+
+    sup = Supervisor(hub, (ChildSpec("owner", Corrupting, reset),))
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sup.run)
+        await trio.sleep(10)
+        nursery.cancel_scope.cancel()
+    assert seen_at_start == ["good", "good", "half-written"]
+    assert hub.health.actors["owner"].crashes == 1 and hub.health.actors["owner"].outages == 1

@@ -157,8 +157,10 @@ async def test_handshakes_refused_for_minutes(rig, loopback_clock, socket):
             r.assert_nothing_lost()
 
 
-@pytest.mark.xfail(strict=True, reason="defect 7: the private actor measures the clock over REST before "
-                                       "every connect, so while REST is down it never even tries the socket")
+@pytest.mark.skip(reason="passes since defect 7 is fixed, but takes ~10 min of real time (it used to fail "
+                         "fast as a strict xfail); the same 48 h row runs in tests/integration/"
+                         "test_stream_resilience.py::test_48_virtual_hours_of_refusals_everywhere_then_the_"
+                         "stream_converges until this one is made faster")
 async def test_every_socket_and_rest_refused_for_48_virtual_hours(rig, loopback_clock):
     """48 h of refusals on every socket and every REST call, then the exchange returns: the
     stream is alive and converges. The cap is 30 min here (and the reconciliation hourly)
@@ -185,14 +187,14 @@ async def test_every_socket_and_rest_refused_for_48_virtual_hours(rig, loopback_
             r.assert_nothing_lost()
 
 
-@pytest.mark.xfail(strict=True, reason="defect 3: actors start one after another, so a refused public "
-                                       "socket keeps the private stream (and every position) from starting")
 async def test_a_public_endpoint_refused_from_the_start_hides_no_position(rig, loopback_clock):
     positions = (("BTCUSDT", "Buy", "1"), ("ETHUSDT", "Sell", "2"))
     with trio.fail_after(60):
         async with rig(positions=positions,
                        arm=lambda sim: sim.control.reject_connections(None, status=503, target="linear")) as r:
             await r.wait_until(lambda: r.client_positions() == r.exchange_positions())
+            for symbol in ("BTCUSDT", "ETHUSDT"):  # the recorder task may not have run yet
+                await r.wait_event(lambda e, s=symbol: getattr(e, "symbol", None) == s)
             rest = [e for e in r.positions_events() if e.source == "rest"]
             assert {e.symbol for e in rest} == {"BTCUSDT", "ETHUSDT"}
             assert all(e.mark_price is not None for e in rest)  # REST markPrice until live prices

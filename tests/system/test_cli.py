@@ -217,7 +217,10 @@ async def test_seconds_count_from_start_up_not_from_launch():
                                env=cli_env(sim["api_key"], sim["api_secret"]), timeout=60)
     assert result.returncode == 0, result.stderr.decode()[-2000:]
     lines = [check_contract(line) for line in result.stdout.splitlines()]
-    assert [e["state"] for e in lines if e["event"] == "stream.state"][:2] == ["starting", "live"]
+    # actors start independently (issue 8): the stream starts with the private snapshot, and a
+    # public socket still refused at that moment makes it "degraded" until it connects
+    states = [e["state"] for e in lines if e["event"] == "stream.state"]
+    assert states[0] == "starting" and states[1] in ("live", "degraded"), states
     assert any(e["event"] == "position.update" for e in lines)
 
 
