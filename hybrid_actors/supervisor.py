@@ -142,31 +142,6 @@ def hybrid_children(hub: Hub, *, critical: bool = True) -> tuple[ChildSpec, ...]
 
 
 def default_children(hub: Hub) -> tuple[ChildSpec, ...]:
-    specs = [ChildSpec("combiner", lambda: CombinerActor(hub), partial(CombinerActor.reset_after_crash, hub)),
-             ChildSpec("heartbeat", lambda: HeartbeatActor(hub), partial(HeartbeatActor.reset_after_crash, hub)),
-             ChildSpec("subscriptions", lambda: SubscriptionManager(hub),
-                       partial(SubscriptionManager.reset_after_crash, hub))]
-    for category in hub.config.categories:
-        specs.append(ChildSpec(f"public:{category}", _public(hub, category),
-                               partial(PublicStreamActor.reset_after_crash, hub, category)))
-    specs.append(ChildSpec("clock", lambda: ClockActor(hub), partial(ClockActor.reset_after_crash, hub)))
-    specs.append(ChildSpec("private", lambda: PrivateStreamActor(hub), partial(PrivateStreamActor.reset_after_crash, hub)))
-    specs.append(ChildSpec("reconciler", lambda: ReconcilerActor(hub), partial(ReconcilerActor.reset_after_crash, hub)))
-    # no reset: the alert state is meant to survive a restart (no alert fires twice or is forgotten)
-    specs.append(ChildSpec("alerts", lambda: AlertActor(hub, partial(build_health_report, hub))))
-def hybrid_children(hub: Hub, *, critical: bool = True) -> tuple[ChildSpec, ...]:
-    """The hybrid stream's actors."""
-    specs = [ChildSpec("combiner", lambda: CombinerActor(hub), critical),
-             ChildSpec("heartbeat", lambda: HeartbeatActor(hub), critical),
-             ChildSpec("subscriptions", lambda: SubscriptionManager(hub), critical)]
-    for category in hub.config.categories:
-        specs.append(ChildSpec(f"public:{category}", _public(hub, category), critical))
-    specs.append(ChildSpec("private", lambda: PrivateStreamActor(hub), critical))
-    specs.append(ChildSpec("reconciler", lambda: ReconcilerActor(hub), critical))
-    return tuple(specs)
-
-
-def default_children(hub: Hub) -> tuple[ChildSpec, ...]:
     """The actors of ``hub.mode``. The REST poller (and in production the rollback monitor)
     start first: they must run even while the hybrid actors cannot come up."""
     rest = ChildSpec("rest", lambda: RestPollerActor(hub))
