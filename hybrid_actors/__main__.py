@@ -24,6 +24,7 @@ from functools import partial
 import trio
 
 from . import __version__
+from .cli_rollout import add_rollout_options, rollout_settings
 from .config import POSITION_CATEGORIES, Credentials, Endpoints, StreamConfig
 from .errors import AuthRejected, ConfigError, HybridActorsError, RestartIntensityExceeded, StartTimeout
 from .output import consume
@@ -80,6 +81,7 @@ def _add_stream_options(parser: argparse.ArgumentParser) -> None:
                         help=f"give up (exit {EXIT_START_TIMEOUT}, saying what failed) if the stream is not up "
                              f"within this many seconds (default {DEFAULT_START_TIMEOUT:g})")
     add_log_level(parser, "INFO")
+    add_rollout_options(parser)
 
 
 def add_log_level(parser: argparse.ArgumentParser, default: str) -> None:
@@ -167,7 +169,7 @@ def _config_from(args: argparse.Namespace, credentials: Credentials, endpoints: 
     return StreamConfig(credentials=credentials, endpoints=endpoints,
                         categories=tuple(args.categories or ("linear",)),
                         heartbeat_interval=args.heartbeat_interval, metrics_port=args.metrics_port,
-                        metrics_host=args.metrics_host)
+                        metrics_host=args.metrics_host, **rollout_settings(args))
 
 
 #: how the run command spells Endpoints.choose's options (its errors name these flags)

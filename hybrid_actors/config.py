@@ -15,6 +15,7 @@ import attrs
 
 from .backoff import Backoff
 from .errors import ConfigError
+from .rollout import Mode, RolloutPolicy, parse_mode
 
 Category = Literal["linear", "inverse", "spot", "option"]
 CATEGORIES: Final[tuple[str, ...]] = ("linear", "inverse", "spot", "option")
@@ -235,6 +236,10 @@ class AlertPolicy:
     interval: float = attrs.field(default=1.0, validator=_positive)
 
 
+def _optional_mode(value: object) -> Mode | None:
+    return None if value is None else parse_mode(value)
+
+
 @attrs.frozen
 class StreamConfig:
     """Everything :func:`hybrid_actors.open_hybrid_stream` needs. Immutable; secret masked."""
@@ -262,6 +267,15 @@ class StreamConfig:
     event_buffer: int = attrs.field(default=4096, validator=_positive_int)
     #: settle coins queried for linear positions (GET /v5/position/list needs one)
     linear_settle_coins: tuple[str, ...] = attrs.field(default=("USDT", "USDC"), converter=_names)
+    #: which source feeds the consumer: rest, canary, parallel or production (see rollout.py);
+    #: None: the ``HYBRID_MODE`` environment variable, else production
+    mode: Mode | None = attrs.field(default=None, converter=_optional_mode)
+    rollout: RolloutPolicy = attrs.field(factory=RolloutPolicy)
+
+    @rollout.validator
+    def _check_rollout(self, _attribute: attrs.Attribute[RolloutPolicy], value: object) -> None:
+        if not isinstance(value, RolloutPolicy):
+            raise ConfigError(f"rollout must be a RolloutPolicy, got {type(value).__name__}")
     #: serve Prometheus text at ``/metrics`` and JSON at ``/health`` on this port (0: any free
     #: port, see ``HybridStream.metrics_url``); None: no server
     metrics_port: int | None = attrs.field(default=None)

@@ -15,6 +15,7 @@ from contextlib import nullcontext
 
 import trio
 
+from .cli_rollout import rollout_settings
 from .config import StreamConfig
 from .output import consume
 from .supervisor import open_hybrid_stream
@@ -35,7 +36,7 @@ async def run_demo(args: argparse.Namespace, output: str) -> None:
         log.info("simulator on %s (REST %s), seed %d", sim.ws_url, sim.rest_url, sim.seed)
         config = StreamConfig(credentials=sim.credentials, endpoints=sim.endpoints, categories=categories,
                               heartbeat_interval=args.heartbeat_interval, metrics_port=args.metrics_port,
-                              metrics_host=args.metrics_host)
+                              metrics_host=args.metrics_host, **rollout_settings(args))
         async with open_hybrid_stream(config, start_timeout=args.start_timeout) as stream:
             print(f"demo: streaming {len(stream.positions())} open position(s) from the simulator "
                   f"({', '.join(categories)}); Ctrl-C to stop", file=sys.stderr, flush=True)

@@ -71,6 +71,8 @@ class HealthReport:
     #: the last ``stream.state`` notice (``state``, ``reason``, ``sockets``, ``ts``) and
     #: ``since_s``; empty before the stream started
     stream_state: dict[str, Any] = attrs.Factory(dict)
+    #: mode, active source, cutover, comparator figures, rollbacks (see supervisor.rollout_section)
+    rollout: dict[str, Any] = attrs.field(factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return attrs.asdict(self)
@@ -89,6 +91,8 @@ class Health:
     #: (trio time, category, symbol, reason) of recent subscription failures
     subscription_failures: deque[tuple[float, str, str, str]] = attrs.Factory(lambda: deque(maxlen=1000))
     subscription_failures_total: int = 0
+    #: called after each subscription failure is recorded (the hub wakes the rollback monitor)
+    on_subscription_failure: Callable[[], None] | None = attrs.field(default=None, repr=False)
     reconciliations: int = 0
     reconcile_corrections: int = 0
 
@@ -114,6 +118,8 @@ class Health:
     def subscription_failed(self, now: float, category: str, symbol: str, reason: str) -> None:
         self.subscription_failures.append((now, category, symbol, reason))
         self.subscription_failures_total += 1
+        if self.on_subscription_failure is not None:
+            self.on_subscription_failure()  # the rollback monitor counts them
 
     def failures_within(self, now: float, window: float) -> int:
         return sum(1 for at, *_ in list(self.subscription_failures) if now - at <= window)  # copy: any thread

@@ -129,8 +129,9 @@ class RestClient:
                         -self.offset_ms)
         return self.offset_ms
 
-    async def tickers(self, category: str, symbol: str | None = None) -> tuple[TickerRow, ...]:
-        return await self._call(lambda: tickers_request(category, symbol), parse_tickers)
+    async def tickers(self, category: str, symbol: str | None = None, *,
+                      base_coin: str | None = None) -> tuple[TickerRow, ...]:
+        return await self._call(lambda: tickers_request(category, symbol, base_coin=base_coin), parse_tickers)
 
     async def position_page(self, category: str, *, settle_coin: str | None = None,
                             symbol: str | None = None, cursor: str | None = None) -> PositionPage:

@@ -461,6 +461,8 @@ class Combiner:
 
     book: PositionBook = attrs.Factory(PositionBook)
     marks: dict[tuple[str, str], Mark] = attrs.Factory(dict)
+    #: REST ticker marks for symbols whose live mark went stale (see :meth:`apply_fallback_marks`)
+    fallback: dict[tuple[str, str], Mark] = attrs.Factory(dict)
     #: what the consumer has been given, per open position (committed once enqueued)
     _shown: dict[Key, tuple[_Observed, PositionUpdate]] = attrs.Factory(dict)
     #: changes to ``_shown`` made by events not yet handed over (None: a close)
@@ -485,6 +487,25 @@ class Combiner:
                 position = self.book.get(key)
                 if position is not None:
                     self._emit_if_changed(*self._view(position, "ticker", mark.received_ts), events)
+        return self._done(events, commit)
+
+    def apply_fallback_marks(self, category: str, marks: Mapping[str, Mark], *, commit: bool = True) -> list[Event]:
+        """Marks from the REST ticker poll for symbols whose live mark went stale: events
+        (``source="rest"``) for the positions whose mark they change. A REST mark equal to
+        the mark the consumer has is no news; a live tick newer than it wins again."""
+        events: list[Event] = []
+        for symbol, mark in marks.items():
+            self.fallback[(category, symbol)] = mark
+            for key in self.book.keys_for(category, symbol):
+                position = self.book.get(key)
+                if position is None:
+                    continue
+                view, live = self._view(position, "rest", mark.received_ts)
+                seen = self._seen(key)
+                if seen is not None and seen[0][:4] == (view.side, view.size, view.entry_price, view.mark_price):
+                    self._views[key] = view
+                    continue  # same price: nothing to say (and a later live tick is news only if it moves)
+                self._emit_if_changed(view, live, events)
         return self._done(events, commit)
 
     def commit(self) -> None:
@@ -579,12 +600,18 @@ class Combiner:
     def _mark_for(self, position: Position) -> tuple[Decimal | None, int | None, bool, int | None]:
         """The fresher of the ticker mark and the mark the position record carried:
         ``(price, exchange_ts, live, seen_ms)``; ``seen_ms`` is when we received the ticker
-        mark, or the record's ``updatedTime`` (the mark's age counts from it)."""
-        mark = self.marks.get((position.category, position.symbol))
+        (or REST fallback) mark, or the record's ``updatedTime`` (the mark's age counts from it)."""
+        pair = (position.category, position.symbol)
+        mark = self.marks.get(pair)
+        live = mark is not None
+        fallback = self.fallback.get(pair)
+        if fallback is not None and (mark is None or (fallback.exchange_ts is not None and mark.exchange_ts is not None
+                                                      and fallback.exchange_ts > mark.exchange_ts)):
+            mark, live = fallback, False  # a REST mark newer than the last live one
         if mark is not None and (position.mark_price is None or mark.exchange_ts is None
                                  or position.updated_time is None
                                  or mark.exchange_ts >= position.updated_time):
-            return mark.price, mark.exchange_ts, True, mark.received_ts
+            return mark.price, mark.exchange_ts, live, mark.received_ts
         seen = position.updated_time if position.mark_price is not None else None
         return position.mark_price, position.updated_time, False, seen
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import random
 import time
 from collections import deque
@@ -52,6 +53,8 @@ from .actors.mailboxes import StreamClosed
 from .actors.private_ws import PrivateStreamActor
 from .actors.public_ws import PublicStreamActor
 from .actors.reconciler import ReconcilerActor
+from .actors.rest_poller import RestPollerActor
+from .actors.rollback import RollbackMonitor
 from .actors.subscriptions import SubscriptionManager
 from .config import StreamConfig
 from .errors import (AuthRejected, HybridActorsError, RestartIntensityExceeded, StartTimeout, SupervisorError,
@@ -60,6 +63,7 @@ from .health import HealthReport
 from .observability import serve_observability
 from .rest import open_rest_client
 from .notices import StateTracker, StreamEvent, StreamState
+from .rollout import resolve_mode
 from .state import PositionUpdate
 
 __all__ = ["Supervisor", "HybridStream", "open_hybrid_stream", "ChildSpec"]
@@ -81,6 +85,10 @@ class ChildSpec:
     #: after a crash, before the restart: put the hub state this child owns back to a
     #: known-good value, so the state that caused the crash is not inherited
     reset: Callable[[], None] | None = None
+    #: a crash loop of a critical child ends the stream; of another, it is reported to the
+    #: hub (the rollout decides: a rollback in production, nothing in canary/parallel) and the
+    #: child keeps being restarted with backoff
+    critical: bool = True
 
 
 def exception_leaves(exc: BaseException) -> Iterator[BaseException]:
@@ -113,20 +121,38 @@ def _public(hub: Hub, category: str) -> Callable[[], Actor]:
     return lambda: PublicStreamActor(hub, category)
 
 
-def default_children(hub: Hub) -> tuple[ChildSpec, ...]:
-    specs = [ChildSpec("combiner", lambda: CombinerActor(hub), partial(CombinerActor.reset_after_crash, hub)),
-             ChildSpec("heartbeat", lambda: HeartbeatActor(hub), partial(HeartbeatActor.reset_after_crash, hub)),
+def hybrid_children(hub: Hub, *, critical: bool = True) -> tuple[ChildSpec, ...]:
+    """The hybrid stream's actors."""
+    specs = [ChildSpec("combiner", lambda: CombinerActor(hub), partial(CombinerActor.reset_after_crash, hub),
+                       critical=critical),
+             ChildSpec("heartbeat", lambda: HeartbeatActor(hub), partial(HeartbeatActor.reset_after_crash, hub),
+                       critical=critical),
              ChildSpec("subscriptions", lambda: SubscriptionManager(hub),
-                       partial(SubscriptionManager.reset_after_crash, hub))]
+                       partial(SubscriptionManager.reset_after_crash, hub), critical=critical)]
     for category in hub.config.categories:
         specs.append(ChildSpec(f"public:{category}", _public(hub, category),
-                               partial(PublicStreamActor.reset_after_crash, hub, category)))
-    specs.append(ChildSpec("clock", lambda: ClockActor(hub), partial(ClockActor.reset_after_crash, hub)))
-    specs.append(ChildSpec("private", lambda: PrivateStreamActor(hub), partial(PrivateStreamActor.reset_after_crash, hub)))
-    specs.append(ChildSpec("reconciler", lambda: ReconcilerActor(hub), partial(ReconcilerActor.reset_after_crash, hub)))
-    # no reset: the alert state is meant to survive a restart (no alert fires twice or is forgotten)
-    specs.append(ChildSpec("alerts", lambda: AlertActor(hub, partial(build_health_report, hub))))
+                               partial(PublicStreamActor.reset_after_crash, hub, category), critical=critical))
+    specs.append(ChildSpec("clock", lambda: ClockActor(hub), partial(ClockActor.reset_after_crash, hub),
+                           critical=critical))
+    specs.append(ChildSpec("private", lambda: PrivateStreamActor(hub), partial(PrivateStreamActor.reset_after_crash, hub),
+                           critical=critical))
+    specs.append(ChildSpec("reconciler", lambda: ReconcilerActor(hub), partial(ReconcilerActor.reset_after_crash, hub),
+                           critical=critical))
     return tuple(specs)
+
+
+def default_children(hub: Hub) -> tuple[ChildSpec, ...]:
+    """The actors of ``hub.mode``. The REST poller (and in production the rollback monitor)
+    start first: they must run even while the hybrid actors cannot come up."""
+    rest = ChildSpec("rest", lambda: RestPollerActor(hub))
+    # no reset: the alert state is meant to survive a restart (no alert fires twice or is forgotten)
+    alerts = ChildSpec("alerts", lambda: AlertActor(hub, partial(build_health_report, hub)))
+    if hub.mode == "rest":
+        return (rest, alerts)
+    if hub.mode in ("canary", "parallel"):  # monitor-only: a hybrid crash loop must not end the bot's stream
+        return (rest, *hybrid_children(hub, critical=False), alerts)
+    monitor = ChildSpec("rollback", lambda: RollbackMonitor(hub))
+    return (rest, monitor, *hybrid_children(hub, critical=not hub.config.rollout.rollback_on_crash_loop), alerts)
 
 
 @attrs.define(eq=False)
@@ -235,9 +261,15 @@ class Supervisor:
                               sum(1 for t in crashes if now - t < policy.window), policy.window,
                               exc_info=leaf)
                     if len(crashes) == policy.max_restarts and now - crashes[0] < policy.window:
-                        stats.state = "failed"
-                        raise RestartIntensityExceeded(spec.name, policy.max_restarts, policy.window,
-                                                       leaf) from exc
+                        # before the stream has started there is nothing to roll back to
+                        if spec.critical or not self.hub.first_snapshot.is_set():
+                            stats.state = "failed"
+                            raise RestartIntensityExceeded(spec.name, policy.max_restarts, policy.window,
+                                                           leaf) from exc
+                        log.critical("%s is crash-looping (%d crashes within %gs); the rollout takes over",
+                                     spec.name, policy.max_restarts, policy.window)
+                        crashes.clear()
+                        self.hub.report_crash_loop(spec.name)
                     if spec.reset is not None:
                         spec.reset()  # the restart must not inherit the state that caused the crash
                         log.warning("%s: the hub state it owns is reset to a known-good value", spec.name)
@@ -293,8 +325,12 @@ class HybridStream:
         return self.hub.events.drain()
 
     def positions(self) -> tuple[PositionUpdate, ...]:
-        """The current view of every open position (latest mark and PnL). Safe from any thread."""
-        return self.hub.combiner.current()
+        """The current view of every open position (latest mark and PnL), from the source
+        that feeds the consumer. Safe from any thread."""
+        switch = self.hub.switch
+        if switch.all_hybrid:
+            return self.hub.combiner.current()
+        return tuple(switch.seen.values())
 
     def health(self) -> HealthReport:
         """The stream's :class:`HealthReport`. Safe from any thread (e.g. a metrics exporter's):
@@ -381,10 +417,38 @@ def build_health_report(hub: Hub, *, now: float | None = None) -> HealthReport:
     stream_state = {} if current is None else {**current.as_dict(),
                                                "since_s": round(max(0, hub.wall_ms() - current.ts) / 1000, 3)}
     stream_state.pop("event", None)
-    return HealthReport(status, actors, connections, subscriptions, events, len(hub.combiner.book), tuple(problems),
+    rollout = rollout_section(hub, now)
+    if rollout["active"] == "rest" and hub.mode == "production":
+        problems.append(f"rolled back to REST: {hub.switch.last_rollback_reason}")
+    positions = len(hub.combiner.book) if hub.switch.all_hybrid else len(hub.switch.seen)
+    return HealthReport(status, actors, connections, subscriptions, events, positions, tuple(problems),
                         latency=hub.latency.report(now), open_positions=position_rows(hub),
                         alerts=tuple(hub.alerts.report(now)),
-                        rest=rest_section, stream_state=stream_state)
+                        rest=rest_section, stream_state=stream_state, rollout=rollout)
+
+
+def rollout_section(hub: Hub, now: float) -> dict[str, Any]:
+    """``health()['rollout']``: mode, active source, cutover, comparator, rollbacks, fallback."""
+    runtime = hub.rollout
+    section = hub.switch.health_section()
+    comparator = runtime.comparator
+    section.update({
+        "comparisons": comparator.comparisons if comparator else 0,
+        "divergences": comparator.divergences if comparator else 0,
+        "divergence_max_ratio": format(comparator.max_ratio, "f") if comparator else "0",
+        "divergence_threshold": format(hub.config.rollout.divergence_threshold, "f"),
+        "last_divergence": None if comparator is None or comparator.last_divergence is None else {
+            "category": comparator.last_divergence[0], "symbol": comparator.last_divergence[1],
+            "rest": format(comparator.last_divergence[2], "f"), "hybrid": format(comparator.last_divergence[3], "f"),
+            "ratio": format(comparator.last_divergence[4], "f")},
+        "stale_fallback": sorted(f"{c}:{s}" for c, s in runtime.stale),
+        "fallback_marks": runtime.fallback_marks_sent,
+        "rest_position_polls": runtime.position_polls,
+        "rest_ticker_polls": runtime.ticker_polls,
+        "rest_positions_age_s": round(now - runtime.positions_at, 3) if runtime.positions_at is not None else None,
+    })
+    return section
+
 
 
 def _by_event(counts: dict[tuple[str, str], int]) -> dict[str, dict[str, int]]:
@@ -399,7 +463,8 @@ def position_rows(hub: Hub) -> tuple[dict[str, Any], ...]:
     wall_ms = hub.wall_ms()
     marks = hub.combiner.marks
     rows = []
-    for view in hub.combiner.current():
+    views = hub.combiner.current() if hub.switch.all_hybrid else tuple(hub.switch.seen.values())
+    for view in views:
         mark = marks.get((view.category, view.symbol))
         seen_ms = mark.received_ts if mark is not None and mark.price == view.mark_price else view.received_ts
         rows.append({"symbol": view.symbol, "category": view.category, "position_idx": view.position_idx,
@@ -434,13 +499,14 @@ async def open_hybrid_stream(config: StreamConfig, *, wall_clock: Callable[[], f
     then raises :class:`~.errors.StartTimeout` naming what failed.
     """
     random_source = rng or random.Random()
+    mode = resolve_mode(config.mode, os.environ)
     try:
         async with open_rest_client(config.endpoints.rest_url, config.credentials,
                                     recv_window_ms=config.recv_window_ms, timeout=config.rest_timeout,
                                     attempts=config.rest_attempts, verify_tls=config.endpoints.verify_tls,
                                     wall_clock=wall_clock, linear_settle_coins=config.linear_settle_coins,
                                     rng=random_source) as rest:
-            hub = Hub(config, rest, wall_clock=wall_clock, rng=random_source)
+            hub = Hub(config, rest, wall_clock=wall_clock, rng=random_source, mode=mode)
             supervisor = Supervisor(hub)
             async with trio.open_nursery() as nursery:
                 metrics_url = None

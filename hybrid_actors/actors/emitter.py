@@ -58,6 +58,7 @@ class CombinerActor:
         async with hub.lifecycle_recv.clone() as inbox, trio.open_nursery() as nursery:
             nursery.start_soon(self._lifecycle, inbox)
             nursery.start_soon(self._prices)
+            nursery.start_soon(self._fallback_prices)
             task_status.started()
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -109,15 +110,24 @@ class CombinerActor:
                     chunk = dict(items[start:start + STEP])
                     self._emit(combiner.apply_marks(category, chunk, commit=False), chunk)
 
+    async def _fallback_prices(self) -> NoReturn:
+        """REST ticker marks for positions whose live mark went stale (the REST poller's)."""
+        hub = self.hub
+        while True:
+            batch = await hub.rollout.fallback_marks.take()
+            by_category: dict[str, dict[str, Mark]] = {}
+            for (category, symbol), mark in batch.items():
+                by_category.setdefault(category, {})[symbol] = mark
+            for category, marks in by_category.items():
+                self._emit(hub.combiner.apply_fallback_marks(category, marks, commit=False))
+
     def _emit(self, events: Sequence[Event], marks: Mapping[str, Mark] | None = None) -> None:
         """Hand events over, then commit them as shown: a crash in between is healed by
         :meth:`Combiner.resync` when this actor restarts. ``marks``: the ticker marks the
         events came from (their read stamps give the frame-to-event latency)."""
         hub = self.hub
-        put = hub.events.put
         try:
-            for event in events:
-                put(event)
+            hub.switch.offer_hybrid(events)
         except BaseException:
             hub.combiner.rollback()  # not handed over: a sibling's later commit must not claim them
             raise

@@ -28,9 +28,11 @@ from ..messages import Lifecycle, SubscriptionMessage
 from ..notices import Notice, StateTracker
 from ..protocol.session import Session
 from ..rest import RestClient
+from ..rollout import Comparator, Mode, ReturnGate
 from ..state import Combiner, Mark
 from .links import Link, LinkRegistry
 from .mailboxes import EventQueue, LatestByKey, Watch
+from .switch import SourceSwitch
 
 __all__ = ["Hub", "CategorySubscriptions", "Failed", "LIFECYCLE_BUFFER", "SUBSCRIPTION_INBOX"]
 
@@ -85,6 +87,39 @@ class CategorySubscriptions:
         self.resubscribe.clear()
         self.tokens = burst * 1.0  # a token count, not a price
         self.tokens_at = now
+
+
+@attrs.define(eq=False)
+class RolloutRuntime:
+    """Rollout state that outlives the REST poller and the rollback monitor."""
+
+    #: the REST view of every position (written by the REST poller only)
+    combiner: Combiner = attrs.Factory(Combiner)
+    comparator: Comparator | None = None
+    #: REST ticker marks for hybrid positions whose live mark went stale (poller → combiner)
+    fallback_marks: LatestByKey[tuple[str, str], Mark] = attrs.Factory(LatestByKey)
+    #: (category, symbol) → trio time since when the poller has watched its mark age
+    tracked_since: dict[tuple[str, str], float] = attrs.Factory(dict)
+    #: symbols currently fed from REST because their live mark is stale
+    stale: frozenset[tuple[str, str]] = frozenset()
+    fallback_marks_sent: int = 0
+    position_polls: int = 0
+    ticker_polls: int = 0
+    #: trio time of the last REST position snapshot applied
+    positions_at: float | None = None
+    #: the hybrid actor whose crash loop was reported (the rollback monitor takes it)
+    crash_loop: str | None = None
+    wake_monitor: trio.Event = attrs.Factory(trio.Event)
+    #: trio time the rollback monitor first ran (sockets never connected count as down since)
+    started_at: float | None = None
+    #: when to return to hybrid after a rollback (the rollback monitor's)
+    gate: ReturnGate | None = None
+    #: since when at least one hybrid position has been open (the rollback monitor's)
+    open_since: float | None = None
+
+    def wake(self) -> None:
+        """Ask the rollback monitor to evaluate now."""
+        self.wake_monitor.set()
 
 
 @attrs.define(eq=False)
@@ -144,6 +179,10 @@ class Hub:
     #: set by the combiner only, once the private socket is authenticated and its REST
     #: snapshot applied: the stream counts as started (``open_hybrid_stream`` yields)
     first_snapshot: trio.Event = attrs.Factory(trio.Event)
+    #: the rollout mode in force (``config.mode`` or ``HYBRID_MODE`` resolved)
+    mode: Mode = "production"
+    switch: SourceSwitch = attrs.field(init=False)
+    rollout: RolloutRuntime = attrs.field(init=False)
     #: ``stream.state``: written by the supervisor only (see :class:`~..notices.StateTracker`)
     stream_state: StateTracker = attrs.field(init=False)
 
@@ -158,12 +197,23 @@ class Hub:
         self.stream_state = StateTracker.for_sockets(["private", *(f"public:{c}" for c in cats)])
         self.lifecycle_send, self.lifecycle_recv = trio.open_memory_channel[Lifecycle](LIFECYCLE_BUFFER)
         self.subs_send, self.subs_recv = trio.open_memory_channel[SubscriptionMessage](SUBSCRIPTION_INBOX)
+        policy = self.config.rollout
+        self.switch = SourceSwitch(self.mode, policy, self.events)
+        self.rollout = RolloutRuntime(
+            comparator=Comparator(policy.divergence_threshold) if self.mode == "parallel" else None,
+            gate=ReturnGate(policy))
+        self.health.on_subscription_failure = self.rollout.wake
 
     def wall_ms(self) -> int:
         return int(self.wall_clock() * 1000)
 
     def request_reconcile(self) -> None:
         self.reconcile_now.set()
+
+    def report_crash_loop(self, actor: str) -> None:
+        """A hybrid actor is crash-looping: the rollback monitor decides what that means."""
+        self.rollout.crash_loop = actor
+        self.rollout.wake()
 
     def request_clock_sync(self) -> None:
         self.clock_sync_requested.set()

@@ -12,6 +12,7 @@ import asyncio
 import contextvars
 import logging
 import math
+import os
 import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import suppress
@@ -25,6 +26,7 @@ from ..actors.mailboxes import StreamClosed
 from ..config import Credentials, Endpoints, StreamConfig, mask_key
 from ..errors import ConfigError, HybridActorsError, StartTimeout
 from ..health import HealthReport
+from ..rollout import MODES, resolve_mode
 from ..state import PositionUpdate
 from ..supervisor import HybridStream, open_hybrid_stream
 from .feed import Feed
@@ -39,9 +41,9 @@ log = logging.getLogger("hybrid_actors.bridge")
 
 State = Literal["new", "starting", "running", "failed", "stopped"]
 
-#: ``mode=None`` means "production" too; the rollout modes of the original plan
-#: (canary, parallel, rest) are not part of this version
-SUPPORTED_MODES: Final[tuple[str, ...]] = ("production",)
+#: the rollout modes (see :mod:`hybrid_actors.rollout`); ``mode=None`` means ``HYBRID_MODE``
+#: from the environment, else production
+SUPPORTED_MODES: Final[tuple[str, ...]] = MODES
 #: most events the trio side takes from the stream per batch
 MAX_BATCH: Final = 256
 DEFAULT_START_TIMEOUT: Final = 60.0
@@ -68,7 +70,11 @@ class BybitHybridStream:
       ``stream-demo.bybit.com``, public streams from mainnet, REST on ``api-demo.bybit.com``).
     - ``stream_url`` / ``rest_url``: base URLs overriding those (e.g. the simulator);
       ``endpoints``: an explicit :class:`~hybrid_actors.config.Endpoints` instead of all four.
-    - ``mode``: ``None`` or ``"production"``.
+    - ``mode``: ``"production"`` (the hybrid stream feeds the handler), ``"canary"`` (REST
+      polling feeds it, the hybrid stream runs beside it monitor-only), ``"parallel"``
+      (canary plus a REST/WS price comparator) or ``"rest"`` (REST polling only); None:
+      the ``HYBRID_MODE`` environment variable, else production. ``rollout=RolloutPolicy(...)``
+      sets cutover, stale-price fallback, rollback triggers and auto-return.
     - ``stall_threshold``: seconds the loop's thread may be blocked before it counts (and
       is logged) as a stall; see :mod:`.stalls`.
     - ``start_timeout``: seconds :meth:`start` waits for the exchange before raising
@@ -86,10 +92,7 @@ class BybitHybridStream:
                  rest_url: str | None = None, mode: str | None = None, records: bool = False,
                  start_timeout: float | None = DEFAULT_START_TIMEOUT, stop_timeout: float = DEFAULT_STOP_TIMEOUT,
                  stall_threshold: float = DEFAULT_STALL_THRESHOLD, **config: Any) -> None:
-        if mode is not None and mode not in SUPPORTED_MODES:
-            raise ConfigError(f"mode {mode!r} is not supported: hybrid_actors {__version__} supports mode=None or "
-                              f"{', '.join(repr(m) for m in SUPPORTED_MODES)} (the hybrid stream feeds the bot); "
-                              "the canary/parallel/rest rollout modes are not part of this version")
+        resolved_mode = resolve_mode(mode, os.environ)  # a bad value is a ConfigError here
         for name, value in (("api_key", api_key), ("api_secret", api_secret)):
             if not isinstance(value, str) or not value.strip():
                 raise ConfigError(f"{name} must be a non-empty string")
@@ -120,13 +123,13 @@ class BybitHybridStream:
         else:
             endpoints = Endpoints.choose(testnet=testnet, demo=demo, stream_url=stream_url, rest_url=rest_url)
         self._config = StreamConfig(credentials=Credentials(api_key, api_secret), endpoints=endpoints,
-                                    categories=categories, **config)
+                                    categories=categories, mode=resolved_mode, **config)
         self._handler = event_handler
         self._records = records
         self._stall_threshold = stall_threshold
         self._watch: LoopWatch | None = None
         self._feeds: set[Feed] = set()
-        self._mode = mode or "production"
+        self._mode = resolved_mode
         self._start_timeout = start_timeout
         self._stop_timeout = stop_timeout
         self._stats = BridgeStats()

@@ -104,8 +104,10 @@ def position_list_request(api_key: str, api_secret: str, *, category: str, times
     return RestRequest("/v5/position/list", query, headers, signed=True)
 
 
-def tickers_request(category: str, symbol: str | None = None) -> RestRequest:
-    return RestRequest("/v5/market/tickers", build_query([("category", category), ("symbol", symbol)]))
+def tickers_request(category: str, symbol: str | None = None, *, base_coin: str | None = None) -> RestRequest:
+    """Public tickers of a category (options need ``symbol`` or ``base_coin``)."""
+    return RestRequest("/v5/market/tickers", build_query([("category", category), ("symbol", symbol),
+                                                          ("baseCoin", base_coin)]))
 
 
 def server_time_request() -> RestRequest:

@@ -31,7 +31,9 @@ def make_hub() -> Hub:
 
 def test_every_default_child_has_a_reset_but_the_alerts_whose_state_is_meant_to_survive():
     hub = make_hub()
-    assert {spec.name for spec in default_children(hub) if spec.reset is None} == {"alerts"}
+    # the rollout's REST poller and rollback monitor keep their state in hub.rollout on purpose
+    # (the consumer's view, the REST book, the return gate): a restart must not forget it
+    assert {spec.name for spec in default_children(hub) if spec.reset is None} == {"alerts", "rest", "rollback"}
 
 
 async def test_private_forgets_a_counted_refusal_and_clock_and_reconciler_request_fresh_work():

@@ -56,14 +56,27 @@ def test_extra_stream_config_options_pass_through():
     assert config.endpoints.public_url("inverse") == "ws://127.0.0.1:9/v5/public/inverse"
 
 
-@pytest.mark.parametrize("mode", [None, "production"])
-def test_supported_modes(mode):
-    assert make(mode=mode).mode == "production"
+@pytest.mark.parametrize("mode", ["production", "canary", "parallel", "rest", "PRODUCTION"])
+def test_every_rollout_mode_is_accepted(mode, monkeypatch):
+    monkeypatch.delenv("HYBRID_MODE", raising=False)
+    stream = make(mode=mode)
+    assert stream.mode == mode.lower() and stream.config.mode == mode.lower()
 
 
-@pytest.mark.parametrize("mode", ["canary", "parallel", "rest", "PRODUCTION", ""])
-def test_other_modes_are_refused_naming_the_supported_ones(mode):
-    with pytest.raises(ConfigError, match="supports mode=None or 'production'"):
+def test_mode_none_takes_hybrid_mode_from_the_environment(monkeypatch):
+    monkeypatch.delenv("HYBRID_MODE", raising=False)
+    assert make(mode=None).mode == "production"
+    monkeypatch.setenv("HYBRID_MODE", "canary")
+    assert make(mode=None).mode == "canary"
+    assert make(mode="rest").mode == "rest"  # the argument wins
+    monkeypatch.setenv("HYBRID_MODE", "shadow")
+    with pytest.raises(ConfigError, match="HYBRID_MODE 'shadow' is not a mode"):
+        make(mode=None)
+
+
+@pytest.mark.parametrize("mode", ["shadow", "hybrid", ""])
+def test_unknown_modes_are_refused_naming_the_modes(mode):
+    with pytest.raises(ConfigError, match="choose one of rest, canary, parallel, production"):
         make(mode=mode)
 
 

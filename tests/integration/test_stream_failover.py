@@ -15,6 +15,7 @@ from hybrid_actors.actors import private_ws, public_ws, reconciler
 from hybrid_actors.actors.emitter import CombinerActor
 from hybrid_actors.actors.heartbeat import HeartbeatActor
 from hybrid_actors.actors.mailboxes import EventQueue
+from hybrid_actors.rollout import RolloutPolicy
 from hybrid_actors.actors.subscriptions import SubscriptionManager
 from hybrid_actors.state import PositionClosed
 from hybrid_actors.supervisor import open_hybrid_stream
@@ -329,7 +330,9 @@ async def test_restart_intensity_exceeded_ends_the_stream_with_a_clear_error(loo
     policy = RestartPolicy(max_restarts=3, window=60.0, backoff_max=1.0)
     with trio.fail_after(TEST_TIMEOUT):
         async with open_simulator(sim_config(wall_clock=trio_wall_clock())) as sim:
-            config = StreamConfig(credentials=sim.credentials, endpoints=sim.endpoints, restart=policy)
+            # with the crash-loop rollback trigger off (it is on by default: see test_rollout_*)
+            config = StreamConfig(credentials=sim.credentials, endpoints=sim.endpoints, restart=policy,
+                                  rollout=RolloutPolicy(rollback_on_crash_loop=False))
             with pytest.raises(RestartIntensityExceeded) as caught:
                 async with open_hybrid_stream(config, rng=random.Random(1)) as stream:
                     monkeypatch.setattr(public_ws, "decode", always_broken)

@@ -13,6 +13,7 @@ from hybrid_actors import AuthRejected, RestartIntensityExceeded, RestartPolicy,
 from hybrid_actors.actors import public_ws
 from hybrid_actors.notices import StreamAlert, StreamRollback, StreamState
 from hybrid_actors.output import JsonlWriter
+from hybrid_actors.rollout import RolloutPolicy
 from hybrid_actors.state import PositionUpdate
 from hybrid_actors.supervisor import open_hybrid_stream
 from hybrid_actors.testing.simulator import open_simulator, trio_wall_clock
@@ -128,7 +129,9 @@ async def test_a_crash_loop_is_failed_too(loopback_clock, monkeypatch):
     stacks, raised = [], []
     with trio.fail_after(TEST_TIMEOUT):
         try:
-            async with running(restart=RestartPolicy(max_restarts=3, window=60.0)) as s:
+            # the crash-loop rollback trigger off: with it (the default) production rolls back instead
+            async with running(restart=RestartPolicy(max_restarts=3, window=60.0),
+                               rollout=RolloutPolicy(rollback_on_crash_loop=False)) as s:
                 stacks.append(s)
                 await s.log.wait_for_state("live")
                 monkeypatch.setattr(public_ws.PublicStreamActor, "run", crash)

@@ -28,9 +28,9 @@ pytestmark = pytest.mark.unit
 
 ROOT = PACKAGE.parent
 PURE = sorted([*(PACKAGE / "protocol").glob("*.py"), PACKAGE / "state.py", PACKAGE / "notices.py",
-               PACKAGE / "config.py", PACKAGE / "errors.py", PACKAGE / "backoff.py"])
+               PACKAGE / "config.py", PACKAGE / "errors.py", PACKAGE / "backoff.py", PACKAGE / "rollout.py"])
 NO_CLOCK = sorted([*(PACKAGE / "protocol").glob("*.py"), PACKAGE / "state.py", PACKAGE / "notices.py",
-                   PACKAGE / "backoff.py"])
+                   PACKAGE / "backoff.py", PACKAGE / "rollout.py"])
 IO_LIBRARIES = {"trio", "trio_websocket", "httpx", "asyncio", "trio_asyncio", "socket", "anyio", "ssl", "select",
                 "selectors", "websockets", "requests", "urllib3", "aiohttp"}
 CLOCKS = {"time", "datetime"}
