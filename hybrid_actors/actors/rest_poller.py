@@ -73,8 +73,11 @@ class RestPollerActor:
             snapshot = await hub.rest.positions(hub.config.categories)
             await hub.events.wait_for_space()
             runtime = hub.rollout
+            # authoritative only for the (category, settle coin) scopes it read completely:
+            # without coverage a page cut short or a skipped coin would "close" positions
             runtime.combiner.apply_snapshot(snapshot.positions, categories=snapshot.categories,
-                                            as_of_ms=snapshot.as_of_ms, received_ts=hub.wall_ms())
+                                            as_of_ms=snapshot.as_of_ms, received_ts=hub.wall_ms(),
+                                            coverage=snapshot.coverage)
             runtime.position_polls += 1
             runtime.positions_at = trio.current_time()
             switch.rest_snapshot_taken(epoch)
@@ -174,6 +177,7 @@ class RestPollerActor:
         runtime = hub.rollout
         for category in categories:
             symbols = rest.get(category, set()) | stale.get(category, set()) | compare.get(category, set())
+            asked_at = trio.current_time()
             rows = await self._fetch(category, symbols)
             runtime.ticker_polls += 1
             now_ms = hub.rest.now_ms()  # the exchange's clock: comparable with ticker frames' ts
@@ -186,9 +190,12 @@ class RestPollerActor:
                 await hub.events.wait_for_space()
                 runtime.combiner.apply_fallback_marks(category, wanted_rest)
                 self._sync()
+            activity = hub.activity.get(category, {})
             for symbol in stale.get(category, ()):
                 mark = marks.get(symbol)
-                if mark is not None:
+                # a live tick that came in while we asked wins: its socket is back, and a REST
+                # answer (which may have taken long, e.g. on a slow exchange) must not overtake it
+                if mark is not None and activity.get(symbol, -math.inf) < asked_at:
                     runtime.fallback_marks.put((category, symbol), mark)
                     runtime.fallback_marks_sent += 1
             runtime.fallback_marks.commit()
