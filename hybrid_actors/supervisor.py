@@ -391,7 +391,7 @@ def build_health_report(hub: Hub, *, now: float | None = None) -> HealthReport:
               "last_event_age_s": round(now - health.last_event_at, 3) if health.last_event_at is not None else None,
               "subscription_failures_1h": health.failures_within(now, 3600.0),
               "reconciliations": health.reconciliations, "reconcile_corrections": health.reconcile_corrections,
-              "by_event": _by_event(health.events_by_kind), "last_event_ms": health.last_event_ms,
+              "by_event": _by_event(health.events_by_kind, hub.switch.rest_by_kind), "last_event_ms": health.last_event_ms,
               "subscription_failures_total": health.subscription_failures_total,
               "handler_errors": health.handler_errors()}
     rest = hub.rest
@@ -451,10 +451,14 @@ def rollout_section(hub: Hub, now: float) -> dict[str, Any]:
 
 
 
-def _by_event(counts: dict[tuple[str, str], int]) -> dict[str, dict[str, int]]:
+def _by_event(*counts: dict[tuple[str, str], int]) -> dict[str, dict[str, int]]:
+    """Event counts by name and source, summed over the tables (the hybrid combiner's and
+    the REST path's: each has its own writer)."""
     out: dict[str, dict[str, int]] = {}
-    for (name, source), count in tuple(counts.items()):
-        out.setdefault(name, {})[source] = count
+    for table in counts:
+        for (name, source), count in tuple(table.items()):
+            by_source = out.setdefault(name, {})
+            by_source[source] = by_source.get(source, 0) + count
     return out
 
 

@@ -61,6 +61,9 @@ class SourceSwitch:
     #: which source gave the consumer its last event of each open position
     delivered_by: dict[Key, Source] = attrs.Factory(dict)
     delivered: dict[str, int] = attrs.Factory(lambda: {"hybrid": 0, "rest": 0})
+    #: (event name, "rest") -> count of the events the REST path handed to the consumer
+    #: (``hybrid_events_total`` adds them to the combiner's own counts)
+    rest_by_kind: dict[tuple[str, str], int] = attrs.Factory(dict)
     rollbacks: int = 0
     returns: int = 0
     last_rollback_reason: str | None = None
@@ -180,6 +183,11 @@ class SourceSwitch:
         for event in events:
             put(event)
         self.delivered[source] += len(events)
+        if source == "rest":
+            by_kind = self.rest_by_kind
+            for event in events:
+                kind = (event.name, "rest")
+                by_kind[kind] = by_kind.get(kind, 0) + 1
         self.on_delivered(events)
 
     # --- rollback and return ---------------------------------------------------------------------

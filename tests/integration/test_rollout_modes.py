@@ -55,6 +55,9 @@ async def test_rest_mode_feeds_the_consumer_from_rest_alone(loopback_clock):
             health = rollout(s)
             assert (health["mode"], health["active"]) == ("rest", "rest")
             assert health["rest_position_polls"] >= 1 and health["rest_ticker_polls"] >= 1
+            # what the consumer got is counted (hybrid_events_total{event,source="rest"})
+            by_event = s.stream.health().events["by_event"]
+            assert by_event["position.update"]["rest"] >= 2 and by_event["position.closed"]["rest"] == 1
             # within Bybit's limits: about one tickers call per second, one position/list per 5 s
             elapsed = trio.current_time()
             assert len(sim.observe.rest_calls("/v5/market/tickers")) <= elapsed + 2
