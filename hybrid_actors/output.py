@@ -108,6 +108,11 @@ async def consume(stream: HybridStream, output: str) -> None:
                 if stream.ended:  # print its last events, the "failed" line that says why included
                     with trio.move_on_after(FLUSH_TIMEOUT, shield=True):
                         await writer.write_batch([*last, *stream.unread()])
+        # only an error that ended the stream gets here: it is about to cancel us (and then
+        # comes out of open_hybrid_stream); wait for that instead of drawing a table
+        with trio.move_on_after(FLUSH_TIMEOUT):
+            await trio.sleep_forever()
+        return
     rate = EventRate()
     rows = default_rows()
     with TableView() as view:  # the dashboard's renderer, fed by this process's stream
