@@ -240,20 +240,39 @@ async def test_ctrl_c_exits_130():
     assert proc.returncode == 130
 
 
+CRASHING_PUBLIC_ACTOR = ("import sys\n"
+                         "from hybrid_actors.actors import public_ws\n"
+                         "async def crash(self, *, task_status=None):\n"
+                         "    raise ValueError('a bug in the public actor')\n"
+                         "public_ws.PublicStreamActor.run = crash\n"
+                         "from hybrid_actors.__main__ import main\n")
+
+
 async def test_a_crash_loop_exits_1_and_names_it():
-    script = ("import sys\n"
-              "from hybrid_actors.actors import public_ws\n"
-              "async def crash(self, *, task_status=None):\n"
-              "    raise ValueError('a bug in the public actor')\n"
-              "public_ws.PublicStreamActor.run = crash\n"
-              "from hybrid_actors.__main__ import main\n"
-              "sys.exit(main(['demo', '--output', 'jsonl', '--log-level', 'critical']))\n")
+    # with the crash-loop rollback off (production's default rolls back to REST: next test)
+    script = CRASHING_PUBLIC_ACTOR + ("sys.exit(main(['demo', '--output', 'jsonl', '--log-level', 'critical',"
+                                      " '--no-rollback-on-crash-loop']))\n")
     with trio.fail_after(60):
         result = await trio.run_process([PYTHON, "-c", script], capture_stdout=True, capture_stderr=True,
                                         check=False, env=cli_env(None, None))
     err = result.stderr.decode()
     assert result.returncode == 1, err
     assert "stopped: actor 'public:linear' crashed" in err and "ValueError: a bug in the public actor" in err
+
+
+async def test_a_crash_loop_in_production_rolls_back_to_rest_and_keeps_running():
+    script = CRASHING_PUBLIC_ACTOR + ("sys.exit(main(['demo', '--output', 'jsonl', '--log-level', 'critical',"
+                                      " '--seconds', '12']))\n")
+    with trio.fail_after(60):
+        result = await trio.run_process([PYTHON, "-c", script], capture_stdout=True, capture_stderr=True,
+                                        check=False, env=cli_env(None, None))
+    err = result.stderr.decode()
+    assert result.returncode == 0, err
+    lines = [json.loads(line) for line in result.stdout.decode().splitlines()]
+    rollbacks = [line for line in lines if line["event"] == "stream.rollback"]
+    assert len(rollbacks) == 1 and "public:linear" in rollbacks[0]["reason"], rollbacks
+    after = lines[lines.index(rollbacks[0]) + 1:]
+    assert any(line["event"] == "position.update" and line["source"] == "rest" for line in after), after[-5:]
 
 
 async def test_flags_log_level_any_case_deprecated_demo_and_usage_of_the_subcommand():
