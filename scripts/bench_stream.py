@@ -36,7 +36,7 @@ endpoints. Everything is measured in the same run, on the real clock, in this or
    - each complete message keeps the stamps of the read that completed it: with
      trio-websocket, its message queue is wrapped; with the lean transport, every message
      of a ``receive_batch()`` was completed by that call's last read;
-   - ``public_ws.decode`` is wrapped so each ticker frame that carries a mark price
+   - ``public_ws.decode_hot`` is wrapped so each ticker frame that carries a mark price
      records ``(symbol, ts) -> stamps``;
    - when ``stream.batches()`` returns, each ``source == "ticker"`` event is matched on
      ``(symbol, exchange_ts)`` and ``time.time_ns()`` minus the kernel stamp is the figure.
@@ -130,7 +130,6 @@ from hybrid_actors.errors import ConnectionLost, HandshakeError
 from hybrid_actors.transport import (
     CANCELLED_CLOSE_WAIT, HANDSHAKE_COOLDOWN, RECEIVE_BYTES, Transport, _is_cancellation, _ssl_context,
 )
-from hybrid_actors.protocol.frames import TickerFrame
 from hybrid_actors.state import Combiner, Event, PositionEvent
 from hybrid_actors.supervisor import HybridStream, open_hybrid_stream
 
@@ -1058,7 +1057,7 @@ class LatencyProbe:
         """Patch the public socket's transport (either kind) and the public actor's decode; undo on exit."""
         probe = self
         ws_batch = transport_module._WsTransport.receive_batch
-        original_decode = public_ws.decode
+        original_decode = public_ws.decode_hot
 
         async def receive_batch(transport: Any) -> list[str | bytes]:
             if transport._label != PUBLIC_LINK:
@@ -1088,21 +1087,21 @@ class LatencyProbe:
         def decode(raw: str | bytes, *, category: str | None = None) -> Any:
             frame = original_decode(raw, category=category)
             stamps = probe.read_of.pop(raw, None)
-            if stamps is not None and isinstance(frame, TickerFrame) and frame.mark_price is not None:
-                probe.arrivals[(frame.symbol, frame.ts)] = stamps
+            if stamps is not None and type(frame) is tuple and frame[3] is not None:  # TickerFields with a mark
+                probe.arrivals[(frame[0], frame[4])] = stamps
             return frame
 
         transport_module._WsTransport.receive_batch = receive_batch  # type: ignore[method-assign]
         for cls, original in zip(read_batch_classes, originals):
             cls.receive_batch = batch_wrapper(original)  # type: ignore[method-assign]
-        public_ws.decode = decode  # type: ignore[assignment]
+        public_ws.decode_hot = decode  # type: ignore[assignment]
         try:
             yield
         finally:
             transport_module._WsTransport.receive_batch = ws_batch  # type: ignore[method-assign]
             for cls, original in zip(read_batch_classes, originals):
                 cls.receive_batch = original  # type: ignore[method-assign]
-            public_ws.decode = original_decode
+            public_ws.decode_hot = original_decode
             for owner in self._wrapped:
                 if isinstance(owner, transport_module._GuardedStream):
                     owner.inner = owner.inner._inner

@@ -76,7 +76,7 @@ INJECTION = {
     "combiner": (CombinerActor, "apply"),
     "heartbeat": (HeartbeatActor, "tick"),
     "subscriptions": (SubscriptionManager, "reconcile"),
-    "public:linear": (public_ws, "decode"),
+    "public:linear": (public_ws, "decode_hot"),
     "private": (private_ws, "decode"),
     "reconciler": (reconciler, "PositionsSnapshot"),
 }
