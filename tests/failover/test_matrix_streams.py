@@ -13,6 +13,7 @@ from decimal import Decimal
 import pytest
 import trio
 
+from conftest import CUSHION_AUTOJUMP
 from hybrid_actors import SubscriptionPolicy
 from hybrid_actors.testing.simulator.wire import dumps
 from rig import KINDS, RECOVERY, rig, sim_config  # noqa: F401 (rig: the fixture)
@@ -77,6 +78,7 @@ async def test_a_bad_frame_is_reported_and_costs_nothing(rig, loopback_clock, so
 
 @pytest.mark.parametrize("socket", ["private", "public:linear"])
 async def test_an_oversized_frame_costs_only_its_own_socket(rig, loopback_clock, socket):
+    loopback_clock.autojump_threshold = CUSHION_AUTOJUMP  # megabytes through loopback: see conftest
     with trio.fail_after(TIMEOUT):
         async with rig() as r:
             await r.open_two(age=False)
