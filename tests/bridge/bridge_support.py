@@ -270,7 +270,10 @@ class Recorder:
 
 
 async def wait_until(predicate: Callable[[], Any], *, timeout: float = 10.0, what: str = "condition") -> Any:
-    """Check ``predicate`` after every loop turn (yielding 5 ms between checks) until true."""
+    """Check ``predicate`` after every loop turn (yielding 5 ms between checks) until true.
+
+    The bridge runs on a real asyncio loop, which no mock clock drives: this waits for a
+    condition (bounded by ``timeout``), never for a length of time."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:

@@ -43,10 +43,15 @@ def test_events_carry_decimals_and_keep_flowing_at_the_simulators_rate(host, sim
             await wait_until(lambda: subscribed(stream, 3), what="every ticker subscribed")
             loop = asyncio.get_running_loop()
             start, first = loop.time(), handler.mark()
-            window = 1.0
-            await asyncio.sleep(window)  # let the stream run; the simulator sets the pace
+
+            def per_symbol() -> dict[str, int]:
+                got = handler.events[first:]
+                return {s: sum(1 for _, d in got if d["symbol"] == s and d["source"] == "ticker") for s in symbols}
+
+            # the simulator sets the pace: wait for price events from every symbol, not for a time
+            await wait_until(lambda: min(per_symbol().values()) >= 3, what="three price events of every symbol")
             elapsed = loop.time() - start
-            got = handler.events[first:]
+            got, counts = handler.events[first:], per_symbol()
             health = stream.health()
         names = {name for name, _ in got}
         assert names == {"position.update"}
@@ -54,10 +59,9 @@ def test_events_carry_decimals_and_keep_flowing_at_the_simulators_rate(host, sim
             assert set(data) == KEYS
             assert type(data["mark_price"]) is Decimal and type(data["size"]) is Decimal
             assert type(data["entry_price"]) is Decimal and type(data["unrealized_pnl"]) is Decimal
-        per_symbol = {s: sum(1 for _, d in got if d["symbol"] == s and d["source"] == "ticker") for s in symbols}
         # Each tick moves a mark with probability 0.3: ~6 moves/s per symbol at 20 Hz. Demand a
         # quarter of that from every symbol, and never more price events than ticks.
-        for symbol, count in per_symbol.items():
+        for symbol, count in counts.items():
             assert RATE * 0.3 * elapsed / 4 <= count <= RATE * elapsed + 2, (symbol, count, elapsed)
         assert health.events["handler_errors"] == 0 and health.events["bridge_conflated"] == 0
 
