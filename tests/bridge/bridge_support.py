@@ -29,7 +29,7 @@ import selectors
 import subprocess
 import sys
 import threading
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from decimal import Decimal
 from types import ModuleType
 from typing import Any, TypeVar
@@ -37,6 +37,8 @@ from typing import Any, TypeVar
 import attrs
 import pytest
 import trio
+
+from hybrid_actors import BybitHybridStream
 
 HOSTS = ("asyncio", "trio-asyncio")
 #: also the bots that drive a stock loop themselves: ``loop.run_until_complete(main())`` and
@@ -172,6 +174,12 @@ def run_children(argvs: Mapping[str, list[str]], timeout: float) -> dict[str, tu
     return outputs
 
 
+async def set_marks(sim: SimInfo, symbols: Iterable[str], price: Decimal | int) -> None:
+    """The linear mark price of every one of ``symbols`` set to ``price``."""
+    for symbol in symbols:
+        await control(sim, "set_mark_price", symbol=symbol, price=str(price))
+
+
 async def open_linear_positions(sim: SimInfo, symbols: list[str], size: str = "1") -> None:
     for symbol in symbols:
         await control(sim, "open_position", symbol=symbol, side="Buy", size=size)
@@ -303,6 +311,15 @@ async def wait_until(predicate: Callable[[], Any], *, timeout: float = 10.0, wha
         if loop.time() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(0.005)
+
+
+async def wait_subscribed(stream: BybitHybridStream, count: int) -> None:
+    """Until the stream has ``count`` linear tickers subscribed, every one confirmed."""
+    def subscribed() -> bool:
+        subs = stream.health().subscriptions.get("linear", {})
+        return subs.get("confirmed", 0) == subs.get("desired", -1) == count
+
+    await wait_until(subscribed, what=f"{count} tickers subscribed")
 
 
 # --- what a stream could leave behind ------------------------------------------------------------------

@@ -15,16 +15,13 @@ from typing import Any
 import attrs
 import pytest
 
-from bridge_support import ALL_HOSTS, HOSTS, Recorder, control, open_linear_positions, run_on, simulator, wait_until
+from bridge_support import (ALL_HOSTS, HOSTS, Recorder, control, open_linear_positions, run_on, set_marks, simulator,
+                            wait_subscribed, wait_until)
 from hybrid_actors import BybitHybridStream, Endpoints, HealthReport, PositionClosed, PositionUpdate
 
 pytestmark = pytest.mark.system
 __all__ = ["simulator"]  # the fixture, imported
 
-
-def subscribed(stream: BybitHybridStream, count: int) -> bool:
-    subs = stream.health().subscriptions.get("linear", {})
-    return subs.get("confirmed", 0) == subs.get("desired", -1) == count
 
 
 @pytest.mark.parametrize("host", ALL_HOSTS)
@@ -44,10 +41,10 @@ def test_a_plain_def_handler_receives_every_event_without_errors(host, simulator
         stream = BybitHybridStream(sim.api_key, sim.api_secret, handler, **sim.stream_kwargs())
         await stream.start()
         try:
-            await wait_until(lambda: subscribed(stream, 2), what="every ticker subscribed")
+            await wait_subscribed(stream, 2)
             for step in range(1, 6):
+                await set_marks(sim, ("BTCUSDT", "ETHUSDT"), 3000 + step)
                 for symbol in ("BTCUSDT", "ETHUSDT"):
-                    await control(sim, "set_mark_price", symbol=symbol, price=str(3000 + step))
                     await seen.wait_for(lambda n, d, s=symbol, p=Decimal(3000 + step): d["symbol"] == s
                                         and d["mark_price"] == p)
             await control(sim, "modify_position", symbol="ETHUSDT", size="2")
@@ -90,7 +87,7 @@ def test_health_positions_and_state_from_a_worker_thread_equal_the_loop_threads(
         await open_linear_positions(sim, ["BTCUSDT", "ETHUSDT"])
         seen = Recorder()
         async with BybitHybridStream(sim.api_key, sim.api_secret, seen, **sim.stream_kwargs()) as stream:
-            await wait_until(lambda: subscribed(stream, 2), what="every ticker subscribed")
+            await wait_subscribed(stream, 2)
             await seen.wait_for(lambda n, d: d["source"] == "ticker")
             from_thread: list[Any] = []
 
@@ -217,7 +214,7 @@ def test_async_for_over_events_beside_a_handler_and_as_records(host, simulator):
 
         readers = [asyncio.create_task(read_dicts()), asyncio.create_task(read_records())]
         try:
-            await wait_until(lambda: subscribed(stream, 1), what="the ticker subscribed")
+            await wait_subscribed(stream, 1)
             await asyncio.sleep(0)  # both iterators are waiting
             await control(sim, "set_mark_price", symbol="BTCUSDT", price="4100")
             await control(sim, "open_position", symbol="ETHUSDT", side="Sell", size="3")
@@ -314,7 +311,7 @@ def test_demo_shaped_endpoints_reach_the_simulator(host, simulator):
         async with BybitHybridStream(demo_host.api_key, demo_host.api_secret, seen, endpoints=endpoints) as stream:
             assert stream.config.endpoints == endpoints
             assert [p.symbol for p in stream.positions()] == ["BTCUSDT"]
-            await wait_until(lambda: subscribed(stream, 1), what="the ticker subscribed on the public host")
+            await wait_subscribed(stream, 1)
             await control(mainnet, "set_mark_price", symbol="BTCUSDT", price="5123")
             await seen.wait_for(lambda n, d: d["mark_price"] == Decimal(5123))
             await control(demo_host, "modify_position", symbol="BTCUSDT", size="4")
