@@ -14,6 +14,7 @@ hop per ticker.
 from __future__ import annotations
 
 import logging
+from contextlib import suppress
 from typing import Final, NoReturn
 
 import attrs
@@ -62,10 +63,9 @@ class PublicStreamActor:
                 task_status.started()
                 await self._read(conn.transport, link, book, manager)
             finally:
-                try:
+                # best effort: the manager also notices the new generation on the next LinkUp
+                with suppress(trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
                     manager.send_nowait(LinkDown(self.category, link.generation))
-                except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
-                    pass  # the manager also notices the new generation on the next LinkUp
 
     async def _read(self, transport: Transport, link: Link, book: TickerBook,
                     manager: trio.MemorySendChannel[SubscriptionMessage]) -> NoReturn:
