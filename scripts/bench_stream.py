@@ -149,7 +149,7 @@ def coalescing(ms: float) -> str:
 class Options:
     symbols: int = 500
     rate: float = 10.0
-    #: the defaults print every figure of README's tables in about 100 s
+    #: the defaults print every figure of README's tables in about 90 s
     seconds: float = 8.0
     warmup: float = 2.0
     transport_seconds: float = 4.0
