@@ -203,9 +203,20 @@ def rolled_back(s: Stack) -> bool:
     return s.hub.switch.rolled_back
 
 
+async def wait_routing(s: Stack, *, rolled: bool = True) -> float:
+    """Until the consumer is rolled back to REST (``rolled``) or returned to hybrid, and its
+    notice is in the log; the (virtual) time the switch flipped. Waits on the switch's and
+    the log's change events, so it is exact and costs no clock jumps polling."""
+    while rolled_back(s) != rolled:
+        await s.hub.switch.changed.wait()
+    at = trio.current_time()
+    notice = "stream.rollback" if rolled else "stream.return"
+    await s.log.wait_until(lambda: rollout_notices(s)[-1:] and rollout_notices(s)[-1].event == notice)
+    return at
+
+
 async def wait_rollback(s: Stack) -> float:
-    await eventually(lambda: rolled_back(s), max_step=0.25)
-    return trio.current_time()
+    return await wait_routing(s, rolled=True)
 
 
 async def test_disconnect_trigger_fires_at_its_threshold_and_not_before(loopback_clock):
@@ -352,7 +363,7 @@ async def test_no_lifecycle_event_lost_or_doubled_across_a_rollback_and_a_return
             # the exchange comes back; 30 s of health later the consumer returns to hybrid
             ctl.clear_faults()
             await s.wait_subscriptions_match_positions()
-            await eventually(lambda: not rolled_back(s), max_step=0.25)
+            await wait_routing(s, rolled=False)
             returned = s.log.mark()
             ctl.open_position("XRPUSDT", "Buy", "5")
             ctl.close_position("SOLUSDT")
@@ -410,7 +421,7 @@ async def test_auto_return_does_not_flap_while_the_sockets_keep_dropping(loopbac
                 ctl.drop("all")
             assert s.hub.switch.returns == 0 and rolled_back(s)
             await s.wait_subscriptions_match_positions()
-            await eventually(lambda: not rolled_back(s), max_step=0.5)
+            await wait_routing(s, rolled=False)
             healthy_for = s.hub.switch.returned_at - s.hub.rollout.gate.healthy_since
             assert 30.0 <= healthy_for <= 31.0  # 30 s of uninterrupted health, then back
             assert [n.event for n in rollout_notices(s)] == ["stream.rollback", "stream.return"]
