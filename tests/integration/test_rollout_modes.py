@@ -317,19 +317,26 @@ def lifecycle_history(events) -> dict[tuple, list]:
     return history
 
 
+def observed(event) -> tuple:
+    """What a consumer sees of an update, its timestamps and source aside."""
+    return (event.side, event.size, event.entry_price, event.mark_price, event.unrealized_pnl, event.leverage,
+            event.liq_price, event.take_profit, event.stop_loss, event.trailing_stop, event.cum_realised_pnl)
+
+
 def check_no_doubles(events) -> None:
-    """No open of an open position, no close of a closed one, no repeated lifecycle state."""
-    open_now: dict[tuple, tuple] = {}
+    """No open of an open position, no close of a closed one, and no position or REST update
+    that tells the consumer nothing it did not have: one that keeps side, size and entry
+    must bring a new mark, PnL or record field (a mark-only REST update), else it is a double."""
+    last: dict[tuple, tuple] = {}
     for event in events:
         if isinstance(event, PositionClosed):
-            assert event.key in open_now, f"close of a position the consumer did not have: {event}"
-            del open_now[event.key]
-        else:
-            state = (event.side, event.size, event.entry_price)
-            if event.source in ("position", "rest") and event.key in open_now and open_now[event.key] == state:
-                # a mark-only REST update repeats the state; a repeated *change* would be a double
-                assert event.mark_price is not None
-            open_now[event.key] = state
+            assert event.key in last, f"close of a position the consumer did not have: {event}"
+            del last[event.key]
+            continue
+        now = observed(event)
+        if event.source in ("position", "rest"):
+            assert last.get(event.key) != now, f"a doubled update, the consumer already had all of it: {event}"
+        last[event.key] = now
 
 
 async def test_no_lifecycle_event_lost_or_doubled_across_a_rollback_and_a_return(loopback_clock):
@@ -368,13 +375,16 @@ async def test_no_lifecycle_event_lost_or_doubled_across_a_rollback_and_a_return
             assert {e.source for e in s.log.events[returned:]} <= {"position", "ticker"}
             events = s.log.events
             check_no_doubles(events)
-            assert lifecycle_history(events) == {
-                ("linear", "BTCUSDT", 0): [("Buy", Decimal("1"), lifecycle_history(events)[("linear", "BTCUSDT", 0)][0][2]),
-                                           ("Buy", Decimal("3"), lifecycle_history(events)[("linear", "BTCUSDT", 0)][1][2])],
-                ("linear", "ETHUSDT", 0): [lifecycle_history(events)[("linear", "ETHUSDT", 0)][0], None],
-                ("linear", "SOLUSDT", 0): [lifecycle_history(events)[("linear", "SOLUSDT", 0)][0], None],
-                ("linear", "XRPUSDT", 0): [lifecycle_history(events)[("linear", "XRPUSDT", 0)][0]],
+            # side and size of every state each position went through, in order (None: closed);
+            # entries as the exchange has them, which a resize may move
+            history = lifecycle_history(events)
+            assert {key: [state and state[:2] for state in states] for key, states in history.items()} == {
+                ("linear", "BTCUSDT", 0): [("Buy", Decimal("1")), ("Buy", Decimal("3"))],
+                ("linear", "ETHUSDT", 0): [("Sell", Decimal("2")), None],
+                ("linear", "SOLUSDT", 0): [("Buy", Decimal("7")), None],
+                ("linear", "XRPUSDT", 0): [("Buy", Decimal("5"))],
             }
+            assert all(type(state[2]) is Decimal for states in history.values() for state in states if state)
             health = rollout(s)
             assert (health["rollbacks"], health["returns"], health["active"]) == (1, 1, "hybrid")
             # the notices went out on the event stream, in order with the position events
