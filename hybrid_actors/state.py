@@ -294,7 +294,7 @@ class TickerBook:
         if not self.fields:
             raise ValueError("this TickerBook keeps marks only (fields=False): it has no merged fields")
         state = self._state.get(symbol)
-        return None if state is None else MappingProxyType(state)  # type: ignore[arg-type]
+        return None if state is None else MappingProxyType(state)
 
     def symbols(self) -> frozenset[str]:
         return frozenset(self._state)

@@ -407,7 +407,7 @@ class LatencyProbe:
         probe = self
         ws_batch = transport_module._WsTransport.receive_batch
         original_decode = public_ws.decode_hot
-        marks_commit, marks_take, queue_put = LatestByKey.commit, LatestByKey.take, EventQueue.put
+        marks_commit, marks_take, queue_put = LatestByKey.commit, LatestByKey.take, EventQueue.put_many
 
         async def receive_batch(transport: Any) -> list[str | bytes]:
             if transport._label != PUBLIC_LINK:
@@ -460,21 +460,23 @@ class LatencyProbe:
                     stage[2] = now
             return batch
 
-        def put(queue: Any, event: Any) -> None:
-            if getattr(event, "source", None) == "ticker":
-                stage = probe.stages.get((event.symbol, event.exchange_ts))
-                if stage is not None:
-                    stage[3] = time.time_ns()
-            queue_put(queue, event)
+        def put(queue: Any, events: Any) -> None:
+            now = time.time_ns()
+            for event in events:
+                if getattr(event, "source", None) == "ticker":
+                    stage = probe.stages.get((event.symbol, event.exchange_ts))
+                    if stage is not None:
+                        stage[3] = now
+            queue_put(queue, events)
 
         transport_module._WsTransport.receive_batch = receive_batch  # type: ignore[method-assign]
         lean_transport._LeanTransport.receive_batch = receive_read_batch  # type: ignore[method-assign]
         public_ws.decode_hot = decode  # type: ignore[assignment]
-        LatestByKey.commit, LatestByKey.take, EventQueue.put = commit, take, put  # type: ignore[method-assign]
+        LatestByKey.commit, LatestByKey.take, EventQueue.put_many = commit, take, put  # type: ignore[method-assign]
         try:
             yield
         finally:
-            LatestByKey.commit, LatestByKey.take, EventQueue.put = marks_commit, marks_take, queue_put  # type: ignore[method-assign]
+            LatestByKey.commit, LatestByKey.take, EventQueue.put_many = marks_commit, marks_take, queue_put  # type: ignore[method-assign]
             transport_module._WsTransport.receive_batch = ws_batch  # type: ignore[method-assign]
             lean_transport._LeanTransport.receive_batch = lean_batch  # type: ignore[method-assign]
             public_ws.decode_hot = original_decode
