@@ -50,6 +50,12 @@ endpoints. Everything is measured in the same run, on the real clock, in this or
    minus the bare client's ``tick_to_receive_ms`` from step 1
    (``overhead_by_subtraction_ms``; noisy: both include the simulator's send spread).
    For a conflated event the latency is that of the frame whose price it carries.
+   ``details.frame_to_event_stages_ms`` splits that figure per event into the ``STAGES``
+   (p50/p99 each): the kernel stamp → the read returned → the frame decoded (``decode_hot``
+   returned) → the reader's ``marks.commit()`` → the combiner's ``marks.take()`` returned →
+   the event put on the queue (``EventQueue.put_many``) → the consumer's ``batches()``
+   returned; the same window's patches, on the classes, for the stream's own mailbox
+   and queue only through the frames they stamp.
 5. **Public drop → fresh price** (``public_drop_to_fresh_price_s``), ``--drops`` times:
    ``/control/drop_public`` (mode ``reset``), then the time from just before that request
    until the first ``ticker`` event whose frame ``ts`` is not older than the drop and that
