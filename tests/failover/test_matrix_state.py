@@ -164,7 +164,8 @@ def library_bytes(snapshot: tracemalloc.Snapshot) -> int:
 
 async def test_churn_of_1000_open_close_cycles_over_200_symbols_leaves_nothing_behind(rig, loopback_clock):
     """1,000 opens and as many closes over 200 symbols, 40 open at most, with prices
-    moving. At the end the exchange-side ticker subscriptions equal the open positions;
+    moving. At the end the exchange-side ticker subscriptions, and the ticker state the
+    public socket holds, equal the open positions;
     trio tasks and the memory the stream's code still holds (tracemalloc, allocations made
     under hybrid_actors/ outside testing/) are measured after 400 cycles and after 1,000, at
     the same number of open positions, after ``gc.collect()``; the first 200 opens visit every
@@ -205,6 +206,9 @@ async def test_churn_of_1000_open_close_cycles_over_200_symbols_leaves_nothing_b
             tracemalloc.stop()
             assert r.exchange_tickers("linear") == frozenset(open_now)  # subscriptions = open positions
             assert r.hub.subscriptions["linear"].confirmed == set(open_now)
+            r.price(open_now[0], "1.5")  # a frame after the last unsubscribe ack: ticker state is forgotten by then
+            await r.wait_until(lambda: r.stream.health().connections["public:linear"]["tickers"] == len(open_now))
+            assert set(r.hub.activity["linear"]) == set(open_now)  # ticker state = subscriptions = open positions
             tasks_400, bytes_400 = measured[400]
             tasks_1000, bytes_1000 = measured[1000]
             assert tasks_1000 == tasks_400, measured
