@@ -42,6 +42,15 @@ EXIT_CODES = {EXIT_OK: "done (--seconds elapsed after start-up, or the reader of
               EXIT_AUTH: "credentials rejected",
               EXIT_START_TIMEOUT: "never connected within --start-timeout",
               EXIT_INTERRUPTED: "interrupted (Ctrl-C)"}
+#: how an error of ours that ended the run is reported: the first row whose type matches gives
+#: what follows "hybrid_actors: " on stderr and the exit status
+ENDINGS: tuple[tuple[type[HybridActorsError], str, int], ...] = (
+    (ConfigError, "configuration error: {exc}", EXIT_USAGE),
+    (AuthRejected, "{exc}", EXIT_AUTH),
+    (StartTimeout, "never connected: {exc}", EXIT_START_TIMEOUT),
+    (RestartIntensityExceeded, "stopped: {exc}", EXIT_ERROR),
+    (HybridActorsError, "stopped: {kind}: {exc}", EXIT_ERROR),
+)
 DESCRIPTION = ("Live Bybit v5 positions for a trading bot: the private position stream and the public "
                "tickers combined into one event stream (JSON lines or a live table on stdout; logs on stderr).")
 EPILOG = "exit codes: " + "; ".join(f"{code} {meaning}" for code, meaning in EXIT_CODES.items())
@@ -227,21 +236,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     output = getattr(args, "output", None) or ("table" if sys.stdout.isatty() else "jsonl")
     try:
         _run_unwrapped(args, output)
-    except ConfigError as exc:
-        print(f"hybrid_actors: configuration error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except AuthRejected as exc:
-        print(f"hybrid_actors: {exc}", file=sys.stderr)
-        return EXIT_AUTH
-    except StartTimeout as exc:
-        print(f"hybrid_actors: never connected: {exc}", file=sys.stderr)
-        return EXIT_START_TIMEOUT
-    except RestartIntensityExceeded as exc:
-        print(f"hybrid_actors: stopped: {exc}", file=sys.stderr)
-        return EXIT_ERROR
     except HybridActorsError as exc:
-        print(f"hybrid_actors: stopped: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return EXIT_ERROR
+        text, status = next((text, status) for kind, text, status in ENDINGS if isinstance(exc, kind))
+        print("hybrid_actors: " + text.format(exc=exc, kind=type(exc).__name__), file=sys.stderr)
+        return status
     except KeyboardInterrupt:
         print("hybrid_actors: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -87,6 +87,7 @@ class Backoff:
             return self.initial
         if attempt >= self.saturation:
             return self.maximum
+        # attempt < saturation: the power stays below maximum / initial * multiplier, never an overflow
         return min(self.maximum, self.initial * self.multiplier ** attempt)
 
     def delay(self, attempt: int, rng: random.Random, retry_after: float | None = None) -> float:

@@ -106,8 +106,16 @@ async def _refuse_busy(stream: trio.SocketStream) -> None:
         # answer before the client reads it: say we are done, then read until it is too.
         await stream.send_eof()
         with trio.move_on_after(1.0):
-            while await stream.receive_some(READ_SIZE):
-                pass
+            dropped = await _discard_until_eof(stream)
+            log.debug("refused a connection (%d open): dropped %d bytes of its request", MAX_CONNECTIONS, dropped)
+
+
+async def _discard_until_eof(stream: trio.SocketStream) -> int:
+    """Read and drop what the peer still sends until it closes its side; the byte count."""
+    discarded = 0
+    async for chunk in stream:
+        discarded += len(chunk)
+    return discarded
 
 
 async def _serve_connection(stream: trio.SocketStream, routes: Mapping[str, Route], name: str) -> None:

@@ -304,7 +304,7 @@ class ReturnGate:
         if base is None:
             return None
         earlier = sum(1 for t in self.rollbacks if now - t < self.policy.return_memory) - 1
-        return base * 2 ** min(6, max(0, earlier))
+        return base * 2 ** min(6, max(0, earlier))  # the exponent is capped: at most 64 x base, for any count
 
     def observe(self, now: float, healthy: bool) -> bool:
         """Record one health sample; True when it is time to return."""

@@ -235,6 +235,26 @@ class TradingBot:
 
 # --- the simulated exchange (a subprocess) and its HTTP control API --------------------------------
 
+async def control_request(rest_url: str, method: str, kwargs: dict[str, Any], *, verb: str = "POST"
+                          ) -> tuple[int, Any]:
+    """``<verb> /control/<method>`` with ``kwargs`` as a JSON object, over a fresh plain asyncio
+    connection (it works on any loop): the HTTP status and the decoded JSON answer."""
+    parts = urlsplit(rest_url)
+    body = json.dumps(kwargs).encode()
+    reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+    try:
+        writer.write(f"{verb} /control/{method} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
+                     f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+                     "Connection: close\r\n\r\n".encode() + body)
+        await writer.drain()
+        raw = await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    head, _, payload = raw.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(payload)
+
+
 class SimulatedExchange:
     def __init__(self, rate: float) -> None:
         argv = [sys.executable, "-m", "hybrid_actors", "simulator", "--json", "--port", "0", "--rest-port", "0",
@@ -253,21 +273,8 @@ class SimulatedExchange:
 
     async def control(self, method: str, **kwargs: Any) -> Any:
         """``POST /control/<method>`` with a JSON object of keyword arguments; the result."""
-        parts = urlsplit(self.info["rest_url"])
-        body = json.dumps(kwargs).encode()
-        reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
-        try:
-            writer.write(f"POST /control/{method} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
-                         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-                         "Connection: close\r\n\r\n".encode() + body)
-            await writer.drain()
-            raw = await asyncio.wait_for(reader.read(), 10)
-        finally:
-            writer.close()
-            await writer.wait_closed()
-        head, _, payload = raw.partition(b"\r\n\r\n")
-        answer = json.loads(payload)
-        if int(head.split()[1]) != 200:
+        status, answer = await control_request(self.info["rest_url"], method, kwargs)
+        if status != 200:
             raise RuntimeError(f"simulator refused {method}: {answer}")
         return answer["result"]
 

@@ -152,18 +152,7 @@ class EventQueue:
     def drain(self) -> list[StreamEvent]:
         """Everything still queued, without waiting (also after :meth:`close`): what a consumer
         that was cancelled by the stream's end has not read yet, its last notice included."""
-        out: list[StreamEvent] = []
-        while self._queue:
-            slot = self._queue.popleft()
-            self._take(slot)
-            out.append(slot.event)
-        if self._closed is None:
-            self._readable = trio.Event()
-        if self._lifecycle < self.capacity:
-            self._space.set()
-            self._space = trio.Event()
-        self.delivered += len(out)
-        return out
+        return self._pop(len(self._queue))
 
     def _take(self, slot: _Slot) -> None:
         event = slot.event
@@ -180,7 +169,11 @@ class EventQueue:
             await self._readable.wait()
             if not self._queue and self._closed is None:
                 self._readable = trio.Event()
-        count = len(self._queue) if max_items is None else min(max_items, len(self._queue))
+        return self._pop(len(self._queue) if max_items is None else min(max_items, len(self._queue)))
+
+    def _pop(self, count: int) -> list[StreamEvent]:
+        """Hand over the first ``count`` queued events: their room freed, producers woken, and
+        readers made to wait again once the queue is empty."""
         out: list[StreamEvent] = []
         popleft, take = self._queue.popleft, self._take
         for _ in range(count):

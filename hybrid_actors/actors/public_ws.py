@@ -13,15 +13,16 @@ hop per ticker.
 from __future__ import annotations
 
 import logging
+from contextlib import suppress
 from typing import Final, NoReturn
 
 import attrs
 import trio
 
+from ..health import LinkStats
 from ..messages import AckReceived, LinkDown, LinkUp, SubscriptionMessage
 from ..protocol.frames import Frame, MalformedFrame, Pong, SubscribeResult, TickerFrame, UnknownFrame, decode
 from ..state import Mark, TickerBook
-from ..health import LinkStats
 from ..transport import Transport
 from .connection import FrameReporter, open_link
 from .hub import Hub
@@ -63,10 +64,9 @@ class PublicStreamActor:
                 await self._read(conn.transport, link, book, manager)
             finally:
                 hub.health.link(self.name).tickers = 0  # the merged state goes with the connection
-                try:
+                # best effort: the manager also notices the new generation on the next LinkUp
+                with suppress(trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
                     manager.send_nowait(LinkDown(self.category, link.generation))
-                except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
-                    pass  # the manager also notices the new generation on the next LinkUp
 
     async def _read(self, transport: Transport, link: Link, book: TickerBook,
                     manager: trio.MemorySendChannel[SubscriptionMessage]) -> NoReturn:

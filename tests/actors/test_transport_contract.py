@@ -16,7 +16,8 @@ from trio_websocket import ConnectionClosed
 
 from hybrid_actors.errors import ConnectionLost, HandshakeError
 from transport_support import (
-    OP_CLOSE, OP_PING, OP_PONG, OPENERS, close_frame, server_frame, start_raw_server, start_ws_server, text,
+    OP_CLOSE, OP_PING, OP_PONG, OPENERS, close_frame, raw_server, read_until_lost, server_frame, start_raw_server,
+    start_ws_server, text, ws_server,
 )
 
 pytestmark = pytest.mark.integration
@@ -51,8 +52,7 @@ async def test_messages_arrive_in_order_and_batches_cover_a_read(loopback_clock,
         await trio.sleep_forever()
 
     with trio.fail_after(10):
-        async with trio.open_nursery() as nursery:
-            base = await start_ws_server(nursery, handler)
+        async with ws_server(handler) as base:
             async with opener(f"{base}/ok") as transport:
                 await sent.wait()
                 await trio.testing.wait_all_tasks_blocked()
@@ -65,7 +65,6 @@ async def test_messages_arrive_in_order_and_batches_cover_a_read(loopback_clock,
                 assert received == [f'{{"n":{i}}}' for i in range(200)] + [b"\x00binary"]
                 if lean:
                     assert len(batches) <= 3  # a read's worth each (the kernel may split the segments)
-            nursery.cancel_scope.cancel()
 
 
 async def test_sent_frames_reach_the_server_intact_at_every_length_encoding(loopback_clock, opener):
@@ -75,8 +74,7 @@ async def test_sent_frames_reach_the_server_intact_at_every_length_encoding(loop
 
     messages = ["hi", "é€😀", "x" * 126, "y" * 70000]
     with trio.fail_after(10):
-        async with trio.open_nursery() as nursery:
-            base = await start_ws_server(nursery, echo)
+        async with ws_server(echo) as base:
             async with opener(f"{base}/ok") as transport:
                 for message in messages:
                     await transport.send(message)
@@ -84,7 +82,6 @@ async def test_sent_frames_reach_the_server_intact_at_every_length_encoding(loop
                 while len(received) < len(messages):
                     received += await transport.receive_batch()
                 assert received == messages
-            nursery.cancel_scope.cancel()
 
 
 async def test_a_ping_is_answered_while_the_reader_waits(loopback_clock, opener):
@@ -94,11 +91,9 @@ async def test_a_ping_is_answered_while_the_reader_waits(loopback_clock, opener)
         await trio.sleep_forever()
 
     with trio.fail_after(10):
-        async with trio.open_nursery() as nursery:
-            base = await start_ws_server(nursery, handler)
+        async with ws_server(handler) as base:
             async with opener(f"{base}/ok") as transport:
                 assert await transport.receive_batch() == ["pong seen"]
-            nursery.cancel_scope.cancel()
 
 
 async def test_one_task_sends_while_another_receives_and_answers_pings(loopback_clock, opener):
@@ -186,8 +181,7 @@ async def test_the_peers_close_code_and_reason_arrive_in_connection_lost(loopbac
         await ws.aclose(code, reason)
 
     with trio.fail_after(10):
-        async with trio.open_nursery() as nursery:
-            base = await start_ws_server(nursery, closer)
+        async with ws_server(closer) as base:
             holder = []
             with pytest.raises(ConnectionLost) as caught:
                 async with opener(f"{base}/ok") as transport:
@@ -196,7 +190,6 @@ async def test_the_peers_close_code_and_reason_arrive_in_connection_lost(loopbac
                     await transport.receive_batch()
             assert (caught.value.code, caught.value.reason) == (code, reason)
             assert released(holder[0])  # closed now, not left in CLOSE_WAIT until garbage collection
-            nursery.cancel_scope.cancel()
 
 
 async def test_an_oversized_message_is_refused_with_1009_on_both_ends(loopback_clock, opener):
@@ -210,15 +203,11 @@ async def test_an_oversized_message_is_refused_with_1009_on_both_ends(loopback_c
             codes.append(exc.reason.code)
 
     with trio.fail_after(10):
-        async with trio.open_nursery() as nursery:
-            base = await start_ws_server(nursery, handler)
-            with pytest.raises(ConnectionLost) as caught:
-                async with opener(f"{base}/ok", max_message_size=1024) as transport:
-                    await transport.receive_batch()
-            assert caught.value.code == 1009
+        async with ws_server(handler) as base:
+            lost, received = await read_until_lost(opener, f"{base}/ok", max_message_size=1024)
+            assert (lost.code, received) == (1009, [])
             while not codes:
                 await trio.sleep(0.01)
-            nursery.cancel_scope.cancel()
     assert codes == [1009]
 
 
@@ -232,14 +221,9 @@ async def test_a_tcp_end_without_a_close_frame_is_1006(loopback_clock, opener, h
         await peer.stream.aclose()
 
     with trio.fail_after(10):
-        async with trio.open_nursery() as nursery:
-            url = await start_raw_server(nursery, script)
-            with pytest.raises(ConnectionLost) as caught:
-                async with opener(url) as transport:
-                    assert await transport.receive_batch() == ["one"]
-                    await transport.receive_batch()
-            nursery.cancel_scope.cancel()
-    assert caught.value.code == 1006
+        async with raw_server(script) as url:
+            lost, received = await read_until_lost(opener, url)
+    assert (lost.code, received) == (1006, ["one"])
 
 
 # --- the close handshake --------------------------------------------------------------------------
@@ -254,13 +238,11 @@ async def test_leaving_closes_politely_and_waits_for_the_reply(loopback_clock, o
             codes.append(exc.reason.code)
 
     with trio.fail_after(10):
-        async with trio.open_nursery() as nursery:
-            base = await start_ws_server(nursery, handler)
+        async with ws_server(handler) as base:
             async with opener(f"{base}/ok") as transport:
                 pass
             assert codes == [1000]  # the server saw it before we returned
             assert released(transport)
-            nursery.cancel_scope.cancel()
 
 
 async def test_when_cancelled_the_close_frame_goes_out_without_waiting(loopback_clock, opener):
@@ -272,8 +254,7 @@ async def test_when_cancelled_the_close_frame_goes_out_without_waiting(loopback_
         await trio.sleep_forever()  # never answers
 
     with trio.fail_after(10):
-        async with trio.open_nursery() as nursery:
-            url = await start_raw_server(nursery, deaf)
+        async with raw_server(deaf) as url:
             with trio.CancelScope() as scope:
                 async with opener(url, close_timeout=5.0):
                     started = trio.current_time()
@@ -282,7 +263,6 @@ async def test_when_cancelled_the_close_frame_goes_out_without_waiting(loopback_
             assert trio.current_time() - started < 0.5  # not the 5 s close timeout
             while not codes:
                 await trio.sleep(0.01)
-            nursery.cancel_scope.cancel()
     assert codes == [1000]
 
 
@@ -294,15 +274,13 @@ async def test_an_abandoned_peer_gets_neither_a_close_frame_nor_a_wait(loopback_
         ended.append(await peer.read_frame())
 
     with trio.fail_after(10):
-        async with trio.open_nursery() as nursery:
-            url = await start_raw_server(nursery, deaf)
+        async with raw_server(deaf) as url:
             started = trio.current_time()
             async with opener(url, close_timeout=5.0) as transport:
                 transport.abandon()
             assert trio.current_time() - started < 1.0
             while not ended:
                 await trio.sleep(0.01)
-            nursery.cancel_scope.cancel()
     assert ended == [None]  # EOF, no close frame
 
 
@@ -315,8 +293,7 @@ async def test_a_peer_that_never_answers_the_close_costs_close_timeout_at_most(l
         await trio.sleep_forever()
 
     with trio.fail_after(30):
-        async with trio.open_nursery() as nursery:
-            url = await start_raw_server(nursery, deaf)
+        async with raw_server(deaf) as url:
             started = trio.current_time()
             with pytest.raises(ConnectionLost, match="timed out"):
                 async with opener(url, close_timeout=3.0):
@@ -326,7 +303,6 @@ async def test_a_peer_that_never_answers_the_close_costs_close_timeout_at_most(l
             with pytest.raises(KeyError):
                 async with opener(url, close_timeout=3.0):
                     raise KeyError("the actor's own failure")
-            nursery.cancel_scope.cancel()
     assert closes == [(OP_CLOSE, (1000).to_bytes(2, "big"))] * 2
 
 
@@ -341,12 +317,10 @@ async def test_a_refused_upgrade_carries_its_status_and_the_exchanges_cooldown(l
         await trio.sleep_forever()
 
     with trio.fail_after(10):
-        async with trio.open_nursery() as nursery:
-            url = await start_raw_server(nursery, script)
+        async with raw_server(script) as url:
             with pytest.raises(HandshakeError, match=f"HTTP {status}") as refused:
                 async with opener(url):
                     pass
-            nursery.cancel_scope.cancel()
     assert (refused.value.status, refused.value.retry_after) == (status, retry_after)
 
 
@@ -372,12 +346,10 @@ async def test_a_bad_upgrade_answer_is_a_handshake_error(loopback_clock, opener,
         await peer.stream.aclose()
 
     with trio.fail_after(10):
-        async with trio.open_nursery() as nursery:
-            url = await start_raw_server(nursery, script)
+        async with raw_server(script) as url:
             with pytest.raises(HandshakeError) as caught:
                 async with opener(url, connect_timeout=5.0):
                     pass
-            nursery.cancel_scope.cancel()
     assert caught.value.status is None and caught.value.retry_after is None
 
 
@@ -386,8 +358,7 @@ async def test_unreachable_silent_and_malformed_endpoints_are_handshake_errors(l
         await trio.sleep_forever()
 
     with trio.fail_after(30):
-        async with trio.open_nursery() as nursery:
-            url = await start_raw_server(nursery, silent)
+        async with raw_server(silent) as url:
             started = trio.current_time()
             with pytest.raises(HandshakeError, match="within 5s"):
                 async with opener(url, connect_timeout=5.0):
@@ -402,7 +373,6 @@ async def test_unreachable_silent_and_malformed_endpoints_are_handshake_errors(l
             with pytest.raises(HandshakeError, match="not a ws:// or wss:// URL"):
                 async with opener(f"http://127.0.0.1:{port}/ok"):
                     pass
-            nursery.cancel_scope.cancel()
 
 
 # --- TLS ---------------------------------------------------------------------------------------------
@@ -464,8 +434,7 @@ async def test_coalescing_spaces_busy_reads_by_the_window_and_leaves_quiet_ones_
         await trio.sleep_forever()
 
     with trio.fail_after(30):
-        async with trio.open_nursery() as nursery:
-            url = await start_raw_server(nursery, script)
+        async with raw_server(script) as url:
             async with open_lean_transport(url, coalesce=1.0) as transport:
                 assert await transport.receive_batch() == ["a"]
                 first = trio.current_time()
@@ -474,4 +443,3 @@ async def test_coalescing_spaces_busy_reads_by_the_window_and_leaves_quiet_ones_
                 assert await transport.receive_batch() == ["d"]
                 assert 5.2 <= trio.current_time() - first < 5.3  # at once: no wait after a gap
                 transport.abandon()
-            nursery.cancel_scope.cancel()

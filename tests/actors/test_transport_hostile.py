@@ -11,8 +11,8 @@ import trio.testing
 
 from hybrid_actors.errors import ConnectionLost
 from transport_support import (
-    OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT, OPENERS, close_frame, server_frame,
-    start_raw_server, text,
+    OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT, OPENERS, close_frame, raw_server, read_until_lost,
+    server_frame, text,
 )
 
 pytestmark = pytest.mark.integration
@@ -54,8 +54,7 @@ async def test_frames_cut_at_every_byte_boundary_decode_whole_and_every_ping_is_
         await trio.sleep_forever()
 
     with trio.fail_after(120):
-        async with trio.open_nursery() as nursery:
-            url = await start_raw_server(nursery, script)
+        async with raw_server(script) as url:
             async with opener(url) as transport:
                 received: list = []
                 while len(received) < len(WIRE_MESSAGES) * len(cuts):
@@ -64,7 +63,6 @@ async def test_frames_cut_at_every_byte_boundary_decode_whole_and_every_ping_is_
                 while len(pongs) < len(cuts):
                     await trio.sleep(0.01)
                 transport.abandon()
-            nursery.cancel_scope.cancel()
     assert pongs == [b"between"] * len(cuts)
 
 
@@ -76,15 +74,13 @@ async def test_16_and_64_bit_lengths_and_a_message_near_the_limit_arrive_intact(
         await trio.sleep_forever()
 
     with trio.fail_after(30):
-        async with trio.open_nursery() as nursery:
-            url = await start_raw_server(nursery, script)
+        async with raw_server(script) as url:
             async with opener(url, max_message_size=1 << 20) as transport:
                 received: list = []
                 while len(received) < len(messages):
                     received += await transport.receive_batch()
                 assert received == messages
                 transport.abandon()
-            nursery.cancel_scope.cancel()
 
 
 # --- violations: each ends the connection with its close code ----------------------------------------
@@ -120,17 +116,12 @@ async def test_a_violation_ends_in_connection_lost_with_its_close_code(loopback_
         answered.append(await peer.close_code())
 
     with trio.fail_after(20):
-        async with trio.open_nursery() as nursery:
-            url = await start_raw_server(nursery, script)
-            with pytest.raises(ConnectionLost) as caught:
-                async with opener(url) as transport:
-                    assert await transport.receive_batch() == ["fine"]
-                    await transport.receive_batch()
+        async with raw_server(script) as url:
+            lost, received = await read_until_lost(opener, url)
             while not answered:
                 await trio.sleep(0.01)
-            nursery.cancel_scope.cancel()
-    assert caught.value.code in codes, caught.value
-    assert answered[0] in (caught.value.code, None)  # our close frame carried the same code (or we hung up)
+    assert received == ["fine"] and lost.code in codes, lost
+    assert answered[0] in (lost.code, None)  # our close frame carried the same code (or we hung up)
 
 
 async def test_endless_empty_continuation_frames_end_the_connection(loopback_clock, opener):
@@ -150,13 +141,9 @@ async def test_endless_empty_continuation_frames_end_the_connection(loopback_clo
         await trio.sleep_forever()
 
     with trio.fail_after(60):
-        async with trio.open_nursery() as nursery:
-            url = await start_raw_server(nursery, script)
-            with pytest.raises(ConnectionLost) as caught:
-                async with opener(url, max_message_size=1024) as transport:
-                    await transport.receive_batch()
-            nursery.cancel_scope.cancel()
-    assert caught.value.code == 1009
+        async with raw_server(script) as url:
+            lost, received = await read_until_lost(opener, url, max_message_size=1024)
+    assert (lost.code, received) == (1009, [])
     assert sent[0] < 1_000_000  # stopped early, not after the peer gave up
 
 
@@ -172,14 +159,9 @@ async def test_a_tcp_end_mid_message_is_1006(loopback_clock, opener, where):
         await peer.stream.aclose()
 
     with trio.fail_after(10):
-        async with trio.open_nursery() as nursery:
-            url = await start_raw_server(nursery, script)
-            with pytest.raises(ConnectionLost) as caught:
-                async with opener(url) as transport:
-                    assert await transport.receive_batch() == ["fine"]
-                    await transport.receive_batch()
-            nursery.cancel_scope.cancel()
-    assert caught.value.code == 1006
+        async with raw_server(script) as url:
+            lost, received = await read_until_lost(opener, url)
+    assert (lost.code, received) == (1006, ["fine"])
 
 
 async def test_a_server_that_never_answers_our_close_costs_close_timeout(loopback_clock, opener):
@@ -191,15 +173,13 @@ async def test_a_server_that_never_answers_our_close_costs_close_timeout(loopbac
         await trio.sleep_forever()  # reads nothing more, answers nothing, keeps TCP open
 
     with trio.fail_after(30):
-        async with trio.open_nursery() as nursery:
-            url = await start_raw_server(nursery, deaf)
+        async with raw_server(deaf) as url:
             started = None
             with pytest.raises(ConnectionLost, match="timed out"):
                 async with opener(url, close_timeout=2.0) as transport:
                     assert await transport.receive_batch() == ["hello"]
                     started = trio.current_time()
             assert 2.0 <= trio.current_time() - started < 3.0
-            nursery.cancel_scope.cancel()
     assert closes == [1000]
 
 
@@ -218,15 +198,13 @@ async def test_a_ping_flood_is_answered_without_growing_the_batch(loopback_clock
         await trio.sleep_forever()
 
     with trio.fail_after(30):
-        async with trio.open_nursery() as nursery:
-            url = await start_raw_server(nursery, script)
+        async with raw_server(script) as url:
             async with opener(url) as transport:
                 received: list = []
                 while "pongs counted" not in received:
                     received += await transport.receive_batch()
                 assert received == ["after the flood", "pongs counted"]
                 transport.abandon()
-            nursery.cancel_scope.cancel()
 
 
 async def test_a_close_frame_from_the_server_is_echoed_and_ends_the_stream(loopback_clock, opener):
@@ -238,16 +216,11 @@ async def test_a_close_frame_from_the_server_is_echoed_and_ends_the_stream(loopb
         await peer.stream.aclose()
 
     with trio.fail_after(10):
-        async with trio.open_nursery() as nursery:
-            url = await start_raw_server(nursery, script)
-            with pytest.raises(ConnectionLost) as caught:
-                async with opener(url) as transport:
-                    assert await transport.receive_batch() == ["bye soon"]
-                    await transport.receive_batch()
+        async with raw_server(script) as url:
+            lost, received = await read_until_lost(opener, url)
             while not echoed:
                 await trio.sleep(0.01)
-            nursery.cancel_scope.cancel()
-    assert (caught.value.code, caught.value.reason) == (4001, "maintenance")
+    assert (lost.code, lost.reason, received) == (4001, "maintenance", ["bye soon"])
     assert echoed == [(OP_CLOSE, (4001).to_bytes(2, "big") + b"maintenance")]
 
 
@@ -270,8 +243,7 @@ async def test_a_hostile_public_server_restarts_the_public_socket_and_the_stream
 
     wall = trio_wall_clock()
     with trio.fail_after(120):
-        async with trio.open_nursery() as nursery:
-            url = await start_raw_server(nursery, hostile)
+        async with raw_server(hostile) as url:
             base = url.removesuffix("/raw")
             config = SimulatorConfig(symbols=5, positions=0, rate=0.0, seed=3, wall_clock=wall)
             async with open_simulator(config) as sim:
@@ -291,4 +263,3 @@ async def test_a_hostile_public_server_restarts_the_public_socket_and_the_stream
                     assert public["outages"] >= 3
                     assert "1002 PROTOCOL_ERROR (incorrect masking)" in public["last_error"]
                     assert actors["private"]["restarts"] == 0
-            nursery.cancel_scope.cancel()

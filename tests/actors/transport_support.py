@@ -7,11 +7,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
-from contextlib import suppress
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
 from functools import partial
 
+import pytest
 import trio
 
+from hybrid_actors.errors import ConnectionLost
 from hybrid_actors.lean_transport import open_lean_transport
 from hybrid_actors.transport import open_transport
 
@@ -133,6 +136,33 @@ async def start_raw_server(nursery: trio.Nursery, script) -> str:
 
     [listener] = await nursery.start(partial(trio.serve_tcp, serve, 0, host="127.0.0.1"))
     return f"ws://127.0.0.1:{listener.socket.getsockname()[1]}/raw"
+
+
+async def read_until_lost(opener, url: str, **options) -> tuple[ConnectionLost, list[str | bytes]]:
+    """Open ``opener(url, **options)`` and read until the connection is lost: that error and
+    every message that arrived before it, in order."""
+    received: list[str | bytes] = []
+    with pytest.raises(ConnectionLost) as caught:
+        async with opener(url, **options) as transport:
+            while True:
+                received += await transport.receive_batch()
+    return caught.value, received
+
+
+@asynccontextmanager
+async def raw_server(script) -> AsyncIterator[str]:
+    """``script(peer)`` serves each connection (a :class:`RawPeer`) until the block ends; yields the URL."""
+    async with trio.open_nursery() as nursery:
+        yield await start_raw_server(nursery, script)
+        nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def ws_server(handler, ssl_context=None) -> AsyncIterator[str]:
+    """:func:`start_ws_server` until the block ends; yields its base URL."""
+    async with trio.open_nursery() as nursery:
+        yield await start_ws_server(nursery, handler, ssl_context)
+        nursery.cancel_scope.cancel()
 
 
 async def start_ws_server(nursery: trio.Nursery, handler, ssl_context=None) -> str:

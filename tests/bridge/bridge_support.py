@@ -19,22 +19,26 @@ from __future__ import annotations
 import asyncio
 import atexit
 import gc
+import importlib.util
 import json
 import logging
 import os
+import pathlib
 import re
 import selectors
 import subprocess
 import sys
 import threading
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from decimal import Decimal
+from types import ModuleType
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
 import attrs
 import pytest
 import trio
+
+from hybrid_actors import BybitHybridStream
 
 HOSTS = ("asyncio", "trio-asyncio")
 #: also the bots that drive a stock loop themselves: ``loop.run_until_complete(main())`` and
@@ -130,26 +134,50 @@ def simulator() -> Iterator[Callable[..., SimInfo]]:
             stop_simulator(process)
 
 
+def _load_example_bot() -> ModuleType:
+    """scripts/example_bot.py as a module: its control client is the one these tests use (the
+    script stays standalone; tests may lean on scripts, never the other way round)."""
+    path = pathlib.Path(__file__).resolve().parents[2] / "scripts" / "example_bot.py"
+    spec = importlib.util.spec_from_file_location("example_bot", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+EXAMPLE_BOT = _load_example_bot()
+
+
 async def control(sim: SimInfo, method: str, **kwargs: Any) -> Any:
     """``POST /control/<method>`` (``GET`` for ``state``) over a fresh connection; the ``result``."""
-    parts = urlsplit(sim.rest_url)
-    body = json.dumps(kwargs).encode()
     verb = "GET" if method == "state" else "POST"
-    reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
-    try:
-        writer.write(f"{verb} /control/{method} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
-                     f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-                     "Connection: close\r\n\r\n".encode() + body)
-        await writer.drain()
-        raw = await asyncio.wait_for(reader.read(), 10)
-    finally:
-        writer.close()
-        await writer.wait_closed()
-    head, _, payload = raw.partition(b"\r\n\r\n")
-    status = int(head.split()[1])
-    answer = json.loads(payload)
+    status, answer = await EXAMPLE_BOT.control_request(sim.rest_url, method, kwargs, verb=verb)
     assert status == 200, f"control {method}({kwargs}) answered {status}: {answer}"
     return answer if method == "state" else answer["result"]
+
+
+def run_children(argvs: Mapping[str, list[str]], timeout: float) -> dict[str, tuple[int | None, str, str]]:
+    """Start every command at once as a child process; (exit code, stdout, stderr) of each by
+    its key. One still running after ``timeout`` is killed, and the timeout fails the test."""
+    runs = {key: subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for key, argv in argvs.items()}
+    outputs = {}
+    try:
+        for key, process in runs.items():
+            out, err = process.communicate(timeout=timeout)
+            outputs[key] = (process.returncode, out, err)
+    finally:
+        for process in runs.values():
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    return outputs
+
+
+async def set_marks(sim: SimInfo, symbols: Iterable[str], price: Decimal | int) -> None:
+    """The linear mark price of every one of ``symbols`` set to ``price``."""
+    for symbol in symbols:
+        await control(sim, "set_mark_price", symbol=symbol, price=str(price))
 
 
 async def open_linear_positions(sim: SimInfo, symbols: list[str], size: str = "1") -> None:
@@ -270,7 +298,10 @@ class Recorder:
 
 
 async def wait_until(predicate: Callable[[], Any], *, timeout: float = 10.0, what: str = "condition") -> Any:
-    """Check ``predicate`` after every loop turn (yielding 5 ms between checks) until true."""
+    """Check ``predicate`` after every loop turn (yielding 5 ms between checks) until true.
+
+    The bridge runs on a real asyncio loop, which no mock clock drives: this waits for a
+    condition (bounded by ``timeout``), never for a length of time."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:
@@ -280,6 +311,15 @@ async def wait_until(predicate: Callable[[], Any], *, timeout: float = 10.0, wha
         if loop.time() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(0.005)
+
+
+async def wait_subscribed(stream: BybitHybridStream, count: int) -> None:
+    """Until the stream has ``count`` linear tickers subscribed, every one confirmed."""
+    def subscribed() -> bool:
+        subs = stream.health().subscriptions.get("linear", {})
+        return subs.get("confirmed", 0) == subs.get("desired", -1) == count
+
+    await wait_until(subscribed, what=f"{count} tickers subscribed")
 
 
 # --- what a stream could leave behind ------------------------------------------------------------------

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from bridge_support import (HOSTS, Leftovers, Recorder, assert_nothing_left, control, open_linear_positions,
-                            run_on, simulator, wait_until)
+                            run_on, set_marks, simulator, wait_subscribed, wait_until)
 from hybrid_actors import BybitHybridStream
 
 pytestmark = pytest.mark.system
@@ -26,10 +26,6 @@ KEYS = {"event", "symbol", "category", "side", "size", "entry_price", "mark_pric
 RATE = 20.0  # simulator ticks per second per subscribed symbol
 
 
-def subscribed(stream: BybitHybridStream, count: int) -> bool:
-    subs = stream.health().subscriptions.get("linear", {})
-    return subs.get("confirmed", 0) == subs.get("desired", -1) == count
-
 
 @pytest.mark.parametrize("host", HOSTS)
 def test_events_carry_decimals_and_keep_flowing_at_the_simulators_rate(host, simulator):
@@ -40,13 +36,18 @@ def test_events_carry_decimals_and_keep_flowing_at_the_simulators_rate(host, sim
         await open_linear_positions(sim, symbols)
         handler = Recorder()
         async with BybitHybridStream(sim.api_key, sim.api_secret, handler, **sim.stream_kwargs()) as stream:
-            await wait_until(lambda: subscribed(stream, 3), what="every ticker subscribed")
+            await wait_subscribed(stream, 3)
             loop = asyncio.get_running_loop()
             start, first = loop.time(), handler.mark()
-            window = 1.0
-            await asyncio.sleep(window)  # let the stream run; the simulator sets the pace
+
+            def per_symbol() -> dict[str, int]:
+                got = handler.events[first:]
+                return {s: sum(1 for _, d in got if d["symbol"] == s and d["source"] == "ticker") for s in symbols}
+
+            # the simulator sets the pace: wait for price events from every symbol, not for a time
+            await wait_until(lambda: min(per_symbol().values()) >= 3, what="three price events of every symbol")
             elapsed = loop.time() - start
-            got = handler.events[first:]
+            got, counts = handler.events[first:], per_symbol()
             health = stream.health()
         names = {name for name, _ in got}
         assert names == {"position.update"}
@@ -54,10 +55,9 @@ def test_events_carry_decimals_and_keep_flowing_at_the_simulators_rate(host, sim
             assert set(data) == KEYS
             assert type(data["mark_price"]) is Decimal and type(data["size"]) is Decimal
             assert type(data["entry_price"]) is Decimal and type(data["unrealized_pnl"]) is Decimal
-        per_symbol = {s: sum(1 for _, d in got if d["symbol"] == s and d["source"] == "ticker") for s in symbols}
         # Each tick moves a mark with probability 0.3: ~6 moves/s per symbol at 20 Hz. Demand a
         # quarter of that from every symbol, and never more price events than ticks.
-        for symbol, count in per_symbol.items():
+        for symbol, count in counts.items():
             assert RATE * 0.3 * elapsed / 4 <= count <= RATE * elapsed + 2, (symbol, count, elapsed)
         assert health.events["handler_errors"] == 0 and health.events["bridge_conflated"] == 0
 
@@ -123,10 +123,9 @@ def test_a_raising_handler_is_logged_counted_and_the_stream_goes_on(host, simula
         stream = BybitHybridStream(sim.api_key, sim.api_secret, handler, **sim.stream_kwargs())
         await stream.start()
         try:
-            await wait_until(lambda: subscribed(stream, 3), what="every ticker subscribed")
+            await wait_subscribed(stream, 3)
             for step in range(1, 4):
-                for symbol in ("BTCUSDT", "ETHUSDT", "SOLUSDT"):
-                    await control(sim, "set_mark_price", symbol=symbol, price=str(1000 + step))
+                await set_marks(sim, ("BTCUSDT", "ETHUSDT", "SOLUSDT"), 1000 + step)
                 await good.wait_for(lambda n, d, p=Decimal(1000 + step): d["mark_price"] == p)
             await wait_until(lambda: raised >= 8, what="the failing calls")  # 2 symbols x (snapshot + 3 prices)
             assert stream.running and stream.handler_errors == raised
@@ -186,7 +185,7 @@ def test_a_slow_handler_sees_conflated_prices_but_every_lifecycle_event_in_order
         stream = BybitHybridStream(sim.api_key, sim.api_secret, handler, event_buffer=2, **sim.stream_kwargs())
         await stream.start()
         try:
-            await wait_until(lambda: subscribed(stream, 2), what="both tickers subscribed")
+            await wait_subscribed(stream, 2)
             await seen.wait_for(lambda n, d: d["symbol"] == "BTCUSDT")  # ...and now it is stuck
             for price in range(2001, 2006):
                 await push("BTCUSDT", price)
@@ -247,10 +246,9 @@ def test_a_handler_that_cancels_its_own_task_does_not_stop_delivery(host, simula
         stream = BybitHybridStream(sim.api_key, sim.api_secret, handler, **sim.stream_kwargs())
         await stream.start()
         try:
-            await wait_until(lambda: subscribed(stream, 2), what="every ticker subscribed")
+            await wait_subscribed(stream, 2)
             for step in range(1, 6):
-                for symbol in ("BTCUSDT", "ETHUSDT"):
-                    await control(sim, "set_mark_price", symbol=symbol, price=str(2000 + step))
+                await set_marks(sim, ("BTCUSDT", "ETHUSDT"), 2000 + step)
                 await good.wait_for(lambda n, d, p=Decimal(2000 + step): d["symbol"] == "ETHUSDT"
                                     and d["mark_price"] == p)
             await good.wait_for(lambda n, d: d["symbol"] == "BTCUSDT" and d["mark_price"] == Decimal(2005))

@@ -6,10 +6,11 @@ Both hosts run at once, as two processes."""
 from __future__ import annotations
 
 import pathlib
-import subprocess
 import sys
 
 import pytest
+
+from bridge_support import run_children
 
 pytestmark = pytest.mark.system
 
@@ -19,20 +20,9 @@ SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "scripts" / "example_bot.
 def test_the_example_bot_sees_its_trailing_stop_fire_under_both_hosts():
     # positions opened 3 s before the bot, limit 3 s, the bot runs 2.5 s: the first events flag
     # them by the exchange's created_time; the bot's own clock (from 0) never could
-    runs = {host: subprocess.Popen([sys.executable, str(SCRIPT), "--host", host, "--seconds", "2.5",
-                                    "--step-interval", "0.1", "--head-start", "3", "--max-age", "3"],
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            for host in ("asyncio", "trio-asyncio")}
-    outputs = {}
-    try:
-        for host, process in runs.items():
-            out, err = process.communicate(timeout=60)
-            outputs[host] = (process.returncode, out, err)
-    finally:
-        for process in runs.values():
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+    outputs = run_children({host: [sys.executable, str(SCRIPT), "--host", host, "--seconds", "2.5", "--step-interval",
+                                   "0.1", "--head-start", "3", "--max-age", "3"]
+                            for host in ("asyncio", "trio-asyncio")}, timeout=60)
     for host, (code, out, err) in outputs.items():
         assert code == 0, f"{host}: exit {code}\n{out}\n{err}"
         assert f"stream started on the {'guest' if host == 'asyncio' else 'trio-asyncio'} host" in out

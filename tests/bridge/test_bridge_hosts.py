@@ -10,14 +10,13 @@ import gc
 import json
 import logging
 import pathlib
-import subprocess
 import sys
 
 import pytest
 import trio
 
 from bridge_support import (Leftovers, Recorder, assert_nothing_left, control, open_fds, open_linear_positions,
-                            run_on, simulator, wait_until)
+                            run_children, run_on, simulator, wait_until)
 from hybrid_actors import BybitHybridStream
 
 pytestmark = pytest.mark.system
@@ -39,19 +38,8 @@ def test_ctrl_c_belongs_to_the_host_on_every_host(simulator):
         await open_linear_positions(sim, ["BTCUSDT"])
 
     run_on("asyncio", open_one)
-    runs = {host: subprocess.Popen([sys.executable, str(HOST_BOT), f"{host}:sigint", info], stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE, text=True)
-            for host in SIGINT_HOSTS}
-    outputs = {}
-    try:
-        for host, process in runs.items():
-            out, err = process.communicate(timeout=90)
-            outputs[host] = (process.returncode, out, err)
-    finally:
-        for process in runs.values():
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+    outputs = run_children({host: [sys.executable, str(HOST_BOT), f"{host}:sigint", info] for host in SIGINT_HOSTS},
+                           timeout=90)
     for host, (code, out, err) in outputs.items():
         assert code == 0, f"{host}: exit {code}\n{out}\n{err}"
         report = json.loads(out.strip().splitlines()[-1])

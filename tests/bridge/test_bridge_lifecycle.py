@@ -179,7 +179,7 @@ def test_a_loop_that_ends_without_stop_still_shuts_trio_down(host, simulator):
 
     async def sim_sees_no_connection() -> None:
         while await connections():
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.01)  # the simulator's state, polled over its control channel
 
     run_on("asyncio", sim_sees_no_connection, timeout=10)
 

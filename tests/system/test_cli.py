@@ -248,24 +248,24 @@ CRASHING_PUBLIC_ACTOR = ("import sys\n"
                          "from hybrid_actors.__main__ import main\n")
 
 
+async def demo_with_a_crashing_public_actor(*flags: str) -> subprocess.CompletedProcess[bytes]:
+    """``demo --output jsonl`` plus ``flags`` in a process whose public actor crashes at every start."""
+    argv = ["demo", "--output", "jsonl", "--log-level", "critical", *flags]
+    with trio.fail_after(60):
+        return await trio.run_process([PYTHON, "-c", CRASHING_PUBLIC_ACTOR + f"sys.exit(main({argv!r}))\n"],
+                                      capture_stdout=True, capture_stderr=True, check=False, env=cli_env(None, None))
+
+
 async def test_a_crash_loop_exits_1_and_names_it():
     # with the crash-loop rollback off (production's default rolls back to REST: next test)
-    script = CRASHING_PUBLIC_ACTOR + ("sys.exit(main(['demo', '--output', 'jsonl', '--log-level', 'critical',"
-                                      " '--no-rollback-on-crash-loop']))\n")
-    with trio.fail_after(60):
-        result = await trio.run_process([PYTHON, "-c", script], capture_stdout=True, capture_stderr=True,
-                                        check=False, env=cli_env(None, None))
+    result = await demo_with_a_crashing_public_actor("--no-rollback-on-crash-loop")
     err = result.stderr.decode()
     assert result.returncode == 1, err
     assert "stopped: actor 'public:linear' crashed" in err and "ValueError: a bug in the public actor" in err
 
 
 async def test_a_crash_loop_in_production_rolls_back_to_rest_and_keeps_running():
-    script = CRASHING_PUBLIC_ACTOR + ("sys.exit(main(['demo', '--output', 'jsonl', '--log-level', 'critical',"
-                                      " '--seconds', '12']))\n")
-    with trio.fail_after(60):
-        result = await trio.run_process([PYTHON, "-c", script], capture_stdout=True, capture_stderr=True,
-                                        check=False, env=cli_env(None, None))
+    result = await demo_with_a_crashing_public_actor("--seconds", "12")
     err = result.stderr.decode()
     assert result.returncode == 0, err
     lines = [json.loads(line) for line in result.stdout.decode().splitlines()]

@@ -38,7 +38,7 @@ async def test_demo_serves_metrics_and_the_dashboard_command_shows_it():
             with trio.fail_after(30):
                 health = await fetch_json(url + "/health")
                 while not health["open_positions"]:
-                    await trio.sleep(0.2)
+                    await trio.sleep(0.2)  # the demo is another process on the real clock: poll its /health
                     health = await fetch_json(url + "/health")
                 result = await run_cli("dashboard", "--url", url, "--once", "--rows", "50")
             assert result.returncode == 0, result.stderr.decode()[-2000:]

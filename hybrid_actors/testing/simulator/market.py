@@ -280,6 +280,14 @@ class SnapshotOnlyModel(TickerModel):
     def restart_frame(self, ts: int) -> str | None:
         return self.snapshot_frame(ts)
 
+    def _changed_snapshot(self, ts: int) -> str | None:
+        """The full snapshot that carries a commanded change; None while the topic is stopped
+        (its restart snapshot carries the change then)."""
+        if self.stopped:
+            return None
+        self.cs += 1
+        return self.snapshot_frame(ts)
+
 
 @attrs.define(eq=False)
 class SpotModel(SnapshotOnlyModel):
@@ -314,10 +322,7 @@ class SpotModel(SnapshotOnlyModel):
         changes: dict[str, str] = {}
         self._mark_changed(changes)
         self._trade_fields("ZeroPlusTick", changes)
-        if self.stopped:
-            return None
-        self.cs += 1
-        return self.snapshot_frame(ts)
+        return self._changed_snapshot(ts)
 
     def rest_item(self, mark_units: int) -> dict[str, str]:
         f = self.fields
@@ -375,10 +380,7 @@ class OptionModel(SnapshotOnlyModel):
     def set_mark(self, units: int, ts: int) -> str | None:
         self.mark = units
         self._mark_changed({})
-        if self.stopped:
-            return None
-        self.cs += 1
-        return self.snapshot_frame(ts)
+        return self._changed_snapshot(ts)
 
     def rest_item(self, mark_units: int) -> dict[str, str]:
         f = self.fields
