@@ -149,6 +149,16 @@ async def read_until_lost(opener, url: str, **options) -> tuple[ConnectionLost, 
     return caught.value, received
 
 
+async def seconds_to_fail(transport, error: type[BaseException], match: str) -> float:
+    """Open and leave ``transport`` (an ``opener(...)`` call) without using it: it must raise
+    ``error`` matching ``match``. The (virtual) seconds that took."""
+    started = trio.current_time()
+    with pytest.raises(error, match=match):
+        async with transport:
+            pass
+    return trio.current_time() - started
+
+
 @asynccontextmanager
 async def raw_server(script) -> AsyncIterator[str]:
     """``script(peer)`` serves each connection (a :class:`RawPeer`) until the block ends; yields the URL."""

@@ -43,6 +43,9 @@ from hybrid_actors.testing.simulator import Simulator, SimulatorConfig, open_sim
 RECOVERY: Final = 5.0
 #: how often a wait re-checks when nothing it can see has changed (virtual seconds)
 POLL: Final = 0.25
+#: how long after its last change a position is safe from a REST snapshot's read skew
+#: (the stream's SNAPSHOT_SKEW_MS is 1 s; twice that)
+SNAPSHOT_SKEW: Final = 2.0
 #: socket kinds on the simulator by link name
 KINDS: Final = {"private": "private", "public:linear": "linear", "public:inverse": "inverse",
                 "public:option": "option", "public:spot": "spot"}
@@ -134,6 +137,28 @@ class Rig:
 
     def price(self, symbol: str, price: str, *, category: str = "linear") -> None:
         self.sim.control.set_mark_price(symbol, price, category=category)
+
+    async def open_two(self, *, age: bool = True) -> None:
+        """Most rows' starting point: BTCUSDT long 1 and ETHUSDT short 2, open and settled.
+        ``age``: then let them age past ``SNAPSHOT_SKEW``, because a REST snapshot does not
+        close a position updated within that window of its read (it may have opened after
+        the read); rows whose fault makes the stream read a snapshot need it."""
+        self.open("BTCUSDT")
+        self.open("ETHUSDT", "Sell", "2")
+        await self.settled()
+        if age:
+            await trio.sleep(SNAPSHOT_SKEW)
+
+    def change_positions(self) -> None:
+        """What changes while a fault lasts: SOLUSDT opens (long 7) and BTCUSDT closes."""
+        self.open("SOLUSDT", "Buy", "7")
+        self.close("BTCUSDT")
+
+    async def prices_flow(self, symbol: str = "ETHUSDT", price: str = "3333.3") -> None:
+        """A price set on the exchange now reaches the consumer."""
+        mark = self.mark()
+        self.price(symbol, price)
+        await self.wait_event(lambda e: e.symbol == symbol and e.mark_price == Decimal(price), after=mark)
 
     # --- observing ----------------------------------------------------------------------------
     @property
@@ -250,6 +275,17 @@ class Rig:
 
     def others(self, *touched: str) -> list[str]:
         return [name for name in self.link_names if name not in touched]
+
+    async def came_back_alone(self, before: Sockets, socket: str, *, since: float | None = None,
+                              bound: float = RECOVERY, replaced: bool = True, priced: str = "ETHUSDT") -> None:
+        """How a row whose fault hit one socket ends: everything is back within ``bound`` of
+        ``since`` (with ``replaced``, ``socket`` on a newer connection than in ``before``), the
+        other sockets kept their connections, the open position ``priced`` gets its new price,
+        and nothing was lost."""
+        await self.recovered(bound, since=since, replaced=before if replaced else None, names=[socket])
+        self.assert_kept(before, self.others(socket))
+        await self.prices_flow(priced)
+        self.assert_nothing_lost()
 
 
 @asynccontextmanager

@@ -23,19 +23,11 @@ TIMEOUT = 180
 BAN = 600.0
 
 
-async def _positions(r) -> None:  # type: ignore[no-untyped-def]
-    r.open("BTCUSDT")
-    r.open("ETHUSDT", "Sell", "2")
-    await r.settled()
-    await trio.sleep(2)  # older than the snapshot's read skew (see test_matrix_sockets)
-
-
 async def _while_private_is_down(r) -> float:  # type: ignore[no-untyped-def]
     """Cut the private socket; change positions while it reconnects. When the cut happened."""
     r.sim.control.drop("private", "reset")
     cut_at = trio.current_time()
-    r.open("SOLUSDT", "Buy", "7")
-    r.close("BTCUSDT")
+    r.change_positions()
     return cut_at
 
 
@@ -65,7 +57,7 @@ async def test_a_failing_snapshot_is_retried_and_loses_nothing(rig, loopback_clo
     with trio.fail_after(TIMEOUT):
         async with rig(rest_timeout=3.0) as r:
             r.open("BTCPERP")  # a USDC-settled position: on the page that goes missing
-            await _positions(r)
+            await r.open_two()
             before = r.sockets()
             mark = r.mark()
             failures = r.hub.rest.failures
@@ -85,7 +77,7 @@ async def test_a_failing_snapshot_is_retried_and_loses_nothing(rig, loopback_clo
 async def test_an_ip_ban_keeps_us_off_rest_for_ten_minutes_then_heals(rig, loopback_clock, ban):
     with trio.fail_after(BAN + TIMEOUT):
         async with rig(rest_timeout=3.0) as r:
-            await _positions(r)
+            await r.open_two()
             before = r.sockets()
             if ban == "http_403":
                 r.sim.control.rest_http_error(403, count=1, path=PATH)
@@ -110,7 +102,7 @@ async def test_a_last_page_with_a_cursor_ends_paging_without_a_storm(rig, loopba
     with the same cursor again. Paging stops there: a handful of requests, nothing lost."""
     with trio.fail_after(TIMEOUT):
         async with rig(arm=lambda sim: sim.control.set_account(paging=paging)) as r:
-            await _positions(r)
+            await r.open_two()
             before = r.sockets()
             calls = len(_calls(r))
             cut_at = await _while_private_is_down(r)

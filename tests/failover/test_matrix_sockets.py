@@ -8,8 +8,6 @@ healthy again (``RECOVERY`` = 5 s, issue 8's target, unless the row says otherwi
 
 from __future__ import annotations
 
-from decimal import Decimal
-
 import pytest
 import trio
 
@@ -22,36 +20,17 @@ SOCKETS = ("private", "public:linear")
 TIMEOUT = 120  # virtual seconds per row unless it says otherwise
 
 
-async def _positions(r) -> None:  # type: ignore[no-untyped-def]
-    r.open("BTCUSDT")
-    r.open("ETHUSDT", "Sell", "2")
-    await r.settled()
-    # A REST snapshot does not close a position updated within SNAPSHOT_SKEW_MS (1 s) of its
-    # read (it may have opened after the read); let the opens age past that window.
-    await trio.sleep(2)
-
-
-async def _prices_flow(r, symbol: str = "ETHUSDT", price: str = "3333.3") -> None:  # type: ignore[no-untyped-def]
-    mark = r.mark()
-    r.price(symbol, price)
-    await r.wait_event(lambda e: e.symbol == symbol and e.mark_price == Decimal(price), after=mark)
-
-
 @pytest.mark.parametrize("mode", ["close", "reset", "eof"])
 @pytest.mark.parametrize("socket", SOCKETS)
 async def test_a_dropped_socket_comes_back_alone_and_loses_nothing(rig, loopback_clock, socket, mode):
     with trio.fail_after(TIMEOUT):
         async with rig() as r:
-            await _positions(r)
+            await r.open_two()
             before = r.sockets()
             r.sim.control.drop(KINDS[socket], mode)
             dropped_at = trio.current_time()
-            r.open("SOLUSDT", "Buy", "7")
-            r.close("BTCUSDT")
-            await r.recovered(RECOVERY, since=dropped_at, replaced=before, names=[socket])
-            r.assert_kept(before, r.others(socket))
-            await _prices_flow(r)
-            r.assert_nothing_lost()
+            r.change_positions()
+            await r.came_back_alone(before, socket, since=dropped_at)
 
 
 @pytest.mark.parametrize("socket", SOCKETS)
@@ -59,24 +38,20 @@ async def test_a_half_open_socket_is_found_by_the_heartbeat(rig, loopback_clock,
     interval = 5.0
     with trio.fail_after(TIMEOUT):
         async with rig(heartbeat_interval=interval) as r:
-            await _positions(r)
+            await r.open_two()
             before = r.sockets()
             r.sim.control.half_open(KINDS[socket])
             frozen_at = trio.current_time()
-            r.open("SOLUSDT", "Buy", "7")
-            r.close("BTCUSDT")
+            r.change_positions()
             # a ping at most one interval after the freeze, its pong deadline one later
-            await r.recovered(2 * interval + RECOVERY, since=frozen_at, replaced=before, names=[socket])
-            r.assert_kept(before, r.others(socket))
-            await _prices_flow(r)
-            r.assert_nothing_lost()
+            await r.came_back_alone(before, socket, since=frozen_at, bound=2 * interval + RECOVERY)
 
 
 @pytest.mark.parametrize("socket", SOCKETS)
 async def test_a_flapping_socket_comes_back_each_time(rig, loopback_clock, socket):
     with trio.fail_after(TIMEOUT * 2):
         async with rig() as r:
-            await _positions(r)
+            await r.open_two()
             first = r.sockets()
             for flap in range(8):  # dropped as soon as it is back, eight times
                 before = r.sockets()
@@ -88,7 +63,7 @@ async def test_a_flapping_socket_comes_back_each_time(rig, loopback_clock, socke
             r.close("SOLUSDT")
             await r.settled()
             r.assert_kept(first, r.others(socket))
-            await _prices_flow(r)
+            await r.prices_flow()
             r.assert_nothing_lost()
 
 
@@ -97,15 +72,14 @@ async def test_both_sockets_down_at_once(rig, loopback_clock, mode):
     interval = 5.0
     with trio.fail_after(TIMEOUT):
         async with rig(heartbeat_interval=interval) as r:
-            await _positions(r)
+            await r.open_two()
             before = r.sockets()
             r.sim.control.drop("all", mode)
             dropped_at = trio.current_time()
-            r.open("SOLUSDT", "Buy", "7")
-            r.close("BTCUSDT")
+            r.change_positions()
             bound = RECOVERY + (2 * interval if mode == "half_open" else 0)
             await r.recovered(bound, since=dropped_at, replaced=before, names=r.link_names)
-            await _prices_flow(r)
+            await r.prices_flow()
             r.assert_nothing_lost()
 
 
@@ -115,8 +89,7 @@ async def _refused_for(r, target: str, seconds: float, status: int = 503) -> flo
     r.sim.control.reject_connections(None, status=status, target=target)
     r.sim.control.drop(target, "reset")
     await trio.sleep(seconds / 2)
-    r.open("SOLUSDT", "Buy", "7")
-    r.close("BTCUSDT")
+    r.change_positions()
     await trio.sleep(seconds / 2)
     r.sim.control.clear_faults()
     return trio.current_time()
@@ -131,13 +104,10 @@ def _refusals(r, kind: str) -> list[float]:  # type: ignore[no-untyped-def]
 async def test_handshakes_refused_for_seconds(rig, loopback_clock, socket):
     with trio.fail_after(TIMEOUT):
         async with rig() as r:
-            await _positions(r)
+            await r.open_two()
             before = r.sockets()
             back_at = await _refused_for(r, KINDS[socket], 6.0)
-            await r.recovered(RECOVERY, since=back_at, replaced=before, names=[socket])
-            r.assert_kept(before, r.others(socket))
-            await _prices_flow(r)
-            r.assert_nothing_lost()
+            await r.came_back_alone(before, socket, since=back_at)
 
 
 @pytest.mark.parametrize("socket", SOCKETS)
@@ -145,16 +115,13 @@ async def test_handshakes_refused_for_minutes(rig, loopback_clock, socket):
     outage = 120.0
     with trio.fail_after(outage + TIMEOUT):
         async with rig() as r:
-            await _positions(r)
+            await r.open_two()
             before = r.sockets()
             back_at = await _refused_for(r, KINDS[socket], outage)
             refused = _refusals(r, KINDS[socket])
             # not a storm: Bybit allows 500 new connections per 5 minutes per IP
             assert len(refused) <= outage / 1.0, f"{len(refused)} refused attempts in {outage}s"
-            await r.recovered(RECOVERY, since=back_at, replaced=before, names=[socket])
-            r.assert_kept(before, r.others(socket))
-            await _prices_flow(r)
-            r.assert_nothing_lost()
+            await r.came_back_alone(before, socket, since=back_at)
 
 
 @pytest.mark.skip(reason="passes since defect 7 is fixed, but takes ~10 min of real time (it used to fail "
@@ -173,7 +140,7 @@ async def test_every_socket_and_rest_refused_for_48_virtual_hours(rig, loopback_
     cap = 1800.0
     with trio.fail_after(outage + TIMEOUT + cap):
         async with rig(restart=RestartPolicy(backoff_max=cap), reconcile_interval=3600.0) as r:
-            await _positions(r)
+            await r.open_two()
             before = r.sockets()
             r.sim.control.rest_http_error(503, count=None)
             loopback_clock.autojump_threshold = 0
@@ -183,7 +150,7 @@ async def test_every_socket_and_rest_refused_for_48_virtual_hours(rig, loopback_
             refused = {kind: len(_refusals(r, kind)) for kind in ("private", "linear")}
             assert all(n >= 48 * 3600 / cap for n in refused.values()), refused  # retried all along
             await r.recovered(cap + RECOVERY, since=back_at, replaced=before, names=r.link_names)
-            await _prices_flow(r)
+            await r.prices_flow()
             r.assert_nothing_lost()
 
 
@@ -202,32 +169,27 @@ async def test_a_public_endpoint_refused_from_the_start_hides_no_position(rig, l
             await r.wait_event(lambda e: e.symbol == "SOLUSDT")
             before = r.sockets()
             r.sim.control.clear_faults()
-            await r.recovered(RECOVERY)
-            r.assert_kept(before, ["private"])
-            await _prices_flow(r)
-            r.assert_nothing_lost()
+            await r.came_back_alone(before, "public:linear", replaced=False)  # it never was up
 
 
 async def test_one_refused_auth_is_retried_and_costs_only_the_private_socket(rig, loopback_clock):
     with trio.fail_after(TIMEOUT):
         async with rig() as r:
-            await _positions(r)
+            await r.open_two()
             before = r.sockets()
             r.sim.control.fail_auth(1)
             r.sim.control.drop("private", "reset")
             dropped_at = trio.current_time()
             r.open("SOLUSDT", "Buy", "7")
-            await r.recovered(RECOVERY, since=dropped_at, replaced=before, names=["private"])
-            r.assert_kept(before, ["public:linear"])
+            await r.came_back_alone(before, "private", since=dropped_at)
             assert len(r.sim.observe.auth_attempts(ok=False)) == 1
-            r.assert_nothing_lost()
 
 
 async def test_rejected_credentials_end_the_stream_loudly(rig, loopback_clock):
     with trio.fail_after(TIMEOUT):
         with pytest.raises(BaseExceptionGroup) as caught:  # the simulator's nursery wraps it
             async with rig() as r:
-                await _positions(r)
+                await r.open_two()
                 r.sim.control.fail_auth(None)
                 r.sim.control.drop("private", "reset")
                 await trio.sleep_forever()
@@ -239,12 +201,10 @@ async def test_the_private_idle_cut_costs_nothing(rig, loopback_clock):
     rarer than the cut, so it happens every 30 s."""
     with trio.fail_after(TIMEOUT):
         async with rig(sim=sim_config(default_max_active_time=30.0), heartbeat_interval=45.0) as r:
-            await _positions(r)
+            await r.open_two()
             before = r.sockets()
             cut = await r.sim.observe.wait_until(
                 lambda: [c for c in r.sim.observe.connections("private") if c.close_cause == "idle"])
             cut_at = cut[0].closed_at
             r.open("SOLUSDT", "Buy", "7")
-            await r.recovered(RECOVERY, since=cut_at, replaced=before, names=["private"])
-            r.assert_kept(before, ["public:linear"])
-            r.assert_nothing_lost()
+            await r.came_back_alone(before, "private", since=cut_at)

@@ -12,10 +12,7 @@ from decimal import Decimal
 import pytest
 import trio
 
-from hybrid_actors.actors import private_ws, public_ws, reconciler
-from hybrid_actors.actors.emitter import CombinerActor
-from hybrid_actors.actors.heartbeat import HeartbeatActor
-from hybrid_actors.actors.subscriptions import SubscriptionManager
+from conftest import CRASHABLE_ACTORS
 from hybrid_actors.state import PositionClosed
 from rig import RECOVERY, rig, sim_config  # noqa: F401 (rig: the fixture)
 
@@ -24,18 +21,11 @@ pytestmark = [pytest.mark.integration, pytest.mark.failover]
 TIMEOUT = 120
 
 
-async def _positions(r) -> None:  # type: ignore[no-untyped-def]
-    r.open("BTCUSDT")
-    r.open("ETHUSDT", "Sell", "2")
-    await r.settled()
-    await trio.sleep(2)  # older than the snapshot's read skew (see test_matrix_sockets)
-
-
 async def test_a_classic_account_with_None_sides_loses_nothing(rig, loopback_clock):
     """Flat records carry ``side: "None"`` in pushes and REST; USDC and option are 10001."""
     with trio.fail_after(TIMEOUT):
         async with rig(arm=lambda sim: sim.control.set_account(classic=True)) as r:
-            await _positions(r)
+            await r.open_two()
             before = r.sockets()
             mark = r.mark()
             r.close("BTCUSDT")  # pushed with side "None"
@@ -44,11 +34,9 @@ async def test_a_classic_account_with_None_sides_loses_nothing(rig, loopback_clo
             cut_at = trio.current_time()
             r.open("SOLUSDT", "Buy", "7")
             r.close("ETHUSDT")  # only REST (with its "None" flat records) can tell
-            await r.recovered(RECOVERY, since=cut_at, replaced=before, names=["private"])
-            r.assert_kept(before, ["public:linear"])
+            await r.came_back_alone(before, "private", since=cut_at, priced="SOLUSDT")
             assert r.stream.health().connections["private"]["malformed"] == 0
             assert r.hub.health.actors["private"].crashes == 0
-            r.assert_nothing_lost()
 
 
 async def test_a_position_settled_in_a_coin_outside_the_configured_ones_is_never_closed_by_mistake(
@@ -56,7 +44,7 @@ async def test_a_position_settled_in_a_coin_outside_the_configured_ones_is_never
     with trio.fail_after(TIMEOUT):
         async with rig(linear_settle_coins=("USDT",), reconcile_interval=20.0) as r:
             r.open("BTCPERP")  # USDC-settled: no snapshot of this stream covers it
-            await _positions(r)
+            await r.open_two()
             before = r.sockets()
             mark = r.mark()
             r.sim.control.drop("private", "reset")
@@ -70,37 +58,12 @@ async def test_a_position_settled_in_a_coin_outside_the_configured_ones_is_never
             r.assert_nothing_lost()
 
 
-ACTORS = ("combiner", "heartbeat", "subscriptions", "public:linear", "private", "reconciler")
-#: where a bug is injected: one call that actor makes, raising once when armed
-INJECTION = {
-    "combiner": (CombinerActor, "apply"),
-    "heartbeat": (HeartbeatActor, "tick"),
-    "subscriptions": (SubscriptionManager, "reconcile"),
-    "public:linear": (public_ws, "decode"),
-    "private": (private_ws, "decode"),
-    "reconciler": (reconciler, "PositionsSnapshot"),
-}
-
-
-def _arm(monkeypatch, owner, attribute: str, armed: list[bool]) -> None:  # type: ignore[no-untyped-def]
-    original = getattr(owner, attribute)
-
-    def boom(*args, **kwargs):  # type: ignore[no-untyped-def]
-        if armed[0]:
-            armed[0] = False
-            raise RuntimeError(f"injected crash in {attribute}")
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(owner, attribute, boom)
-
-
-@pytest.mark.parametrize("actor", ACTORS)
-async def test_a_bug_in_one_actor_restarts_it_alone_and_loses_nothing(rig, loopback_clock, monkeypatch, actor):
-    armed = [False]
-    _arm(monkeypatch, *INJECTION[actor], armed)
+@pytest.mark.parametrize("actor", CRASHABLE_ACTORS)
+async def test_a_bug_in_one_actor_restarts_it_alone_and_loses_nothing(rig, loopback_clock, crash_once, actor):
+    armed = crash_once(actor)
     with trio.fail_after(TIMEOUT):
         async with rig(heartbeat_interval=5.0, reconcile_interval=10.0) as r:
-            await _positions(r)
+            await r.open_two()
             before = r.sockets()
             armed[0] = True
             r.open("SOLUSDT", "Buy", "3")  # trips the combiner, private and subscriptions
@@ -126,7 +89,7 @@ async def test_a_slow_consumer_is_backpressure_and_gets_every_lifecycle_event(ri
     full queues, which must not look like a dead socket; then every change comes, in order."""
     with trio.fail_after(TIMEOUT * 2):
         async with rig(event_buffer=2, heartbeat_interval=5.0) as r:
-            await _positions(r)
+            await r.open_two()
             before = r.sockets()
             mark = r.mark()
             r.stop_reading()

@@ -67,6 +67,12 @@ class EventLog:
             index = len(self.notices)
             await changed.wait()
 
+    async def wait_until(self, predicate: Callable[[], Any]) -> Any:
+        """``predicate()``'s first truthy value, re-checked whenever the log takes a batch."""
+        while not (value := predicate()):
+            await self._changed.wait()
+        return value
+
     async def wait_for(self, predicate: Callable[[Event], bool], *, after: int = 0) -> Event:
         """The first event at index >= ``after`` matching ``predicate``."""
         index = after

@@ -15,6 +15,7 @@ from hybrid_actors.errors import ConfigError
 from hybrid_actors.http_endpoint import MAX_CONNECTIONS, HttpFetchError, Response, fetch_json, serve_http
 from hybrid_actors.metrics import FAMILIES
 from hybrid_actors.observability import health_json
+from conftest import CUSHION_AUTOJUMP
 from stack import TEST_TIMEOUT, running
 
 pytestmark = pytest.mark.integration
@@ -210,6 +211,7 @@ async def test_silent_clients_time_out_and_the_connection_cap_answers_503(loopba
         assert (status, body) == (503, b"too many connections\n")
         # A request the refusal leaves unread (a body larger than the socket buffers) still
         # gets its answer: the server drains it instead of resetting the connection.
+        loopback_clock.autojump_threshold = CUSHION_AUTOJUMP  # megabytes through loopback: see conftest
         big = 8 * 1024 * 1024
         raw = f"POST /ok HTTP/1.1\r\nHost: {host}\r\nContent-Length: {big}\r\n\r\n".encode() + bytes(big)
         status, _, body = await http_get(f"http://{host}:{port}", "/ok", raw=raw)

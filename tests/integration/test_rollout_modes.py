@@ -203,9 +203,20 @@ def rolled_back(s: Stack) -> bool:
     return s.hub.switch.rolled_back
 
 
+async def wait_routing(s: Stack, *, rolled: bool = True) -> float:
+    """Until the consumer is rolled back to REST (``rolled``) or returned to hybrid, and its
+    notice is in the log; the (virtual) time the switch flipped. Waits on the switch's and
+    the log's change events, so it is exact and costs no clock jumps polling."""
+    while rolled_back(s) != rolled:
+        await s.hub.switch.changed.wait()
+    at = trio.current_time()
+    notice = "stream.rollback" if rolled else "stream.return"
+    await s.log.wait_until(lambda: rollout_notices(s)[-1:] and rollout_notices(s)[-1].event == notice)
+    return at
+
+
 async def wait_rollback(s: Stack) -> float:
-    await eventually(lambda: rolled_back(s), max_step=0.25)
-    return trio.current_time()
+    return await wait_routing(s, rolled=True)
 
 
 async def test_disconnect_trigger_fires_at_its_threshold_and_not_before(loopback_clock):
@@ -306,19 +317,26 @@ def lifecycle_history(events) -> dict[tuple, list]:
     return history
 
 
+def observed(event) -> tuple:
+    """What a consumer sees of an update, its timestamps and source aside."""
+    return (event.side, event.size, event.entry_price, event.mark_price, event.unrealized_pnl, event.leverage,
+            event.liq_price, event.take_profit, event.stop_loss, event.trailing_stop, event.cum_realised_pnl)
+
+
 def check_no_doubles(events) -> None:
-    """No open of an open position, no close of a closed one, no repeated lifecycle state."""
-    open_now: dict[tuple, tuple] = {}
+    """No open of an open position, no close of a closed one, and no position or REST update
+    that tells the consumer nothing it did not have: one that keeps side, size and entry
+    must bring a new mark, PnL or record field (a mark-only REST update), else it is a double."""
+    last: dict[tuple, tuple] = {}
     for event in events:
         if isinstance(event, PositionClosed):
-            assert event.key in open_now, f"close of a position the consumer did not have: {event}"
-            del open_now[event.key]
-        else:
-            state = (event.side, event.size, event.entry_price)
-            if event.source in ("position", "rest") and event.key in open_now and open_now[event.key] == state:
-                # a mark-only REST update repeats the state; a repeated *change* would be a double
-                assert event.mark_price is not None
-            open_now[event.key] = state
+            assert event.key in last, f"close of a position the consumer did not have: {event}"
+            del last[event.key]
+            continue
+        now = observed(event)
+        if event.source in ("position", "rest"):
+            assert last.get(event.key) != now, f"a doubled update, the consumer already had all of it: {event}"
+        last[event.key] = now
 
 
 async def test_no_lifecycle_event_lost_or_doubled_across_a_rollback_and_a_return(loopback_clock):
@@ -345,7 +363,7 @@ async def test_no_lifecycle_event_lost_or_doubled_across_a_rollback_and_a_return
             # the exchange comes back; 30 s of health later the consumer returns to hybrid
             ctl.clear_faults()
             await s.wait_subscriptions_match_positions()
-            await eventually(lambda: not rolled_back(s), max_step=0.25)
+            await wait_routing(s, rolled=False)
             returned = s.log.mark()
             ctl.open_position("XRPUSDT", "Buy", "5")
             ctl.close_position("SOLUSDT")
@@ -357,13 +375,16 @@ async def test_no_lifecycle_event_lost_or_doubled_across_a_rollback_and_a_return
             assert {e.source for e in s.log.events[returned:]} <= {"position", "ticker"}
             events = s.log.events
             check_no_doubles(events)
-            assert lifecycle_history(events) == {
-                ("linear", "BTCUSDT", 0): [("Buy", Decimal("1"), lifecycle_history(events)[("linear", "BTCUSDT", 0)][0][2]),
-                                           ("Buy", Decimal("3"), lifecycle_history(events)[("linear", "BTCUSDT", 0)][1][2])],
-                ("linear", "ETHUSDT", 0): [lifecycle_history(events)[("linear", "ETHUSDT", 0)][0], None],
-                ("linear", "SOLUSDT", 0): [lifecycle_history(events)[("linear", "SOLUSDT", 0)][0], None],
-                ("linear", "XRPUSDT", 0): [lifecycle_history(events)[("linear", "XRPUSDT", 0)][0]],
+            # side and size of every state each position went through, in order (None: closed);
+            # entries as the exchange has them, which a resize may move
+            history = lifecycle_history(events)
+            assert {key: [state and state[:2] for state in states] for key, states in history.items()} == {
+                ("linear", "BTCUSDT", 0): [("Buy", Decimal("1")), ("Buy", Decimal("3"))],
+                ("linear", "ETHUSDT", 0): [("Sell", Decimal("2")), None],
+                ("linear", "SOLUSDT", 0): [("Buy", Decimal("7")), None],
+                ("linear", "XRPUSDT", 0): [("Buy", Decimal("5"))],
             }
+            assert all(type(state[2]) is Decimal for states in history.values() for state in states if state)
             health = rollout(s)
             assert (health["rollbacks"], health["returns"], health["active"]) == (1, 1, "hybrid")
             # the notices went out on the event stream, in order with the position events
@@ -400,7 +421,7 @@ async def test_auto_return_does_not_flap_while_the_sockets_keep_dropping(loopbac
                 ctl.drop("all")
             assert s.hub.switch.returns == 0 and rolled_back(s)
             await s.wait_subscriptions_match_positions()
-            await eventually(lambda: not rolled_back(s), max_step=0.5)
+            await wait_routing(s, rolled=False)
             healthy_for = s.hub.switch.returned_at - s.hub.rollout.gate.healthy_since
             assert 30.0 <= healthy_for <= 31.0  # 30 s of uninterrupted health, then back
             assert [n.event for n in rollout_notices(s)] == ["stream.rollback", "stream.return"]

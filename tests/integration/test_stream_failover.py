@@ -11,12 +11,10 @@ import pytest
 import trio
 
 from hybrid_actors import AuthRejected, RestartIntensityExceeded, RestartPolicy, StreamConfig, SubscriptionPolicy
-from hybrid_actors.actors import private_ws, public_ws, reconciler
-from hybrid_actors.actors.emitter import CombinerActor
-from hybrid_actors.actors.heartbeat import HeartbeatActor
+from conftest import CRASHABLE_ACTORS
+from hybrid_actors.actors import public_ws
 from hybrid_actors.actors.mailboxes import EventQueue
 from hybrid_actors.rollout import RolloutPolicy
-from hybrid_actors.actors.subscriptions import SubscriptionManager
 from hybrid_actors.state import PositionClosed
 from hybrid_actors.supervisor import open_hybrid_stream
 from hybrid_actors.testing.simulator import open_simulator, trio_wall_clock
@@ -24,7 +22,7 @@ from stack import TEST_TIMEOUT, eventually, running, sim_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.failover]
 
-ACTORS = ("combiner", "heartbeat", "subscriptions", "public:linear", "private", "reconciler")
+ACTORS = CRASHABLE_ACTORS
 
 
 def other_actors(name: str) -> list[str]:
@@ -271,33 +269,9 @@ async def test_rejected_credentials_end_the_stream_with_a_clear_error(loopback_c
             assert len(sim.observe.auth_attempts()) == 2
 
 
-def _arm(monkeypatch, owner, attribute: str, armed: list[bool]) -> None:
-    """Make ``owner.attribute`` raise once, when armed: a bug injected into one actor."""
-    original = getattr(owner, attribute)
-
-    def boom(*args, **kwargs):
-        if armed and armed[0]:
-            armed[0] = False
-            raise RuntimeError(f"injected crash in {attribute}")
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(owner, attribute, boom)
-
-
-INJECTION = {
-    "combiner": (CombinerActor, "apply"),
-    "heartbeat": (HeartbeatActor, "tick"),
-    "subscriptions": (SubscriptionManager, "reconcile"),
-    "public:linear": (public_ws, "decode"),
-    "private": (private_ws, "decode"),
-    "reconciler": (reconciler, "PositionsSnapshot"),
-}
-
-
 @pytest.mark.parametrize("actor", ACTORS)
-async def test_a_crash_injected_into_an_actor_restarts_that_actor_alone(loopback_clock, monkeypatch, actor):
-    armed = [False]
-    _arm(monkeypatch, *INJECTION[actor], armed)
+async def test_a_crash_injected_into_an_actor_restarts_that_actor_alone(loopback_clock, crash_once, actor):
+    armed = crash_once(actor)
     with trio.fail_after(TEST_TIMEOUT * 2):
         async with running(heartbeat_interval=5.0, reconcile_interval=10.0) as s:
             sim = s.sim
@@ -426,14 +400,14 @@ async def test_a_slow_consumer_is_backpressure_not_a_dead_socket(loopback_clock)
                 assert sizes == [Decimal(n) for n in range(1, 302)]  # every lifecycle event, in order
 
 
-async def test_a_combiner_crash_between_state_change_and_hand_over_loses_no_event(loopback_clock, monkeypatch):
+async def test_a_combiner_crash_between_state_change_and_hand_over_loses_no_event(loopback_clock, crash_once):
     with trio.fail_after(TEST_TIMEOUT):
         async with running() as s:
             sim = s.sim
             sim.control.open_position("BTCUSDT", "Buy", "1")
             await s.log.wait_for(lambda e: e.symbol == "BTCUSDT" and e.source == "ticker")  # quiet now
-            armed = [True]
-            _arm(monkeypatch, EventQueue, "put", armed)  # the combiner's hand-over fails once
+            armed = crash_once(EventQueue, "put")  # the combiner's hand-over fails once
+            armed[0] = True
             mark = s.log.mark()
             sim.control.open_position("ETHUSDT", "Buy", "2")
             opened = await s.log.wait_for(lambda e: e.symbol == "ETHUSDT" and e.size == Decimal("2"), after=mark)

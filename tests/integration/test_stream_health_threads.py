@@ -9,6 +9,7 @@ import threading
 import pytest
 import trio
 
+from conftest import CUSHION_AUTOJUMP
 from stack import TEST_TIMEOUT, running
 
 pytestmark = pytest.mark.integration
@@ -27,6 +28,8 @@ def _without_moving_figures(report: dict) -> dict:
 
 
 async def test_health_and_positions_from_a_worker_thread(loopback_clock):
+    # virtual time must not jump while a worker thread runs: that waits on the OS scheduler
+    loopback_clock.autojump_threshold = CUSHION_AUTOJUMP
     with trio.fail_after(TEST_TIMEOUT):
         async with running() as s:
             s.sim.control.open_position("BTCUSDT", "Buy", "1")

@@ -113,13 +113,17 @@ async def test_scenario_steps_are_deterministic_for_a_seed():
 
     from hybrid_actors.testing.simulator.exchange import Exchange
 
-    def run(seed: int) -> list[str]:
+    def run(seed: int) -> tuple[list[str], list[tuple[str, str, str, str]]]:
+        """The actions taken and the positions they left (which symbols, sides and sizes)."""
         ex = Exchange.create(config(), 1)
         rng = random.Random(seed)
-        return [scenario_step(ex, ScenarioConfig(max_open=3), rng) for _ in range(30)]
+        actions = [scenario_step(ex, ScenarioConfig(max_open=3), rng) for _ in range(30)]
+        return actions, [(p.category, p.symbol, p.side, str(p.size)) for p in ex.book.all()]
 
-    assert run(5) == run(5)
-    assert set(run(5)) >= {"open", "close"}
+    first = run(5)
+    assert run(5) == first  # a fresh exchange and the same seed: the same steps, the same book
+    assert run(6) != first  # and the seed is what decides them
+    assert set(first[0]) >= {"open", "close"} and first[1]
 
 
 async def test_leaving_the_block_closes_open_sockets_with_1001(loopback_clock):
