@@ -52,7 +52,9 @@ async def test_a_position_settled_in_a_coin_outside_the_configured_ones_is_never
             r.open("SOLUSDT", "Buy", "7")
             await r.recovered(RECOVERY, since=cut_at, replaced=before, names=["private"])
             done = r.hub.health.reconciliations
-            await r.wait_until(lambda: r.hub.health.reconciliations >= done + 2)  # two reconciliations more
+            # two reconciliations more (every 20 s; when exactly does not matter: re-checked every 5 s,
+            # not every POLL, which would cost 160 clock jumps)
+            await r.wait_until(lambda: r.hub.health.reconciliations >= done + 2, poll=5.0)
             assert not [e for e in r.positions_events(mark) if e.symbol == "BTCPERP"], "BTCPERP closed by mistake"
             r.assert_kept(before, ["public:linear"])
             r.assert_nothing_lost()
