@@ -9,6 +9,7 @@ import orjson
 import pytest
 import trio
 
+from hybrid_actors.rollout import RolloutPolicy
 from hybrid_actors.state import PositionClosed
 from stack import TEST_TIMEOUT, eventually, running, sim_config
 
@@ -59,15 +60,18 @@ async def test_a_classic_push_with_a_None_leg_keeps_its_other_records(loopback_c
 
 
 async def test_a_usdt_snapshot_does_not_close_a_usdc_position(loopback_clock):
+    # about snapshot scopes, not prices: without the REST stale-price fallback, which would
+    # poll every second once the quiet simulator's marks are 3 s old (half the clock jumps)
+    quiet = RolloutPolicy(stale_after=None)
     with trio.fail_after(TEST_TIMEOUT * 5):
-        async with running(linear_settle_coins=("USDT",), reconcile_interval=30.0) as s:
+        async with running(linear_settle_coins=("USDT",), reconcile_interval=30.0, rollout=quiet) as s:
             s.sim.control.open_position("BTCPERP", "Buy", "0.2")  # settled in USDC: outside the config
             s.sim.control.open_position("ETHUSDT", "Sell", "1")
             await s.log.wait_for(lambda e: e.symbol == "BTCPERP")
             await s.log.wait_for(lambda e: e.symbol == "ETHUSDT")
-            for _ in range(2):  # two reconciliations (and a reconnect snapshot)
+            for _ in range(2):  # two reconciliations (and a reconnect snapshot), 30 s apart
                 done = s.stream.health().events["reconciliations"]
-                await eventually(lambda d=done: s.stream.health().events["reconciliations"] > d)
+                await eventually(lambda d=done: s.stream.health().events["reconciliations"] > d, max_step=5.0)
             s.sim.control.drop_private()
             await eventually(lambda: s.hub.health.link("private").connects >= 2)
             s.hub.request_reconcile()
