@@ -356,6 +356,7 @@ class Options:
     trace_frames: int = 0
     trace_every: float = 60.0
     faults: tuple[str, ...] = tuple(FAULTS)
+    keep_hybrid: bool = False
 
 
 @attrs.define(eq=False)
@@ -506,6 +507,8 @@ async def soak(opts: Options) -> dict[str, Any]:
         credentials = Credentials(sim.info["api_key"], sim.info["api_secret"])
         endpoints = Endpoints.local(sim.info["ws_url"], sim.info["rest_url"])
         config = StreamConfig(credentials=credentials, endpoints=endpoints)
+        if opts.keep_hybrid:  # the subscription-failure rollback off: the hybrid path feeds the consumer all along
+            config = attrs.evolve(config, rollout=attrs.evolve(config.rollout, rollback_sub_failures=None))
         rng = random.Random(opts.seed)
         symbols = await sim.symbols(opts.symbols)
         async with open_hybrid_stream(config, rng=random.Random(rng.random())) as stream:
@@ -579,6 +582,10 @@ def parse_args(argv: list[str] | None = None) -> Options:
                         help="seconds between the RSS readings of rss_trace (taken without pausing; default 60)")
     parser.add_argument("--faults", default=",".join(sorted(FAULTS)),
                         help="comma-separated faults to draw from (default: all of FAULTS)")
+    parser.add_argument("--keep-hybrid", action="store_true",
+                        help="turn off the rollback on subscription failures (the faults' refused subscribes and "
+                             "acks lost on half-open sockets pass its 10 an hour within minutes, after which the "
+                             "REST poller feeds the consumer), so the whole run measures the hybrid path")
     parser.add_argument("--seed", type=int, default=8, help="seed of churn, faults, jitter and simulator")
     parser.add_argument("--log-level", default="ERROR", help="logging level on stderr (default ERROR)")
     args = parser.parse_args(argv)
@@ -595,7 +602,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
         parser.error("--faults names no fault")
     return Options(args.minutes, args.sample_at, args.symbols, args.max_open, args.rate, args.churn_interval,
                    args.fault_interval, args.converge_timeout, args.seed, args.sample_open, args.tracemalloc,
-                   args.trace_every, faults)
+                   args.trace_every, faults, args.keep_hybrid)
 
 
 def main(argv: list[str] | None = None) -> int:
