@@ -46,19 +46,15 @@ import os
 import pathlib
 import random
 import re
-import subprocess
 import sys
 import tempfile
 import time
 import tracemalloc
 from collections import Counter
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from decimal import Decimal
 from typing import Any, Callable
 
 import attrs
-import httpx
 import trio
 
 from hybrid_actors import StreamConfig
@@ -66,72 +62,35 @@ from hybrid_actors.actors.mailboxes import StreamClosed
 from hybrid_actors.config import Credentials, Endpoints
 from hybrid_actors.state import PositionClosed, PositionUpdate
 from hybrid_actors.supervisor import HybridStream, open_hybrid_stream
-from hybrid_actors.testing.invariants import position_mismatches
+from hybrid_actors.testing.invariants import position_mismatches, task_count
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # bench_support, also when loaded by path
+from bench_support import SimProcess, simulator_process  # noqa: E402
 
 log = logging.getLogger("soak")
 CATEGORY = "linear"
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 
-# --- the simulator in a subprocess ------------------------------------------------------------
+# --- the simulator in a subprocess (bench_support's) ------------------------------------------
 
-@attrs.define(eq=False)
-class Sim:
-    info: dict[str, Any]
-    http: httpx.AsyncClient
-
-    async def control(self, method: str, **kwargs: Any) -> Any:
-        response = await self.http.post(f"/control/{method}", json=kwargs)
-        if response.status_code != 200:
-            raise RuntimeError(f"simulator /control/{method} answered {response.status_code}: {response.text}")
-        return response.json()["result"]
-
-    async def positions(self) -> dict[tuple[str, str, int], tuple[str, Decimal]]:
-        response = await self.http.get("/control/state")
-        return {(p["category"], p["symbol"], int(p["positionIdx"])): (p["side"], Decimal(p["size"]))
-                for p in response.json()["positions"] if p["category"] == CATEGORY and Decimal(p["size"]) != 0}
-
-    async def symbols(self, count: int) -> list[str]:
-        response = await self.http.get("/v5/market/tickers", params={"category": CATEGORY})
-        return [item["symbol"] for item in response.json()["result"]["list"]][:count]
-
-
-@asynccontextmanager
-async def simulator_process(symbols: int, rate: float, seed: int) -> AsyncIterator[Sim]:
-    argv = [sys.executable, "-m", "hybrid_actors", "simulator", "--json", "--symbols", str(symbols),
-            "--positions", "0", "--rate", str(rate), "--seed", str(seed), "--log-level", "ERROR"]
-    process = await trio.lowlevel.open_process(argv, stdout=subprocess.PIPE)
-    try:
-        assert process.stdout is not None
-        line = b""
-        with trio.fail_after(30):
-            while not line.endswith(b"\n"):
-                chunk = await process.stdout.receive_some(4096)
-                if not chunk:
-                    raise RuntimeError(f"the simulator exited before announcing itself: {line!r}")
-                line += chunk
-        info = json.loads(line)
-        async with httpx.AsyncClient(base_url=info["rest_url"], timeout=30.0) as http:
-            yield Sim(info, http)
-    finally:
-        process.send_signal(2)  # SIGINT: the CLI closes its sockets and exits 0
-        with trio.move_on_after(5):
-            await process.wait()
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+async def sim_positions(sim: SimProcess) -> dict[tuple[str, str, int], tuple[str, Decimal]]:
+    """The simulator's open linear positions: key → (side, size)."""
+    response = await sim.http.get("/control/state")
+    return {(p["category"], p["symbol"], int(p["positionIdx"])): (p["side"], Decimal(p["size"]))
+            for p in response.json()["positions"] if p["category"] == CATEGORY and Decimal(p["size"]) != 0}
 
 
 # --- faults: a sample of the fault matrix, each undone by clear_faults or by itself ----------
 
-Fault = Callable[[Sim, random.Random, list[str]], Any]
+Fault = Callable[[SimProcess, random.Random, list[str]], Any]
 
 
-async def _drop(sim: Sim, target: str, mode: str) -> None:
+async def _drop(sim: SimProcess, target: str, mode: str) -> None:
     await sim.control("drop", target=target, mode=mode)
 
 
-async def _refuse(sim: Sim, rng: random.Random, target: str) -> None:
+async def _refuse(sim: SimProcess, rng: random.Random, target: str) -> None:
     await sim.control("reject_connections", count=rng.randint(2, 6), status=503, target=target)
     await sim.control("drop", target=target, mode="reset")
 
@@ -164,12 +123,12 @@ FAULTS: dict[str, Fault] = {
 }
 
 
-async def _rest_then_drop(sim: Sim, method: str, **kwargs: Any) -> None:
+async def _rest_then_drop(sim: SimProcess, method: str, **kwargs: Any) -> None:
     await sim.control(method, path="/v5/position/list", **kwargs)
     await sim.control("drop", target="private", mode="reset")
 
 
-async def _auth_once(sim: Sim) -> None:
+async def _auth_once(sim: SimProcess) -> None:
     await sim.control("fail_auth", count=1)
     await sim.control("drop", target="private", mode="reset")
 
@@ -203,18 +162,6 @@ class Recorder:
                         self._open.add(event.key)
         except StreamClosed:
             return
-
-
-def task_count() -> int:
-    """Every task in this trio run (the whole tree from the root task)."""
-    count = 0
-    stack = [trio.lowlevel.current_root_task()]
-    while stack:
-        task = stack.pop()
-        count += 1
-        for nursery in task.child_nurseries:
-            stack.extend(nursery.child_tasks)
-    return count
 
 
 def rss_bytes() -> int:
@@ -362,7 +309,7 @@ class Options:
 @attrs.define(eq=False)
 class Soak:
     opts: Options
-    sim: Sim
+    sim: SimProcess
     stream: HybridStream
     recorder: Recorder
     symbols: list[str]
@@ -490,7 +437,7 @@ class Soak:
         hub = self.stream.hub
         problems = [f"{name} disconnected" for name, stats in hub.health.links.items() if not stats.connected]
         client = {p.key: (p.side, p.size) for p in self.stream.positions()}
-        problems += position_mismatches(await self.sim.positions(), client)
+        problems += position_mismatches(await sim_positions(self.sim), client)
         subs = hub.subscriptions[CATEGORY]
         wanted = {key[1] for key in client}
         # a symbol the exchange refused is reported and retried every unknown_symbol_retry (5 min)
@@ -503,14 +450,14 @@ class Soak:
 
 
 async def soak(opts: Options) -> dict[str, Any]:
-    async with simulator_process(opts.symbols + 20, opts.rate, opts.seed) as sim:
+    async with simulator_process(opts.symbols + 20, opts.rate, opts.seed, extra_args=("--log-level", "ERROR")) as sim:
         credentials = Credentials(sim.info["api_key"], sim.info["api_secret"])
-        endpoints = Endpoints.local(sim.info["ws_url"], sim.info["rest_url"])
+        endpoints = Endpoints.local(sim.ws_url, sim.rest_url)
         config = StreamConfig(credentials=credentials, endpoints=endpoints)
         if opts.keep_hybrid:  # the subscription-failure rollback off: the hybrid path feeds the consumer all along
             config = attrs.evolve(config, rollout=attrs.evolve(config.rollout, rollback_sub_failures=None))
         rng = random.Random(opts.seed)
-        symbols = await sim.symbols(opts.symbols)
+        symbols = (await sim.symbols(CATEGORY))[:opts.symbols]
         async with open_hybrid_stream(config, rng=random.Random(rng.random())) as stream:
             recorder = Recorder(stream)
             run = Soak(opts, sim, stream, recorder, symbols, rng)

@@ -14,6 +14,7 @@ import trio
 
 from conftest import CRASHABLE_ACTORS
 from hybrid_actors.state import PositionClosed
+from hybrid_actors.testing.invariants import task_count
 from rig import RECOVERY, rig, sim_config  # noqa: F401 (rig: the fixture)
 
 pytestmark = [pytest.mark.integration, pytest.mark.failover]
@@ -108,16 +109,6 @@ async def test_a_slow_consumer_is_backpressure_and_gets_every_lifecycle_event(ri
             assert sizes == [Decimal(n) for n in range(1, 302)]
             r.assert_kept(before, r.link_names)
             r.assert_nothing_lost()
-
-
-def task_count() -> int:
-    count, stack = 0, [trio.lowlevel.current_root_task()]
-    while stack:
-        task = stack.pop()
-        count += 1
-        for nursery in task.child_nurseries:
-            stack.extend(nursery.child_tasks)
-    return count
 
 
 def library_bytes(snapshot: tracemalloc.Snapshot) -> int:
