@@ -242,26 +242,29 @@ class TickerBook:
 
     def apply(self, frame: TickerFrame) -> Decimal | None:
         """Merge ``frame``; return the mark price if this frame set or changed it."""
-        symbol = frame.symbol
-        cs = frame.cs
-        if isinstance(frame, TickerSnapshot):
-            self._state[symbol] = dict(frame.data)
-            snapshot = True
+        return self.apply_fields(frame.symbol, isinstance(frame, TickerSnapshot), frame.data, frame.mark_price,
+                                 frame.ts, frame.cs)
+
+    def apply_fields(self, symbol: str, snapshot: bool, data: Mapping[str, Any], mark: Decimal | None,
+                     ts: int, cs: int | None) -> Decimal | None:
+        """:meth:`apply` for a frame given as its fields (``protocol.frames.TickerFields``,
+        what the public socket's hot path decodes to)."""
+        if snapshot:
+            self._state[symbol] = dict(data)
         else:
             state = self._state.get(symbol)
             if state is None:
                 self.orphan_deltas += 1
                 return None
-            last_cs = self._cs.get(symbol)
-            if cs is not None and last_cs is not None and cs < last_cs:
-                self.out_of_order += 1
-                return None
-            state.update(frame.data)
-            snapshot = False
+            if cs is not None:
+                last_cs = self._cs.get(symbol)
+                if last_cs is not None and cs < last_cs:
+                    self.out_of_order += 1
+                    return None
+            state.update(data)
         if cs is not None:
             self._cs[symbol] = cs
-        self.last_ts[symbol] = frame.ts
-        mark = frame.mark_price
+        self.last_ts[symbol] = ts
         if mark is None:
             if snapshot:
                 self._marks.pop(symbol, None)
@@ -481,12 +484,13 @@ class Combiner:
     def apply_marks(self, category: str, marks: Mapping[str, Mark], *, commit: bool = True) -> list[Event]:
         """New mark prices from one public batch; events for the positions they move."""
         events: list[Event] = []
+        latest, book, view, emit = self.marks, self.book, self._view, self._emit_if_changed
         for symbol, mark in marks.items():
-            self.marks[(category, symbol)] = mark
-            for key in self.book.keys_for(category, symbol):
-                position = self.book.get(key)
+            latest[(category, symbol)] = mark
+            for key in book.keys_for(category, symbol):
+                position = book.get(key)
                 if position is not None:
-                    self._emit_if_changed(*self._view(position, "ticker", mark.received_ts), events)
+                    emit(*view(position, "ticker", mark.received_ts), events, key)
         return self._done(events, commit)
 
     def apply_fallback_marks(self, category: str, marks: Mapping[str, Mark], *, commit: bool = True) -> list[Event]:
@@ -585,16 +589,20 @@ class Combiner:
                 received_ts=received_ts, mark_age_ms=_age(received_ts, mark[3]), **fields))
         return events
 
-    def _emit_if_changed(self, view: PositionUpdate, live: bool, events: list[Event]) -> None:
+    def _emit_if_changed(self, view: PositionUpdate, live: bool, events: list[Event], key: Key | None = None) -> None:
         """Emit ``view`` if anything observable changed. The first live mark of a position
-        is news even at an unchanged price: it says the ticker stream now covers it."""
+        is news even at an unchanged price: it says the ticker stream now covers it.
+        ``key``: ``view.key``, when the caller has it at hand."""
+        if key is None:
+            key = view.key
         observed = (view.side, view.size, view.entry_price, view.mark_price, live, view.unrealized_pnl,
                     view.leverage, view.liq_price, view.take_profit, view.stop_loss, view.trailing_stop,
                     view.cum_realised_pnl)
-        self._views[view.key] = view
-        seen = self._seen(view.key)
+        self._views[key] = view
+        staged = self._staged
+        seen = staged[key] if key in staged else self._shown.get(key)
         if seen is None or seen[0] != observed:
-            self._staged[view.key] = (observed, view)
+            staged[key] = (observed, view)
             events.append(view)
 
     def _mark_for(self, position: Position) -> tuple[Decimal | None, int | None, bool, int | None]:
@@ -619,11 +627,12 @@ class Combiner:
         mark_price, mark_ts, live, seen_ms = self._mark_for(position)
         if source == "rest" and not live and mark_price is not None:
             seen_ms = received_ts  # a REST record's mark is as of the answer, not of its updatedTime
+        # positional, in PositionEvent's field order (a third of the cost of keywords on the
+        # ticker path; test_foundation_state checks every field of the views it makes)
         return PositionUpdate(
-            symbol=position.symbol, category=position.category, side=position.side, size=position.size,
-            entry_price=position.entry_price, mark_price=mark_price,
-            unrealized_pnl=unrealized_pnl(position.category, position.side, position.size,
-                                          pnl_entry(position), mark_price),
-            position_idx=position.position_idx, source=source,
-            exchange_ts=mark_ts if source == "ticker" else position.updated_time,
-            received_ts=received_ts, mark_age_ms=_age(received_ts, seen_ms), **_record_fields(position)), live
+            position.symbol, position.category, position.side, position.size, position.entry_price, mark_price,
+            unrealized_pnl(position.category, position.side, position.size, pnl_entry(position), mark_price),
+            position.position_idx, source, mark_ts if source == "ticker" else position.updated_time, received_ts,
+            position.leverage, position.liq_price, position.take_profit, position.stop_loss, position.trailing_stop,
+            position.cum_realised_pnl, position.created_time, position.updated_time,
+            None if seen_ms is None else max(0, received_ts - seen_ms)), live

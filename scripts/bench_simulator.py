@@ -20,8 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import subprocess
 import sys
 import time
 from functools import partial
@@ -30,20 +28,8 @@ import orjson
 import trio
 from trio_websocket import open_websocket_url
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def process_cpu_seconds(pid: int) -> float:
-    """user + system CPU of ``pid`` (fields 14 and 15 of /proc/<pid>/stat, after the comm field)."""
-    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def self_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # bench_support, also when loaded by path
+from bench_support import self_cpu_seconds, simulator_process  # noqa: E402
 
 class Counter:
     def __init__(self) -> None:
@@ -74,17 +60,9 @@ async def consume(url: str, topics: list[str], counter: Counter, ready: trio.Eve
 
 
 async def bench(args: argparse.Namespace) -> dict[str, object]:
-    argv = [sys.executable, "-m", "hybrid_actors.testing.simulator", "--symbols", str(args.symbols),
-            "--positions", "0", "--rate", str(args.rate), "--seed", "1", "--json"]
-    process = await trio.lowlevel.open_process(argv, stdout=subprocess.PIPE)
-    try:
-        assert process.stdout is not None
-        line = b""
-        while not line.endswith(b"\n"):
-            line += await process.stdout.receive_some(4096)
-        info = json.loads(line)
-        url = f"{info['ws_url']}/v5/public/{args.category}"
-        symbols = [f"tickers.{s}" for s in await _symbols(info["rest_url"], args.category)]
+    async with simulator_process(args.symbols, args.rate, 1, module="hybrid_actors.testing.simulator") as sim:
+        url = f"{sim.ws_url}/v5/public/{args.category}"
+        symbols = [f"tickers.{s}" for s in await _symbols(sim.rest_url, args.category)]
         counter, ready, pending = Counter(), trio.Event(), [args.connections]
         async with trio.open_nursery() as nursery:
             for i in range(args.connections):
@@ -92,18 +70,11 @@ async def bench(args: argparse.Namespace) -> dict[str, object]:
             await ready.wait()
             await trio.sleep(args.warmup)
             counter.counting = True
-            sim_cpu0, self_cpu0, t0 = process_cpu_seconds(process.pid), self_cpu_seconds(), time.monotonic()
+            sim_cpu0, self_cpu0, t0 = sim.cpu_seconds(), self_cpu_seconds(), time.monotonic()
             await trio.sleep(args.seconds)
             counter.counting = False
-            sim_cpu1, self_cpu1, t1 = process_cpu_seconds(process.pid), self_cpu_seconds(), time.monotonic()
+            sim_cpu1, self_cpu1, t1 = sim.cpu_seconds(), self_cpu_seconds(), time.monotonic()
             nursery.cancel_scope.cancel()
-    finally:
-        process.send_signal(2)  # SIGINT: the CLI closes its sockets and exits 0
-        with trio.move_on_after(5):
-            await process.wait()
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
     elapsed, frames = t1 - t0, counter.frames
     lags = sorted(counter.lags)
     sim_cpu, client_cpu = sim_cpu1 - sim_cpu0, self_cpu1 - self_cpu0
@@ -117,7 +88,7 @@ async def bench(args: argparse.Namespace) -> dict[str, object]:
         "client_cpu_s_per_1000_frames": round(client_cpu / frames * 1000, 4) if frames else None,
         "lag_ms_p50": round(lags[len(lags) // 2], 2) if lags else None,
         "lag_ms_p99": round(lags[int(len(lags) * 0.99)], 2) if lags else None,
-        "simulator_exit_code": process.returncode,
+        "simulator_exit_code": sim.exit_code,
     }
 
 

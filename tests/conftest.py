@@ -68,7 +68,7 @@ def crash_once(monkeypatch: pytest.MonkeyPatch) -> Callable[..., list[bool]]:
         "combiner": (CombinerActor, "apply"),
         "heartbeat": (HeartbeatActor, "tick"),
         "subscriptions": (SubscriptionManager, "reconcile"),
-        "public:linear": (public_ws, "decode"),
+        "public:linear": (public_ws, "decode_hot"),
         "private": (private_ws, "decode"),
         "reconciler": (reconciler, "PositionsSnapshot"),
     }

@@ -7,7 +7,10 @@ frames by ``op``/``type`` first, then pongs, then data by ``topic``.
 
 Hot path: a ticker frame is parsed once; its ``data`` dict is kept as sent (strings),
 and only ``markPrice`` is converted to Decimal here, because it is the one field the
-combiner reads.
+combiner reads. :func:`decode_hot` is :func:`decode` for the public sockets: a ticker frame
+of the common shape comes back as a plain :data:`TickerFields` tuple (no object per frame),
+with exactly the values :func:`decode` would put in its ``TickerSnapshot``/``TickerDelta``
+(a test holds the two to that on every vector and on generated frames).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from .fields import FieldError, dec, opt_dec, opt_int, opt_str, req_dec, req_int
 __all__ = [
     "AuthResult", "SubscribeResult", "Pong", "Position", "PositionPush", "TickerFrame",
     "TickerSnapshot", "TickerDelta", "UnknownFrame", "MalformedFrame", "Frame", "decode",
-    "SubscribeFailure", "classify_failure", "SIDES",
+    "SubscribeFailure", "classify_failure", "SIDES", "TickerFields", "decode_hot",
 ]
 
 SIDES: Final = ("Buy", "Sell", "")
@@ -288,6 +291,11 @@ _SNAPSHOT_ONLY: Final = frozenset({"spot", "option"})
 _DECODE_ERRORS: Final = (FieldError, ValueError, ArithmeticError)
 
 
+#: a ticker frame as :func:`decode_hot` returns it: ``(symbol, snapshot, data, mark_price, ts, cs)``,
+#: the fields of the ``TickerSnapshot`` (``snapshot`` True) or ``TickerDelta`` that :func:`decode` makes
+TickerFields = tuple[str, bool, Mapping[str, Any], Decimal | None, int, int | None]
+
+
 def decode(data: str | bytes, *, category: str | None = None) -> Frame:
     """Decode one WebSocket text message from a socket of ``category``
     (``None`` for the private socket). Never raises."""
@@ -295,6 +303,44 @@ def decode(data: str | bytes, *, category: str | None = None) -> Frame:
         obj = loads(data)
     except ValueError as exc:  # orjson.JSONDecodeError, bad UTF-8
         return MalformedFrame(f"not JSON: {exc}", _excerpt(data))
+    return _decode_parsed(obj, data, category)
+
+
+def decode_hot(data: str | bytes, *, category: str | None = None) -> TickerFields | Frame:
+    """:func:`decode`, except that a ticker frame comes back as :data:`TickerFields` instead
+    of a ``TickerSnapshot``/``TickerDelta``, with the same values. The common shape (``ts``
+    and ``cs`` JSON integers, a valid ``markPrice`` or none) is read inline, without the
+    frame object; any other input takes :func:`decode`'s path. Never raises."""
+    try:
+        obj = loads(data)
+    except ValueError as exc:
+        return MalformedFrame(f"not JSON: {exc}", _excerpt(data))
+    if type(obj) is dict:
+        # inline: one dict lookup chain per frame, no intermediate object
+        topic = obj.get("topic")
+        if type(topic) is str and topic.startswith("tickers."):
+            body = obj.get("data")
+            ts = obj.get("ts")
+            cs = obj.get("cs")
+            if type(body) is dict and type(ts) is int and (cs is None or type(cs) is int):
+                symbol = body.get("symbol")
+                kind = obj.get("type")
+                if (type(symbol) is str and topic[8:] == symbol
+                        and (kind == "snapshot" or (kind == "delta" and category not in _SNAPSHOT_ONLY))):
+                    raw_mark = body.get("markPrice")
+                    if raw_mark is None:
+                        return symbol, kind == "snapshot", body, None, ts, cs
+                    try:
+                        return symbol, kind == "snapshot", body, dec(raw_mark, "markPrice"), ts, cs
+                    except _DECODE_ERRORS:
+                        pass  # decode_object reports it
+    frame = _decode_parsed(obj, data, category)
+    if isinstance(frame, TickerFrame):  # a rarer shape (``ts`` as a digit string...): the same tuple
+        return frame.symbol, isinstance(frame, TickerSnapshot), frame.data, frame.mark_price, frame.ts, frame.cs
+    return frame
+
+
+def _decode_parsed(obj: Any, data: str | bytes, category: str | None) -> Frame:
     if not isinstance(obj, dict):
         return MalformedFrame(f"expected a JSON object, got {type(obj).__name__}", _excerpt(data))
     try:

@@ -288,7 +288,7 @@ async def test_crash_loop_rolls_back_and_the_consumer_keeps_getting_events(loopb
             sim = s.sim
             sim.control.open_position("BTCUSDT", "Buy", "1")
             await s.wait_subscriptions_match_positions()
-            monkeypatch.setattr(public_ws, "decode", always_broken)
+            monkeypatch.setattr(public_ws, "decode_hot", always_broken)
             sim.control.set_mark_price("BTCUSDT", "60100")
             await wait_rollback(s)
             assert "crash loop: actor public:linear" in rollout(s)["last_rollback_reason"]

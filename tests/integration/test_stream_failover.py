@@ -309,7 +309,7 @@ async def test_restart_intensity_exceeded_ends_the_stream_with_a_clear_error(loo
                                   rollout=RolloutPolicy(rollback_on_crash_loop=False))
             with pytest.raises(RestartIntensityExceeded) as caught:
                 async with open_hybrid_stream(config, rng=random.Random(1)) as stream:
-                    monkeypatch.setattr(public_ws, "decode", always_broken)
+                    monkeypatch.setattr(public_ws, "decode_hot", always_broken)
                     sim.control.open_position("BTCUSDT", "Buy", "1")
                     async for _event in stream:
                         pass

@@ -41,7 +41,7 @@ async def test_a_tiny_run_produces_every_figure(transport, compare):
     bench = load_script()
     opts = bench.Options(symbols=5, rate=20.0, seconds=1.0, warmup=0.3, transport_seconds=0.5,
                          latency_seconds=1.0, drops=1, opens=2, seed=3, transport=transport,
-                         compare_legacy=compare, pybit=compare, coalesce_ms=(1.0,) if compare else ())
+                         pybit=compare, coalesce_ms=(1.0,) if compare else ())
     with trio.fail_after(90):
         result = await bench.run_benchmark(opts)
     json.dumps(result)  # printable as one JSON object
@@ -51,9 +51,6 @@ async def test_a_tiny_run_produces_every_figure(transport, compare):
     assert rows["bare trio-websocket + orjson"]["ratio_to_bare"] == 1.0
     assert is_number(rows[f"stream ({transport or 'lean'} transport)"]["frames_per_cpu_s"])
     if compare:
-        legacy = rows["stream (legacy hand-written parser)"]
-        assert is_number(legacy["frames_per_cpu_s"]) and is_number(legacy["frame_to_event_ms"]["p99"])
-        assert result["details"]["legacy_transport"]["frames"] > 0
         coalesced = rows["stream (lean, adaptive coalescing <= 1 ms)"]
         assert is_number(coalesced["frames_per_cpu_s"]) and is_number(coalesced["frame_to_event_ms"]["p99"])
         assert result["details"]["read_floor"]["reads"] > 0

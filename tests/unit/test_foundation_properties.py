@@ -17,11 +17,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from foundation_helpers import load_vector
+from foundation_helpers import assert_exact, load_vector
 from hybrid_actors.errors import RestError
 from hybrid_actors.protocol.frames import (SIDES, AuthResult, MalformedFrame, Pong, Position, PositionPush,
                                            SubscribeResult, TickerDelta, TickerFrame, TickerSnapshot,
-                                           UnknownFrame, decode)
+                                           UnknownFrame, decode, decode_hot)
 from hybrid_actors.protocol.rest import parse_position_page, parse_tickers
 from hybrid_actors.state import SNAPSHOT_SKEW_MS, Combiner, Mark, PositionBook, TickerBook, unrealized_pnl
 
@@ -302,6 +302,10 @@ def decode_and_use(data: str | bytes, category: str | None) -> None:
     """Decode, check types, and feed the result to the state (which must not raise either)."""
     frame = decode(data, category=category)
     assert_well_typed(frame)
+    # the public socket's fast path says the same (a ticker as its fields; test_hot_path.py)
+    assert_exact(decode_hot(data, category=category),
+                 (frame.symbol, isinstance(frame, TickerSnapshot), frame.data, frame.mark_price, frame.ts, frame.cs)
+                 if isinstance(frame, TickerFrame) else frame)
     if isinstance(frame, TickerFrame):
         book = TickerBook(category)
         book.apply(frame)
