@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 import attrs
@@ -32,14 +33,36 @@ class LineReader:
         line, self._buffer = self._buffer.split(b"\n", 1)
         return line
 
+    async def lines(self) -> list[bytes]:
+        """Every line until the stream ends."""
+        lines = []
+        while (line := await self.readline()) is not None:
+            lines.append(line)
+        return lines
+
+
+async def start_cli(nursery: trio.Nursery, *args: str, env: dict[str, str] | None,
+                    stdout: int = subprocess.PIPE, stderr: int = subprocess.PIPE) -> trio.Process:
+    """``python -m hybrid_actors <args>`` as a task of ``nursery`` (its pipes open); the process."""
+    return await nursery.start(partial(trio.run_process, [PYTHON, "-m", "hybrid_actors", *args], stdout=stdout,
+                                       stderr=stderr, check=False, env=env))
+
+
+async def interrupt(proc: trio.Process) -> None:
+    """Ctrl-C, up to 10 s for the process to end, then kill it."""
+    proc.send_signal(signal.SIGINT)
+    with trio.move_on_after(10):
+        await proc.wait()
+    if proc.returncode is None:
+        proc.kill()
+
 
 @asynccontextmanager
 async def simulator(*args: str) -> AsyncIterator[dict[str, Any]]:
     """``python -m hybrid_actors simulator --json``; yields its announced URLs and keys."""
-    command = [PYTHON, "-m", "hybrid_actors", "simulator", "--json", "--port", "0", "--rest-port", "0", *args]
     async with trio.open_nursery() as nursery:
-        proc = await nursery.start(lambda task_status: trio.run_process(
-            command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, check=False, task_status=task_status))
+        proc = await start_cli(nursery, "simulator", "--json", "--port", "0", "--rest-port", "0", *args, env=None,
+                               stderr=subprocess.DEVNULL)
         reader = LineReader(proc.stdout)
         with trio.fail_after(20):
             line = await reader.readline()
@@ -47,11 +70,7 @@ async def simulator(*args: str) -> AsyncIterator[dict[str, Any]]:
         try:
             yield json.loads(line)
         finally:
-            proc.send_signal(signal.SIGINT)
-            with trio.move_on_after(10):
-                await proc.wait()
-            if proc.returncode is None:
-                proc.kill()
+            await interrupt(proc)
 
 
 def cli_env(key: str | None, secret: str | None) -> dict[str, str]:

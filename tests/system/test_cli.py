@@ -10,7 +10,7 @@ from decimal import Decimal
 import pytest
 import trio
 
-from procs import PYTHON, LineReader, cli_env, run_cli, simulator
+from procs import PYTHON, LineReader, cli_env, run_cli, simulator, start_cli
 
 pytestmark = pytest.mark.system
 
@@ -57,21 +57,17 @@ async def test_help_and_version():
 
 async def test_run_prints_one_contract_event_per_line_live_through_a_pipe():
     async with simulator("--positions", "4", "--rate", "10", "--seed", "3") as sim:
-        command = [PYTHON, "-m", "hybrid_actors", "run", "--stream-url", sim["ws_url"], "--rest-url",
-                   sim["rest_url"], "--output", "jsonl", "--seconds", "6", "--log-level", "WARNING"]
         async with trio.open_nursery() as nursery:
-            proc = await nursery.start(lambda task_status: trio.run_process(
-                command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, check=False,
-                env=cli_env(sim["api_key"], sim["api_secret"]), task_status=task_status))
+            proc = await start_cli(nursery, "run", "--stream-url", sim["ws_url"], "--rest-url", sim["rest_url"],
+                                   "--output", "jsonl", "--seconds", "6", "--log-level", "WARNING",
+                                   env=cli_env(sim["api_key"], sim["api_secret"]), stderr=subprocess.DEVNULL)
             reader = LineReader(proc.stdout)
             with trio.fail_after(20):
                 first = await reader.readline()
                 # a line arrived while the process is still running: flushed per batch, not at exit
                 assert proc.returncode is None
-            lines = [first]
             with trio.fail_after(30):
-                while (line := await reader.readline()) is not None:
-                    lines.append(line)
+                lines = [first, *await reader.lines()]
                 await proc.wait()
         assert proc.returncode == 0
         events = [check_contract(line) for line in lines if line]
@@ -139,11 +135,9 @@ async def test_jsonl_to_a_regular_file(tmp_path):
 
 
 async def test_a_reader_that_goes_away_ends_the_run_quietly():
-    command = [PYTHON, "-m", "hybrid_actors", "demo", "--seconds", "20", "--output", "jsonl", "--log-level", "ERROR"]
     async with trio.open_nursery() as nursery:
-        proc = await nursery.start(lambda task_status: trio.run_process(
-            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False, env=cli_env(None, None),
-            task_status=task_status))
+        proc = await start_cli(nursery, "demo", "--seconds", "20", "--output", "jsonl", "--log-level", "ERROR",
+                               env=cli_env(None, None))
         reader = LineReader(proc.stdout)
         with trio.fail_after(30):
             assert await reader.readline()
@@ -162,12 +156,10 @@ async def sim_control(sim: dict, method: str, **kwargs) -> None:
 
 async def test_revoked_keys_mid_run_print_failed_as_the_last_line_and_exit_3():
     async with simulator("--positions", "1", "--rate", "0", "--seed", "3") as sim:
-        command = [PYTHON, "-m", "hybrid_actors", "run", "--stream-url", sim["ws_url"], "--rest-url",
-                   sim["rest_url"], "--output", "jsonl", "--log-level", "WARNING"]
         async with trio.open_nursery() as nursery:
-            proc = await nursery.start(lambda task_status: trio.run_process(
-                command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False,
-                env=cli_env(sim["api_key"], sim["api_secret"]), task_status=task_status))
+            proc = await start_cli(nursery, "run", "--stream-url", sim["ws_url"], "--rest-url", sim["rest_url"],
+                                   "--output", "jsonl", "--log-level", "WARNING",
+                                   env=cli_env(sim["api_key"], sim["api_secret"]))
             reader = LineReader(proc.stdout)
             lines = []
             with trio.fail_after(30):
@@ -225,17 +217,13 @@ async def test_seconds_count_from_start_up_not_from_launch():
 
 
 async def test_ctrl_c_exits_130():
-    command = [PYTHON, "-m", "hybrid_actors", "demo", "--output", "jsonl", "--log-level", "error"]
     async with trio.open_nursery() as nursery:
-        proc = await nursery.start(lambda task_status: trio.run_process(
-            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False, env=cli_env(None, None),
-            task_status=task_status))
+        proc = await start_cli(nursery, "demo", "--output", "jsonl", "--log-level", "error", env=cli_env(None, None))
         reader = LineReader(proc.stdout)
         with trio.fail_after(30):
             assert await reader.readline()  # running
             proc.send_signal(signal.SIGINT)
-            while await reader.readline() is not None:
-                pass
+            await reader.lines()
             await proc.wait()
     assert proc.returncode == 130
 

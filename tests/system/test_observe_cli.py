@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import re
-import signal
 import subprocess
 
 import pytest
@@ -12,18 +11,16 @@ import trio
 from prometheus_client.parser import text_string_to_metric_families
 
 from hybrid_actors.http_endpoint import fetch_json
-from procs import PYTHON, LineReader, cli_env, run_cli
+from procs import LineReader, cli_env, interrupt, run_cli, start_cli
 
 pytestmark = pytest.mark.system
 
 
 async def test_demo_serves_metrics_and_the_dashboard_command_shows_it():
-    command = [PYTHON, "-m", "hybrid_actors", "demo", "--positions", "4", "--metrics-port", "0", "--output", "jsonl",
-               "--seconds", "60", "--log-level", "INFO"]
     async with trio.open_nursery() as nursery:
-        proc = await nursery.start(lambda task_status: trio.run_process(
-            command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False, env=cli_env(None, None),
-            task_status=task_status))
+        proc = await start_cli(nursery, "demo", "--positions", "4", "--metrics-port", "0", "--output", "jsonl",
+                               "--seconds", "60", "--log-level", "INFO", env=cli_env(None, None),
+                               stdout=subprocess.DEVNULL)
         try:
             reader = LineReader(proc.stderr)
             with trio.fail_after(30):
@@ -34,7 +31,7 @@ async def test_demo_serves_metrics_and_the_dashboard_command_shows_it():
                     if found:
                         url = found.group(1).decode()
                         break
-            nursery.start_soon(_drain, reader)
+            nursery.start_soon(reader.lines)  # keep reading the log: a full pipe would stall the demo
             with trio.fail_after(30):
                 health = await fetch_json(url + "/health")
                 while not health["open_positions"]:
@@ -51,16 +48,7 @@ async def test_demo_serves_metrics_and_the_dashboard_command_shows_it():
             assert {"hybrid_connected", "hybrid_events", "hybrid_event_latency_seconds",
                     "process_resident_memory_bytes"} <= names
         finally:
-            proc.send_signal(signal.SIGINT)
-            with trio.move_on_after(10):
-                await proc.wait()
-            if proc.returncode is None:
-                proc.kill()
-
-
-async def _drain(reader: LineReader) -> None:
-    while await reader.readline() is not None:
-        continue
+            await interrupt(proc)
 
 
 async def _get_text(url: str) -> str:
