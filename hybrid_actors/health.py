@@ -47,6 +47,8 @@ class LinkStats:
     last_error: str | None = None
     #: the certificate rejection of the last attempt, until a connect succeeds
     tls_error: str | None = None
+    #: public sockets: symbols whose ticker state the current connection holds (its owner's)
+    tickers: int = 0
 
 
 @attrs.frozen

@@ -285,7 +285,12 @@ class TickerBook:
     def symbols(self) -> frozenset[str]:
         return frozenset(self._state)
 
+    def __len__(self) -> int:
+        return len(self._state)
+
     def forget(self, symbol: str) -> None:
+        """Drop everything known of ``symbol`` (its topic was unsubscribed): a later
+        subscribe starts again from its snapshot."""
         for table in (self._state, self._marks, self._cs, self.last_ts):
             table.pop(symbol, None)
 

@@ -367,6 +367,7 @@ def build_health_report(hub: Hub, *, now: float | None = None) -> HealthReport:
             "last_frame_age_s": round(now - link.last_frame_at, 3) if link else None,
             "frames": link_stats.frames, "malformed": link_stats.malformed, "unknown": link_stats.unknown,
             "last_error": link_stats.last_error, "tls_error": link_stats.tls_error,
+            **({"tickers": link_stats.tickers} if name.startswith("public:") else {}),
             "down_s": round(now - link_stats.disconnected_at, 3)
             if not link_stats.connected and link_stats.disconnected_at is not None else None,
         }

@@ -170,11 +170,12 @@ async def _interrupt(process: trio.Process) -> None:
 
 @asynccontextmanager
 async def simulator_process(symbols: int, rate: float, seed: int, *,
-                            module: str = "hybrid_actors simulator") -> AsyncIterator[SimProcess]:
+                            module: str = "hybrid_actors simulator",
+                            extra_args: Sequence[str] = ()) -> AsyncIterator[SimProcess]:
     """``python -m <module> --json`` with ``symbols`` instruments per category, no position
-    open, tickers at ``rate`` Hz; stopped on exit."""
+    open, tickers at ``rate`` Hz (and ``extra_args``); stopped on exit."""
     argv = [sys.executable, "-m", *module.split(), "--json", "--symbols", str(symbols), "--positions", "0",
-            "--rate", str(rate), "--seed", str(seed)]
+            "--rate", str(rate), "--seed", str(seed), *extra_args]
     process = await trio.lowlevel.open_process(argv, stdout=subprocess.PIPE)
     sim: SimProcess | None = None
     try:

@@ -48,6 +48,22 @@ class Link:
     last_frame_at: float = 0.0
     #: the owner's reader is waiting on our own backpressure: pongs go unread, not unanswered
     paused: bool = False
+    #: a mailbox: the subscription manager puts the symbols whose unsubscribe the exchange
+    #: confirmed on this connection; the socket's owner takes them and forgets their state
+    _retired: set[str] = attrs.field(factory=set, repr=False)
+
+    def retire(self, symbol: str) -> None:
+        """The exchange confirmed unsubscribing ``symbol`` here: no more frames for it."""
+        self._retired.add(symbol)
+
+    @property
+    def has_retired(self) -> bool:
+        return bool(self._retired)
+
+    def take_retired(self) -> set[str]:
+        """The symbols retired since the last call (the owner's; one taker)."""
+        retired, self._retired = self._retired, set()
+        return retired
 
     def offer(self, text: str) -> bool:
         """Queue a frame for the socket; False if the link is gone or its outbox is full."""

@@ -20,6 +20,7 @@ from typing import Final, NoReturn
 import attrs
 import trio
 
+from ..health import LinkStats
 from ..messages import AckReceived, LinkDown, LinkUp, SubscriptionMessage
 from ..protocol.frames import Frame, MalformedFrame, Pong, SubscribeResult, UnknownFrame, decode_hot
 from ..state import Mark, TickerBook
@@ -63,6 +64,7 @@ class PublicStreamActor:
                 task_status.started()
                 await self._read(conn.transport, link, book, manager)
             finally:
+                hub.health.link(self.name).tickers = 0  # the merged state goes with the connection
                 # best effort: the manager also notices the new generation on the next LinkUp
                 with suppress(trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
                     manager.send_nowait(LinkDown(self.category, link.generation))
@@ -79,6 +81,8 @@ class PublicStreamActor:
         apply = book.apply_fields
         while True:
             batch = await transport.receive_batch()
+            if link.has_retired:  # unsubscribed symbols: no frame for them follows (see _retire)
+                self._retire(link, book, activity, stats)
             now = trio.current_time()
             read_at = wall()
             received_ms = int(read_at * 1000)
@@ -99,6 +103,19 @@ class PublicStreamActor:
                     marks.commit()
                     await trio.lowlevel.checkpoint()
             marks.commit()
+            stats.tickers = len(book)
+
+    @staticmethod
+    def _retire(link: Link, book: TickerBook, activity: dict[str, float], stats: LinkStats) -> None:
+        """Forget the merged state and the activity of the symbols whose unsubscribe the
+        exchange confirmed on this connection, so churn through many symbols costs nothing.
+        Done before reading a batch received after the manager learnt it: a new subscribe to
+        such a symbol (sent only after that) is answered by a fresh snapshot, never a delta
+        that needs the forgotten state."""
+        for symbol in link.take_retired():
+            book.forget(symbol)
+            activity.pop(symbol, None)
+        stats.tickers = len(book)
 
     async def _control(self, frame: Frame, link: Link, now: float, reporter: FrameReporter,
                        manager: trio.MemorySendChannel[SubscriptionMessage]) -> None:

@@ -158,6 +158,8 @@ class SubscriptionManager:
                 subs.confirmed_at.pop(symbol, None)
                 subs.leaving.pop(symbol, None)
                 subs.resubscribe.discard(symbol)
+                if subs.link is not None:  # the ack's own connection (handle() checked the generation)
+                    subs.link.retire(symbol)
         for topic, failure in outcome.failed:
             symbol = symbol_of_topic(topic)
             if symbol is None:

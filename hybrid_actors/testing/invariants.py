@@ -17,9 +17,12 @@ from collections.abc import Iterable, Mapping
 from decimal import Decimal
 from typing import Any
 
+import trio
+
 from ..state import PositionClosed, PositionUpdate
 
-__all__ = ["Key", "position_mismatches", "LifecycleTracker", "lifecycle", "lifecycle_mismatches", "lifecycle_anomalies"]
+__all__ = ["Key", "position_mismatches", "LifecycleTracker", "lifecycle", "lifecycle_mismatches", "lifecycle_anomalies",
+           "task_count"]
 
 Key = tuple[str, str, int]
 #: side, size
@@ -86,3 +89,15 @@ def lifecycle_anomalies(seen: Mapping[Key, list[str]]) -> list[str]:
                 break
             previous = step
     return problems
+
+
+def task_count() -> int:
+    """Every task in the current trio run (the whole tree from the root task): what a long
+    run must not grow."""
+    count, stack = 0, [trio.lowlevel.current_root_task()]
+    while stack:
+        task = stack.pop()
+        count += 1
+        for nursery in task.child_nurseries:
+            stack.extend(nursery.child_tasks)
+    return count

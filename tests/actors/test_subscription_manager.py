@@ -166,8 +166,11 @@ async def test_unsubscribe_waits_for_the_grace_and_a_flip_cancels_it():
     h.manager.reconcile(22.0)
     [frame] = h.sent()
     assert (frame["op"], frame["args"]) == ("unsubscribe", ["tickers.AUSDT"])
+    assert not h.link.has_retired  # still subscribed until the exchange confirms
     h.ack(frame, 22.1)
     assert h.subs.confirmed == {"BUSDT"}
+    # the socket's owner learns it may forget the symbol's ticker state, once
+    assert h.link.take_retired() == {"AUSDT"} and h.link.take_retired() == set()
 
 
 async def test_a_new_connection_starts_from_nothing_and_stale_acks_are_ignored():

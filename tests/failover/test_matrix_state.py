@@ -14,6 +14,7 @@ import trio
 
 from conftest import CRASHABLE_ACTORS
 from hybrid_actors.state import PositionClosed
+from hybrid_actors.testing.invariants import task_count
 from rig import RECOVERY, rig, sim_config  # noqa: F401 (rig: the fixture)
 
 pytestmark = [pytest.mark.integration, pytest.mark.failover]
@@ -110,16 +111,6 @@ async def test_a_slow_consumer_is_backpressure_and_gets_every_lifecycle_event(ri
             r.assert_nothing_lost()
 
 
-def task_count() -> int:
-    count, stack = 0, [trio.lowlevel.current_root_task()]
-    while stack:
-        task = stack.pop()
-        count += 1
-        for nursery in task.child_nurseries:
-            stack.extend(nursery.child_tasks)
-    return count
-
-
 def library_bytes(snapshot: tracemalloc.Snapshot) -> int:
     """Memory still held that the stream's own code allocated (not the simulator's, not the tests')."""
     kept = snapshot.filter_traces([tracemalloc.Filter(True, "*/hybrid_actors/*"),
@@ -129,7 +120,8 @@ def library_bytes(snapshot: tracemalloc.Snapshot) -> int:
 
 async def test_churn_of_1000_open_close_cycles_over_200_symbols_leaves_nothing_behind(rig, loopback_clock):
     """1,000 opens and as many closes over 200 symbols, 40 open at most, with prices
-    moving. At the end the exchange-side ticker subscriptions equal the open positions;
+    moving. At the end the exchange-side ticker subscriptions, and the ticker state the
+    public socket holds, equal the open positions;
     trio tasks and the memory the stream's code still holds (tracemalloc, allocations made
     under hybrid_actors/ outside testing/) are measured after 400 cycles and after 1,000, at
     the same number of open positions, after ``gc.collect()``; the first 200 opens visit every
@@ -170,6 +162,9 @@ async def test_churn_of_1000_open_close_cycles_over_200_symbols_leaves_nothing_b
             tracemalloc.stop()
             assert r.exchange_tickers("linear") == frozenset(open_now)  # subscriptions = open positions
             assert r.hub.subscriptions["linear"].confirmed == set(open_now)
+            r.price(open_now[0], "1.5")  # a frame after the last unsubscribe ack: ticker state is forgotten by then
+            await r.wait_until(lambda: r.stream.health().connections["public:linear"]["tickers"] == len(open_now))
+            assert set(r.hub.activity["linear"]) == set(open_now)  # ticker state = subscriptions = open positions
             tasks_400, bytes_400 = measured[400]
             tasks_1000, bytes_1000 = measured[1000]
             assert tasks_1000 == tasks_400, measured

@@ -70,6 +70,35 @@ async def test_close_emits_position_closed_and_unsubscribes_after_the_grace(loop
             assert [p.symbol for p in s.stream.positions()] == ["ETHUSDT"]
 
 
+async def test_an_unsubscribed_symbol_is_forgotten_and_its_reopen_prices_from_a_fresh_snapshot(loopback_clock):
+    """Churn costs nothing: once the exchange confirms an unsubscribe, the public socket
+    forgets the symbol's merged ticker state and activity (by the next frame it reads), so
+    ticker state = subscriptions = open positions. Reopened, the symbol is subscribed again
+    and priced from the fresh snapshot (a delta never needs the forgotten state)."""
+    with trio.fail_after(TEST_TIMEOUT):
+        async with running() as s:
+            sim, hub = s.sim, s.hub
+            sim.control.open_position("SOLUSDT", "Buy", "10", entry_price="150.00")
+            sim.control.open_position("ETHUSDT", "Buy", "1", entry_price="3000.00")
+            await sim.observe.wait_subscribed("linear", ["SOLUSDT", "ETHUSDT"])
+            await eventually(lambda: s.stream.health().connections["public:linear"]["tickers"] == 2)
+            sim.control.close_position("SOLUSDT")
+            await sim.observe.wait_unsubscribed("linear", ["SOLUSDT"])
+            sim.control.set_mark_price("ETHUSDT", "3001.00")  # a frame after the unsubscribe ack
+            await eventually(lambda: s.stream.health().connections["public:linear"]["tickers"] == 1)
+            assert set(hub.activity["linear"]) == {"ETHUSDT"} == hub.subscriptions["linear"].confirmed
+            assert sim.observe.subscribed_symbols("linear") == {p.symbol for p in s.stream.positions()}
+            sim.control.set_mark_price("SOLUSDT", "151.50")
+            reopened = s.log.mark()
+            sim.control.open_position("SOLUSDT", "Sell", "3", entry_price="151.00")
+            await sim.observe.wait_subscribed("linear", ["SOLUSDT"])
+            priced = await s.log.wait_for(lambda e: e.symbol == "SOLUSDT" and e.source == "ticker", after=reopened)
+            assert (priced.side, priced.mark_price) == ("Sell", Decimal("151.50"))
+            sim.control.set_mark_price("SOLUSDT", "152.00")  # a delta on the new snapshot
+            await s.log.wait_for(lambda e: e.symbol == "SOLUSDT" and e.mark_price == Decimal("152.00"))
+            assert s.stream.health().connections["public:linear"]["tickers"] == 2
+
+
 async def test_a_flipped_position_keeps_its_ticker(loopback_clock):
     with trio.fail_after(TEST_TIMEOUT):
         async with running() as s:

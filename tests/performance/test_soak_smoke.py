@@ -1,8 +1,8 @@
 """A short run of scripts/soak.py as a user runs it (a subprocess printing one JSON object):
 churn and random faults from the matrix, the first task/RSS sample scaled down to seconds.
 The figures that matter (RSS growth, task count over 30 minutes) come from running the
-script itself; here only their presence and the one hard rule: no client/simulator
-mismatch."""
+script itself; here only their presence, the like-with-like sampling (the same open
+positions at both samples) and the one hard rule: no client/simulator mismatch."""
 
 from __future__ import annotations
 
@@ -22,8 +22,9 @@ SCRIPT = ROOT / "scripts" / "soak.py"
 
 def test_a_short_soak_prints_one_json_object_with_no_mismatch():
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, str(SCRIPT), "--minutes", "0.3", "--sample-at", "0.1",
-                           "--fault-interval", "1.5", "--churn-interval", "0.3", "--seed", "3"],
+    done = subprocess.run([sys.executable, str(SCRIPT), "--minutes", "0.2", "--sample-at", "0.08",
+                           "--fault-interval", "1.2", "--churn-interval", "0.3", "--seed", "3",
+                           "--sample-open", "6", "--trace-every", "3"],
                           capture_output=True, text=True, timeout=240, env=env, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-2000:]
     lines = done.stdout.strip().splitlines()
@@ -38,6 +39,10 @@ def test_a_short_soak_prints_one_json_object_with_no_mismatch():
         assert set(result[key]) == {"first", "end"} and all(v > 0 for v in result[key].values())
     assert isinstance(result["rss_growth_pct"], (int, float))
     assert 0 < result["sample_at_minutes"] < result["end_at_minutes"]
+    # like with like: both samples at the same open positions, ticker subscriptions equal to them
+    assert result["open_positions"] == result["subscribed_symbols"] == {"first": 6, "end": 6}
+    assert all(sample["malloc_mb"] is None or sample["malloc_mb"]["heap"] > 0 for sample in result["samples"].values())
+    assert result["rss_trace"] and all(rss > 0 for _minute, rss, _open in result["rss_trace"])
 
 
 def _fault_names() -> list[str]:

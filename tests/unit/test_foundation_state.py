@@ -313,8 +313,13 @@ def test_the_ticker_view_is_read_only_and_forget_drops_a_symbol():
     book.apply(ticker("snapshot", markPrice="1"))
     with pytest.raises(TypeError):
         book.ticker("BTCUSDT")["markPrice"] = "2"  # type: ignore[index]
+    assert len(book) == 1
     book.forget("BTCUSDT")
-    assert book.symbols() == frozenset() and book.mark_price("BTCUSDT") is None
+    assert book.symbols() == frozenset() and book.mark_price("BTCUSDT") is None and len(book) == 0
+    assert book.last_ts == {} and book.apply(ticker("delta", cs=2, markPrice="2")) is None  # an orphan now
+    # subscribed again: the new subscription's snapshot starts afresh, its cs need not exceed the old
+    book.apply(ticker("snapshot", cs=1, markPrice="3"))
+    assert book.apply(ticker("delta", cs=1, markPrice="4")) == D(4)
 
 
 def test_spot_and_option_snapshots_only():
