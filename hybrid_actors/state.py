@@ -222,6 +222,10 @@ class _DiffBuilder:
 
 # --- tickers ----------------------------------------------------------------------------
 
+#: what a marks-only book holds for a symbol it has a snapshot of (never written to)
+_NO_FIELDS: Final[Mapping[str, Any]] = MappingProxyType({})
+
+
 @attrs.define(eq=False)
 class TickerBook:
     """Merged ticker state of one public connection; create a new one per connection.
@@ -230,10 +234,17 @@ class TickerBook:
     unchanged). A delta with no snapshot before it on this connection, or with a ``cs``
     lower than the last one, is ignored and counted. ``markPrice`` is read from the
     merged state only, so a delta without it keeps the last one.
+
+    ``fields=False`` keeps only what the stream reads, the mark (and the snapshot, ``cs``
+    and ``ts`` bookkeeping that decides whether a frame counts): the public actors' books,
+    where merging the other fields cost ~7% of the stream's CPU and nothing read them.
+    Marks, return values and counters are the same either way (a property test holds them
+    equal); :meth:`ticker` needs ``fields=True``.
     """
 
     category: str | None = None
-    _state: dict[str, dict[str, Any]] = attrs.Factory(dict)
+    fields: bool = attrs.field(default=True, kw_only=True)
+    _state: dict[str, Mapping[str, Any]] = attrs.Factory(dict)
     _marks: dict[str, Decimal] = attrs.Factory(dict)
     _cs: dict[str, int] = attrs.Factory(dict)
     last_ts: dict[str, int] = attrs.Factory(dict)
@@ -250,7 +261,7 @@ class TickerBook:
         """:meth:`apply` for a frame given as its fields (``protocol.frames.TickerFields``,
         what the public socket's hot path decodes to)."""
         if snapshot:
-            self._state[symbol] = dict(data)
+            self._state[symbol] = dict(data) if self.fields else _NO_FIELDS
         else:
             state = self._state.get(symbol)
             if state is None:
@@ -261,7 +272,8 @@ class TickerBook:
                 if last_cs is not None and cs < last_cs:
                     self.out_of_order += 1
                     return None
-            state.update(data)
+            if self.fields:
+                state.update(data)  # type: ignore[attr-defined]  # a dict when fields are kept
         if cs is not None:
             self._cs[symbol] = cs
         self.last_ts[symbol] = ts
@@ -279,6 +291,8 @@ class TickerBook:
 
     def ticker(self, symbol: str) -> Mapping[str, Any] | None:
         """A read-only view of the merged fields (no copy)."""
+        if not self.fields:
+            raise ValueError("this TickerBook keeps marks only (fields=False): it has no merged fields")
         state = self._state.get(symbol)
         return None if state is None else MappingProxyType(state)
 

@@ -50,6 +50,12 @@ endpoints. Everything is measured in the same run, on the real clock, in this or
    minus the bare client's ``tick_to_receive_ms`` from step 1
    (``overhead_by_subtraction_ms``; noisy: both include the simulator's send spread).
    For a conflated event the latency is that of the frame whose price it carries.
+   ``details.frame_to_event_stages_ms`` splits that figure per event into the ``STAGES``
+   (p50/p99 each): the kernel stamp → the read returned → the frame decoded (``decode_hot``
+   returned) → the reader's ``marks.commit()`` → the combiner's ``marks.take()`` returned →
+   the event put on the queue (``EventQueue.put_many``) → the consumer's ``batches()``
+   returned; the same window's patches, on the classes, for the stream's own mailbox
+   and queue only through the frames they stamp.
 5. **Public drop → fresh price** (``public_drop_to_fresh_price_s``), ``--drops`` times:
    ``/control/drop_public`` (mode ``reset``), then the time from just before that request
    until the first ``ticker`` event whose frame ``ts`` is not older than the drop and that
@@ -119,6 +125,7 @@ from bench_support import (Sample, SimProcess, Window, counting_window, median_m
 from hybrid_actors import lean_transport  # noqa: E402
 from hybrid_actors import transport as transport_module
 from hybrid_actors.actors import connection, public_ws
+from hybrid_actors.actors.mailboxes import EventQueue, LatestByKey
 from hybrid_actors.config import Credentials, Endpoints, RestartPolicy, StreamConfig
 from hybrid_actors.state import Combiner, Event, PositionEvent
 from hybrid_actors.supervisor import HybridStream, open_hybrid_stream
@@ -354,6 +361,17 @@ class _StampingStream:
         return getattr(self._inner, name)
 
 
+#: the stages of one frame's way to the consumer (``details.frame_to_event_stages_ms``)
+STAGES: Final = (
+    "kernel_to_read_return",       # in the socket buffer until a read returned it (the newest segment's)
+    "read_return_to_decoded",      # the frames of the read before it, then its own decode
+    "decoded_to_committed",        # merge, and the rest of its STEP chunk until marks.commit()
+    "committed_to_combiner_take",  # until the combiner's marks.take() returned it
+    "combiner_take_to_queued",     # the combiner's chunks before it, view/PnL/dedup/switch, queue.put
+    "queued_to_consumer",          # until the consumer's stream.batches() returned it
+)
+
+
 @attrs.define(eq=False)
 class LatencyProbe:
     #: time.time_ns() when the current read returned / when the kernel received its newest segment
@@ -370,6 +388,12 @@ class LatencyProbe:
     from_read_ms: list[float] = attrs.Factory(list)
     tick_to_event_ms: list[float] = attrs.Factory(list)
     unmatched: int = 0
+    #: (symbol, frame ts) → [decoded, committed, taken, queued] time.time_ns() stamps
+    stages: dict[tuple[str, int], list[int]] = attrs.Factory(dict)
+    #: frames decoded since the reader last committed its marks
+    uncommitted: list[tuple[str, int]] = attrs.Factory(list)
+    #: per matched event, ms spent in each stage (see STAGES)
+    stage_ms: dict[str, list[float]] = attrs.Factory(lambda: {name: [] for name in STAGES})
     _wrapped: list[Any] = attrs.Factory(list)
 
     def _wrap(self, owner: Any) -> None:
@@ -389,6 +413,7 @@ class LatencyProbe:
         probe = self
         ws_batch = transport_module._WsTransport.receive_batch
         original_decode = public_ws.decode_hot
+        marks_commit, marks_take, queue_put = LatestByKey.commit, LatestByKey.take, EventQueue.put_many
 
         async def receive_batch(transport: Any) -> list[str | bytes]:
             if transport._label != PUBLIC_LINK:
@@ -416,15 +441,48 @@ class LatencyProbe:
             frame = original_decode(raw, category=category)
             stamps = probe.read_of.pop(raw, None)
             if stamps is not None and type(frame) is tuple and frame[3] is not None:  # TickerFields with a mark
-                probe.arrivals[(frame[0], frame[4])] = stamps
+                key = (frame[0], frame[4])
+                probe.arrivals[key] = stamps
+                probe.stages[key] = [time.time_ns(), 0, 0, 0]
+                probe.uncommitted.append(key)
             return frame
+
+        def commit(mailbox: Any) -> None:
+            if probe.uncommitted:
+                now = time.time_ns()
+                for key in probe.uncommitted:
+                    stage = probe.stages.get(key)
+                    if stage is not None:
+                        stage[1] = now
+                probe.uncommitted.clear()
+            marks_commit(mailbox)
+
+        async def take(mailbox: Any) -> Any:
+            batch = await marks_take(mailbox)
+            now = time.time_ns()
+            for (_category, symbol), mark in batch.items():
+                stage = probe.stages.get((symbol, mark.exchange_ts))
+                if stage is not None:
+                    stage[2] = now
+            return batch
+
+        def put(queue: Any, events: Any) -> None:
+            now = time.time_ns()
+            for event in events:
+                if getattr(event, "source", None) == "ticker":
+                    stage = probe.stages.get((event.symbol, event.exchange_ts))
+                    if stage is not None:
+                        stage[3] = now
+            queue_put(queue, events)
 
         transport_module._WsTransport.receive_batch = receive_batch  # type: ignore[method-assign]
         lean_transport._LeanTransport.receive_batch = receive_read_batch  # type: ignore[method-assign]
         public_ws.decode_hot = decode  # type: ignore[assignment]
+        LatestByKey.commit, LatestByKey.take, EventQueue.put_many = commit, take, put  # type: ignore[method-assign]
         try:
             yield
         finally:
+            LatestByKey.commit, LatestByKey.take, EventQueue.put_many = marks_commit, marks_take, queue_put  # type: ignore[method-assign]
             transport_module._WsTransport.receive_batch = ws_batch  # type: ignore[method-assign]
             lean_transport._LeanTransport.receive_batch = lean_batch  # type: ignore[method-assign]
             public_ws.decode_hot = original_decode
@@ -444,6 +502,11 @@ class LatencyProbe:
                 self.unmatched += 1
                 continue
             kernel_ns, read_ns = stamps
+            stage = self.stages.pop((event.symbol, event.exchange_ts), None)
+            if stage is not None and all(stage):
+                points = (kernel_ns, read_ns, *stage, out_ns)
+                for name, start, end in zip(STAGES, points, points[1:]):
+                    self.stage_ms[name].append((end - start) / 1e6)
             self.overhead_ms.append((out_ns - kernel_ns) / 1e6)
             self.from_read_ms.append((out_ns - read_ns) / 1e6)
             self.tick_to_event_ms.append(out_ns / 1e6 - event.exchange_ts)
@@ -697,6 +760,7 @@ async def measure_stream_on(choice: str, sim: SimProcess, symbols: list[str], op
                 nursery.cancel_scope.cancel()
     return {"stream": throughput, "frame_to_event_ms": percentiles(probe.overhead_ms),
             "frame_to_event_from_read_return_ms": percentiles(probe.from_read_ms),
+            "frame_to_event_stages_ms": {name: percentiles(values) for name, values in probe.stage_ms.items()},
             "tick_to_event_ms": percentiles(probe.tick_to_event_ms, 2), "latency_window": window,
             "public_reads": {"reads": probe.reads,
                              "bytes_per_read": percentiles([float(b) for b in probe.read_bytes], 0)},
@@ -886,6 +950,7 @@ async def _run_benchmark(opts: Options, open_public: Callable[..., Any]) -> dict
                                            if streamed and transport["msgs_per_cpu_s"] else None),
             "latency_window": latency_window,
             "frame_to_event_from_read_return_ms": percentiles(probe.from_read_ms),
+            "frame_to_event_stages_ms": {name: percentiles(values) for name, values in probe.stage_ms.items()},
             "public_reads": {"reads": probe.reads, "kernel_stamped": probe.kernel_stamped,
                              "bytes_per_read": percentiles([float(b) for b in probe.read_bytes], 0)},
             "tick_to_event_ms": tick_to_event,

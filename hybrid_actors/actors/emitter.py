@@ -155,12 +155,17 @@ class CombinerActor:
         frame = hub.latency.frame_to_event.observe
         if marks is not None:  # a chunk of marks: every event is a ticker position.update
             by_kind[TICKER_KIND] = by_kind.get(TICKER_KIND, 0) + len(events)
+            mark_of = marks.get
+            frames: list[float] = []
+            exchanges: list[float] = []
             for event in events:
-                mark = marks.get(event.symbol)
+                mark = mark_of(event.symbol)
                 read_at = mark.read_at if mark is not None else None
-                frame(wall - (read_at if read_at is not None else event.received_ts / 1000.0), now)
+                frames.append(wall - (read_at if read_at is not None else event.received_ts / 1000.0))
                 if event.exchange_ts is not None:
-                    exchange(wall - event.exchange_ts / 1000.0, now)
+                    exchanges.append(wall - event.exchange_ts / 1000.0)
+            hub.latency.frame_to_event.observe_many(frames, now)  # one slot check per chunk
+            hub.latency.exchange_to_event.observe_many(exchanges, now)
             return
         for event in events:
             source = event.source

@@ -16,7 +16,7 @@ Lifecycle and ordinary commands use bounded ``trio.open_memory_channel`` channel
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable
 from typing import Generic, TypeVar
 
 import attrs
@@ -112,27 +112,34 @@ class EventQueue:
         """Enqueue without waiting (see :meth:`wait_for_space`). Notices (``stream.*``) are
         lifecycle, and a barrier: a price update put after one is never merged into a slot
         before it, so the consumer sees everything in the order it happened."""
+        self.put_many((event,))
+
+    def put_many(self, events: Iterable[StreamEvent]) -> None:
+        """:meth:`put` for each of ``events`` in order (the switch hands over a chunk at once:
+        one wake-up of the reader for the chunk)."""
         if self._closed is not None:
             return
-        key = event.key
-        if key == NOTICE_KEY:
-            self._price_slots.clear()  # a notice is a barrier: no later price may move before it
-            self._queue.append(_Slot(event))
-            self._lifecycle += 1
-        elif event.is_lifecycle:
-            self._price_slots.pop(key, None)  # later prices must queue after this event
-            self._queue.append(_Slot(event))
-            self._lifecycle += 1
-        else:
-            slot = self._price_slots.get(key)
-            if slot is not None:
-                slot.event = event  # latest price wins, in the earlier slot's place
-                self.conflated += 1
-                return
-            slot = _Slot(event)
-            self._price_slots[key] = slot
-            self._queue.append(slot)
-        self._readable.set()
+        queue, slots = self._queue, self._price_slots
+        for event in events:
+            key = event.key
+            if key == NOTICE_KEY:
+                slots.clear()
+                queue.append(_Slot(event))
+                self._lifecycle += 1
+            elif event.is_lifecycle:
+                slots.pop(key, None)
+                queue.append(_Slot(event))
+                self._lifecycle += 1
+            else:
+                slot = slots.get(key)
+                if slot is not None:
+                    slot.event = event
+                    self.conflated += 1
+                    continue
+                slot = slots[key] = _Slot(event)
+                queue.append(slot)
+        if queue:
+            self._readable.set()
 
     async def wait_for_space(self) -> None:
         while self._lifecycle >= self.capacity and self._closed is None:

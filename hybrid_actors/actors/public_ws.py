@@ -57,7 +57,7 @@ class PublicStreamActor:
         url = hub.config.endpoints.public_url(self.category)
         async with open_link(hub, self.name, url) as conn, hub.subs_send.clone() as manager:
             link = conn.link
-            book = TickerBook(self.category)
+            book = TickerBook(self.category, fields=False)  # only the marks are read
             hub.activity[self.category].clear()
             await manager.send(LinkUp(self.category, link))
             try:

@@ -179,9 +179,7 @@ class SourceSwitch:
     def _put(self, events: list[Event], source: Source) -> None:
         if not events:
             return
-        put = self.queue.put
-        for event in events:
-            put(event)
+        self.queue.put_many(events)
         self.delivered[source] += len(events)
         if source == "rest":
             by_kind = self.rest_by_kind

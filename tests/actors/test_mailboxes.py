@@ -150,6 +150,20 @@ async def test_notices_keep_their_place_and_are_never_conflated():
     assert q.conflated == 1 and q.lifecycle_queued == 0
 
 
+async def test_a_chunk_put_at_once_keeps_every_rule_of_single_puts():
+    """``put_many`` (how the switch hands over a chunk): conflation, lifecycle and notice
+    barriers inside one call, and the reader woken once."""
+    q = EventQueue(capacity=10)
+    q.put_many([ev("BTC", "101"), ev("BTC", "102"), ev("BTC", "105", source="position"), ev("BTC", "106"),
+                note("first"), ev("BTC", "107"), ev("ETH", "1"), ev("BTC", "108")])
+    batch = await q.get_batch()
+    assert [getattr(e, "reason", None) or f"{e.symbol} {e.mark_price} {e.source}" for e in batch] == [
+        "BTC 102 ticker", "BTC 105 position", "BTC 106 ticker", "first", "BTC 108 ticker", "ETH 1 ticker"]
+    assert q.conflated == 2 and q.lifecycle_queued == 0
+    q.put_many([])
+    assert len(q) == 0
+
+
 async def test_notices_count_as_lifecycle_for_backpressure(autojump_clock):
     q = EventQueue(capacity=1)
     q.put(note("only"))

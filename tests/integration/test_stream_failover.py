@@ -406,7 +406,7 @@ async def test_a_combiner_crash_between_state_change_and_hand_over_loses_no_even
             sim = s.sim
             sim.control.open_position("BTCUSDT", "Buy", "1")
             await s.log.wait_for(lambda e: e.symbol == "BTCUSDT" and e.source == "ticker")  # quiet now
-            armed = crash_once(EventQueue, "put")  # the combiner's hand-over fails once
+            armed = crash_once(EventQueue, "put_many")  # the combiner's hand-over fails once
             armed[0] = True
             mark = s.log.mark()
             sim.control.open_position("ETHUSDT", "Buy", "2")

@@ -5,7 +5,8 @@
   spelling on every recorded frame, on generated tickers of every shape the general
   decoder accepts or refuses, and (through ``decode_and_use``) on the fuzz corpus.
 - ``TickerBook.apply_fields`` against ``TickerBook.apply``: the same merged state and the
-  same returned marks, frame by frame.
+  same returned marks, frame by frame; a marks-only book (``fields=False``, the public
+  actors') the same marks, counters and symbols.
 - The combiner's views carry every record field under its own name (they are built
   positionally on the ticker path).
 """
@@ -124,14 +125,21 @@ def test_generated_tickers_decode_alike(frame, category):
 @given(ticker_histories(), st.sampled_from(["linear", "inverse"]))
 def test_the_book_merges_fields_as_it_merges_frames(history, category):
     by_frame, by_fields = TickerBook(category), TickerBook(category)
+    marks_only = TickerBook(category, fields=False)  # the public actors' book
     for frame in frames_for(history):
         text = json.dumps(frame)
-        assert_exact(by_fields.apply_fields(*decode_hot(text, category=category)),
-                     by_frame.apply(decode(text, category=category)))
+        expected = by_frame.apply(decode(text, category=category))
+        assert_exact(by_fields.apply_fields(*decode_hot(text, category=category)), expected)
+        assert_exact(marks_only.apply_fields(*decode_hot(text, category=category)), expected)
     for symbol in by_frame.symbols():
         assert_exact(dict(by_fields.ticker(symbol)), dict(by_frame.ticker(symbol)))  # type: ignore[arg-type]
         assert_exact(by_fields.mark_price(symbol), by_frame.mark_price(symbol))
-    assert by_fields.symbols() == by_frame.symbols()
+        assert_exact(marks_only.mark_price(symbol), by_frame.mark_price(symbol))
+    assert by_fields.symbols() == by_frame.symbols() == marks_only.symbols()
+    assert (marks_only.orphan_deltas, marks_only.out_of_order, marks_only.last_ts) == \
+        (by_frame.orphan_deltas, by_frame.out_of_order, by_frame.last_ts)
+    with pytest.raises(ValueError, match="marks only"):
+        marks_only.ticker(next(iter(marks_only.symbols()), "BTCUSDT"))
 
 
 def test_a_ticker_view_carries_every_record_field_under_its_name():

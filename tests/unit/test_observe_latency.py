@@ -93,6 +93,23 @@ def test_exported_buckets_are_exact_cumulative_counts(values):
     assert total == pytest.approx(sum(values))
 
 
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.lists(st.floats(min_value=-1, max_value=200, allow_nan=False), max_size=20), max_size=12),
+       st.lists(st.floats(min_value=0, max_value=30), min_size=12, max_size=12))
+def test_observing_a_chunk_at_once_is_observing_each_value(chunks, gaps):
+    """``observe_many`` (the combiner's, once per chunk of ticker events) leaves exactly
+    the state one ``observe`` per value leaves: counts, slots, sum (same float), maximum."""
+    one, many = LatencyHistogram(slot=5.0, window=20.0), LatencyHistogram(slot=5.0, window=20.0)
+    now = 0.0
+    for chunk, gap in zip(chunks, gaps):
+        now += gap
+        for value in chunk:
+            one.observe(value, now)
+        many.observe_many(chunk, now)
+    assert (many.counts, many.count, many.sum, many.maximum) == (one.counts, one.count, one.sum, one.maximum)
+    assert list(many._slots) == list(one._slots) and many.recent(now) == one.recent(now)
+
+
 def test_the_report_has_both_latencies_and_their_sparklines():
     latency = Latency()
     latency.frame_to_event.observe(0.001, now=3.0)
