@@ -61,6 +61,10 @@ async def test_a_tiny_run_produces_every_figure(transport, compare):
     for key in ("raw_ceiling_msgs_per_cpu_s", "stream_msgs_per_cpu_s", "ratio_to_ceiling"):
         assert is_number(result[key]) and result[key] > 0, key
     assert_distribution(result["frame_to_event_overhead_ms"], ("p50", "p99", "max"))
+    stages = result["details"]["frame_to_event_stages_ms"]
+    assert tuple(stages) == bench.STAGES
+    for stage in bench.STAGES:  # every matched event stamped at every stage
+        assert_distribution(stages[stage], ("p50", "p99", "max"))
     assert_distribution(result["public_drop_to_fresh_price_s"], ("median", "max"))
     assert len(result["public_drop_to_fresh_price_s"]["samples"]) == 1
     assert_distribution(result["open_to_first_mark_ms"], ("p50", "p99", "max"))
