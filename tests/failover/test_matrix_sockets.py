@@ -20,6 +20,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.failover]
 
 SOCKETS = ("private", "public:linear")
 TIMEOUT = 120  # virtual seconds per row unless it says otherwise
+#: the heartbeat interval of the rows that need the heartbeat to find a half-open socket
+HEARTBEAT = 5.0
 
 
 @pytest.mark.parametrize("mode", ["close", "reset", "eof"])
@@ -37,16 +39,15 @@ async def test_a_dropped_socket_comes_back_alone_and_loses_nothing(rig, loopback
 
 @pytest.mark.parametrize("socket", SOCKETS)
 async def test_a_half_open_socket_is_found_by_the_heartbeat(rig, loopback_clock, socket):
-    interval = 5.0
     with trio.fail_after(TIMEOUT):
-        async with rig(heartbeat_interval=interval) as r:
+        async with rig(heartbeat_interval=HEARTBEAT) as r:
             await r.open_two()
             before = r.sockets()
             r.sim.control.half_open(KINDS[socket])
             frozen_at = trio.current_time()
             r.change_positions()
             # a ping at most one interval after the freeze, its pong deadline one later
-            await r.came_back_alone(before, socket, since=frozen_at, bound=2 * interval + RECOVERY)
+            await r.came_back_alone(before, socket, since=frozen_at, bound=2 * HEARTBEAT + RECOVERY)
 
 
 @pytest.mark.parametrize("socket", SOCKETS)
@@ -71,15 +72,14 @@ async def test_a_flapping_socket_comes_back_each_time(rig, loopback_clock, socke
 
 @pytest.mark.parametrize("mode", ["close", "reset", "half_open"])
 async def test_both_sockets_down_at_once(rig, loopback_clock, mode):
-    interval = 5.0
     with trio.fail_after(TIMEOUT):
-        async with rig(heartbeat_interval=interval) as r:
+        async with rig(heartbeat_interval=HEARTBEAT) as r:
             await r.open_two()
             before = r.sockets()
             r.sim.control.drop("all", mode)
             dropped_at = trio.current_time()
             r.change_positions()
-            bound = RECOVERY + (2 * interval if mode == "half_open" else 0)
+            bound = RECOVERY + (2 * HEARTBEAT if mode == "half_open" else 0)
             await r.recovered(bound, since=dropped_at, replaced=before, names=r.link_names)
             await r.prices_flow()
             r.assert_nothing_lost()
