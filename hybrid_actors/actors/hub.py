@@ -73,6 +73,8 @@ class CategorySubscriptions:
     tokens_at: float = -math.inf
     requests_sent: int = 0
     resubscribes: int = 0
+    #: when unanswered acks of the current connection last counted as a subscription failure
+    unanswered_counted_at: float = -math.inf
 
     def reset_for(self, link: Link, session: Session, burst: int, now: float) -> None:
         """A new connection: nothing is subscribed on it yet."""
@@ -87,6 +89,7 @@ class CategorySubscriptions:
         self.resubscribe.clear()
         self.tokens = burst * 1.0  # a token count, not a price
         self.tokens_at = now
+        self.unanswered_counted_at = -math.inf
 
 
 @attrs.define(eq=False)

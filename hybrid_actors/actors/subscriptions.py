@@ -9,7 +9,9 @@ unsubscribe frames through the socket's outbox, and:
 - marks ``handler not found`` / ``Invalid symbol`` symbols failed: reported, retried
   only every ``unknown_symbol_retry`` seconds, never blocking other symbols;
 - retries everything else (error acks naming no topic or another topic, ack timeouts)
-  through the one backoff policy (``SubscriptionPolicy.backoff``);
+  through the one backoff policy (``SubscriptionPolicy.backoff``); a refused topic counts
+  as one subscription failure (health, metrics, the rollback trigger); the acks one
+  connection fails to answer count as one failure per ack timeout together;
 - waits ``unsubscribe_grace`` before unsubscribing a closed position's symbol, so a
   flipped position does not churn;
 - resubscribes a confirmed topic that has been silent for ``silence_timeout``;
@@ -181,7 +183,8 @@ class SubscriptionManager:
                 reason = outcome.failure.ret_msg if outcome.failure else "unknown"
                 self._retry_later(subs, symbol, now, reason)
 
-    def _retry_later(self, subs: CategorySubscriptions, symbol: str, now: float, reason: str) -> None:
+    def _retry_later(self, subs: CategorySubscriptions, symbol: str, now: float, reason: str,
+                     *, count: bool = True) -> None:
         policy = self.hub.config.subscriptions
         backoff = policy.backoff
         # the count lives in the hub and outlives restarts: kept bounded by the policy, so
@@ -191,7 +194,8 @@ class SubscriptionManager:
         attempts = min(previous + 1, backoff.saturation + 1)  # failures so far, capped
         subs.attempts[symbol] = attempts
         subs.retry_at[symbol] = now + delay
-        self.hub.health.subscription_failed(now, subs.category, symbol, reason)
+        if count:
+            self.hub.health.subscription_failed(now, subs.category, symbol, reason)
         log.warning("public:%s: subscribing %s did not succeed (%s); retrying in %.2fs",
                     subs.category, symbol, reason, delay)
 
@@ -210,11 +214,24 @@ class SubscriptionManager:
             return math.inf
         policy = self.hub.config.subscriptions
         due = math.inf
+        # Acks that never came are a failure of this connection, not one per topic: a
+        # half-open socket holding twenty subscribes is one incident (the heartbeat finds
+        # the socket; the disconnect trigger is about sockets), and counting it twenty times
+        # passed production's "> 10 subscription failures an hour" rollback on one fault.
+        # A connection that keeps not answering counts again once per ack timeout.
+        unanswered = []
         for request in session.overdue(now, policy.ack_timeout):
             for topic in request.topics:
                 symbol = symbol_of_topic(topic)
                 if symbol is not None and subs.inflight.pop(symbol, None) == "subscribe":
-                    self._retry_later(subs, symbol, now, f"no ack within {policy.ack_timeout:g}s")
+                    unanswered.append(symbol)
+                    self._retry_later(subs, symbol, now, f"no ack within {policy.ack_timeout:g}s", count=False)
+        if unanswered and now - subs.unanswered_counted_at >= policy.ack_timeout:
+            subs.unanswered_counted_at = now
+            shown = ", ".join(sorted(unanswered)[:5]) + (", ..." if len(unanswered) > 5 else "")
+            self.hub.health.subscription_failed(
+                now, subs.category, shown,
+                f"no ack within {policy.ack_timeout:g}s for {len(unanswered)} topic(s) on this connection")
         # Grace before unsubscribing; a symbol that came back is kept.
         for symbol in [s for s in subs.leaving if s in desired]:
             del subs.leaving[symbol]

@@ -247,3 +247,40 @@ async def test_a_refused_symbol_is_forgotten_once_its_position_is_gone():
     h.want()
     h.manager.reconcile(1.0)
     assert h.subs.failed == {} and h.sent() == []
+
+
+async def test_acks_one_connection_never_answered_count_as_one_failure_not_one_per_topic():
+    # A half-open public socket holding 20 subscribes used to count 20 subscription failures,
+    # passing production's "more than 10 an hour" rollback on one network fault (the soak
+    # rolled back 19 s in). Refused topics still count one each.
+    h = Harness(ack_timeout=10.0, chunk_size=10, retry_initial=1.0)
+    h.connect(0.0)
+    symbols = [f"S{i:02d}USDT" for i in range(20)]
+    h.want(*symbols)
+    h.manager.reconcile(0.0)
+    assert len(topics(h.sent())) == 20  # two frames of ten, never answered
+    h.manager.reconcile(10.0)
+    assert set(h.subs.retry_at) == set(symbols)  # every topic is retried
+    assert h.hub.health.failures_within(10.0, 3600) == 1
+    [(_, category, shown, reason)] = h.hub.health.subscription_failures
+    assert category == "linear" and "20 topic(s)" in reason and shown.startswith("S00USDT")
+    resent = []
+    for now in (13.0, 14.0, 15.0):  # the retry round goes out (rate-limited) and is not answered
+        h.manager.reconcile(now)
+        resent += h.sent()
+    assert sorted(topics(resent)) == [f"tickers.{s}" for s in symbols]
+    h.manager.reconcile(23.0)  # the first frame of the round is overdue: a new ack timeout
+    assert h.hub.health.failures_within(23.0, 3600) == 2
+    h.manager.reconcile(24.0)  # the others of the same round, within one ack timeout: no more
+    h.manager.reconcile(25.0)
+    assert set(h.subs.retry_at) == set(symbols)
+    assert h.hub.health.subscription_failures_total == 2
+    h.manager.reconcile(30.0)
+    again = h.sent()
+    h.ack(again[0], 30.1, success=False, ret_msg=f"error:handler not found,topic:{again[0]['args'][0]}")
+    assert h.hub.health.failures_within(30.1, 3600) == 3  # a refused topic counts on its own
+    h.connect(31.0)  # a new connection starts its own count
+    h.manager.reconcile(31.0)
+    assert h.sent()
+    h.manager.reconcile(41.0)
+    assert h.hub.health.failures_within(41.0, 3600) == 4
