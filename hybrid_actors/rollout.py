@@ -24,6 +24,7 @@ from typing import Final, Literal, get_args
 
 import attrs
 
+from .backoff import Backoff
 from .errors import ConfigError
 
 __all__ = ["Mode", "MODES", "parse_mode", "RolloutPolicy", "routes_hybrid", "Comparator",
@@ -34,6 +35,8 @@ Mode = Literal["rest", "canary", "parallel", "production"]
 MODES: Final[tuple[str, ...]] = get_args(Mode)
 #: the environment variable that picks the mode when no flag or argument does
 MODE_ENV: Final = "HYBRID_MODE"
+#: an auto-return waits at most this many times ``auto_return`` however many rollbacks came before
+RETURN_WAIT_CAP: Final = 64
 Source = Literal["hybrid", "rest"]
 
 
@@ -120,7 +123,7 @@ class RolloutPolicy:
     #: return to hybrid after this many seconds of healthy hybrid (None: stay on REST)
     auto_return: float | None = attrs.field(default=None, validator=_optional_seconds)
     #: each rollback within ``return_memory`` seconds of another doubles the healthy time
-    #: the next return needs (at most ``2 ** 6`` times ``auto_return``)
+    #: the next return needs (at most ``RETURN_WAIT_CAP`` times ``auto_return``)
     return_memory: float = attrs.field(default=3600.0, validator=_seconds)
 
     @rollback_on_crash_loop.validator
@@ -292,6 +295,13 @@ class ReturnGate:
     policy: RolloutPolicy
     rollbacks: list[float] = attrs.Factory(list)
     healthy_since: float | None = None
+    #: the waits come from the one capped backoff policy (no jitter): doubling, at most 64x
+    _waits: Backoff | None = attrs.field(init=False, default=None)
+
+    def __attrs_post_init__(self) -> None:
+        base = self.policy.auto_return
+        if base is not None:
+            self._waits = Backoff(initial=base, maximum=base * RETURN_WAIT_CAP, multiplier=2.0, jitter=0.0)
 
     def rolled_back(self, now: float) -> None:
         self.rollbacks = [t for t in self.rollbacks if now - t < self.policy.return_memory]
@@ -300,11 +310,10 @@ class ReturnGate:
 
     def required(self, now: float) -> float | None:
         """Seconds of health the next return needs (None: auto-return is off)."""
-        base = self.policy.auto_return
-        if base is None:
+        if self._waits is None:
             return None
         earlier = sum(1 for t in self.rollbacks if now - t < self.policy.return_memory) - 1
-        return base * 2 ** min(6, max(0, earlier))  # the exponent is capped: at most 64 x base, for any count
+        return self._waits.nominal(max(0, earlier))
 
     def observe(self, now: float, healthy: bool) -> bool:
         """Record one health sample; True when it is time to return."""
