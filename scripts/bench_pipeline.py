@@ -26,7 +26,7 @@ Stages (``stages_us_per_frame``), each the real code over precomputed inputs:
   read's marks in chunks of ``emitter.STEP``, plus ``commit``;
 - ``emit``          ``CombinerActor._emit`` of those events (the source switch, the
   ``EventQueue``, health counters, ``_measure``'s latency histograms), and the consumer's
-  ``drain`` of the queue after each read (what ``stream.batches()`` pops);
+  ``drain`` of the queue after each read that made events (what ``stream.batches()`` pops);
   ``measure`` is ``_measure`` alone;
 - ``to_json``       the CLI's JSON lines of those events (``event.to_json()`` + orjson).
 
@@ -362,9 +362,12 @@ def stage_emit(work: Workload, prep: Prepared) -> float:
         emit, drain = actor._emit, hub.events.drain
         with CpuTimer() as timer:
             for per_take in prep.chunks:
+                made = 0
                 for chunk, events in per_take:
                     emit(events, chunk)
-                drain()
+                    made += len(events)
+                if made:  # the consumer wakes only for events
+                    drain()
         return timer.seconds
     return trio.run(run)
 
