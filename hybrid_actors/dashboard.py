@@ -20,7 +20,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal, InvalidOperation
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import attrs
 import trio
@@ -30,6 +30,9 @@ from rich.table import Table
 from rich.text import Text
 
 from .http_endpoint import HttpFetchError, fetch_json
+
+if TYPE_CHECKING:
+    from rich.live import Live
 
 __all__ = ["render_dashboard", "position_table", "sparkline", "EventRate", "TableView", "run_dashboard", "SORTS",
            "STALE_MARK_S"]
@@ -278,7 +281,7 @@ class TableView:
             if not console.is_terminal:  # piped: no width to detect; do not truncate columns
                 console = Console(width=160)
         self.console = console
-        self._live = None
+        self._live: Live | None = None
 
     def __enter__(self) -> TableView:
         if self.console.is_terminal:

@@ -45,7 +45,7 @@ def choose_host(loop: asyncio.AbstractEventLoop) -> Host:
     its sync loop), ``"guest"`` for any other."""
     if "trio_asyncio" not in sys.modules:
         return "guest"  # never import it on the program's behalf: that changes asyncio's policy
-    import trio_asyncio
+    import trio_asyncio  # type: ignore[import-untyped]  # it ships neither stubs nor py.typed
 
     return "trio-asyncio" if isinstance(loop, trio_asyncio.BaseTrioEventLoop) else "guest"
 
@@ -171,7 +171,7 @@ class GuestRun:
     def _unhook_close(self) -> None:
         hook, self._close_hook = self._close_hook, None
         if hook is not None and vars(self.loop).get("close") is hook:
-            del self.loop.close  # type: ignore[method-assign]
+            del self.loop.close
 
     def _loop_closing(self) -> None:
         """The loop's ``close()`` was called with this run still going: stop its streams first."""
