@@ -97,9 +97,9 @@ class CombinerActor:
     async def _prices(self) -> NoReturn:
         hub = self.hub
         combiner = hub.combiner
-        take, apply, emit = hub.marks.take, combiner.apply_marks, self._emit
+        apply, emit = combiner.apply_marks, self._emit
         while True:
-            batch = await take()
+            batch = await hub.marks.take()  # looked up each time: bench_stream stamps it on the class
             by_category: dict[str, dict[str, Mark]] = {}
             for (category, symbol), mark in batch.items():
                 marks = by_category.get(category)
