@@ -35,7 +35,7 @@ from typing import Any
 import attrs
 
 from .config import AlertPolicy
-from .notices import StreamAlert
+from .notices import AlertLevel, StreamAlert
 
 __all__ = ["Check", "FiringAlert", "AlertEvaluator", "STATIC_ALERTS", "log_alert"]
 
@@ -53,7 +53,7 @@ class Check:
     """One rule's verdict at one moment."""
 
     name: str
-    level: str
+    level: AlertLevel
     active: bool
     message: str
     value: float | int | None
@@ -63,7 +63,7 @@ class Check:
 @attrs.frozen
 class FiringAlert:
     name: str
-    level: str
+    level: AlertLevel
     message: str
     value: float | int | None
     threshold: float | int | None

@@ -37,7 +37,7 @@ def _finite_number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _positive(_inst: object, attribute: attrs.Attribute, value: float) -> None:
+def _positive(_inst: object, attribute: attrs.Attribute[float], value: float) -> None:
     if not (_finite_number(value) and value > 0):
         raise ConfigError(f"backoff {attribute.name} must be a positive number of seconds, got {value!r}")
 
@@ -56,18 +56,18 @@ class Backoff:
     saturation: int = attrs.field(init=False, default=0)
 
     @maximum.validator
-    def _check_maximum(self, attribute: attrs.Attribute, value: float) -> None:
+    def _check_maximum(self, attribute: attrs.Attribute[float], value: float) -> None:
         _positive(self, attribute, value)
         if _finite_number(self.initial) and value < self.initial:
             raise ConfigError(f"backoff maximum ({value!r}s) must be >= initial ({self.initial!r}s)")
 
     @multiplier.validator
-    def _check_multiplier(self, _attribute: attrs.Attribute, value: float) -> None:
+    def _check_multiplier(self, _attribute: attrs.Attribute[float], value: float) -> None:
         if not (_finite_number(value) and value >= 1):
             raise ConfigError(f"backoff multiplier must be a number >= 1, got {value!r}")
 
     @jitter.validator
-    def _check_jitter(self, _attribute: attrs.Attribute, value: float) -> None:
+    def _check_jitter(self, _attribute: attrs.Attribute[float], value: float) -> None:
         if not (_finite_number(value) and 0 <= value <= 1):
             raise ConfigError(f"backoff jitter must be within 0..1, got {value!r}")
 

@@ -53,7 +53,7 @@ def add_rollout_options(parser: argparse.ArgumentParser) -> None:
 
 def _off_if_zero(args: argparse.Namespace, name: str) -> float | None:
     """0 turns the setting off; a negative value is an error naming the flag."""
-    value = getattr(args, name)
+    value: float = getattr(args, name)  # every flag read here is declared type=float
     if value == 0:
         return None
     if not value > 0:

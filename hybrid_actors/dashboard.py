@@ -20,16 +20,19 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal, InvalidOperation
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import attrs
 import trio
 from rich import box
-from rich.console import Console, Group, RenderableType
+from rich.console import Console, Group, JustifyMethod, RenderableType
 from rich.table import Table
 from rich.text import Text
 
 from .http_endpoint import HttpFetchError, fetch_json
+
+if TYPE_CHECKING:
+    from rich.live import Live
 
 __all__ = ["render_dashboard", "position_table", "sparkline", "EventRate", "TableView", "run_dashboard", "SORTS",
            "STALE_MARK_S"]
@@ -150,10 +153,10 @@ def _header(health: Mapping[str, Any], events_per_s: float | None, title: str, s
     return text
 
 
-def _table(title: str, *columns: tuple[str, str]) -> Table:
+def _table(title: str, *columns: tuple[str, JustifyMethod]) -> Table:
     table = Table(title=title, title_justify="left", box=box.SIMPLE, expand=False, pad_edge=False)
     for name, justify in columns:
-        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+        table.add_column(name, justify=justify)
     return table
 
 
@@ -278,7 +281,7 @@ class TableView:
             if not console.is_terminal:  # piped: no width to detect; do not truncate columns
                 console = Console(width=160)
         self.console = console
-        self._live = None
+        self._live: Live | None = None
 
     def __enter__(self) -> TableView:
         if self.console.is_terminal:

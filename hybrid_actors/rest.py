@@ -18,7 +18,7 @@ import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
-from typing import Final
+from typing import Final, Protocol, TypeVar
 
 import attrs
 import httpx
@@ -81,6 +81,16 @@ class PositionSnapshot:
     coverage: tuple[Scope, ...] = ()
     skipped: tuple[Scope, ...] = ()
     truncated: tuple[Scope, ...] = ()
+
+
+_R = TypeVar("_R")
+_R_co = TypeVar("_R_co", covariant=True)
+
+
+class _Parser(Protocol[_R_co]):
+    """A ``protocol.rest.parse_*`` function: one answer's body and HTTP status -> its value."""
+
+    def __call__(self, body: bytes | str, *, http_status: int = ...) -> _R_co: ...
 
 
 @attrs.define(eq=False)
@@ -235,7 +245,7 @@ class RestClient:
             raise RestUnavailable(f"GET {path}: not calling: IP ban (HTTP 403 / 10009) in force for another "
                                   f"{remaining:.0f}s", path=path, http_status=403, retry_after=remaining)
 
-    async def _call(self, build: Callable[[], RestRequest], parse: Callable[..., object]):  # type: ignore[no-untyped-def]
+    async def _call(self, build: Callable[[], RestRequest], parse: _Parser[_R]) -> _R:
         last: RestError | None = None
         for attempt in range(self.attempts):
             request = build()

@@ -20,7 +20,7 @@ import hashlib
 import math
 from collections.abc import Iterable, Mapping
 from decimal import Decimal
-from typing import Final, Literal, get_args
+from typing import Final, Literal, TypeGuard, TypeVar, get_args
 
 import attrs
 
@@ -40,10 +40,14 @@ RETURN_WAIT_CAP: Final = 64
 Source = Literal["hybrid", "rest"]
 
 
+def _is_mode(name: str) -> TypeGuard[Mode]:
+    return name in MODES
+
+
 def parse_mode(value: object, *, origin: str = "mode") -> Mode:
     """``value`` as a mode (case and surrounding blanks ignored); ConfigError names ``origin``."""
-    if isinstance(value, str) and value.strip().lower() in MODES:
-        return value.strip().lower()  # type: ignore[return-value]
+    if isinstance(value, str) and _is_mode(mode := value.strip().lower()):
+        return mode
     raise ConfigError(f"{origin} {value!r} is not a mode; choose one of {', '.join(MODES)} "
                       "(rest: REST polling only; canary: REST feeds the bot, hybrid monitored; "
                       "parallel: canary plus REST/WS price comparison; production: the hybrid stream)")
@@ -65,17 +69,21 @@ def _number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _seconds(_inst: object, attribute: attrs.Attribute, value: float) -> None:
+#: a field's type, for validators that read only the attribute's name
+_Field = TypeVar("_Field")
+
+
+def _seconds(_inst: object, attribute: attrs.Attribute[_Field], value: float) -> None:
     if not (_number(value) and value > 0):
         raise ConfigError(f"{attribute.name} must be a positive number of seconds, got {value!r}")
 
 
-def _optional_seconds(_inst: object, attribute: attrs.Attribute, value: float | None) -> None:
+def _optional_seconds(_inst: object, attribute: attrs.Attribute[_Field], value: float | None) -> None:
     if value is not None:
         _seconds(_inst, attribute, value)
 
 
-def _percent(_inst: object, attribute: attrs.Attribute, value: float) -> None:
+def _percent(_inst: object, attribute: attrs.Attribute[_Field], value: float) -> None:
     if not (_number(value) and 0 <= value <= 100):
         raise ConfigError(f"{attribute.name} must be a percentage within 0..100, got {value!r}")
 
@@ -93,7 +101,7 @@ def _ratio(value: object) -> Decimal:
     return ratio
 
 
-def _optional_count(_inst: object, attribute: attrs.Attribute, value: int | None) -> None:
+def _optional_count(_inst: object, attribute: attrs.Attribute[_Field], value: int | None) -> None:
     if value is not None and not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
         raise ConfigError(f"{attribute.name} must be a positive integer (or None: off), got {value!r}")
 
@@ -127,7 +135,7 @@ class RolloutPolicy:
     return_memory: float = attrs.field(default=3600.0, validator=_seconds)
 
     @rollback_on_crash_loop.validator
-    def _check_bool(self, attribute: attrs.Attribute, value: object) -> None:
+    def _check_bool(self, attribute: attrs.Attribute[bool], value: object) -> None:
         if not isinstance(value, bool):
             raise ConfigError(f"{attribute.name} must be True or False, got {value!r}")
 

@@ -48,7 +48,7 @@ from __future__ import annotations
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Final, Protocol
+from typing import Final, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import trio
@@ -237,7 +237,10 @@ async def _open_stream(url: str, label: str, context: ssl.SSLContext | None) -> 
     return stream, host_header, resource
 
 
-def _first(group: BaseExceptionGroup, kind: type[BaseException]) -> BaseException | None:
+_E = TypeVar("_E", bound=BaseException)
+
+
+def _first(group: BaseExceptionGroup[BaseException], kind: type[_E]) -> _E | None:
     for inner in group.exceptions:
         if isinstance(inner, BaseExceptionGroup):
             found = _first(inner, kind)
@@ -269,8 +272,10 @@ async def open_transport(url: str, *, label: str = "ws", max_message_size: int =
     try:
         async with trio.open_nursery() as nursery:  # trio-websocket's reader task runs here
             with trio.fail_after(connect_timeout):
+                # trio-websocket annotates SocketStream | SSLStream here, yet uses only the
+                # trio.abc.Stream interface (its WebSocketConnection takes any Stream)
                 ws = await tw.wrap_client_stream(
-                    nursery, guard, host_header, resource, message_queue_size=QUEUE_SIZE,
+                    nursery, guard, host_header, resource, message_queue_size=QUEUE_SIZE,  # type: ignore[arg-type]
                     max_message_size=max_message_size, receive_buffer_size=RECEIVE_BYTES)
             connected = True
             transport = _WsTransport(ws, url, label, guard)

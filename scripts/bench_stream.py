@@ -25,37 +25,65 @@ endpoints. Everything is measured in the same run, on the real clock, in this or
    (the private socket keeps its own); one consumer task drains ``stream.batches()``
    and counts events. Public frames received (the public link's frame counter) per
    CPU-second of this process, measured the same way, with no instrumentation installed.
-4. **Frame-to-event overhead** (``frame_to_event_overhead_ms``), a separate window of
+4. **Frame-to-event latency** (``frame_to_event_overhead_ms``), a separate window of
    ``--latency-seconds`` with benchmark-only instrumentation patched in by this script
    (production code is not changed and pays nothing outside this window):
 
-   - the live public socket's byte stream is wrapped: it reads with ``recvmsg`` and
-     ``SO_TIMESTAMPNS``, so each read carries the kernel's receive time of its newest TCP
-     segment (the moment the last bytes of the read reached our socket), and the time the
-     read returned to the transport (``time.time_ns()``, the same clock);
-   - each complete message keeps the stamps of the read that completed it: with
-     trio-websocket, its message queue is wrapped; with the lean transport, every message
-     of a ``receive_batch()`` was completed by that call's last read;
+   - the live public socket's byte stream is wrapped: each read takes the socket in slices
+     (``recvmsg`` of at most ``SLICE_BYTES`` with ``SO_TIMESTAMPNS``, repeated until the
+     socket is empty or the transport's ``max_bytes`` are read) and hands the transport the
+     slices as one chunk, as before. Each slice carries the kernel's receive stamp of the
+     last TCP segment it touched; the read records when it was called and when it returned
+     (``time.time_ns()``, the stamps' clock);
+   - a WebSocket frame scanner over the same bytes (``bench_support.FrameEnds``) finds where
+     each message ends, and each message gets the stamp of the slice holding its LAST byte
+     (``bench_support.ReadStamper``). Both transports hand messages over in wire order: the
+     lean transport's ``receive_batch()`` returns the messages its own reads completed;
+     trio-websocket's reader task reads the wrapped stream and its queue hands them over
+     later, each still mapped to the read and slice that completed it. The stream is wrapped
+     mid-connection, so the frame boundary is found from the first delivered message's bytes;
+     messages completed before the wrap are not stamped (``messages_unstamped``);
+     ``length_mismatches`` checks each message against its scanned frame;
    - ``public_ws.decode_hot`` is wrapped so each ticker frame that carries a mark price
      records ``(symbol, ts) -> stamps``;
    - when ``stream.batches()`` returns, each ``source == "ticker"`` event is matched on
-     ``(symbol, exchange_ts)`` and ``time.time_ns()`` minus the kernel stamp is the figure.
+     ``(symbol, exchange_ts)`` and ``time.time_ns()`` minus its frame's slice stamp is the
+     figure.
 
-   So it covers waiting in the socket buffer while the process is busy (for the read's
-   newest segment), frame parsing, queue hand-over (trio-websocket), decode, merge, combiner, output
-   queue and scheduling. For a frame that is not the newest of its read it is a lower
-   bound (its bytes arrived earlier than the stamp). ``frame_to_event_from_read_return_ms``
-   is the in-process part alone (from the read's return). Cross-check:
-   ``tick_to_event_ms`` (wall time at event-out minus the frame's ``ts``, ms resolution)
-   minus the bare client's ``tick_to_receive_ms`` from step 1
+   So it covers, per frame: waiting in the socket buffer from the moment its last segment
+   arrived (the whole coalescing wait included: a frame that arrives at the start of a wait is
+   counted from then), frame parsing, queue hand-over (trio-websocket), decode, merge,
+   combiner, output queue and scheduling. It is pessimistic by two things, both reported:
+   a slice's stamp is the last segment it touched, so a frame whose slice goes on into the
+   next frame(s) is stamped as late as those (at most ``SLICE_BYTES`` - 1 bytes later, about
+   two ticker frames); and the slicing costs CPU, in the path of every frame after it in the
+   read (``details.instrumentation``: ``stamping_us_per_frame``, the wall time of the sliced
+   reads' loops and of the message-to-slice mapping per stamped frame; the latency window's
+   CPU per frame minus the throughput window's; ``slicing_delay_ms``, per frame its read's
+   return minus its slice's return, the delay an unsliced read would not have had; and
+   ``frame_to_event_less_slicing_delay_ms``, the figure minus that delay, an estimate).
+   ``frame_to_event_newest_segment_lower_bound_ms`` is the figure this benchmark reported
+   before per-frame stamps: from the kernel stamp of the newest segment of the read that
+   completed the frame, a lower bound for every frame that is not the newest of its read (it
+   hides a coalescing wait), kept so runs stay comparable.
+   ``frame_to_event_from_read_return_ms`` is the in-process part alone (from the read's
+   return). Cross-check: ``tick_to_event_ms`` (wall time at event-out minus the frame's
+   ``ts``, ms resolution) minus the bare client's ``tick_to_receive_ms`` from step 1
    (``overhead_by_subtraction_ms``; noisy: both include the simulator's send spread).
    For a conflated event the latency is that of the frame whose price it carries.
-   ``details.frame_to_event_stages_ms`` splits that figure per event into the ``STAGES``
-   (p50/p99 each): the kernel stamp → the read returned → the frame decoded (``decode_hot``
-   returned) → the reader's ``marks.commit()`` → the combiner's ``marks.take()`` returned →
-   the event put on the queue (``EventQueue.put_many``) → the consumer's ``batches()``
-   returned; the same window's patches, on the classes, for the stream's own mailbox
-   and queue only through the frames they stamp.
+   ``details.frame_to_event_stages_ms`` splits the figure per event into the ``STAGES``
+   (p50/p99 each): the frame's slice stamp → its read returned → the frame decoded
+   (``decode_hot`` returned) → the reader's ``marks.commit()`` → the combiner's
+   ``marks.take()`` returned → the event put on the queue (``EventQueue.put_many``) → the
+   consumer's ``batches()`` returned; the same window's patches, on the classes, for the
+   stream's own mailbox and queue only through the frames they stamp.
+   ``details.public_reads``, per read of the public socket in the window: the wait before it
+   (``wait_before_read_ms``: the previous read's return → this read's call, i.e. processing
+   plus any coalescing wait), bytes, slices and frames per read. ``details.latency_gc``: the
+   garbage collector's pauses in the window (``gc.callbacks``: count, total, longest, per
+   generation), and how many events at or above the window's p99 (and of all events) had a
+   pause between their frame's arrival and their delivery, so a tail can be attributed.
+   Every stream row (the coalesced ones too) reports all of this.
 5. **Public drop → fresh price** (``public_drop_to_fresh_price_s``), ``--drops`` times:
    ``/control/drop_public`` (mode ``reset``), then the time from just before that request
    until the first ``ticker`` event whose frame ``ts`` is not older than the drop and that
@@ -83,7 +111,9 @@ endpoints. Everything is measured in the same run, on the real clock, in this or
    with throughput, latency and latest prices; and pybit's ``WebSocket.ticker_stream``
    (``details.pybit``; the ``bench`` extra; see ``PYBIT_NOTE`` for how it is pointed at the
    simulator). ``details.read_floor`` is the CPU of a bare read (``receive_some`` with
-   nothing parsed), the floor under every per-read design.
+   nothing parsed), the floor under every per-read design. A stream row's
+   ``frame_to_event_ms`` is step 4's per-frame figure (as is ``targets``' p99), next to the
+   newest-segment lower bound, frames per read and the wait before each read.
 
 The HTTP control calls of steps 2, 5 and 6 run in this process but outside the CPU
 windows. Each window also reports ``client_runqueue_wait_ms`` (time this process was
@@ -100,6 +130,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import platform
 import random
@@ -120,8 +151,9 @@ import trio
 import trio_websocket
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # bench_support, also when loaded by path
-from bench_support import (Sample, SimProcess, Window, counting_window, median_max, percentiles, rates,  # noqa: E402
-                           self_cpu_seconds, simulator_process, subscribe_tickers)
+from bench_support import (Arrival, GcPauses, ReadStamper, Sample, SimProcess, Window,  # noqa: E402
+                           counting_window, median_max, percentiles, rates, self_cpu_seconds, simulator_process,
+                           subscribe_tickers)
 from hybrid_actors import lean_transport  # noqa: E402
 from hybrid_actors import transport as transport_module
 from hybrid_actors.actors import connection, public_ws
@@ -316,46 +348,115 @@ async def measure_stream_throughput(stream: HybridStream, consumer: Consumer, si
             "events": consumer.events - events0, "conflated": hub.events.conflated - conflated0}
 
 
-# --- 4. frame-to-event overhead (benchmark-only instrumentation) ----------------------------
+# --- 4. frame-to-event latency (benchmark-only instrumentation) -----------------------------
 
 #: Linux SO_TIMESTAMPNS (= SCM_TIMESTAMPNS): the kernel stamps each received segment (realtime)
 SO_TIMESTAMPNS: Final = 35
+#: bytes per recvmsg of a stamped read: each slice carries the stamp of the last segment it
+#: touched, so a message is stamped as late as the segment holding up to SLICE_BYTES - 1 bytes
+#: after its end (about two ~245-byte ticker frames); smaller slices cost more recv calls
+SLICE_BYTES: Final = 512
+_CMSG_BYTES: Final = socket.CMSG_SPACE(16)
+_TIMESPEC: Final = struct.Struct("qq")
+
+
+def _kernel_stamp(ancillary: list[tuple[int, int, bytes]]) -> int:
+    """The SO_TIMESTAMPNS stamp (ns) of a recvmsg's ancillary data; 0 when there is none."""
+    for level, kind, payload in ancillary:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(payload) >= 16:
+            seconds, nanos = _TIMESPEC.unpack_from(payload)
+            return seconds * 1_000_000_000 + nanos
+    return 0
 
 
 class _StampingStream:
-    """Wraps a connection's byte stream: each read records when it returned and, where the
-    kernel supports SO_TIMESTAMPNS, when the read's newest segment reached the socket."""
+    """Wraps a connection's byte stream for the latency window: each ``receive_some`` reads
+    the socket in slices of at most ``SLICE_BYTES`` (``recvmsg`` with ``SO_TIMESTAMPNS``,
+    repeated until the socket is empty or ``max_bytes`` are read), gives each slice's kernel
+    receive stamp to a :class:`ReadStamper`, and returns the slices as one chunk, as the
+    unwrapped stream would. Where the kernel gives no stamp (not a TCP socket), a read is
+    stamped with its return time."""
 
     def __init__(self, inner: Any, probe: LatencyProbe) -> None:
         self._inner = inner
         self._probe = probe
-        self._socket = getattr(inner, "socket", None)
+        self.stamper = ReadStamper()
+        self._trio_socket = getattr(inner, "socket", None)
+        #: a stdlib socket object on the same fd (not a dup: closing the connection must still
+        #: close it), for recvmsg without a checkpoint per slice; detached, never closed
+        self._raw: socket.socket | None = None
+        self._reading = self._released = False
         try:
-            self._socket.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)  # type: ignore[union-attr]
+            self._trio_socket.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)  # type: ignore[union-attr]
+            self._raw = socket.socket(fileno=self._trio_socket.fileno())  # type: ignore[union-attr]
         except (AttributeError, OSError):
-            self._socket = None
+            self._raw = None
+
+    def release(self) -> None:
+        """The window is over: give the fd back (at once, or when the read in progress ends)."""
+        self._released = True
+        if not self._reading:
+            self._detach()
+
+    def _detach(self) -> None:
+        if self._raw is not None:
+            self._raw.detach()
+            self._raw = None
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        probe = self._probe
-        if self._socket is None:
-            data = await self._inner.receive_some(max_bytes)
-            probe.read_ns = probe.kernel_ns = time.time_ns()
-            return data
+        self._reading = True
         try:
-            data, ancillary, _flags, _address = await self._socket.recvmsg(max_bytes or 65536,
-                                                                           socket.CMSG_SPACE(16))
-        except OSError as exc:  # as trio's SocketStream.receive_some reports it
-            raise trio.BrokenResourceError(exc) from exc
-        probe.read_ns = time.time_ns()
-        probe.kernel_ns = probe.read_ns
-        for level, kind, payload in ancillary:
-            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(payload) >= 16:
-                seconds, nanos = struct.unpack("qq", payload[:16])
-                probe.kernel_ns = seconds * 1_000_000_000 + nanos
+            return await self._receive_some(max_bytes)
+        finally:
+            self._reading = False
+            if self._released:
+                self._detach()
+
+    async def _receive_some(self, max_bytes: int | None) -> bytes | bytearray:
+        stamper, probe = self.stamper, self._probe
+        called = time.time_ns()
+        raw = self._raw
+        if raw is None or self._trio_socket.fileno() < 0:  # type: ignore[union-attr]
+            data = await self._inner.receive_some(max_bytes)
+            now = time.time_ns()
+            stamper.add_read(called, data, [(len(data), now, now)] if data else [], now)
+            return data
+        await trio.lowlevel.checkpoint_if_cancelled()
+        limit = max_bytes or 65536
+        while True:  # as trio's socket does it: try, else wait until readable (nothing taken yet)
+            if self._released:  # the window ended while this read waited
+                return await self._inner.receive_some(max_bytes)
+            try:
+                data, ancillary, _flags, _address = raw.recvmsg(min(SLICE_BYTES, limit), _CMSG_BYTES)
+                break
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(raw)
+            except OSError as exc:  # as trio's SocketStream.receive_some reports it
+                raise trio.BrokenResourceError(exc) from exc
+        began = time.perf_counter_ns()
+        wall, recvmsg = time.time_ns, raw.recvmsg
+        parts: list[bytes] = []
+        slices: list[tuple[int, int, int]] = []
+        size = 0
+        while data:
+            done = wall()
+            parts.append(data)
+            size += len(data)
+            kernel = _kernel_stamp(ancillary)
+            if kernel:
                 probe.kernel_stamped += 1
-        probe.reads += 1
-        probe.read_bytes.append(len(data))
-        return data
+            slices.append((size, kernel or done, done))
+            if size >= limit:
+                break
+            try:
+                data, ancillary, _flags, _address = recvmsg(min(SLICE_BYTES, limit - size), _CMSG_BYTES)
+            except OSError:  # BlockingIOError: the socket is empty; else the next read reports it
+                break
+        chunk = b"".join(parts)
+        stamper.add_read(called, chunk, slices, wall())
+        probe.instrument_ns += time.perf_counter_ns() - began
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        return chunk
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
@@ -363,7 +464,7 @@ class _StampingStream:
 
 #: the stages of one frame's way to the consumer (``details.frame_to_event_stages_ms``)
 STAGES: Final = (
-    "kernel_to_read_return",       # in the socket buffer until a read returned it (the newest segment's)
+    "kernel_to_read_return",       # in the socket buffer until the read holding its last byte returned
     "read_return_to_decoded",      # the frames of the read before it, then its own decode
     "decoded_to_committed",        # merge, and the rest of its STEP chunk until marks.commit()
     "committed_to_combiner_take",  # until the combiner's marks.take() returned it
@@ -374,19 +475,25 @@ STAGES: Final = (
 
 @attrs.define(eq=False)
 class LatencyProbe:
-    #: time.time_ns() when the current read returned / when the kernel received its newest segment
-    read_ns: int = 0
-    kernel_ns: int = 0
-    reads: int = 0
     kernel_stamped: int = 0
-    read_bytes: list[int] = attrs.Factory(list)
-    #: message text → stamps of the read that completed it (until decoded)
-    read_of: dict[str | bytes, tuple[int, int]] = attrs.Factory(dict)
-    #: (symbol, frame ts) → stamps, for ticker frames carrying a mark price
-    arrivals: dict[tuple[str, int], tuple[int, int]] = attrs.Factory(dict)
+    #: ns spent stamping: the sliced reads' loops after their first slice, and the mapping of
+    #: delivered messages to their slices (wall time of synchronous code: CPU, unless preempted)
+    instrument_ns: int = 0
+    #: message text → its Arrival (until decoded)
+    read_of: dict[str | bytes, Arrival] = attrs.Factory(dict)
+    #: (symbol, frame ts) → Arrival, for ticker frames carrying a mark price
+    arrivals: dict[tuple[str, int], Arrival] = attrs.Factory(dict)
+    #: per matched event: event out minus the kernel stamp of the slice holding the frame's last byte
     overhead_ms: list[float] = attrs.Factory(list)
+    #: the same from the read's newest segment (the figure before per-frame stamps: a lower bound)
+    newest_segment_ms: list[float] = attrs.Factory(list)
     from_read_ms: list[float] = attrs.Factory(list)
+    #: per matched event: its read's return minus its slice's recv return: the delay the slicing
+    #: itself added (an unwrapped read takes every slice's bytes in one recv)
+    slicing_delay_ms: list[float] = attrs.Factory(list)
     tick_to_event_ms: list[float] = attrs.Factory(list)
+    #: per matched event: (its slice's kernel stamp, event out), time.time_ns()
+    intervals: list[tuple[int, int]] = attrs.Factory(list)
     unmatched: int = 0
     #: (symbol, frame ts) → [decoded, committed, taken, queued] time.time_ns() stamps
     stages: dict[tuple[str, int], list[int]] = attrs.Factory(dict)
@@ -394,7 +501,10 @@ class LatencyProbe:
     uncommitted: list[tuple[str, int]] = attrs.Factory(list)
     #: per matched event, ms spent in each stage (see STAGES)
     stage_ms: dict[str, list[float]] = attrs.Factory(lambda: {name: [] for name in STAGES})
+    gc: GcPauses = attrs.Factory(GcPauses)
     _wrapped: list[Any] = attrs.Factory(list)
+    #: the stampers of every stream wrapped (one, unless the socket reconnected in the window)
+    stampers: list[ReadStamper] = attrs.Factory(list)
 
     def _wrap(self, owner: Any) -> None:
         """Stamp the reads of ``owner``'s byte stream: the lean transport's ``_stream``, or the
@@ -402,10 +512,23 @@ class LatencyProbe:
         if any(w is owner for w in self._wrapped):
             return
         if isinstance(owner, transport_module._GuardedStream):
-            owner.inner = _StampingStream(owner.inner, self)
+            owner.inner = wrapper = _StampingStream(owner.inner, self)
         else:
-            owner._stream = _StampingStream(owner._stream, self)
+            owner._stream = wrapper = _StampingStream(owner._stream, self)
         self._wrapped.append(owner)
+        self.stampers.append(wrapper.stamper)
+
+    def _deliver(self, stream: Any, batch: list[str | bytes]) -> None:
+        """Each message handed over gets the arrival of the slice holding its last byte."""
+        if not isinstance(stream, _StampingStream):
+            return
+        began = time.perf_counter_ns()
+        deliver, read_of = stream.stamper.deliver, self.read_of
+        for message in batch:
+            arrival = deliver(message)
+            if arrival is not None:
+                read_of[message] = arrival
+        self.instrument_ns += time.perf_counter_ns() - began
 
     @contextmanager
     def installed(self) -> Iterator[None]:
@@ -419,10 +542,8 @@ class LatencyProbe:
             if transport._label != PUBLIC_LINK:
                 return await ws_batch(transport)
             probe._wrap(transport._guard)
-            batch = await ws_batch(transport)
-            stamps = (probe.kernel_ns, probe.read_ns)  # the newest read: a lower bound for queued messages
-            for message in batch:
-                probe.read_of[message] = stamps
+            batch = await ws_batch(transport)  # trio-websocket's reader task read it, in wire order
+            probe._deliver(transport._guard.inner, batch)
             return batch
 
         lean_batch = lean_transport._LeanTransport.receive_batch
@@ -431,10 +552,8 @@ class LatencyProbe:
             if transport._label != PUBLIC_LINK:
                 return await lean_batch(transport)
             probe._wrap(transport)
-            batch = await lean_batch(transport)
-            stamps = (probe.kernel_ns, probe.read_ns)  # the read that completed them all
-            for message in batch:
-                probe.read_of[message] = stamps
+            batch = await lean_batch(transport)  # completed by this call's reads, in wire order
+            probe._deliver(transport._stream, batch)
             return batch
 
         def decode(raw: str | bytes, *, category: str | None = None) -> Any:
@@ -487,10 +606,14 @@ class LatencyProbe:
             lean_transport._LeanTransport.receive_batch = lean_batch  # type: ignore[method-assign]
             public_ws.decode_hot = original_decode
             for owner in self._wrapped:
+                wrapper: Any
                 if isinstance(owner, transport_module._GuardedStream):
-                    owner.inner = owner.inner._inner
+                    wrapper = owner.inner
+                    owner.inner = wrapper._inner
                 else:
-                    owner._stream = owner._stream._inner
+                    wrapper = owner._stream
+                    owner._stream = wrapper._inner
+                wrapper.release()
 
     def watcher(self, events: list[Event], stamp: int) -> None:
         out_ns = time.time_ns()
@@ -501,26 +624,87 @@ class LatencyProbe:
             if stamps is None:
                 self.unmatched += 1
                 continue
-            kernel_ns, read_ns = stamps
+            kernel_ns, newest_ns, sliced_ns, read_ns = stamps
             stage = self.stages.pop((event.symbol, event.exchange_ts), None)
             if stage is not None and all(stage):
                 points = (kernel_ns, read_ns, *stage, out_ns)
                 for name, start, end in zip(STAGES, points, points[1:]):
                     self.stage_ms[name].append((end - start) / 1e6)
             self.overhead_ms.append((out_ns - kernel_ns) / 1e6)
+            self.newest_segment_ms.append((out_ns - newest_ns) / 1e6)
             self.from_read_ms.append((out_ns - read_ns) / 1e6)
+            self.slicing_delay_ms.append((read_ns - sliced_ns) / 1e6)
+            self.intervals.append((kernel_ns, out_ns))
             self.tick_to_event_ms.append(out_ns / 1e6 - event.exchange_ts)
+
+    def reads(self) -> dict[str, Any]:
+        """Per read of the public socket in the window (every wrapped stream): the wait before
+        it (previous read's return → this read's call: processing, plus any coalescing wait),
+        its bytes, slices and the messages it completed; how the messages were stamped."""
+        stampers = self.stampers
+        waits = [w / 1e6 for s in stampers for w in s.waits_ns]
+        return {"reads": sum(s.reads for s in stampers), "slice_bytes": SLICE_BYTES,
+                "kernel_stamped_slices": self.kernel_stamped,
+                "wait_before_read_ms": percentiles(waits),
+                "bytes_per_read": percentiles([float(b) for s in stampers for b in s.read_bytes], 0),
+                "frames_per_read": percentiles([float(f) for s in stampers for f in s.read_frames], 0),
+                "slices_per_read": percentiles([float(n) for s in stampers for n in s.read_slices], 0),
+                "messages_stamped": sum(s.stamped for s in stampers),
+                "messages_unstamped": sum(s.unstamped for s in stampers),
+                "length_mismatches": sum(s.length_mismatches for s in stampers)}
+
+    def gc_pauses(self) -> dict[str, Any]:
+        """The window's GC pauses, and how many of the events at or above the p99 of
+        ``frame_to_event_ms`` had a pause between their frame's arrival and their delivery."""
+        summary = self.gc.summary()
+        if self.overhead_ms:
+            ordered = sorted(self.overhead_ms)
+            p99 = ordered[max(0, math.ceil(0.99 * len(ordered)) - 1)]  # nearest rank, as percentiles()
+            tail = [interval for value, interval in zip(self.overhead_ms, self.intervals) if value >= p99]
+            summary["p99_tail_events"] = len(tail)
+            summary["p99_tail_events_during_gc"] = self.gc.overlapping(tail)
+            summary["events_during_gc"] = self.gc.overlapping(self.intervals)
+        return summary
+
+    def figures(self, window: dict[str, Any], uninstrumented: dict[str, Any]) -> dict[str, Any]:
+        """Everything one latency window reports (``window``: its Sample counters and frames;
+        ``uninstrumented``: the same stream's throughput window, for the instrumentation's cost)."""
+        stamped = sum(s.stamped for s in self.stampers)
+        added = None
+        if window.get("frames") and uninstrumented.get("frames"):
+            with_probe = window["client_cpu_s"] / window["frames"] * 1e6
+            without = uninstrumented["client_cpu_s"] / uninstrumented["frames"] * 1e6
+            added = round(with_probe - without, 2)
+        return {
+            "frame_to_event_ms": {**percentiles(self.overhead_ms), "unmatched_events": self.unmatched},
+            "frame_to_event_newest_segment_lower_bound_ms": percentiles(self.newest_segment_ms),
+            "frame_to_event_from_read_return_ms": percentiles(self.from_read_ms),
+            "frame_to_event_stages_ms": {name: percentiles(values) for name, values in self.stage_ms.items()},
+            "tick_to_event_ms": percentiles(self.tick_to_event_ms, 2),
+            "latency_window": window,
+            "public_reads": self.reads(),
+            "latency_gc": self.gc_pauses(),
+            "instrumentation": {
+                "stamping_us_per_frame": round(self.instrument_ns / stamped / 1e3, 2) if stamped else None,
+                "window_cpu_per_frame_us_minus_uninstrumented": added,
+                "slicing_delay_ms": percentiles(self.slicing_delay_ms),
+                "frame_to_event_less_slicing_delay_ms": percentiles(
+                    [total - delay for total, delay in zip(self.overhead_ms, self.slicing_delay_ms)])},
+        }
 
 
 async def measure_latency(consumer: Consumer, sim: SimProcess, opts: Options) -> tuple[LatencyProbe, dict[str, Any]]:
     probe = LatencyProbe()
+    link = consumer.stream.hub.health.link(PUBLIC_LINK)
     with probe.installed():
         await trio.sleep(min(0.5, opts.latency_seconds / 4))  # the socket gets wrapped on its next batch
-        with consumer.watching(probe.watcher):
+        with consumer.watching(probe.watcher), probe.gc.recording():
+            frames0 = link.frames
             start = Sample.take(sim.pid)
             await trio.sleep(opts.latency_seconds)
             end = Sample.take(sim.pid)
-    return probe, end.since(start)
+            frames = link.frames - frames0
+    return probe, {**end.since(start), "frames": frames}
 
 
 # --- 5. public drop → fresh price -----------------------------------------------------------
@@ -758,23 +942,21 @@ async def measure_stream_on(choice: str, sim: SimProcess, symbols: list[str], op
                 probe, window = await measure_latency(consumer, sim, opts)
                 latest = await measure_latest_prices(stream, sim, symbols, opts)
                 nursery.cancel_scope.cancel()
-    return {"stream": throughput, "frame_to_event_ms": percentiles(probe.overhead_ms),
-            "frame_to_event_from_read_return_ms": percentiles(probe.from_read_ms),
-            "frame_to_event_stages_ms": {name: percentiles(values) for name, values in probe.stage_ms.items()},
-            "tick_to_event_ms": percentiles(probe.tick_to_event_ms, 2), "latency_window": window,
-            "public_reads": {"reads": probe.reads,
-                             "bytes_per_read": percentiles([float(b) for b in probe.read_bytes], 0)},
-            "latest_prices": latest}
+    return {"stream": throughput, **probe.figures(window, throughput), "latest_prices": latest}
 
 
 # --- the whole run --------------------------------------------------------------------------
 
-def comparison(raw: dict[str, Any], stream: dict[str, Any], overhead: dict[str, Any], tick_to_event: dict[str, Any],
-               latest: dict[str, Any], name: str, pybit: dict[str, Any], coalesced: dict[str, Any]) -> dict[str, Any]:
+def comparison(raw: dict[str, Any], stream: dict[str, Any], figures: dict[str, Any], latest: dict[str, Any],
+               name: str, pybit: dict[str, Any], coalesced: dict[str, Any]) -> dict[str, Any]:
     """One row per client on the same simulator stream: frames per CPU-second (and the ratio to
     the bare client), and receive latency. ``tick_to_*`` is wall time at receipt minus the
     frame's ``ts`` (ms resolution, includes the simulator's send spread), comparable across
-    rows; ``frame_to_event_ms`` (streams only) is kernel receive → event out."""
+    rows; ``frame_to_event_ms`` (streams only) is the kernel's receive stamp of the segment
+    holding the frame's last byte → event out, any coalescing wait included;
+    ``frame_to_event_newest_segment_lower_bound_ms`` the same from the newest segment of the
+    read (the figure before per-frame stamps); ``frames_per_read`` and ``wait_before_read_ms``
+    (the previous read's return → this read's start) describe the reads."""
     bare = raw["msgs_per_cpu_s"]
 
     def ratio(value: Any) -> float | None:
@@ -783,20 +965,26 @@ def comparison(raw: dict[str, Any], stream: dict[str, Any], overhead: dict[str, 
     def latency(figure: dict[str, Any]) -> dict[str, Any]:
         return {"p50": figure["p50"], "p99": figure["p99"]}
 
-    def stream_row(throughput: dict[str, Any], frame_to_event: dict[str, Any], tick: dict[str, Any],
-                   delivered: dict[str, Any]) -> dict[str, Any]:
+    def stream_row(throughput: dict[str, Any], latencies: dict[str, Any], delivered: dict[str, Any]) -> dict[str, Any]:
+        reads = latencies["public_reads"]
         return {"frames_per_cpu_s": throughput["msgs_per_cpu_s"], "ratio_to_bare": ratio(throughput["msgs_per_cpu_s"]),
-                "frames_per_batch": throughput["frames_per_batch"], "tick_to_event_ms": latency(tick),
-                "frame_to_event_ms": latency(frame_to_event), "latest_prices_delivered": delivered["ratio"]}
+                "frames_per_batch": throughput["frames_per_batch"],
+                "tick_to_event_ms": latency(latencies["tick_to_event_ms"]),
+                "frame_to_event_ms": latency(latencies["frame_to_event_ms"]),
+                "frame_to_event_newest_segment_lower_bound_ms":
+                    latency(latencies["frame_to_event_newest_segment_lower_bound_ms"]),
+                "frames_per_read": latency(reads["frames_per_read"]),
+                "wait_before_read_ms": latency(reads["wait_before_read_ms"]),
+                "latest_prices_delivered": delivered["ratio"]}
 
     rows: dict[str, Any] = {
         "bare trio-websocket + orjson": {"frames_per_cpu_s": bare, "ratio_to_bare": 1.0,
                                          "tick_to_receive_ms": latency(raw["tick_to_receive_ms"])},
-        f"stream ({name} transport)": stream_row(stream, overhead, tick_to_event, latest),
+        f"stream ({name} transport)": stream_row(stream, figures, latest),
     }
-    for ms, figures in coalesced.items():
-        rows[f"stream (lean, adaptive coalescing <= {ms} ms)"] = stream_row(
-            figures["stream"], figures["frame_to_event_ms"], figures["tick_to_event_ms"], figures["latest_prices"])
+    for ms, other in coalesced.items():
+        rows[f"stream (lean, adaptive coalescing <= {ms} ms)"] = stream_row(other["stream"], other,
+                                                                             other["latest_prices"])
     if "skipped" not in pybit:
         rows["pybit WebSocket.ticker_stream"] = {"frames_per_cpu_s": pybit["msgs_per_cpu_s"],
                                                  "ratio_to_bare": ratio(pybit["msgs_per_cpu_s"]),
@@ -915,21 +1103,21 @@ async def _run_benchmark(opts: Options, open_public: Callable[..., Any]) -> dict
 
     ceiling = raw["msgs_per_cpu_s"]
     streamed = throughput["msgs_per_cpu_s"]
-    overhead = percentiles(probe.overhead_ms)
+    figures = probe.figures(latency_window, throughput)
+    overhead = figures["frame_to_event_ms"]
     raw_lag = raw["tick_to_receive_ms"]
-    tick_to_event = percentiles(probe.tick_to_event_ms, 2)
+    tick_to_event = figures["tick_to_event_ms"]
     opens_first = percentiles(opens["first_mark"], 1)
     drops = median_max(fresh_s)
     return {
         "raw_ceiling_msgs_per_cpu_s": ceiling,
         "stream_msgs_per_cpu_s": streamed,
         "ratio_to_ceiling": round(streamed / ceiling, 3) if ceiling and streamed else None,
-        "frame_to_event_overhead_ms": {**overhead, "unmatched_events": probe.unmatched},
+        "frame_to_event_overhead_ms": overhead,
         "public_drop_to_fresh_price_s": drops,
         "open_to_first_mark_ms": opens_first,
         "latest_prices": latest,
-        "comparison": comparison(raw, throughput, overhead, tick_to_event, latest, transport_name(open_public),
-                                 pybit, coalesced),
+        "comparison": comparison(raw, throughput, figures, latest, transport_name(open_public), pybit, coalesced),
         "targets": {
             "ratio_to_ceiling>=1.5": bool(ceiling and streamed and streamed / ceiling >= 1.5),
             "frame_to_event_p99<3ms": overhead["p99"] is not None and overhead["p99"] < 3.0,
@@ -948,12 +1136,7 @@ async def _run_benchmark(opts: Options, open_public: Callable[..., Any]) -> dict
             "pybit": pybit,
             "ratio_to_transport_ceiling": (round(streamed / transport["msgs_per_cpu_s"], 3)
                                            if streamed and transport["msgs_per_cpu_s"] else None),
-            "latency_window": latency_window,
-            "frame_to_event_from_read_return_ms": percentiles(probe.from_read_ms),
-            "frame_to_event_stages_ms": {name: percentiles(values) for name, values in probe.stage_ms.items()},
-            "public_reads": {"reads": probe.reads, "kernel_stamped": probe.kernel_stamped,
-                             "bytes_per_read": percentiles([float(b) for b in probe.read_bytes], 0)},
-            "tick_to_event_ms": tick_to_event,
+            **{key: value for key, value in figures.items() if key != "frame_to_event_ms"},
             "overhead_by_subtraction_ms": {
                 k: round(tick_to_event[k] - raw_lag[k], 2) if tick_to_event[k] is not None
                 and raw_lag[k] is not None else None for k in ("p50", "p99")},

@@ -1,5 +1,7 @@
 """What the benchmark scripts share: the simulator in a subprocess, CPU and scheduler
-samples, percentiles, and a counting window around a consumer task.
+samples, percentiles, a counting window around a consumer task, and the pure bookkeeping
+behind per-frame arrival stamps (:class:`FrameEnds`, :class:`ReadStamper`) and GC pauses
+(:class:`GcPauses`).
 
 A script in ``scripts/`` imports it as ``bench_support`` (the script's folder is on
 ``sys.path`` when it runs; a script loaded another way puts it there first).
@@ -7,6 +9,8 @@ A script in ``scripts/`` imports it as ``bench_support`` (the script's folder is
 
 from __future__ import annotations
 
+import bisect
+import gc
 import json
 import os
 import resource
@@ -14,8 +18,9 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any, Final
 
 import attrs
@@ -24,7 +29,8 @@ import orjson
 import trio
 
 __all__ = ["self_cpu_seconds", "process_cpu_seconds", "Sample", "percentiles", "median_max", "SimProcess",
-           "simulator_process", "subscribe_tickers", "Window", "counting_window", "rates"]
+           "simulator_process", "subscribe_tickers", "Window", "counting_window", "rates", "FrameEnds", "Arrival",
+           "ReadStamper", "GcPauses"]
 
 CLK_TCK: Final = os.sysconf("SC_CLK_TCK")
 #: how long the simulator may take to announce itself, and to exit after SIGINT
@@ -220,3 +226,239 @@ async def counting_window(sim_pid: int, consume: Callable[[Window], Awaitable[An
         end = Sample.take(sim_pid)
         nursery.cancel_scope.cancel()
     return start, end
+
+
+# --- per-frame arrival stamps: which slice of a read holds each message's last byte -----------
+
+class FrameEnds:
+    """A WebSocket frame-boundary scanner over the bytes a client receives (RFC 6455 headers
+    only, payloads skipped): fed chunk by chunk, it returns where each data message ends.
+
+    Offsets are absolute (bytes since the scanner's origin); it starts at a frame boundary
+    (``start``). A message ends at the end of its FIN frame (text, binary or continuation);
+    control frames (ping, pong, close) end none. Each end comes with the message's payload
+    length (the sum over its fragments), so a caller can check it against the message."""
+
+    __slots__ = ("next", "received", "_head", "_length", "_due")
+
+    def __init__(self, start: int = 0) -> None:
+        #: absolute offset of the next frame's first byte (past ``received``: inside a payload)
+        self.next = start
+        #: absolute offset just past the bytes fed so far
+        self.received = start
+        self._head = b""  # the start of a header that straddles two chunks
+        self._length = 0  # payload bytes of the data message in progress
+        self._due: tuple[int, int] | None = None  # a message whose last frame's payload is still coming
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[tuple[int, int]]:
+        """The (end offset, payload length) of every data message these bytes complete."""
+        ends: list[tuple[int, int]] = []
+        base = self.received
+        self.received += len(data)
+        if self._due is not None:
+            if self._due[0] > self.received:
+                return ends
+            ends.append(self._due)
+            self._due = None
+        if self._head:
+            data = self._head + bytes(data)
+            base -= len(self._head)
+            self._head = b""
+        i, n = self.next - base, len(data)
+        while i < n:
+            if n - i < 2:
+                break
+            b0, b1 = data[i], data[i + 1]
+            length, header = b1 & 0x7F, 2
+            if length == 126:
+                header = 4
+            elif length == 127:
+                header = 10
+            if b1 & 0x80:  # masked (a client's frame; never from a server, counted anyway)
+                header += 4
+            if n - i < header:
+                break
+            if length >= 126:
+                length = int.from_bytes(data[i + 2:i + (4 if length == 126 else 10)], "big")
+            end = i + header + length
+            if b0 & 0x0F < 8:  # continuation, text, binary
+                self._length += length
+                if b0 & 0x80:
+                    if end <= n:
+                        ends.append((base + end, self._length))
+                    else:
+                        self._due = (base + end, self._length)
+                    self._length = 0
+            i = end
+        self.next = base + i
+        if i < n:
+            self._head = bytes(data[i:])
+        return ends
+
+
+#: one message's arrival, time.time_ns() clock: (kernel receive stamp of the slice holding its
+#: last byte, kernel stamp of the newest segment of the read that completed it, when that slice's
+#: recv returned, when the read returned to the transport)
+Arrival = tuple[int, int, int, int]
+
+
+@attrs.define(eq=False)
+class ReadStamper:
+    """Pure bookkeeping of a byte stream read in slices, each slice one recv with its own
+    kernel receive stamp: which slice holds each message's last byte.
+
+    The reader reports each read with :meth:`add_read` (the bytes it returned, where each of
+    its slices ended and their stamps); the transport's consumer calls :meth:`deliver` for
+    each message in the order the transport hands them over (both of our transports keep the
+    wire order) and gets its :data:`Arrival`.
+
+    The stream is usually wrapped mid-connection, so frame boundaries are unknown at first:
+    until then the bytes are kept, and the first delivered message found in them (its
+    payload's bytes) fixes the boundary just past it; from there :class:`FrameEnds` scans each
+    read and every message it completes is queued with the stamps of the slice holding its
+    last byte. Messages delivered before (completed by reads before the wrap) are
+    ``unstamped``. A slice's stamp is that of the last segment it touched, so a message whose
+    slice goes on into later messages' bytes is stamped as late as those (pessimistic)."""
+
+    #: per read: time from the previous read's return to this read's call (ns), bytes, slices,
+    #: messages completed (reads after the boundary was found only)
+    waits_ns: list[int] = attrs.Factory(list)
+    read_bytes: list[int] = attrs.Factory(list)
+    read_slices: list[int] = attrs.Factory(list)
+    read_frames: list[int] = attrs.Factory(list)
+    reads: int = 0
+    #: messages delivered with an arrival / without (completed before the wrap, or none queued)
+    stamped: int = 0
+    unstamped: int = 0
+    #: messages whose length differs from the frame scanned for them (0 unless out of step)
+    length_mismatches: int = 0
+    _scanner: FrameEnds | None = None
+    _received: int = 0
+    _last_return: int | None = None
+    #: before the boundary is known: the bytes, and per slice (end offset in _raw, kernel
+    #: stamp, recv returned, read index); per read (newest kernel stamp, return time)
+    _raw: bytearray = attrs.Factory(bytearray)
+    _raw_slices: list[tuple[int, int, int, int]] = attrs.Factory(list)
+    _read_meta: list[tuple[int, int]] = attrs.Factory(list)
+    #: (payload length, arrival) per message completed and not yet delivered
+    _pending: deque[tuple[int, Arrival]] = attrs.Factory(deque)
+
+    @property
+    def synced(self) -> bool:
+        return self._scanner is not None
+
+    def add_read(self, called_ns: int, data: bytes | bytearray, slices: Sequence[tuple[int, int, int]],
+                 returned_ns: int) -> None:
+        """One read: called at ``called_ns``, returned ``data`` at ``returned_ns``; ``slices``:
+        per recv, (end offset in ``data``, kernel stamp, time its recv returned), in order."""
+        if self._last_return is not None:
+            self.waits_ns.append(called_ns - self._last_return)
+        self._last_return = returned_ns
+        self.reads += 1
+        self.read_bytes.append(len(data))
+        self.read_slices.append(len(slices))
+        newest = max([kernel for _end, kernel, _done in slices], default=returned_ns)
+        base = self._received
+        self._received += len(data)
+        scanner = self._scanner
+        if scanner is None:
+            read = len(self._read_meta)
+            self._read_meta.append((newest, returned_ns))
+            offset = len(self._raw)
+            self._raw += data
+            self._raw_slices.extend((offset + end, kernel, done, read) for end, kernel, done in slices)
+            return
+        ends = scanner.feed(data)
+        self.read_frames.append(len(ends))
+        if not ends:
+            return
+        slice_ends = [end for end, _kernel, _done in slices]
+        append = self._pending.append
+        for end, length in ends:
+            _, kernel, done = slices[bisect.bisect_left(slice_ends, end - base)]
+            append((length, (kernel, newest, done, returned_ns)))
+
+    def deliver(self, message: str | bytes) -> Arrival | None:
+        """The arrival of the next message the transport handed over (None: unknown)."""
+        if self._scanner is None:
+            return self._sync(message)
+        if not self._pending:
+            self.unstamped += 1
+            return None
+        length, arrival = self._pending.popleft()
+        size = len(message) if isinstance(message, bytes) or message.isascii() else len(message.encode())
+        if length != size:
+            self.length_mismatches += 1
+        self.stamped += 1
+        return arrival
+
+    def _sync(self, message: str | bytes) -> Arrival | None:
+        payload = message if isinstance(message, bytes) else message.encode()
+        at = self._raw.find(payload) if payload else -1
+        if at < 0:
+            self.unstamped += 1
+            return None
+        end = at + len(payload)
+        index = bisect.bisect_left([offset for offset, *_ in self._raw_slices], end)  # holds its last byte
+        _, kernel, done, read = self._raw_slices[index]
+        newest, returned = self._read_meta[read]
+        scanner = self._scanner = FrameEnds(end)
+        start = end
+        for offset, slice_kernel, slice_done, slice_read in self._raw_slices[index:]:
+            read_newest, read_returned = self._read_meta[slice_read]
+            for _end, length in scanner.feed(self._raw[start:offset]):
+                self._pending.append((length, (slice_kernel, read_newest, slice_done, read_returned)))
+            start = offset
+        self._raw, self._raw_slices, self._read_meta = bytearray(), [], []
+        self.stamped += 1
+        return (kernel, newest, done, returned)
+
+
+# --- garbage collection pauses ------------------------------------------------------------------
+
+@attrs.define(eq=False)
+class GcPauses:
+    """The garbage collector's pauses while :meth:`recording` (``gc.callbacks``): per pause,
+    its start and end (time.time_ns(), the clock of the latency stamps) and generation."""
+
+    pauses: list[tuple[int, int, int]] = attrs.Factory(list)
+    _started: int = 0
+
+    def _callback(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._started = time.time_ns()
+        elif self._started:
+            self.pauses.append((self._started, time.time_ns(), int(info.get("generation", -1))))
+            self._started = 0
+
+    @contextmanager
+    def recording(self) -> Iterator[GcPauses]:
+        gc.callbacks.append(self._callback)
+        try:
+            yield self
+        finally:
+            gc.callbacks.remove(self._callback)
+
+    def summary(self) -> dict[str, Any]:
+        """Count, total and longest pause (ms), overall and per generation."""
+        def figures(durations: list[float]) -> dict[str, Any]:
+            return {"count": len(durations), "total_ms": round(sum(durations), 3),
+                    "max_ms": round(max(durations), 3) if durations else None}
+
+        by_generation: dict[int, list[float]] = {}
+        for start, end, generation in self.pauses:
+            by_generation.setdefault(generation, []).append((end - start) / 1e6)
+        return {**figures([(end - start) / 1e6 for start, end, _ in self.pauses]),
+                "by_generation": {str(g): figures(d) for g, d in sorted(by_generation.items())}}
+
+    def overlapping(self, intervals: Sequence[tuple[int, int]]) -> int:
+        """How many of ``intervals`` (start, end in time.time_ns()) contain part of a pause."""
+        pauses = sorted(self.pauses)
+        starts = [start for start, _end, _gen in pauses]
+        hit = 0
+        for start, end in intervals:
+            # pauses never overlap each other: only the last one starting before ``end`` can reach ``start``
+            i = bisect.bisect_left(starts, end)
+            if i and pauses[i - 1][1] > start:
+                hit += 1
+        return hit

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 class HeartbeatActor:
     hub: Hub
     name: str = "heartbeat"
-    _ids: itertools.count = attrs.field(init=False, factory=lambda: itertools.count(1))
+    _ids: itertools.count[int] = attrs.field(init=False, factory=lambda: itertools.count(1))
 
     @staticmethod
     def reset_after_crash(hub: Hub) -> None:

@@ -45,14 +45,14 @@ def choose_host(loop: asyncio.AbstractEventLoop) -> Host:
     its sync loop), ``"guest"`` for any other."""
     if "trio_asyncio" not in sys.modules:
         return "guest"  # never import it on the program's behalf: that changes asyncio's policy
-    import trio_asyncio
+    import trio_asyncio  # type: ignore[import-untyped]  # it ships neither stubs nor py.typed
 
     return "trio-asyncio" if isinstance(loop, trio_asyncio.BaseTrioEventLoop) else "guest"
 
 
 def run_on_trio_asyncio(loop: asyncio.AbstractEventLoop, fn: Callable[[], Awaitable[None]]) -> asyncio.Future[None]:
     """Run ``fn`` as a trio task of the trio run driving ``loop``; an asyncio future of its end."""
-    return loop.trio_as_future(fn)  # type: ignore[attr-defined, no-any-return]
+    return loop.trio_as_future(fn)  # type: ignore[attr-defined, no-any-return]  # trio-asyncio's loop; untyped
 
 
 #: the live guest run of each loop. Weak values: the run is kept alive by its streams and by
@@ -161,7 +161,7 @@ class GuestRun:
             original()
 
         try:
-            loop.close = close  # type: ignore[method-assign]
+            loop.close = close  # type: ignore[method-assign]  # on purpose: this instance's close() is watched
         except (AttributeError, TypeError):
             log.warning("cannot watch %s for close(): call stop() on every BybitHybridStream before closing "
                         "the loop, or trio's guest run is left behind in this thread", type(loop).__name__)
@@ -171,7 +171,7 @@ class GuestRun:
     def _unhook_close(self) -> None:
         hook, self._close_hook = self._close_hook, None
         if hook is not None and vars(self.loop).get("close") is hook:
-            del self.loop.close  # type: ignore[method-assign]
+            del self.loop.close
 
     def _loop_closing(self) -> None:
         """The loop's ``close()`` was called with this run still going: stop its streams first."""

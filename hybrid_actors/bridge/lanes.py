@@ -296,7 +296,7 @@ class Dispatcher:
                     await self._finish(suspended)
         finally:
             lane.owner = None
-            self.owners.discard(task)  # type: ignore[arg-type]
+            self.owners.discard(task)
             if lane.pending and not self.closed:  # left early (the handler raised CancelledError itself)
                 lane.queued = True
                 self.ready.append(lane)
@@ -340,7 +340,7 @@ class Dispatcher:
             return None
         result = handler(name, data)
         if type(result) is types.CoroutineType:
-            return result  # type: ignore[return-value]
+            return result
         return _await_any(result) if inspect.isawaitable(result) else None
 
     async def _finish(self, call: _Suspended) -> None:

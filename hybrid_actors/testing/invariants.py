@@ -94,7 +94,9 @@ def lifecycle_anomalies(seen: Mapping[Key, list[str]]) -> list[str]:
 def task_count() -> int:
     """Every task in the current trio run (the whole tree from the root task): what a long
     run must not grow."""
-    count, stack = 0, [trio.lowlevel.current_root_task()]
+    root = trio.lowlevel.current_root_task()
+    assert root is not None, "trio's root task exists as long as any task of the run does"
+    count, stack = 0, [root]
     while stack:
         task = stack.pop()
         count += 1

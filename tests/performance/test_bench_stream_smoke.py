@@ -36,6 +36,28 @@ def assert_distribution(figure: dict, keys: tuple[str, ...]) -> None:
         assert is_number(figure[key]) and figure[key] >= 0, (key, figure)
 
 
+def assert_per_frame_latency(figures: dict) -> None:
+    """One stream's latency window: every matched frame has its own slice stamp, the old
+    newest-segment figure is a lower bound of it, and reads, GC and the instrumentation's cost
+    are reported."""
+    honest, lower = figures["frame_to_event_ms"], figures["frame_to_event_newest_segment_lower_bound_ms"]
+    assert_distribution(honest, ("p50", "p99", "max"))
+    assert lower["samples"] == honest["samples"]
+    for key in ("p50", "p99", "max"):  # per frame, its slice's stamp is never newer than the read's newest
+        assert lower[key] <= honest[key], key
+    reads = figures["public_reads"]
+    assert reads["reads"] > 0 and reads["kernel_stamped_slices"] > 0 and reads["messages_stamped"] > 0
+    assert reads["length_mismatches"] == 0
+    for key in ("wait_before_read_ms", "bytes_per_read", "frames_per_read", "slices_per_read"):
+        assert_distribution(reads[key], ("p50", "p99", "max"))
+    gc_pauses = figures["latency_gc"]
+    assert isinstance(gc_pauses["count"], int) and is_number(gc_pauses["total_ms"])
+    assert 0 <= gc_pauses["p99_tail_events_during_gc"] <= gc_pauses["p99_tail_events"] <= honest["samples"]
+    instrumentation = figures["instrumentation"]
+    assert is_number(instrumentation["stamping_us_per_frame"]) and instrumentation["stamping_us_per_frame"] > 0
+    assert_distribution(instrumentation["slicing_delay_ms"], ("p50", "p99", "max"))
+
+
 @pytest.mark.parametrize(("transport", "compare"), [(None, True), ("trio-websocket", False)])
 async def test_a_tiny_run_produces_every_figure(transport, compare):
     bench = load_script()
@@ -72,6 +94,19 @@ async def test_a_tiny_run_produces_every_figure(transport, compare):
     assert set(result["targets"]) and all(isinstance(v, bool) for v in result["targets"].values())
 
     details = result["details"]
+    streams = [{**details, "frame_to_event_ms": result["frame_to_event_overhead_ms"]},
+               *details["coalesced_streams"].values()]
+    assert len(streams) == (2 if compare else 1)
+    for figures in streams:  # every stream row: per-frame stamps, per-read figures, GC pauses
+        assert_per_frame_latency(figures)
+    for name, row in rows.items():
+        if name.startswith("stream"):
+            for key in ("frame_to_event_ms", "frame_to_event_newest_segment_lower_bound_ms",
+                        "frames_per_read", "wait_before_read_ms"):
+                assert is_number(row[key]["p99"]), (name, key)
+            assert row["frame_to_event_ms"]["p50"] >= row["frame_to_event_newest_segment_lower_bound_ms"]["p50"]
+    assert result["frame_to_event_overhead_ms"]["p99"] == rows[f"stream ({transport or 'lean'} transport)"][
+        "frame_to_event_ms"]["p99"]
     for window in ("raw", "transport", "stream"):
         assert details[window]["frames"] > 0 and details[window]["client_cpu_s"] > 0, window
         assert is_number(details[window]["sim_cpu_s"])

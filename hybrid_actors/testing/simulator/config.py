@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Callable, Final
+from typing import Callable, Final, TypeVar
 
 import attrs
 
@@ -14,30 +14,33 @@ from ...errors import ConfigError
 DEFAULT_API_KEY: Final = "test_key"
 DEFAULT_API_SECRET: Final = "test_secret"
 
+#: the field type of a numeric validator shared by int and float fields
+_Number = TypeVar("_Number", bound=float)
 
-def _non_negative(_inst: object, attribute: attrs.Attribute, value: float) -> None:
+
+def _non_negative(_inst: object, attribute: attrs.Attribute[_Number], value: _Number) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
         raise ConfigError(f"{attribute.name} must be a finite number >= 0, got {value!r}")
 
 
-def _positive(_inst: object, attribute: attrs.Attribute, value: float) -> None:
+def _positive(_inst: object, attribute: attrs.Attribute[_Number], value: _Number) -> None:
     _non_negative(_inst, attribute, value)
     if value == 0:
         raise ConfigError(f"{attribute.name} must be > 0, got {value!r}")
 
 
-def _count(_inst: object, attribute: attrs.Attribute, value: int) -> None:
+def _count(_inst: object, attribute: attrs.Attribute[int], value: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ConfigError(f"{attribute.name} must be an integer >= 0, got {value!r}")
 
 
-def _probability(_inst: object, attribute: attrs.Attribute, value: float) -> None:
+def _probability(_inst: object, attribute: attrs.Attribute[_Number], value: _Number) -> None:
     _non_negative(_inst, attribute, value)
     if value > 1:
         raise ConfigError(f"{attribute.name} must be within [0, 1], got {value!r}")
 
 
-def _port(_inst: object, attribute: attrs.Attribute, value: int) -> None:
+def _port(_inst: object, attribute: attrs.Attribute[int], value: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
         raise ConfigError(f"{attribute.name} must be a TCP port (0 = any free port), got {value!r}")
 
@@ -58,12 +61,12 @@ class ScenarioConfig:
     symbols: int | None = None
 
     @max_interval.validator
-    def _check_interval(self, _attribute: attrs.Attribute, value: float) -> None:
+    def _check_interval(self, _attribute: attrs.Attribute[float], value: float) -> None:
         if value < self.min_interval:
             raise ConfigError(f"max_interval {value!r} is below min_interval {self.min_interval!r}")
 
     @categories.validator
-    def _check_categories(self, _attribute: attrs.Attribute, value: tuple[str, ...]) -> None:
+    def _check_categories(self, _attribute: attrs.Attribute[tuple[str, ...]], value: tuple[str, ...]) -> None:
         _check_position_categories("scenario categories", value)
 
 
@@ -127,15 +130,15 @@ class SimulatorConfig:
     usdc_settlement: bool = True
 
     @position_categories.validator
-    def _check_position_categories(self, _attribute: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
+    def _check_position_categories(self, _attribute: attrs.Attribute[tuple[str, ...]], value: tuple[str, ...]) -> None:
         _check_position_categories("position_categories", value)
 
     @connection_limit_status.validator
-    def _check_status(self, _attribute: attrs.Attribute, value: int) -> None:
+    def _check_status(self, _attribute: attrs.Attribute[int], value: int) -> None:
         if not isinstance(value, int) or not 400 <= value <= 599:
             raise ConfigError(f"connection_limit_status must be an HTTP error status, got {value!r}")
 
     @api_key.validator
-    def _check_key(self, _attribute: attrs.Attribute, value: str) -> None:
+    def _check_key(self, _attribute: attrs.Attribute[str], value: str) -> None:
         if not value or not isinstance(value, str):
             raise ConfigError("api_key must be a non-empty string")

@@ -44,7 +44,7 @@ class Connection:
     #: the byte stream below the WebSocket (has ``freeze()``); set by the server
     transport: Any = None
     _drop_event: trio.Event = attrs.Factory(trio.Event)
-    _outbox: deque[Any] = attrs.Factory(deque)
+    _outbox: deque[str | bytes] = attrs.Factory(deque)
     _wake: trio.Event = attrs.Factory(trio.Event)
     _writer_waiting: bool = False
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from collections import deque
-from typing import Any, Final
+from typing import Any, Callable, Final, Protocol, TypeVar
 
 import attrs
 
@@ -123,6 +123,16 @@ class PongRule:
     target: str
 
 
+class _Rule(Protocol):
+    """A rule that fires while its counter lasts."""
+
+    @property
+    def counter(self) -> Counted: ...
+
+
+_R = TypeVar("_R", bound=_Rule)
+
+
 @attrs.define(eq=False)
 class Faults:
     """All armed faults. Rules are consumed first-armed first."""
@@ -175,7 +185,7 @@ class Faults:
             del self.subscribe_rejections[(category, symbol)]
         return rule.ret_msg
 
-    def _take(self, rules: list[Any], predicate: Any) -> Any:
+    def _take(self, rules: list[_R], predicate: Callable[[_R], bool]) -> _R | None:
         for rule in rules:
             if predicate(rule) and rule.counter.take():
                 if rule.counter.spent:

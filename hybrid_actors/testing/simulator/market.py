@@ -32,9 +32,9 @@ class Subscriber(Protocol):
 
 
 def _rescale(value: int, from_decimals: int, to_decimals: int) -> int:
-    if from_decimals >= to_decimals:
-        return value // 10 ** (from_decimals - to_decimals)
-    return value * 10 ** (to_decimals - from_decimals)
+    # annotated: typeshed types int ** int as Any (a negative exponent makes a float); here it is >= 0
+    scale: int = 10 ** abs(from_decimals - to_decimals)
+    return value // scale if from_decimals >= to_decimals else value * scale
 
 
 def _pcnt(now: int, before: int) -> str:

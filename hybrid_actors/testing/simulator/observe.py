@@ -248,7 +248,7 @@ class Observer:
         return list(self._internal_errors)
 
     # --- waiting ---------------------------------------------------------------------------
-    async def wait_until(self, predicate: Callable[[], T]) -> T:
+    async def wait_until(self, predicate: Callable[[], T | None]) -> T:
         """Return ``predicate()``'s first truthy value, re-checking after every state change.
 
         Set the deadline with a cancel scope around the call (``trio.fail_after``).
