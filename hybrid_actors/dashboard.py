@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 import attrs
 import trio
 from rich import box
-from rich.console import Console, Group, RenderableType
+from rich.console import Console, Group, JustifyMethod, RenderableType
 from rich.table import Table
 from rich.text import Text
 
@@ -153,10 +153,10 @@ def _header(health: Mapping[str, Any], events_per_s: float | None, title: str, s
     return text
 
 
-def _table(title: str, *columns: tuple[str, str]) -> Table:
+def _table(title: str, *columns: tuple[str, JustifyMethod]) -> Table:
     table = Table(title=title, title_justify="left", box=box.SIMPLE, expand=False, pad_edge=False)
     for name, justify in columns:
-        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+        table.add_column(name, justify=justify)
     return table
 
 

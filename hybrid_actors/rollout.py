@@ -20,7 +20,7 @@ import hashlib
 import math
 from collections.abc import Iterable, Mapping
 from decimal import Decimal
-from typing import Final, Literal, TypeVar, get_args
+from typing import Final, Literal, TypeGuard, TypeVar, get_args
 
 import attrs
 
@@ -40,10 +40,14 @@ RETURN_WAIT_CAP: Final = 64
 Source = Literal["hybrid", "rest"]
 
 
+def _is_mode(name: str) -> TypeGuard[Mode]:
+    return name in MODES
+
+
 def parse_mode(value: object, *, origin: str = "mode") -> Mode:
     """``value`` as a mode (case and surrounding blanks ignored); ConfigError names ``origin``."""
-    if isinstance(value, str) and value.strip().lower() in MODES:
-        return value.strip().lower()  # type: ignore[return-value]
+    if isinstance(value, str) and _is_mode(mode := value.strip().lower()):
+        return mode
     raise ConfigError(f"{origin} {value!r} is not a mode; choose one of {', '.join(MODES)} "
                       "(rest: REST polling only; canary: REST feeds the bot, hybrid monitored; "
                       "parallel: canary plus REST/WS price comparison; production: the hybrid stream)")

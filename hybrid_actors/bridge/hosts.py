@@ -52,7 +52,7 @@ def choose_host(loop: asyncio.AbstractEventLoop) -> Host:
 
 def run_on_trio_asyncio(loop: asyncio.AbstractEventLoop, fn: Callable[[], Awaitable[None]]) -> asyncio.Future[None]:
     """Run ``fn`` as a trio task of the trio run driving ``loop``; an asyncio future of its end."""
-    return loop.trio_as_future(fn)  # type: ignore[attr-defined, no-any-return]
+    return loop.trio_as_future(fn)  # type: ignore[attr-defined, no-any-return]  # trio-asyncio's loop; untyped
 
 
 #: the live guest run of each loop. Weak values: the run is kept alive by its streams and by
@@ -161,7 +161,7 @@ class GuestRun:
             original()
 
         try:
-            loop.close = close  # type: ignore[method-assign]
+            loop.close = close  # type: ignore[method-assign]  # on purpose: this instance's close() is watched
         except (AttributeError, TypeError):
             log.warning("cannot watch %s for close(): call stop() on every BybitHybridStream before closing "
                         "the loop, or trio's guest run is left behind in this thread", type(loop).__name__)

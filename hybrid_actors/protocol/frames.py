@@ -194,7 +194,7 @@ class Position:
         if idx not in (0, 1, 2):
             raise FieldError(f"positionIdx {idx} is not 0, 1 or 2")
         return cls(
-            category=cat, symbol=symbol, side=side, size=size, position_idx=idx,  # type: ignore[arg-type]
+            category=cat, symbol=symbol, side=side, size=size, position_idx=idx,  # type: ignore[arg-type]  # side in SIDES
             entry_price=opt_dec(item, entry_key),
             mark_price=opt_dec(item, "markPrice"),
             unrealised_pnl=opt_dec(item, "unrealisedPnl"),

@@ -90,8 +90,8 @@ class Control:
                             category: str = "linear") -> None:
         """REST ``markPrice`` = stream mark * (1 + percent/100), for one symbol or all; 0 clears."""
         key = None if symbol is None else (category, symbol)
-        if key is not None:
-            self._ex.market.require(category, symbol)  # type: ignore[arg-type]
+        if symbol is not None:
+            self._ex.market.require(category, symbol)
         value = to_decimal(percent, "percent")
         if value:
             self._ex.market.divergence[key] = value

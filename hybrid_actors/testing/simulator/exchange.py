@@ -222,18 +222,18 @@ class Exchange:
         sweep = self.config.idle_sweep_interval
         while True:
             changed = self.observer.wait_changed
-            live = [c for c in self._open.values()
+            live = [(c, c.max_active_time) for c in self._open.values()
                     if c.kind == wire.PRIVATE and c.drop_mode is None and c.max_active_time is not None]
             if not live:
                 await changed()
                 continue
-            deadline = min(c.last_activity + c.max_active_time for c in live)  # type: ignore[operator]
+            deadline = min(c.last_activity + max_active for c, max_active in live)
             if sweep > 0:
                 deadline = math.ceil(deadline / sweep) * sweep
             with trio.move_on_at(deadline):
                 await changed()  # a new socket or a ping may move the earliest deadline
             now = trio.current_time()
-            for conn in live:
-                if conn.drop_mode is None and conn.last_activity + conn.max_active_time <= now:  # type: ignore[operator]
+            for conn, max_active in live:
+                if conn.drop_mode is None and conn.last_activity + max_active <= now:
                     log.info("private %s idle for %.0fs: cut", conn.conn_id, now - conn.last_activity)
                     conn.request_drop(DropMode.EOF, cause="idle")

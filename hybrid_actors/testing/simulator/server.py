@@ -140,6 +140,7 @@ class WsServer:
         self.listener = listener
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        # trio-websocket annotates SocketListener | SSLListener, yet any trio Listener serves
         server = WebSocketServer(self._handle, [self.listener],  # type: ignore[list-item]
                                  max_message_size=self.exchange.config.max_message_size)
         async with trio.open_nursery() as nursery:
@@ -172,7 +173,8 @@ class WsServer:
             ws = await request.accept()
         except ConnectionClosed:
             return
-        conn = ex.open_connection(kind, path, query, peer, max_active)  # type: ignore[arg-type]
+        assert kind is not None  # no route was answered 404 above
+        conn = ex.open_connection(kind, path, query, peer, max_active)
         conn.transport = stream
         try:
             await self._serve(conn, ws, stream)
