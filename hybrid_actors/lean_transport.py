@@ -24,8 +24,10 @@ What the core leaves to its caller is here:
   close code, ours after a violation (1002 protocol error, 1007 bad UTF-8, 1009 too big or too
   many fragments), 1006 when TCP ended without a close frame.
 
-``wss://`` runs over ``trio.SSLStream`` with ``ssl.create_default_context()`` (certificate and
-hostname verified) unless the caller passes its own context.
+``wss://`` runs over :class:`~hybrid_actors.tls.TlsStream` (the standard library's sans-IO
+TLS, which hands over every record a read brought: ``trio.SSLStream`` returns one record, so
+one frame, per read) with ``ssl.create_default_context()`` (certificate and hostname
+verified) unless the caller passes its own context.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from websockets.uri import parse_uri
 
 from .config import CLOSE_TIMEOUT, MAX_MESSAGE_SIZE
 from .errors import ConnectionLost, HandshakeError
+from .tls import TlsStream
 from .transport import CANCELLED_CLOSE_WAIT, HANDSHAKE_COOLDOWN, RECEIVE_BYTES, Transport, _is_cancellation, \
     _ssl_context, connect_error, refusal
 
@@ -328,7 +331,7 @@ async def _connect(url: str, label: str, connect_timeout: float, max_message_siz
         with trio.fail_after(connect_timeout):
             stream = await trio.open_tcp_stream(uri.host, uri.port)
             if context is not None:
-                stream = trio.SSLStream(stream, context, server_hostname=uri.host, https_compatible=True)
+                stream = TlsStream(stream, context, uri.host)  # every record of a read at once
                 await stream.do_handshake()
             await _upgrade(stream, protocol, label, url)
             return stream, protocol

@@ -430,3 +430,30 @@ async def test_coalescing_spaces_busy_reads_by_the_window_and_leaves_quiet_ones_
                 assert await transport.receive_batch() == ["d"]
                 assert 5.2 <= trio.current_time() - first < 5.3  # at once: no wait after a gap
                 transport.abandon()
+
+
+async def test_wss_messages_one_read_brought_are_one_batch_on_the_lean_transport(loopback_clock, opener, lean, tls):
+    """The exchange writes each frame in a TLS record of its own; the lean transport still hands
+    down every message a read completed at once (trio.SSLStream would give one per read)."""
+    servers, client = tls
+    sent = trio.Event()
+
+    async def handler(ws):
+        for i in range(50):
+            await ws.send_message(f'{{"n":{i}}}')
+        sent.set()
+        await trio.sleep_forever()
+
+    with trio.fail_after(10):
+        async with ws_server(handler, ssl_context=servers["good"]) as base:
+            async with opener(f"{base}/ok", ssl_context=client) as transport:
+                await sent.wait()
+                await trio.testing.wait_all_tasks_blocked()
+                batches = []
+                while sum(map(len, batches)) < 50:
+                    batches.append(await transport.receive_batch())
+                assert [m for batch in batches for m in batch] == [f'{{"n":{i}}}' for i in range(50)]
+                if lean:
+                    assert len(batches) <= 3  # a read's worth each (the kernel may deliver in steps)
+                else:
+                    assert len(batches) == 50  # trio-websocket: one message per call, by contract
