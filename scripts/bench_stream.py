@@ -35,15 +35,15 @@ endpoints. Everything is measured in the same run, on the real clock, in this or
      slices as one chunk, as before. Each slice carries the kernel's receive stamp of the
      last TCP segment it touched; the read records when it was called and when it returned
      (``time.time_ns()``, the stamps' clock);
-   - a WebSocket frame scanner over the same bytes (``bench_support.FrameEnds``) finds where
-     each message ends, and each message gets the stamp of the slice holding its LAST byte
-     (``bench_support.ReadStamper``). Both transports hand messages over in wire order: the
-     lean transport's ``receive_batch()`` returns the messages its own reads completed;
-     trio-websocket's reader task reads the wrapped stream and its queue hands them over
-     later, each still mapped to the read and slice that completed it. The stream is wrapped
-     mid-connection, so the frame boundary is found from the first delivered message's bytes;
-     messages completed before the wrap are not stamped (``messages_unstamped``);
-     ``length_mismatches`` checks each message against its scanned frame;
+   - each message the transport hands over is numbered in order (both transports keep the
+     wire order: the lean transport's ``receive_batch()`` returns the messages its own reads
+     completed; trio-websocket's reader task reads the wrapped stream and its queue hands
+     them over later). After the window, off the frames' path, a WebSocket frame scanner over
+     the bytes read (``bench_support.FrameEnds``) finds where each message ends, and each
+     message gets the stamp of the slice holding its LAST byte (``bench_support.ReadStamper``).
+     The stream is wrapped mid-connection, so the frame boundary is found from the first
+     delivered message's bytes; messages completed before the wrap are not stamped
+     (``messages_unstamped``); ``length_mismatches`` checks each message against its frame;
    - ``public_ws.decode_hot`` is wrapped so each ticker frame that carries a mark price
      records ``(symbol, ts) -> stamps``;
    - when ``stream.batches()`` returns, each ``source == "ticker"`` event is matched on
@@ -58,10 +58,13 @@ endpoints. Everything is measured in the same run, on the real clock, in this or
    next frame(s) is stamped as late as those (at most ``SLICE_BYTES`` - 1 bytes later, about
    two ticker frames); and the slicing costs CPU, in the path of every frame after it in the
    read (``details.instrumentation``: ``stamping_us_per_frame``, the wall time of the sliced
-   reads' loops and of the message-to-slice mapping per stamped frame; the latency window's
-   CPU per frame minus the throughput window's; ``slicing_delay_ms``, per frame its read's
-   return minus its slice's return, the delay an unsliced read would not have had; and
-   ``frame_to_event_less_slicing_delay_ms``, the figure minus that delay, an estimate).
+   reads' loops and of numbering the delivered messages, per stamped frame; the latency
+   window's CPU per frame minus the throughput window's; ``slicing_delay_ms``, per frame its
+   read's return minus its slice's return, the delay an unsliced read would not have had;
+   ``frame_to_event_less_slicing_delay_ms``, the figure minus that delay, an estimate; and
+   ``resolve_after_window_ms``, the mapping done after the window). The instrumentation also
+   keeps objects alive through the window, so the collector runs more often than without it:
+   ``details.stream.gc`` has the throughput window's pauses (no instrumentation) to compare.
    ``frame_to_event_newest_segment_lower_bound_ms`` is the figure this benchmark reported
    before per-frame stamps: from the kernel stamp of the newest segment of the read that
    completed the frame, a lower bound for every frame that is not the newest of its read (it
@@ -122,7 +125,7 @@ context switches, to tell how much of a latency tail a shared machine added.
 
 Usage: python scripts/bench_stream.py [--symbols 500] [--rate 10] [--seconds 8]
                                      [--transport {lean,trio-websocket}] [--no-pybit]
-                                     [--coalesce-ms 1,2]
+                                     [--coalesce-ms 1,2] [--slice-bytes 512]
 """
 
 from __future__ import annotations
@@ -151,7 +154,7 @@ import trio
 import trio_websocket
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # bench_support, also when loaded by path
-from bench_support import (Arrival, GcPauses, ReadStamper, Sample, SimProcess, Window,  # noqa: E402
+from bench_support import (GcPauses, ReadStamper, Sample, SimProcess, Window,  # noqa: E402
                            counting_window, median_max, percentiles, rates, self_cpu_seconds, simulator_process,
                            subscribe_tickers)
 from hybrid_actors import lean_transport  # noqa: E402
@@ -169,6 +172,11 @@ DROP_STABLE_AFTER: Final = 2.0
 #: upper bound of one wait (a subscription round, a fresh price, a first mark)
 WAIT_LIMIT: Final = 20.0
 POLL: Final = 0.005
+#: bytes per recvmsg of a stamped read: each slice carries the stamp of the last segment it
+#: touched, so a message is stamped as late as the segment holding up to SLICE_BYTES - 1 bytes
+#: after its end (about two ~245-byte ticker frames); smaller slices cost more recv calls, in
+#: the path of every later frame of the read (``--slice-bytes``)
+SLICE_BYTES: Final = 512
 #: ``--transport`` choices: the public sockets' transport
 TRANSPORTS: Final[dict[str, Callable[..., Any]]] = {
     "trio-websocket": transport_module.open_transport,
@@ -202,6 +210,8 @@ class Options:
     pybit: bool = True
     #: also run the stream on the lean transport with adaptive coalescing, per window (ms)
     coalesce_ms: tuple[float, ...] = (1.0, 2.0)
+    #: bytes per recvmsg slice in the latency windows (see SLICE_BYTES)
+    slice_bytes: int = SLICE_BYTES
 
 
 # --- small helpers --------------------------------------------------------------------------
@@ -339,33 +349,31 @@ async def measure_stream_throughput(stream: HybridStream, consumer: Consumer, si
     link = hub.health.link(PUBLIC_LINK)
     await trio.sleep(opts.warmup)
     frames0, batches0, events0, conflated0 = link.frames, link.batches, consumer.events, hub.events.conflated
-    start = Sample.take(sim.pid)
-    await trio.sleep(opts.seconds)
-    end = Sample.take(sim.pid)
+    with GcPauses().recording() as pauses:  # to compare with the instrumented latency window's
+        start = Sample.take(sim.pid)
+        await trio.sleep(opts.seconds)
+        end = Sample.take(sim.pid)
     frames, batches = link.frames - frames0, link.batches - batches0
     return {**rates(frames, start, end),
             "batches": batches, "frames_per_batch": round(frames / batches, 2) if batches else None,
-            "events": consumer.events - events0, "conflated": hub.events.conflated - conflated0}
+            "events": consumer.events - events0, "conflated": hub.events.conflated - conflated0,
+            "gc": pauses.summary()}
 
 
 # --- 4. frame-to-event latency (benchmark-only instrumentation) -----------------------------
 
 #: Linux SO_TIMESTAMPNS (= SCM_TIMESTAMPNS): the kernel stamps each received segment (realtime)
 SO_TIMESTAMPNS: Final = 35
-#: bytes per recvmsg of a stamped read: each slice carries the stamp of the last segment it
-#: touched, so a message is stamped as late as the segment holding up to SLICE_BYTES - 1 bytes
-#: after its end (about two ~245-byte ticker frames); smaller slices cost more recv calls
-SLICE_BYTES: Final = 512
 _CMSG_BYTES: Final = socket.CMSG_SPACE(16)
 _TIMESPEC: Final = struct.Struct("qq")
 
 
 def _kernel_stamp(ancillary: list[tuple[int, int, bytes]]) -> int:
-    """The SO_TIMESTAMPNS stamp (ns) of a recvmsg's ancillary data; 0 when there is none."""
+    """The SO_TIMESTAMPNS stamp (ns) in a recvmsg's ancillary data; 0 when there is none."""
     for level, kind, payload in ancillary:
         if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(payload) >= 16:
             seconds, nanos = _TIMESPEC.unpack_from(payload)
-            return seconds * 1_000_000_000 + nanos
+            return int(seconds * 1_000_000_000 + nanos)
     return 0
 
 
@@ -380,7 +388,9 @@ class _StampingStream:
     def __init__(self, inner: Any, probe: LatencyProbe) -> None:
         self._inner = inner
         self._probe = probe
+        self._slice = probe.slice_bytes
         self.stamper = ReadStamper()
+        self.index = 0  # its stamper's index in the probe's stampers
         self._trio_socket = getattr(inner, "socket", None)
         #: a stdlib socket object on the same fd (not a dup: closing the connection must still
         #: close it), for recvmsg without a checkpoint per slice; detached, never closed
@@ -417,39 +427,37 @@ class _StampingStream:
         called = time.time_ns()
         raw = self._raw
         if raw is None or self._trio_socket.fileno() < 0:  # type: ignore[union-attr]
-            data = await self._inner.receive_some(max_bytes)
+            data: bytes | bytearray = await self._inner.receive_some(max_bytes)
             now = time.time_ns()
-            stamper.add_read(called, data, [(len(data), now, now)] if data else [], now)
+            stamper.add_read(called, data, [len(data), 0, now] if data else [], now)
             return data
         await trio.lowlevel.checkpoint_if_cancelled()
         limit = max_bytes or 65536
         while True:  # as trio's socket does it: try, else wait until readable (nothing taken yet)
             if self._released:  # the window ended while this read waited
-                return await self._inner.receive_some(max_bytes)
+                unstamped: bytes | bytearray = await self._inner.receive_some(max_bytes)
+                return unstamped
             try:
-                data, ancillary, _flags, _address = raw.recvmsg(min(SLICE_BYTES, limit), _CMSG_BYTES)
+                data, ancillary, _flags, _address = raw.recvmsg(min(self._slice, limit), _CMSG_BYTES)
                 break
             except BlockingIOError:
                 await trio.lowlevel.wait_readable(raw)
             except OSError as exc:  # as trio's SocketStream.receive_some reports it
                 raise trio.BrokenResourceError(exc) from exc
         began = time.perf_counter_ns()
-        wall, recvmsg = time.time_ns, raw.recvmsg
+        wall, recvmsg, slice_bytes = time.time_ns, raw.recvmsg, self._slice
         parts: list[bytes] = []
-        slices: list[tuple[int, int, int]] = []
+        slices: list[int] = []  # flat: end offset, kernel stamp, recv returned (see add_read)
+        extend, stamp = slices.extend, _kernel_stamp
         size = 0
         while data:
-            done = wall()
-            parts.append(data)
             size += len(data)
-            kernel = _kernel_stamp(ancillary)
-            if kernel:
-                probe.kernel_stamped += 1
-            slices.append((size, kernel or done, done))
+            extend((size, stamp(ancillary), wall()))
+            parts.append(data)
             if size >= limit:
                 break
             try:
-                data, ancillary, _flags, _address = recvmsg(min(SLICE_BYTES, limit - size), _CMSG_BYTES)
+                data, ancillary, _flags, _address = recvmsg(min(slice_bytes, limit - size), _CMSG_BYTES)
             except OSError:  # BlockingIOError: the socket is empty; else the next read reports it
                 break
         chunk = b"".join(parts)
@@ -461,6 +469,11 @@ class _StampingStream:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
+
+#: a delivered message: its stamper's index in LatencyProbe.stampers << TOKEN_SHIFT | its number
+#: there (see ReadStamper.resolve); an int, which the garbage collector does not track
+Token = int
+TOKEN_SHIFT: Final = 40
 
 #: the stages of one frame's way to the consumer (``details.frame_to_event_stages_ms``)
 STAGES: Final = (
@@ -475,14 +488,23 @@ STAGES: Final = (
 
 @attrs.define(eq=False)
 class LatencyProbe:
-    kernel_stamped: int = 0
-    #: ns spent stamping: the sliced reads' loops after their first slice, and the mapping of
-    #: delivered messages to their slices (wall time of synchronous code: CPU, unless preempted)
+    #: bytes per recvmsg of a stamped read
+    slice_bytes: int = SLICE_BYTES
+    #: ns spent stamping in the frames' path: the sliced reads' loops after their first slice,
+    #: and noting each delivered message (wall time of synchronous code: CPU, unless preempted)
     instrument_ns: int = 0
-    #: message text → its Arrival (until decoded)
-    read_of: dict[str | bytes, Arrival] = attrs.Factory(dict)
-    #: (symbol, frame ts) → Arrival, for ticker frames carrying a mark price
-    arrivals: dict[tuple[str, int], Arrival] = attrs.Factory(dict)
+    #: ns spent afterwards, off the frames' path, mapping messages to slices (ReadStamper.resolve)
+    resolve_ns: int = 0
+    #: message text → (its stamper, its number there), until decoded
+    read_of: dict[str | bytes, Token] = attrs.Factory(dict)
+    #: (symbol, frame ts) → its token, for ticker frames carrying a mark price
+    arrivals: dict[tuple[str, int], Token] = attrs.Factory(dict)
+    #: per event matched to its frame (parallel lists, no object per event): its frame's token,
+    #: event out (time.time_ns()), its exchange ts, its stage stamps (or None)
+    matched_tokens: list[Token] = attrs.Factory(list)
+    matched_out_ns: list[int] = attrs.Factory(list)
+    matched_ts: list[int] = attrs.Factory(list)
+    matched_stages: list[list[int] | None] = attrs.Factory(list)
     #: per matched event: event out minus the kernel stamp of the slice holding the frame's last byte
     overhead_ms: list[float] = attrs.Factory(list)
     #: the same from the read's newest segment (the figure before per-frame stamps: a lower bound)
@@ -494,7 +516,9 @@ class LatencyProbe:
     tick_to_event_ms: list[float] = attrs.Factory(list)
     #: per matched event: (its slice's kernel stamp, event out), time.time_ns()
     intervals: list[tuple[int, int]] = attrs.Factory(list)
+    #: ticker events whose frame was not seen decoded / whose frame got no arrival stamp
     unmatched: int = 0
+    unstamped_events: int = 0
     #: (symbol, frame ts) → [decoded, committed, taken, queued] time.time_ns() stamps
     stages: dict[tuple[str, int], list[int]] = attrs.Factory(dict)
     #: frames decoded since the reader last committed its marks
@@ -505,6 +529,9 @@ class LatencyProbe:
     _wrapped: list[Any] = attrs.Factory(list)
     #: the stampers of every stream wrapped (one, unless the socket reconnected in the window)
     stampers: list[ReadStamper] = attrs.Factory(list)
+    _resolved: bool = False
+    #: time.time_ns() when the window opened (per-read figures count the reads from then on)
+    window_start_ns: int = 0
 
     def _wrap(self, owner: Any) -> None:
         """Stamp the reads of ``owner``'s byte stream: the lean transport's ``_stream``, or the
@@ -516,18 +543,18 @@ class LatencyProbe:
         else:
             owner._stream = wrapper = _StampingStream(owner._stream, self)
         self._wrapped.append(owner)
+        wrapper.index = len(self.stampers)
         self.stampers.append(wrapper.stamper)
 
     def _deliver(self, stream: Any, batch: list[str | bytes]) -> None:
-        """Each message handed over gets the arrival of the slice holding its last byte."""
+        """Note each message handed over, in order (its stamps are found after the window)."""
         if not isinstance(stream, _StampingStream):
             return
         began = time.perf_counter_ns()
-        deliver, read_of = stream.stamper.deliver, self.read_of
+        read_of, deliver = self.read_of, stream.stamper.deliver
+        base = stream.index << TOKEN_SHIFT
         for message in batch:
-            arrival = deliver(message)
-            if arrival is not None:
-                read_of[message] = arrival
+            read_of[message] = base | deliver(message)
         self.instrument_ns += time.perf_counter_ns() - began
 
     @contextmanager
@@ -620,12 +647,32 @@ class LatencyProbe:
         for event in events:
             if event.source != "ticker" or event.exchange_ts is None:
                 continue
-            stamps = self.arrivals.pop((event.symbol, event.exchange_ts), None)
-            if stamps is None:
+            key = (event.symbol, event.exchange_ts)
+            token = self.arrivals.pop(key, None)
+            if token is None:
                 self.unmatched += 1
                 continue
-            kernel_ns, newest_ns, sliced_ns, read_ns = stamps
-            stage = self.stages.pop((event.symbol, event.exchange_ts), None)
+            self.matched_tokens.append(token)
+            self.matched_out_ns.append(out_ns)
+            self.matched_ts.append(event.exchange_ts)
+            self.matched_stages.append(self.stages.pop(key, None))
+
+    def resolve(self) -> None:
+        """After the window: each matched event's frame gets its arrival stamps; the figures."""
+        if self._resolved:
+            return
+        self._resolved = True
+        began = time.perf_counter_ns()
+        resolved = [stamper.resolve() for stamper in self.stampers]
+        self.resolve_ns = time.perf_counter_ns() - began
+        mask = (1 << TOKEN_SHIFT) - 1
+        for token, out_ns, exchange_ts, stage in zip(self.matched_tokens, self.matched_out_ns, self.matched_ts,
+                                                     self.matched_stages):
+            arrival = resolved[token >> TOKEN_SHIFT][token & mask]
+            if arrival is None:
+                self.unstamped_events += 1
+                continue
+            kernel_ns, newest_ns, sliced_ns, read_ns = arrival
             if stage is not None and all(stage):
                 points = (kernel_ns, read_ns, *stage, out_ns)
                 for name, start, end in zip(STAGES, points, points[1:]):
@@ -635,23 +682,37 @@ class LatencyProbe:
             self.from_read_ms.append((out_ns - read_ns) / 1e6)
             self.slicing_delay_ms.append((read_ns - sliced_ns) / 1e6)
             self.intervals.append((kernel_ns, out_ns))
-            self.tick_to_event_ms.append(out_ns / 1e6 - event.exchange_ts)
+            self.tick_to_event_ms.append(out_ns / 1e6 - exchange_ts)
 
     def reads(self) -> dict[str, Any]:
         """Per read of the public socket in the window (every wrapped stream): the wait before
         it (previous read's return → this read's call: processing, plus any coalescing wait),
         its bytes, slices and the messages it completed; how the messages were stamped."""
-        stampers = self.stampers
-        waits = [w / 1e6 for s in stampers for w in s.waits_ns]
-        return {"reads": sum(s.reads for s in stampers), "slice_bytes": SLICE_BYTES,
-                "kernel_stamped_slices": self.kernel_stamped,
+        self.resolve()
+        waits: list[float] = []
+        sizes: list[float] = []
+        frames: list[float] = []
+        slices: list[float] = []
+        for stamper in self.stampers:
+            for called, wait, size, count, sliced in zip(stamper.read_called_ns, stamper.waits_ns,
+                                                         stamper.read_bytes, stamper.read_frames, stamper.read_slices):
+                if called < self.window_start_ns:
+                    continue  # a read between the wrap and the window
+                if wait is not None:
+                    waits.append(wait / 1e6)
+                if count is not None:
+                    frames.append(float(count))
+                sizes.append(float(size))
+                slices.append(float(sliced))
+        return {"reads": len(sizes), "slice_bytes": self.slice_bytes,
+                "kernel_stamped_slices": sum(s.kernel_stamped for s in self.stampers),
                 "wait_before_read_ms": percentiles(waits),
-                "bytes_per_read": percentiles([float(b) for s in stampers for b in s.read_bytes], 0),
-                "frames_per_read": percentiles([float(f) for s in stampers for f in s.read_frames], 0),
-                "slices_per_read": percentiles([float(n) for s in stampers for n in s.read_slices], 0),
-                "messages_stamped": sum(s.stamped for s in stampers),
-                "messages_unstamped": sum(s.unstamped for s in stampers),
-                "length_mismatches": sum(s.length_mismatches for s in stampers)}
+                "bytes_per_read": percentiles(sizes, 0),
+                "frames_per_read": percentiles(frames, 0),
+                "slices_per_read": percentiles(slices, 0),
+                "messages_stamped": sum(s.stamped for s in self.stampers),
+                "messages_unstamped": sum(s.unstamped for s in self.stampers),
+                "length_mismatches": sum(s.length_mismatches for s in self.stampers)}
 
     def gc_pauses(self) -> dict[str, Any]:
         """The window's GC pauses, and how many of the events at or above the p99 of
@@ -669,6 +730,7 @@ class LatencyProbe:
     def figures(self, window: dict[str, Any], uninstrumented: dict[str, Any]) -> dict[str, Any]:
         """Everything one latency window reports (``window``: its Sample counters and frames;
         ``uninstrumented``: the same stream's throughput window, for the instrumentation's cost)."""
+        self.resolve()
         stamped = sum(s.stamped for s in self.stampers)
         added = None
         if window.get("frames") and uninstrumented.get("frames"):
@@ -676,7 +738,8 @@ class LatencyProbe:
             without = uninstrumented["client_cpu_s"] / uninstrumented["frames"] * 1e6
             added = round(with_probe - without, 2)
         return {
-            "frame_to_event_ms": {**percentiles(self.overhead_ms), "unmatched_events": self.unmatched},
+            "frame_to_event_ms": {**percentiles(self.overhead_ms), "unmatched_events": self.unmatched,
+                                  "unstamped_events": self.unstamped_events},
             "frame_to_event_newest_segment_lower_bound_ms": percentiles(self.newest_segment_ms),
             "frame_to_event_from_read_return_ms": percentiles(self.from_read_ms),
             "frame_to_event_stages_ms": {name: percentiles(values) for name, values in self.stage_ms.items()},
@@ -686,6 +749,7 @@ class LatencyProbe:
             "latency_gc": self.gc_pauses(),
             "instrumentation": {
                 "stamping_us_per_frame": round(self.instrument_ns / stamped / 1e3, 2) if stamped else None,
+                "resolve_after_window_ms": round(self.resolve_ns / 1e6, 1),
                 "window_cpu_per_frame_us_minus_uninstrumented": added,
                 "slicing_delay_ms": percentiles(self.slicing_delay_ms),
                 "frame_to_event_less_slicing_delay_ms": percentiles(
@@ -694,11 +758,12 @@ class LatencyProbe:
 
 
 async def measure_latency(consumer: Consumer, sim: SimProcess, opts: Options) -> tuple[LatencyProbe, dict[str, Any]]:
-    probe = LatencyProbe()
+    probe = LatencyProbe(slice_bytes=opts.slice_bytes)
     link = consumer.stream.hub.health.link(PUBLIC_LINK)
     with probe.installed():
         await trio.sleep(min(0.5, opts.latency_seconds / 4))  # the socket gets wrapped on its next batch
         with consumer.watching(probe.watcher), probe.gc.recording():
+            probe.window_start_ns = time.time_ns()
             frames0 = link.frames
             start = Sample.take(sim.pid)
             await trio.sleep(opts.latency_seconds)
@@ -1176,11 +1241,13 @@ def main() -> int:
     parser.add_argument("--no-pybit", action="store_true", help="skip pybit's ticker_stream phase")
     parser.add_argument("--coalesce-ms", default=",".join(f"{v:g}" for v in defaults.coalesce_ms),
                         help="coalescing windows to compare, comma-separated ms ('' for none)")
+    parser.add_argument("--slice-bytes", type=int, default=defaults.slice_bytes,
+                        help="bytes per stamped recvmsg in the latency windows (finer stamps, more recv calls)")
     args = parser.parse_args()
     opts = Options(args.symbols, args.rate, args.seconds, args.warmup, args.transport_seconds,
                    args.latency_seconds, args.drops, args.opens, args.seed, args.transport,
                    not args.no_pybit,
-                   tuple(float(v) for v in args.coalesce_ms.split(",") if v.strip()))
+                   tuple(float(v) for v in args.coalesce_ms.split(",") if v.strip()), args.slice_bytes)
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     print(json.dumps(trio.run(partial(run_benchmark, opts))), flush=True)

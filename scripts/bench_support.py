@@ -21,7 +21,7 @@ import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 import attrs
 import httpx
@@ -304,114 +304,117 @@ Arrival = tuple[int, int, int, int]
 
 @attrs.define(eq=False)
 class ReadStamper:
-    """Pure bookkeeping of a byte stream read in slices, each slice one recv with its own
-    kernel receive stamp: which slice holds each message's last byte.
+    """Bookkeeping of a byte stream read in slices, each slice one recv with its own kernel
+    receive stamp: which slice holds each message's last byte.
 
-    The reader reports each read with :meth:`add_read` (the bytes it returned, where each of
-    its slices ended and their stamps); the transport's consumer calls :meth:`deliver` for
-    each message in the order the transport hands them over (both of our transports keep the
-    wire order) and gets its :data:`Arrival`.
+    While the window runs, only what must be noted in the frames' path is noted: the reader
+    reports each read with :meth:`add_read` (the bytes it returned, where each of its slices
+    ended and their stamps), and the transport's consumer reports each message it hands over
+    with :meth:`deliver`, in the transport's order (both of ours keep the wire order), which
+    returns the message's number. :meth:`resolve` does the rest afterwards, off the frames'
+    path: the :data:`Arrival` of every delivered message, by number.
 
-    The stream is usually wrapped mid-connection, so frame boundaries are unknown at first:
-    until then the bytes are kept, and the first delivered message found in them (its
-    payload's bytes) fixes the boundary just past it; from there :class:`FrameEnds` scans each
-    read and every message it completes is queued with the stamps of the slice holding its
-    last byte. Messages delivered before (completed by reads before the wrap) are
-    ``unstamped``. A slice's stamp is that of the last segment it touched, so a message whose
-    slice goes on into later messages' bytes is stamped as late as those (pessimistic)."""
+    The stream is usually wrapped mid-connection, so frame boundaries are unknown at first: the
+    first delivered message found in the bytes read (its payload's bytes) fixes the boundary
+    just past it; from there :class:`FrameEnds` finds where every later message ends, the n-th
+    end belonging to the n-th message delivered after it. Messages delivered before it
+    (completed by reads before the wrap) are ``unstamped``. A slice's stamp is that of the
+    last segment it touched, so a message whose slice goes on into later messages' bytes is
+    stamped as late as those (pessimistic)."""
 
-    #: per read: time from the previous read's return to this read's call (ns), bytes, slices,
-    #: messages completed (reads after the boundary was found only)
-    waits_ns: list[int] = attrs.Factory(list)
+    #: how many of the first delivered messages are looked for in the bytes (each miss is a
+    #: search of every byte read)
+    SYNC_TRIES: ClassVar[int] = 64
+
+    _reads: list[tuple[int, bytes | bytearray, Sequence[int], int]] = attrs.Factory(list)
+    _delivered: list[str | bytes] = attrs.Factory(list)
+    #: filled by resolve(), per read: when it was called, the time from the previous read's
+    #: return to its call (ns; None for the first), its bytes, slices and the messages it
+    #: completed (None up to the read where the boundary was found)
+    read_called_ns: list[int] = attrs.Factory(list)
+    waits_ns: list[int | None] = attrs.Factory(list)
     read_bytes: list[int] = attrs.Factory(list)
     read_slices: list[int] = attrs.Factory(list)
-    read_frames: list[int] = attrs.Factory(list)
-    reads: int = 0
-    #: messages delivered with an arrival / without (completed before the wrap, or none queued)
+    read_frames: list[int | None] = attrs.Factory(list)
+    #: delivered messages with an arrival / without (completed before the wrap, or not found)
     stamped: int = 0
     unstamped: int = 0
-    #: messages whose length differs from the frame scanned for them (0 unless out of step)
+    #: messages whose length differs from the frame found for them (0 unless out of step)
     length_mismatches: int = 0
-    _scanner: FrameEnds | None = None
-    _received: int = 0
-    _last_return: int | None = None
-    #: before the boundary is known: the bytes, and per slice (end offset in _raw, kernel
-    #: stamp, recv returned, read index); per read (newest kernel stamp, return time)
-    _raw: bytearray = attrs.Factory(bytearray)
-    _raw_slices: list[tuple[int, int, int, int]] = attrs.Factory(list)
-    _read_meta: list[tuple[int, int]] = attrs.Factory(list)
-    #: (payload length, arrival) per message completed and not yet delivered
-    _pending: deque[tuple[int, Arrival]] = attrs.Factory(deque)
+    #: slices that carried a kernel stamp
+    kernel_stamped: int = 0
 
     @property
-    def synced(self) -> bool:
-        return self._scanner is not None
+    def reads(self) -> int:
+        return len(self._reads)
 
-    def add_read(self, called_ns: int, data: bytes | bytearray, slices: Sequence[tuple[int, int, int]],
-                 returned_ns: int) -> None:
+    def add_read(self, called_ns: int, data: bytes | bytearray, slices: Sequence[int], returned_ns: int) -> None:
         """One read: called at ``called_ns``, returned ``data`` at ``returned_ns``; ``slices``:
-        per recv, (end offset in ``data``, kernel stamp, time its recv returned), in order."""
-        if self._last_return is not None:
-            self.waits_ns.append(called_ns - self._last_return)
-        self._last_return = returned_ns
-        self.reads += 1
-        self.read_bytes.append(len(data))
-        self.read_slices.append(len(slices))
-        newest = max([kernel for _end, kernel, _done in slices], default=returned_ns)
-        base = self._received
-        self._received += len(data)
-        scanner = self._scanner
-        if scanner is None:
-            read = len(self._read_meta)
-            self._read_meta.append((newest, returned_ns))
-            offset = len(self._raw)
-            self._raw += data
-            self._raw_slices.extend((offset + end, kernel, done, read) for end, kernel, done in slices)
-            return
-        ends = scanner.feed(data)
-        self.read_frames.append(len(ends))
-        if not ends:
-            return
-        slice_ends = [end for end, _kernel, _done in slices]
-        append = self._pending.append
-        for end, length in ends:
-            _, kernel, done = slices[bisect.bisect_left(slice_ends, end - base)]
-            append((length, (kernel, newest, done, returned_ns)))
+        per recv, in order, three ints: its end offset in ``data``, its kernel stamp (0: none)
+        and when the recv returned. (Flat ints, not a tuple per slice: objects kept for the
+        whole window that the garbage collector tracks would make it collect more often.)"""
+        self._reads.append((called_ns, data, slices, returned_ns))
 
-    def deliver(self, message: str | bytes) -> Arrival | None:
-        """The arrival of the next message the transport handed over (None: unknown)."""
-        if self._scanner is None:
-            return self._sync(message)
-        if not self._pending:
-            self.unstamped += 1
-            return None
-        length, arrival = self._pending.popleft()
-        size = len(message) if isinstance(message, bytes) or message.isascii() else len(message.encode())
-        if length != size:
-            self.length_mismatches += 1
-        self.stamped += 1
-        return arrival
+    def deliver(self, message: str | bytes) -> int:
+        """The transport handed ``message`` over (the next in its order): its number."""
+        self._delivered.append(message)
+        return len(self._delivered) - 1
 
-    def _sync(self, message: str | bytes) -> Arrival | None:
-        payload = message if isinstance(message, bytes) else message.encode()
-        at = self._raw.find(payload) if payload else -1
+    def resolve(self) -> list[Arrival | None]:
+        """The arrival of every delivered message, by number (None: unknown); fills the
+        per-read figures and the counters."""
+        reads, delivered = self._reads, self._delivered
+        self.read_called_ns = [called for called, _, _, _ in reads]
+        self.waits_ns = [None] + [called - previous[3] for previous, (called, *_) in zip(reads, reads[1:])]
+        self.read_bytes = [len(data) for _, data, _, _ in reads]
+        self.read_slices = [len(slices) // 3 for _, _, slices, _ in reads]
+        raw = b"".join(data for _, data, _, _ in reads)
+        # every slice: (absolute end offset, kernel stamp, recv returned, read index)
+        table: list[tuple[int, int, int, int]] = []
+        newest: list[int] = []
+        offset = 0
+        for index, (_, data, slices, returned) in enumerate(reads):
+            latest = 0
+            for end, kernel, done in zip(slices[::3], slices[1::3], slices[2::3]):
+                if kernel:
+                    self.kernel_stamped += 1
+                else:
+                    kernel = done
+                latest = max(latest, kernel)
+                table.append((offset + end, kernel, done, index))
+            newest.append(latest or returned)
+            offset += len(data)
+        arrivals: list[Arrival | None] = [None] * len(delivered)
+        first = at = -1
+        for first, message in enumerate(delivered[:self.SYNC_TRIES]):
+            payload = message if isinstance(message, bytes) else message.encode()
+            at = raw.find(payload) if payload else -1
+            if at >= 0:
+                break
         if at < 0:
-            self.unstamped += 1
-            return None
-        end = at + len(payload)
-        index = bisect.bisect_left([offset for offset, *_ in self._raw_slices], end)  # holds its last byte
-        _, kernel, done, read = self._raw_slices[index]
-        newest, returned = self._read_meta[read]
-        scanner = self._scanner = FrameEnds(end)
-        start = end
-        for offset, slice_kernel, slice_done, slice_read in self._raw_slices[index:]:
-            read_newest, read_returned = self._read_meta[slice_read]
-            for _end, length in scanner.feed(self._raw[start:offset]):
-                self._pending.append((length, (slice_kernel, read_newest, slice_done, read_returned)))
-            start = offset
-        self._raw, self._raw_slices, self._read_meta = bytearray(), [], []
-        self.stamped += 1
-        return (kernel, newest, done, returned)
+            self.unstamped, self.stamped, self.read_frames = len(delivered), 0, [None] * len(reads)
+            return arrivals
+        boundary = at + len(payload)
+        ends = [(boundary, len(payload))] + FrameEnds(boundary).feed(raw[boundary:])
+        frames = [0] * len(reads)
+        found: list[tuple[Arrival, int]] = []
+        row = 0
+        for end, length in ends:
+            while table[row][0] < end:  # the slice holding the message's last byte
+                row += 1
+            _, kernel, done, read = table[row]
+            frames[read] += 1
+            found.append(((kernel, newest[read], done, reads[read][3]), length))
+        for number, (message, (arrival, length)) in enumerate(zip(delivered[first:], found), first):
+            arrivals[number] = arrival
+            size = len(message) if isinstance(message, bytes) or message.isascii() else len(message.encode())
+            if size != length:
+                self.length_mismatches += 1
+        sync_read = table[next(i for i, entry in enumerate(table) if entry[0] >= boundary)][3]
+        self.read_frames = [None] * (sync_read + 1) + frames[sync_read + 1:]  # whole reads after the boundary's
+        self.stamped = sum(a is not None for a in arrivals)
+        self.unstamped = len(delivered) - self.stamped
+        return arrivals
 
 
 # --- garbage collection pauses ------------------------------------------------------------------

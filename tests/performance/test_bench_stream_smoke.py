@@ -111,6 +111,7 @@ async def test_a_tiny_run_produces_every_figure(transport, compare):
         assert details[window]["frames"] > 0 and details[window]["client_cpu_s"] > 0, window
         assert is_number(details[window]["sim_cpu_s"])
     assert details["stream"]["events"] > 0
+    assert isinstance(details["stream"]["gc"]["count"], int)  # the uninstrumented window's GC, to compare
     assert details["public_reads"]["reads"] > 0
     totals = result["totals"]
     assert totals["frames"] > 0 and totals["events"] > 0 and totals["conflated"] >= 0

@@ -58,8 +58,8 @@ def wire():
 
 
 def cut(data: bytes, sizes: list[int], first_stamp: int) -> tuple[list[tuple[int, int, int]], list[tuple[int, int]]]:
-    """Slices of ``sizes`` bytes (their ends within ``data``), stamped first_stamp, +1000, ...;
-    also (start, end) per slice."""
+    """Slices of ``sizes`` bytes: (end within ``data``, kernel stamp first_stamp, +1000, ...,
+    recv returned 5 ns after); also (start, end) per slice."""
     slices, spans, at = [], [], 0
     for i, size in enumerate(sizes):
         slices.append((at + size, first_stamp + 1000 * i, first_stamp + 1000 * i + 5))
@@ -67,6 +67,10 @@ def cut(data: bytes, sizes: list[int], first_stamp: int) -> tuple[list[tuple[int
         at += size
     assert at == len(data)
     return slices, spans
+
+
+def flat(slices: list[tuple[int, int, int]]) -> list[int]:
+    return [value for entry in slices for value in entry]
 
 
 def test_each_message_gets_the_stamp_of_the_slice_holding_its_last_byte(wire):
@@ -81,32 +85,52 @@ def test_each_message_gets_the_stamp_of_the_slice_holding_its_last_byte(wire):
              [ends[3] - first_end - 5, 5] + [512] * 136 + [second_end - ends[3] - 136 * 512],
              [len(reads[2]) - 30, 30]]
     stamper = ReadStamper()
-    expected, newest, got, offset = [], [], [], 0
+    expected, newest, numbers, offset = [], [], [], 0
     delivered = iter(messages)
     per_read = [2, 3, 1]  # messages the transport hands over after each read
     for number, (chunk, chunk_sizes) in enumerate(zip(reads, sizes)):
         slices, spans = cut(chunk, chunk_sizes, first_stamp=(number + 1) * 1_000_000)
-        stamper.add_read(number * 10, chunk, slices, number * 10 + 7)
+        stamper.add_read(number * 10, chunk, flat(slices), number * 10 + 7)
         for end in ends:
             for (start, stop), (_end, kernel, done) in zip(spans, slices):
                 if offset + start < end <= offset + stop:
                     expected.append((kernel, slices[-1][1], done, number * 10 + 7))
         offset += len(chunk)
         newest.append(slices[-1][1])
-        got += [stamper.deliver(next(delivered)) for _ in range(per_read[number] + (number == 0))]
+        numbers += [stamper.deliver(next(delivered)) for _ in range(per_read[number] + (number == 0))]
+    assert numbers == list(range(7))
+    got = stamper.resolve()
 
     assert got[0] is None  # the old message began before the wrap: not in the bytes read
     assert got[1:] == expected
     assert stamper.unstamped == 1 and stamper.stamped == 6 and stamper.length_mismatches == 0
-    # hand-checked: 'a' and 'b' share read 1's first slice, 'c' ends in its third; 'e' ends in
-    # read 2's last slice; the fragmented message in read 3's last slice
+    # hand-checked: 'a' and 'b' share read 1's first slice, 'c' ends in its third; 'd' in read
+    # 2's second slice, 'e' in its last; the fragmented message in read 3's last slice
     assert [arrival[0] for arrival in got[1:]] == [1_000_000, 1_000_000, 1_002_000, 2_001_000, 2_138_000, 3_001_000]
     # the newest segment of each read, as the lower bound figure uses it
     assert [arrival[1] for arrival in got[1:]] == [newest[0]] * 3 + [newest[1]] * 2 + [newest[2]]
     # a mapping that used the read's newest stamp would give other stamps to these messages
     assert [arrival[0] for arrival in got[1:]] != [arrival[1] for arrival in got[1:]]
-    assert stamper.read_frames == [2, 1]  # after the boundary was found: 'd' + 'e' in read 2, one in read 3
-    assert stamper.read_slices == [3, 139, 2] and stamper.waits_ns == [10 - 7, 20 - 17]
+    # per read: messages completed (from the read after the boundary's), slices, waits
+    assert stamper.read_frames == [None, 2, 1]
+    assert stamper.read_slices == [3, 139, 2] and stamper.waits_ns == [None, 10 - 7, 20 - 17]
+    assert stamper.read_called_ns == [0, 10, 20] and stamper.read_bytes == [len(r) for r in reads]
+
+
+def test_messages_delivered_later_than_read_keep_their_own_slices(wire):
+    """trio-websocket's reader task reads ahead of the consumer: the messages of several reads
+    are handed over after all of them; each still maps to its own read and slice."""
+    data, ends, messages = wire
+    stamper = ReadStamper()
+    cuts = [0, ends[0] + 1, ends[2] - 1, len(data)]
+    for index, (start, stop) in enumerate(zip(cuts, cuts[1:])):
+        stamper.add_read(index, data[start:stop], [stop - start, 100 + index, 200 + index], 300 + index)
+    for message in messages:
+        stamper.deliver(message)
+    got = stamper.resolve()
+    assert got[0] is None
+    assert [arrival[0] for arrival in got[1:]] == [100, 101, 102, 102, 102, 102]
+    assert [arrival[3] for arrival in got[1:]] == [300, 301, 302, 302, 302, 302]
 
 
 def test_frame_ends_across_chunks_of_every_size():
@@ -158,9 +182,11 @@ async def test_sliced_reads_on_a_loopback_socket_return_every_byte_with_a_stamp_
         received += await wrapped.receive_some(65536)
     assert received == data
     stamper = wrapped.stamper
-    assert sum(stamper.read_slices) > 1 and probe.kernel_stamped == sum(stamper.read_slices)
-    arrivals = [stamper.deliver(p.decode()) for p in payloads]
+    for payload in payloads:
+        stamper.deliver(payload.decode())
+    arrivals = stamper.resolve()
     assert None not in arrivals and stamper.length_mismatches == 0
+    assert sum(stamper.read_slices) > 1 and stamper.kernel_stamped == sum(stamper.read_slices)
     for kernel, newest, done, returned in arrivals:
         assert kernel <= newest <= returned and kernel <= done <= returned
     wrapped.release()  # the fd goes back to the connection, still open
