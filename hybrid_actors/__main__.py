@@ -25,7 +25,7 @@ import trio
 
 from . import __version__
 from .cli_rollout import add_rollout_options, rollout_settings
-from .config import POSITION_CATEGORIES, Credentials, Endpoints, StreamConfig
+from .config import DEFAULT_READ_COALESCE, MAX_READ_COALESCE, POSITION_CATEGORIES, Credentials, Endpoints, StreamConfig
 from .errors import AuthRejected, ConfigError, HybridActorsError, RestartIntensityExceeded, StartTimeout
 from .output import consume
 from .supervisor import exception_leaves, open_hybrid_stream
@@ -64,6 +64,9 @@ def _check_positive(parser: argparse.ArgumentParser, args: argparse.Namespace) -
         value = getattr(args, name, None)
         if value is not None and not value > 0:
             parser.error(f"--{name.replace('_', '-')} must be > 0, got {value}")
+    coalesce = getattr(args, "read_coalesce_ms", None)
+    if coalesce is not None and not 0 <= coalesce <= MAX_READ_COALESCE * 1000:
+        parser.error(f"--read-coalesce-ms must be between 0 (off) and {MAX_READ_COALESCE * 1000:g}, got {coalesce}")
     for name in ("symbols", "positions", "rows"):
         value = getattr(args, name, None)
         if value is not None and value < 0:
@@ -89,6 +92,11 @@ def _add_stream_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--start-timeout", type=float, default=DEFAULT_START_TIMEOUT, metavar="SECONDS",
                         help=f"give up (exit {EXIT_START_TIMEOUT}, saying what failed) if the stream is not up "
                              f"within this many seconds (default {DEFAULT_START_TIMEOUT:g})")
+    parser.add_argument("--read-coalesce-ms", type=float, default=DEFAULT_READ_COALESCE * 1000, metavar="MS",
+                        help="public sockets: while ticker frames come faster than this, wait up to this "
+                             "long before the next read, so one read carries many frames (less CPU, up to "
+                             f"this much more latency; at least 1 ms in practice; 0: off; at most "
+                             f"{MAX_READ_COALESCE * 1000:g}; default {DEFAULT_READ_COALESCE * 1000:g})")
     add_log_level(parser, "INFO")
     add_rollout_options(parser)
 
@@ -178,7 +186,8 @@ def _config_from(args: argparse.Namespace, credentials: Credentials, endpoints: 
     return StreamConfig(credentials=credentials, endpoints=endpoints,
                         categories=tuple(args.categories or ("linear",)),
                         heartbeat_interval=args.heartbeat_interval, metrics_port=args.metrics_port,
-                        metrics_host=args.metrics_host, **rollout_settings(args))
+                        metrics_host=args.metrics_host, read_coalesce=args.read_coalesce_ms / 1000,
+                        **rollout_settings(args))
 
 
 #: how the run command spells Endpoints.choose's options (its errors name these flags)

@@ -36,7 +36,8 @@ async def run_demo(args: argparse.Namespace, output: str) -> None:
         log.info("simulator on %s (REST %s), seed %d", sim.ws_url, sim.rest_url, sim.seed)
         config = StreamConfig(credentials=sim.credentials, endpoints=sim.endpoints, categories=categories,
                               heartbeat_interval=args.heartbeat_interval, metrics_port=args.metrics_port,
-                              metrics_host=args.metrics_host, **rollout_settings(args))
+                              metrics_host=args.metrics_host, read_coalesce=args.read_coalesce_ms / 1000,
+                              **rollout_settings(args))
         async with open_hybrid_stream(config, start_timeout=args.start_timeout) as stream:
             print(f"demo: streaming {len(stream.positions())} open position(s) from the simulator "
                   f"({', '.join(categories)}); Ctrl-C to stop", file=sys.stderr, flush=True)

@@ -367,7 +367,8 @@ def build_health_report(hub: Hub, *, now: float | None = None) -> HealthReport:
             "last_frame_age_s": round(now - link.last_frame_at, 3) if link else None,
             "frames": link_stats.frames, "malformed": link_stats.malformed, "unknown": link_stats.unknown,
             "last_error": link_stats.last_error, "tls_error": link_stats.tls_error,
-            **({"tickers": link_stats.tickers} if name.startswith("public:") else {}),
+            **({"tickers": link_stats.tickers, "batches": link_stats.batches,
+                "read_coalesce_ms": hub.config.read_coalesce * 1000} if name.startswith("public:") else {}),
             "down_s": round(now - link_stats.disconnected_at, 3)
             if not link_stats.connected and link_stats.disconnected_at is not None else None,
         }

@@ -66,10 +66,13 @@ async def open_link(hub: Hub, name: str, url: str) -> AsyncIterator[Connection]:
     config = hub.config
     stats = hub.health.link(name)
     send, recv = trio.open_memory_channel[str](OUTBOX_SIZE)
+    opener = choose_transport(name)
+    # the busy public sockets' read coalescing (an opener chosen otherwise carries its own settings)
+    options = {"coalesce": config.read_coalesce} if opener is open_lean_transport else {}
     try:
-        async with choose_transport(name)(url, label=name, max_message_size=config.max_message_size,
-                                          connect_timeout=config.connect_timeout,
-                                          verify_tls=config.endpoints.verify_tls) as transport:
+        async with opener(url, label=name, max_message_size=config.max_message_size,
+                          connect_timeout=config.connect_timeout, verify_tls=config.endpoints.verify_tls,
+                          **options) as transport:
             with hub.links.register(name, send) as link:
                 stats.connects += 1
                 stats.connected = True

@@ -98,6 +98,8 @@ async def test_missing_keys_and_bad_flags_exit_2_with_a_clear_message():
     assert result.returncode == 2 and b"heartbeat-interval" in result.stderr
     result = await run_cli("run", "--category", "spot", env=cli_env("k", "s"))
     assert result.returncode == 2
+    result = await run_cli("run", "--read-coalesce-ms", "51", env=cli_env("k", "s"))
+    assert result.returncode == 2 and b"--read-coalesce-ms must be between 0 (off) and 50" in result.stderr
     result = await run_cli("run", "--testnet", "--demo", env=cli_env("k", "s"))
     assert result.returncode == 2
 

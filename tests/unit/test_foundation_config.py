@@ -10,7 +10,7 @@ import attrs
 import pytest
 
 from hybrid_actors import errors
-from hybrid_actors.config import (Credentials, Endpoints, RestartPolicy, StreamConfig, SubscriptionPolicy, mask_key,
+from hybrid_actors.config import (DEFAULT_READ_COALESCE, Credentials, Endpoints, RestartPolicy, StreamConfig, SubscriptionPolicy, mask_key,
                                   parse_duration)
 from hybrid_actors.errors import ConfigError, LocalProtocolError
 from hybrid_actors.protocol.client import auth_frame
@@ -257,3 +257,13 @@ def test_config_is_frozen():
     config = StreamConfig(CREDS)
     with pytest.raises(attrs.exceptions.FrozenInstanceError):
         config.heartbeat_interval = 1.0  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("bad", [-0.001, 0.051, float("nan"), float("inf"), True, "0.001"])
+def test_read_coalesce_is_a_bounded_window_in_seconds(bad):
+    credentials = Credentials("k", "s")
+    assert StreamConfig(credentials).read_coalesce == DEFAULT_READ_COALESCE
+    assert StreamConfig(credentials, read_coalesce=0.002).read_coalesce == 0.002
+    assert StreamConfig(credentials, read_coalesce=0).read_coalesce == 0  # off
+    with pytest.raises(ConfigError, match="read_coalesce must be between 0 \\(off\\) and 0.05 seconds"):
+        StreamConfig(credentials, read_coalesce=bad)
