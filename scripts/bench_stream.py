@@ -769,6 +769,7 @@ async def measure_latency(consumer: Consumer, sim: SimProcess, opts: Options) ->
             await trio.sleep(opts.latency_seconds)
             end = Sample.take(sim.pid)
             frames = link.frames - frames0
+    probe.resolve()  # after the window, and so the bytes it kept are let go before the next phase
     return probe, {**end.since(start), "frames": frames}
 
 

@@ -344,10 +344,6 @@ class ReadStamper:
     #: slices that carried a kernel stamp
     kernel_stamped: int = 0
 
-    @property
-    def reads(self) -> int:
-        return len(self._reads)
-
     def add_read(self, called_ns: int, data: bytes | bytearray, slices: Sequence[int], returned_ns: int) -> None:
         """One read: called at ``called_ns``, returned ``data`` at ``returned_ns``; ``slices``:
         per recv, in order, three ints: its end offset in ``data``, its kernel stamp (0: none)
@@ -362,7 +358,7 @@ class ReadStamper:
 
     def resolve(self) -> list[Arrival | None]:
         """The arrival of every delivered message, by number (None: unknown); fills the
-        per-read figures and the counters."""
+        per-read figures and the counters, and lets go of the bytes (call it once)."""
         reads, delivered = self._reads, self._delivered
         self.read_called_ns = [called for called, _, _, _ in reads]
         self.waits_ns = [None] + [called - previous[3] for previous, (called, *_) in zip(reads, reads[1:])]
@@ -414,6 +410,7 @@ class ReadStamper:
         self.read_frames = [None] * (sync_read + 1) + frames[sync_read + 1:]  # whole reads after the boundary's
         self.stamped = sum(a is not None for a in arrivals)
         self.unstamped = len(delivered) - self.stamped
+        self._reads, self._delivered = [], []  # the bytes are no longer needed
         return arrivals
 
 
