@@ -166,7 +166,8 @@ class _LeanTransport:
         A socket quiet for longer than the window, or one whose last read measured a rate
         under two frames per gathering time, reads at once. A busy one asks the kernel
         (``SO_RCVLOWAT``) to wake the reader once the bytes that arrive in
-        ``GATHER_SHARE`` of the window, at the last read's rate, are queued: during a burst
+        ``GATHER_SHARE`` of the window, at the last read's rate (rounded down to a power of
+        two, so a steady rate sets it once), are queued: during a burst
         each frame waits about that long (half a millisecond for the 1 ms default),
         not the whole window. The window bounds the wait when fewer bytes come (the end of a
         burst); epoll's timeout is in whole milliseconds, so in practice that bound is at least
@@ -179,6 +180,7 @@ class _LeanTransport:
         if want < MIN_LOW_WATER or trio.current_time() >= deadline:
             self._set_low_water(sock, 1)
             return
+        want = 1 << (want.bit_length() - 1)  # a power of two: similar rates, no new system call
         self._set_low_water(sock, want)
         with trio.move_on_at(deadline) as scope:
             try:
