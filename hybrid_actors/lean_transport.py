@@ -44,7 +44,7 @@ from typing import Final
 import trio
 from websockets.client import ClientProtocol
 from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI, InvalidState
-from websockets.frames import CloseCode, Opcode
+from websockets.frames import CloseCode, Frame, Opcode
 from websockets.protocol import State
 from websockets.uri import parse_uri
 
@@ -110,7 +110,7 @@ class _LeanTransport:
         self._lost: tuple[str, int, str | None] | None = None
         #: a write was interrupted: the stream may hold half a frame, so nothing more is written
         self._send_broken = False
-        self._parts: list[bytes | bytearray] = []  # fragments of the message in progress
+        self._parts: list[bytes | bytearray | memoryview] = []  # fragments of the message in progress
         self._kind: Opcode | None = None  # its opcode (None: no fragmented message in progress)
         self._outgoing: list[bytes] = []  # frames taken from the core, waiting for the send lock
         #: the TCP socket whose low-water mark a coalescing read sets (None: coalescing off)
@@ -140,7 +140,8 @@ class _LeanTransport:
                 protocol.receive_data(data)
             else:
                 protocol.receive_eof()
-            self._take(protocol.events_received())  # no await from the read to here
+            # once open, the client core yields only Frames (its type says Request | Response | Frame)
+            self._take(protocol.events_received())  # type: ignore[arg-type]  # no await from the read to here
             if protocol.state is not _OPEN:
                 self._ended()
             await self._flush_before_handing_over()
@@ -200,7 +201,7 @@ class _LeanTransport:
                 return
             self._low_water = size
 
-    async def _read(self) -> bytes:
+    async def _read(self) -> bytes | bytearray:
         try:
             data = await self._stream.receive_some(RECEIVE_BYTES)
         except _IO_ERRORS as exc:
@@ -212,14 +213,14 @@ class _LeanTransport:
             self._last_read = now
         return data
 
-    def _take(self, frames: list) -> None:
+    def _take(self, frames: list[Frame]) -> None:
         """The messages these frames complete, onto ``self._ready`` (fragments assembled)."""
         ready = self._ready
         for frame in frames:
             opcode = frame.opcode
             if opcode is _TEXT and frame.fin:  # the hot path: a whole text message in one frame
                 try:
-                    ready.append(frame.data.decode())
+                    ready.append(frame.data.decode())  # type: ignore[union-attr]  # parsed payloads are bytes
                 except UnicodeDecodeError:
                     self._fail(CloseCode.INVALID_DATA, "invalid UTF-8 in a text message")
                     return
@@ -419,7 +420,7 @@ async def open_lean_transport(url: str, *, label: str = "ws", max_message_size: 
     stream, protocol = await _connect(url, label, connect_timeout, max_message_size, context)
     transport = _LeanTransport(stream, protocol, url, label, close_timeout, coalesce)
     # frames that came with the 101 answer: the first batch
-    transport._take(protocol.events_received()[1:])
+    transport._take(protocol.events_received()[1:])  # type: ignore[arg-type]  # the Response, then Frames
     if protocol.state is not _OPEN:
         transport._ended()
     try:

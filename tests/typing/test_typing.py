@@ -23,10 +23,6 @@ PUBLIC = ["__init__.py", "config.py", "errors.py", "health.py", "notices.py", "s
           "bridge/__init__.py", "bridge/stream.py", "protocol/frames.py"]
 
 
-#: files with errors left while other engineers edit them; emptied once they have landed
-NOT_YET_CLEAN = frozenset({"hybrid_actors/lean_transport.py"})
-
-
 def mypy(tmp_path: pathlib.Path, *files: pathlib.Path, summary: bool = False) -> subprocess.CompletedProcess[str]:
     # errors are reported for the files named; the modules they import are analysed silently
     return subprocess.run([sys.executable, "-m", "mypy", "--strict", "--follow-imports=silent",
@@ -37,14 +33,9 @@ def mypy(tmp_path: pathlib.Path, *files: pathlib.Path, summary: bool = False) ->
 
 def test_mypy_strict_accepts_the_whole_package(tmp_path):
     result = mypy(tmp_path, PACKAGE.relative_to(ROOT), summary=True)
-    output = result.stdout + result.stderr
-    errors = [line for line in result.stdout.splitlines() if ": error: " in line]
-    assert [line for line in errors if line.split(":", 1)[0] not in NOT_YET_CLEAN] == [], output
+    assert result.returncode == 0, result.stdout + result.stderr
     checked = len(list(PACKAGE.rglob("*.py")))  # every module: none skipped, none excluded
-    if errors:
-        assert result.returncode == 1 and f"(checked {checked} source files)" in result.stdout, output
-    else:
-        assert result.returncode == 0 and f"Success: no issues found in {checked} source files" in result.stdout, output
+    assert f"Success: no issues found in {checked} source files" in result.stdout, result.stdout
 
 
 def test_no_module_opts_out_of_the_type_check():
