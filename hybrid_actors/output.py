@@ -82,8 +82,8 @@ class JsonlWriter:
     async def write_batch(self, events: Sequence[StreamEvent]) -> None:
         if not events:
             return
-        dumps = orjson.dumps
-        payload = b"".join(dumps(event.to_json()) + b"\n" for event in events)
+        dumps, newline = orjson.dumps, orjson.OPT_APPEND_NEWLINE
+        payload = b"".join([dumps(event.to_json(), option=newline) for event in events])
         try:
             await self._sink.send_all(payload)
         except trio.BrokenResourceError as exc:

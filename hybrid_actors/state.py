@@ -356,8 +356,13 @@ def pnl_entry(position: Position) -> Decimal | None:
 
 
 def _plain(value: Decimal | None) -> str | None:
-    """Decimal → JSON string without exponent (``1E-7`` → ``0.0000001``)."""
-    return None if value is None else format(value, "f")
+    """Decimal → JSON string without exponent (``1E-7`` → ``0.0000001``): ``format(value, "f")``.
+    ``str`` spells it the same whenever it has no exponent (prices and sizes as Bybit sends
+    them) at a third of the cost; a property test holds the two equal."""
+    if value is None:
+        return None
+    text = str(value)
+    return text if "E" not in text else format(value, "f")
 
 
 @attrs.frozen
@@ -503,13 +508,26 @@ class Combiner:
     def apply_marks(self, category: str, marks: Mapping[str, Mark], *, commit: bool = True) -> list[Event]:
         """New mark prices from one public batch; events for the positions they move."""
         events: list[Event] = []
-        latest, book, view, emit = self.marks, self.book, self._view, self._emit_if_changed
+        latest, fallback, view, ticker_view, emit = (self.marks, self.fallback, self._view, self._ticker_view,
+                                                     self._emit_if_changed)
+        # the book's own tables, read only (``keys_for`` + ``get`` without a tuple per mark)
+        by_symbol, positions = self.book._by_symbol, self.book._open
         for symbol, mark in marks.items():
-            latest[(category, symbol)] = mark
-            for key in book.keys_for(category, symbol):
-                position = book.get(key)
+            pair = (category, symbol)
+            latest[pair] = mark
+            keys = by_symbol.get(pair)
+            if not keys:
+                continue
+            if pair in fallback:  # a REST mark may be the fresher one: the general path decides
+                for key in keys:
+                    position = positions.get(key)
+                    if position is not None:
+                        emit(*view(position, "ticker", mark.received_ts), events, key)
+                continue
+            for key in keys:
+                position = positions.get(key)
                 if position is not None:
-                    emit(*view(position, "ticker", mark.received_ts), events, key)
+                    emit(*ticker_view(position, mark), events, key)
         return self._done(events, commit)
 
     def apply_fallback_marks(self, category: str, marks: Mapping[str, Mark], *, commit: bool = True) -> list[Event]:
@@ -641,6 +659,27 @@ class Combiner:
             return mark.price, mark.exchange_ts, live, mark.received_ts
         seen = position.updated_time if position.mark_price is not None else None
         return position.mark_price, position.updated_time, False, seen
+
+    @staticmethod
+    def _ticker_view(position: Position, mark: Mark) -> tuple[PositionUpdate, bool]:
+        """``_view(position, "ticker", mark.received_ts)`` when ``mark`` is the position's latest
+        live mark and no REST fallback mark is known for it (the ticker hot path: the same
+        event, without looking the mark up again; a property test holds the two equal)."""
+        received_ts = mark.received_ts
+        mark_ts = mark.exchange_ts
+        updated = position.updated_time
+        if position.mark_price is None or mark_ts is None or updated is None or mark_ts >= updated:
+            price, live, age = mark.price, True, 0  # seen when received: age 0
+        else:  # the record carried a newer mark than the ticker's
+            price, mark_ts, live, age = position.mark_price, updated, False, max(0, received_ts - updated)
+        category, side, size = position.category, position.side, position.size
+        session = position.session_avg_price
+        return PositionUpdate(
+            position.symbol, category, side, size, position.entry_price, price,
+            unrealized_pnl(category, side, size, position.entry_price if session is None else session, price),
+            position.position_idx, "ticker", mark_ts, received_ts,
+            position.leverage, position.liq_price, position.take_profit, position.stop_loss, position.trailing_stop,
+            position.cum_realised_pnl, position.created_time, updated, age), live
 
     def _view(self, position: Position, source: Source, received_ts: int) -> tuple[PositionUpdate, bool]:
         mark_price, mark_ts, live, seen_ms = self._mark_for(position)

@@ -97,18 +97,25 @@ class CombinerActor:
     async def _prices(self) -> NoReturn:
         hub = self.hub
         combiner = hub.combiner
+        apply, emit = combiner.apply_marks, self._emit
         while True:
-            batch = await hub.marks.take()
+            batch = await hub.marks.take()  # looked up each time: bench_stream stamps it on the class
             by_category: dict[str, dict[str, Mark]] = {}
             for (category, symbol), mark in batch.items():
-                by_category.setdefault(category, {})[symbol] = mark
+                marks = by_category.get(category)
+                if marks is None:
+                    marks = by_category[category] = {}
+                marks[symbol] = mark
             for category, marks in by_category.items():
+                if len(marks) <= STEP:  # the common case: one read's marks, one chunk
+                    emit(apply(category, marks, commit=False), marks)
+                    continue
                 items = list(marks.items())
                 for start in range(0, len(items), STEP):
                     if start:  # a burst of marks must not hold the loop for milliseconds
                         await trio.lowlevel.checkpoint()
                     chunk = dict(items[start:start + STEP])
-                    self._emit(combiner.apply_marks(category, chunk, commit=False), chunk)
+                    emit(apply(category, chunk, commit=False), chunk)
 
     async def _fallback_prices(self) -> NoReturn:
         """REST ticker marks for positions whose live mark went stale (the REST poller's)."""
@@ -151,8 +158,7 @@ class CombinerActor:
         hub = self.hub
         by_kind = hub.health.events_by_kind
         wall = hub.wall_clock()
-        exchange = hub.latency.exchange_to_event.observe
-        frame = hub.latency.frame_to_event.observe
+        latency = hub.latency
         if marks is not None:  # a chunk of marks: every event is a ticker position.update
             by_kind[TICKER_KIND] = by_kind.get(TICKER_KIND, 0) + len(events)
             mark_of = marks.get
@@ -162,11 +168,14 @@ class CombinerActor:
                 mark = mark_of(event.symbol)
                 read_at = mark.read_at if mark is not None else None
                 frames.append(wall - (read_at if read_at is not None else event.received_ts / 1000.0))
-                if event.exchange_ts is not None:
-                    exchanges.append(wall - event.exchange_ts / 1000.0)
-            hub.latency.frame_to_event.observe_many(frames, now)  # one slot check per chunk
-            hub.latency.exchange_to_event.observe_many(exchanges, now)
+                exchange_ts = event.exchange_ts
+                if exchange_ts is not None:
+                    exchanges.append(wall - exchange_ts / 1000.0)
+            latency.frame_to_event.observe_many(frames, now)  # one slot check per chunk
+            latency.exchange_to_event.observe_many(exchanges, now)
             return
+        exchange = latency.exchange_to_event.observe
+        frame = latency.frame_to_event.observe
         for event in events:
             source = event.source
             kind = (event.name, source)

@@ -121,16 +121,16 @@ class EventQueue:
             return
         queue, slots = self._queue, self._price_slots
         for event in events:
-            key = event.key
-            if key == NOTICE_KEY:
-                slots.clear()
+            if event.is_lifecycle:
+                key = event.key
+                if key == NOTICE_KEY:
+                    slots.clear()
+                else:
+                    slots.pop(key, None)
                 queue.append(_Slot(event))
                 self._lifecycle += 1
-            elif event.is_lifecycle:
-                slots.pop(key, None)
-                queue.append(_Slot(event))
-                self._lifecycle += 1
-            else:
+            else:  # a price-only update (notices are all lifecycle)
+                key = event.key
                 slot = slots.get(key)
                 if slot is not None:
                     slot.event = event
@@ -161,12 +161,6 @@ class EventQueue:
         that was cancelled by the stream's end has not read yet, its last notice included."""
         return self._pop(len(self._queue))
 
-    def _take(self, slot: _Slot) -> None:
-        event = slot.event
-        if event.is_lifecycle:
-            self._lifecycle -= 1
-        elif self._price_slots.get(event.key) is slot:
-            del self._price_slots[event.key]
 
     async def get_batch(self, max_items: int | None = None) -> list[StreamEvent]:
         """Everything queued (at least one event), in order."""
@@ -182,14 +176,23 @@ class EventQueue:
         """Hand over the first ``count`` queued events: their room freed, producers woken, and
         readers made to wait again once the queue is empty."""
         out: list[StreamEvent] = []
-        popleft, take = self._queue.popleft, self._take
+        popleft, slots = self._queue.popleft, self._price_slots
+        was_full = self._lifecycle >= self.capacity
+        lifecycle = 0
         for _ in range(count):
             slot = popleft()
-            take(slot)
-            out.append(slot.event)
+            event = slot.event
+            if event.is_lifecycle:
+                lifecycle += 1
+            else:
+                key = event.key
+                if slots.get(key) is slot:
+                    del slots[key]
+            out.append(event)
+        self._lifecycle -= lifecycle
         if not self._queue and self._closed is None:
             self._readable = trio.Event()
-        if self._lifecycle < self.capacity:
+        if was_full and self._lifecycle < self.capacity:  # only a full queue has producers waiting
             self._space.set()
             self._space = trio.Event()
         self.delivered += len(out)

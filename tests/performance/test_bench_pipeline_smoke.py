@@ -1,0 +1,57 @@
+"""A tiny run of scripts/bench_pipeline.py: the script keeps working, drives the real actors
+end to end and prints every figure. Timings are never asserted here; the figures come from
+running the script itself."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import pathlib
+
+import pytest
+
+pytestmark = pytest.mark.performance
+
+SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "scripts" / "bench_pipeline.py"
+STAGES = ("ws_parse", "decode_hot", "book_mark", "public_read", "mailbox", "apply_marks", "emit", "measure",
+          "to_json", "reader_loop_rest")
+
+
+def load_script():  # type: ignore[no-untyped-def]
+    spec = importlib.util.spec_from_file_location("bench_pipeline", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def finite(value: object) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def test_bench_pipeline_prints_every_figure():
+    bench = load_script()
+    figures = bench.run(bench.parse_args(["--symbols", "12", "--ticks", "2", "--repeats", "1", "--fit", "1,3"]))
+    assert figures["frames"] == 24
+    for name in STAGES:
+        assert finite(figures["stages_us_per_frame"][name]), name
+    e2e = figures["end_to_end"]
+    for name in ("us_per_frame", "library_us_per_frame", "stages_sum_us_per_frame"):
+        assert finite(e2e[name]) and e2e[name] > 0, name
+    assert set(e2e["us_per_frame_by_frames_per_read"]) == {"1", "3"}
+    assert finite(e2e["fit_us"]["per_read_F"]) and finite(e2e["fit_us"]["per_frame_v"])
+
+
+def test_the_end_to_end_run_carries_every_price_to_the_consumer():
+    """The real actors deliver an event for every mark the market model moved (the mailbox
+    and the queue may conflate only within a read; one frame per read here, so nothing is
+    merged away that the stage inputs did not merge too)."""
+    bench = load_script()
+    work = bench.build_workload(8, 4)
+    prep = bench.prepare(work, 1, 3, 1)
+    run = bench.end_to_end(work, 1, 3, 1, 1, output=True)
+    assert run.frames == prep.frames == 24
+    assert run.reads == 24
+    assert run.events == prep.events > 0
+    assert run.marks_taken == sum(len(take) for take in prep.takes)
+    assert run.json_bytes > 0

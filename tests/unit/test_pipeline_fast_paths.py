@@ -1,0 +1,184 @@
+"""The per-event fast paths of the ticker pipeline (issue #9, ``scripts/bench_pipeline.py``)
+give exactly what the general paths give.
+
+- ``Combiner.apply_marks`` (the ticker view built from the mark at hand, ``_ticker_view``)
+  against the general loop it replaced (``_view(position, "ticker", ...)`` for every key of
+  the symbol): the same events, field by field with Decimal spelling, the same staged and
+  shown state, with and without REST fallback marks, hedge mode, stale and missing marks.
+- ``SourceSwitch.offer_hybrid``'s inlined admission against ``_admit`` per event.
+- ``_plain`` (``str`` unless it has an exponent) against ``format(value, "f")``.
+- ``EventQueue``: a producer waiting for lifecycle room is woken by the drain that makes room,
+  also when notices took the queue past its capacity.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import attrs
+import pytest
+import trio
+import trio.testing
+from hypothesis import given
+from hypothesis import strategies as st
+
+from foundation_helpers import assert_exact
+from hybrid_actors.actors.mailboxes import EventQueue
+from hybrid_actors.actors.switch import SourceSwitch
+from hybrid_actors.notices import StreamState
+from hybrid_actors.protocol.frames import Position
+from hybrid_actors.rollout import RolloutPolicy
+from hybrid_actors.state import Combiner, Event, Mark, PositionClosed, PositionUpdate, _plain
+from test_foundation_properties import FEWER, SETTINGS
+
+pytestmark = pytest.mark.unit
+
+SYMBOLS = ("BTCUSDT", "ETHUSDT", "XRPUSDT")
+PRICES = st.sampled_from(["0.0001", "1", "1.50", "99.5", "100", "100.00", "65000.1", "1E+2", "0.00000001"]).map(Decimal)
+MAYBE = st.none() | PRICES
+TIMES = st.none() | st.integers(900, 1100)
+
+
+@st.composite
+def positions(draw: st.DrawFn, category: str) -> Position:
+    symbol = draw(st.sampled_from(SYMBOLS))
+    idx = draw(st.sampled_from([0, 1, 2]))
+    side = "Buy" if idx == 1 else "Sell" if idx == 2 else draw(st.sampled_from(["Buy", "Sell"]))
+    return Position(category, symbol, side, draw(PRICES), idx,  # type: ignore[arg-type]
+                    entry_price=draw(MAYBE), mark_price=draw(MAYBE), updated_time=draw(TIMES), seq=1,
+                    created_time=draw(st.none() | st.just(500)), leverage=draw(MAYBE), liq_price=draw(MAYBE),
+                    take_profit=draw(MAYBE), stop_loss=draw(MAYBE), trailing_stop=draw(MAYBE),
+                    cum_realised_pnl=draw(MAYBE), session_avg_price=draw(st.none() | PRICES))
+
+
+@st.composite
+def marks(draw: st.DrawFn) -> Mark:
+    return Mark(draw(PRICES), draw(TIMES), draw(st.integers(950, 1200)), draw(st.none() | st.just(1.5)))
+
+
+@st.composite
+def mark_histories(draw: st.DrawFn) -> dict[str, Any]:
+    category = draw(st.sampled_from(["linear", "inverse", "option"]))
+    return {"category": category,
+            "positions": draw(st.lists(positions(category), min_size=1, max_size=6)),
+            "fallback": draw(st.dictionaries(st.sampled_from(SYMBOLS), marks(), max_size=2)),
+            "batches": draw(st.lists(st.dictionaries(st.sampled_from(SYMBOLS), marks(), max_size=3),
+                                     min_size=1, max_size=6)),
+            "commit_every": draw(st.sampled_from([1, 2]))}
+
+
+def general_apply_marks(combiner: Combiner, category: str, batch: dict[str, Mark]) -> list[Event]:
+    """``Combiner.apply_marks`` as it was before the fast path: the general view per key."""
+    events: list[Event] = []
+    for symbol, mark in batch.items():
+        combiner.marks[(category, symbol)] = mark
+        for key in combiner.book.keys_for(category, symbol):
+            position = combiner.book.get(key)
+            if position is not None:
+                combiner._emit_if_changed(*combiner._view(position, "ticker", mark.received_ts), events, key)
+    return events
+
+
+def combiner_with(case: dict[str, Any]) -> Combiner:
+    combiner = Combiner()
+    combiner.apply_push(case["positions"], received_ts=1000)
+    for symbol, mark in case["fallback"].items():
+        combiner.fallback[(case["category"], symbol)] = mark
+    return combiner
+
+
+@SETTINGS
+@given(mark_histories())
+def test_apply_marks_makes_the_events_of_the_general_view(case):
+    fast, general = combiner_with(case), combiner_with(case)
+    category = case["category"]
+    for n, batch in enumerate(case["batches"], 1):
+        commit = n % case["commit_every"] == 0
+        expected = general_apply_marks(general, category, batch)
+        if commit:
+            general.commit()
+        assert_exact(fast.apply_marks(category, batch, commit=commit), expected)
+        assert_exact(fast.marks, general.marks)
+        assert_exact(fast._staged, general._staged)
+        assert_exact(fast._shown, general._shown)
+        assert_exact(fast.current(), general.current())
+
+
+@SETTINGS
+@given(positions("linear"), marks())
+def test_the_ticker_view_is_the_general_view_of_the_latest_mark(position, mark):
+    combiner = Combiner()
+    combiner.marks[("linear", position.symbol)] = mark
+    assert_exact(combiner._ticker_view(position, mark), combiner._view(position, "ticker", mark.received_ts))
+
+
+def update(symbol: str, mark: str, idx: int = 0) -> PositionUpdate:
+    return PositionUpdate(symbol, "linear", "Buy", Decimal(1), Decimal(100), Decimal(mark), Decimal(0), idx,
+                          "ticker", 1, 2)
+
+
+@st.composite
+def offers(draw: st.DrawFn) -> tuple[dict[Any, Any], dict[Any, Any], list[list[Event]]]:
+    """What the consumer has seen (from either source) and batches of updates and closes."""
+    events = st.builds(update, st.sampled_from(SYMBOLS), st.sampled_from(["1", "2", "2.0"]), st.sampled_from([0, 1]))
+    seen: dict[Any, Any] = {}
+    by: dict[Any, Any] = {}
+    for event in draw(st.lists(events, max_size=4)):
+        seen[event.key] = event
+        by[event.key] = draw(st.sampled_from(["hybrid", "rest"]))
+    batches = []
+    for batch in draw(st.lists(st.lists(events | events.map(lambda e: PositionClosed(
+            **{**attrs.asdict(e, recurse=False), "size": Decimal(0)})), max_size=5), max_size=4)):
+        batches.append(batch)
+    return seen, by, batches
+
+
+@FEWER
+@given(offers())
+def test_the_switch_admits_ticker_updates_as_admit_does(case):
+    seen, by, batches = case
+    queue, reference_queue = EventQueue(), EventQueue()
+    switch = SourceSwitch("production", RolloutPolicy(), queue, seen=dict(seen), delivered_by=dict(by))
+    reference = SourceSwitch("production", RolloutPolicy(), reference_queue, seen=dict(seen), delivered_by=dict(by))
+    assert switch.all_hybrid
+    for batch in batches:
+        switch.offer_hybrid(batch)
+        admitted = [e for e in batch if reference._admit(e, "hybrid")]
+        reference._put(admitted, "hybrid")
+        assert switch.seen == reference.seen and switch.delivered_by == reference.delivered_by
+        assert switch.delivered == reference.delivered
+    assert queue.drain() == reference_queue.drain()
+
+
+SPECIAL = ["0", "-0", "0E-12", "1E+2", "-1E-7", "123.4500", "NaN", "-Infinity", "sNaN", "1E-6", "0.000001",
+           "1.0E+1", "12345678901234567890.123456789"]
+
+
+@FEWER
+@given(st.decimals(allow_nan=True, allow_infinity=True) | st.sampled_from(SPECIAL).map(Decimal))
+def test_plain_is_format_f(value):
+    assert _plain(value) == format(value, "f")
+    assert _plain(None) is None
+
+
+async def test_a_producer_waiting_for_room_wakes_when_a_drain_makes_room():
+    queue = EventQueue(capacity=2)
+    queue.put(update("BTCUSDT", "1"))  # price-only: takes no lifecycle room
+    queue.put_many([StreamState("live", "", {}, 1.0), StreamState("live", "", {}, 2.0),
+                    StreamState("live", "", {}, 3.0)])  # notices may pass the capacity
+    woken: list[int] = []
+
+    async def producer() -> None:
+        await queue.wait_for_space()
+        woken.append(queue.lifecycle_queued)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(producer)
+        await trio.testing.wait_all_tasks_blocked()
+        assert await queue.get_batch(2) and woken == []  # still 2 lifecycle events queued: full
+        await trio.testing.wait_all_tasks_blocked()
+        assert woken == []
+        await queue.get_batch(1)
+        await trio.testing.wait_all_tasks_blocked()
+        assert woken == [1]
