@@ -33,7 +33,7 @@ AUTH_EXPIRY_MARGIN_MS: Final = 10_000
 MAX_MESSAGE_SIZE: Final = 1 << 20  # Bybit frames are a few KiB; refuse anything over 1 MiB
 CLOSE_TIMEOUT: Final = 2.0
 #: the public sockets' adaptive coalescing window (``StreamConfig.read_coalesce``), seconds
-DEFAULT_READ_COALESCE: Final = 0.0
+DEFAULT_READ_COALESCE: Final = 0.001
 #: the largest window accepted: more would hold marks back for no further saving
 MAX_READ_COALESCE: Final = 0.05
 
@@ -269,10 +269,11 @@ class StreamConfig:
     rest_attempts: int = attrs.field(default=4, validator=_positive_int)
     recv_window_ms: int = attrs.field(default=DEFAULT_RECV_WINDOW_MS, validator=_positive_int)
     max_message_size: int = attrs.field(default=MAX_MESSAGE_SIZE, validator=_positive_int)
-    #: public sockets: while reads come faster than this (seconds), wait out the rest of it
-    #: before the next read, so one read carries many ticker frames (about half the CPU per
-    #: frame at 500 symbols x 10 Hz, for at most this much more latency; in practice at least
-    #: 1 ms, epoll's granularity). 0: read as soon as data is there. See lean_transport.py.
+    #: public sockets' adaptive coalescing window, seconds (0: off). While ticker frames
+    #: stream in (a burst), a read waits until the kernel holds the bytes a quarter of the
+    #: window brings (``SO_RCVLOWAT``), so one read carries ~10 frames instead of one or two;
+    #: the window bounds the wait when fewer come (at least 1 ms in practice, epoll's
+    #: granularity). A quiet socket reads at once. See ``lean_transport._wait_for_more``.
     read_coalesce: float = attrs.field(default=DEFAULT_READ_COALESCE, validator=_coalesce_window)
     #: private socket idle cut (``max_active_time`` URL parameter), e.g. "60s"; None = server default
     max_active_time: str | None = attrs.field(default=None)

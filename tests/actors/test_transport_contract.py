@@ -407,13 +407,17 @@ async def test_wss_verifies_the_certificate_chain_and_the_hostname(loopback_cloc
 
 # --- the lean transport's adaptive coalescing ------------------------------------------------------
 
-async def test_coalescing_spaces_busy_reads_by_the_window_and_leaves_quiet_ones_alone(loopback_clock):
+async def test_coalescing_waits_at_most_the_window_when_busy_and_not_at_all_when_quiet(loopback_clock):
     from hybrid_actors.lean_transport import open_lean_transport
 
+    burst = [f'{{"n":{i},"pad":"{"x" * 200}"}}' for i in range(20)]  # ~4.5 KB: a busy socket's rate
+
     async def script(peer):
-        await peer.handshake(then=text("a"))
+        await peer.handshake()
         await trio.sleep(0.1)
-        await peer.stream.send_all(text("b"))  # right after the first read: within the window
+        await peer.stream.send_all(b"".join(text(m) for m in burst))
+        await trio.sleep(0.1)
+        await peer.stream.send_all(text("b"))  # few bytes after a busy read: within the window
         await trio.sleep(0.1)
         await peer.stream.send_all(text("c"))
         await trio.sleep(5)  # quiet
@@ -423,37 +427,39 @@ async def test_coalescing_spaces_busy_reads_by_the_window_and_leaves_quiet_ones_
     with trio.fail_after(30):
         async with raw_server(script) as url:
             async with open_lean_transport(url, coalesce=1.0) as transport:
-                assert await transport.receive_batch() == ["a"]
+                assert await transport.receive_batch() == burst  # no rate known yet: at once
                 first = trio.current_time()
-                assert await transport.receive_batch() == ["b", "c"]  # one read after the window
+                assert 0.1 <= first < 0.2
+                # the burst's rate asks for more bytes than come: one read at the window's end
+                assert await transport.receive_batch() == ["b", "c"]
                 assert 1.0 <= trio.current_time() - first < 1.1
                 assert await transport.receive_batch() == ["d"]
-                assert 5.2 <= trio.current_time() - first < 5.3  # at once: no wait after a gap
+                assert 5.2 <= trio.current_time() - first < 5.3  # at once: a slow rate waits for nothing
                 transport.abandon()
 
 
-async def test_wss_messages_one_read_brought_are_one_batch_on_the_lean_transport(loopback_clock, opener, lean, tls):
-    """The exchange writes each frame in a TLS record of its own; the lean transport still hands
-    down every message a read completed at once (trio.SSLStream would give one per read)."""
-    servers, client = tls
-    sent = trio.Event()
+async def test_coalescing_wakes_once_enough_bytes_are_queued_not_at_the_windows_end(loopback_clock):
+    """A busy socket waits for the bytes a quarter of the window brings at its rate (the
+    kernel's low-water mark), so a burst is read as soon as it is there."""
+    from hybrid_actors.lean_transport import MAX_LOW_WATER, open_lean_transport
 
-    async def handler(ws):
-        for i in range(50):
-            await ws.send_message(f'{{"n":{i}}}')
-        sent.set()
+    burst = [f'{{"n":{i},"pad":"{"x" * 200}"}}' for i in range(100)]  # more than MAX_LOW_WATER
+    assert sum(map(len, burst)) > MAX_LOW_WATER
+
+    async def script(peer):
+        await peer.handshake(then=text("a"))
+        await trio.sleep(0.1)
+        await peer.stream.send_all(b"".join(text(m) for m in burst))
         await trio.sleep_forever()
 
-    with trio.fail_after(10):
-        async with ws_server(handler, ssl_context=servers["good"]) as base:
-            async with opener(f"{base}/ok", ssl_context=client) as transport:
-                await sent.wait()
-                await trio.testing.wait_all_tasks_blocked()
-                batches = []
-                while sum(map(len, batches)) < 50:
-                    batches.append(await transport.receive_batch())
-                assert [m for batch in batches for m in batch] == [f'{{"n":{i}}}' for i in range(50)]
-                if lean:
-                    assert len(batches) <= 3  # a read's worth each (the kernel may deliver in steps)
-                else:
-                    assert len(batches) == 50  # trio-websocket: one message per call, by contract
+    with trio.fail_after(30):
+        async with raw_server(script) as url:
+            async with open_lean_transport(url, coalesce=1.0) as transport:
+                assert await transport.receive_batch() == ["a"]
+                first = trio.current_time()
+                received = []
+                while len(received) < len(burst):
+                    received += await transport.receive_batch()
+                assert received == burst
+                assert trio.current_time() - first < 0.2  # on the bytes, not at the window's end (1 s)
+                transport.abandon()

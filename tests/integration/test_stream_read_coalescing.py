@@ -34,9 +34,9 @@ async def test_a_coalescing_window_makes_one_read_carry_a_ticks_frames(loopback_
     with trio.fail_after(TEST_TIMEOUT):
         coalesced, health = await frames_per_read(0.05)
         assert health["read_coalesce_ms"] == 50
-        # a tick of SYMBOLS frames comes in at most two reads: the first frame wakes a read at
-        # once (the socket was quiet for longer than the window), the rest wait for one more
-        assert coalesced >= SYMBOLS / 2
+        # a tick of SYMBOLS frames comes in about three reads: the first frames are read at once
+        # (the socket was quiet: its rate is low), the rest wait for enough bytes or the window
+        assert coalesced >= SYMBOLS / 4
         plain, health = await frames_per_read(0.0)
         assert health["read_coalesce_ms"] == 0
         assert plain < coalesced / 2  # without the window, reads follow the simulator's writes
