@@ -383,8 +383,9 @@ class _StampingStream:
     the socket in slices of at most ``SLICE_BYTES`` (``recvmsg`` with ``SO_TIMESTAMPNS``,
     repeated until the socket is empty or ``max_bytes`` are read), gives each slice's kernel
     receive stamp to a :class:`ReadStamper`, and returns the slices as one chunk, as the
-    unwrapped stream would. Where the kernel gives no stamp (not a TCP socket), a read is
-    stamped with its return time."""
+    unwrapped stream would. Where the kernel gives no stamp (not a TCP socket; or segments
+    queued before Linux turned receive stamps on, which it defers to a work item when no
+    socket had them: reads before the window), a slice is stamped with its recv's return."""
 
     def __init__(self, inner: Any, probe: LatencyProbe) -> None:
         self._inner = inner
