@@ -161,6 +161,16 @@ class CombinerActor:
         latency = hub.latency
         if marks is not None:  # a chunk of marks: every event is a ticker position.update
             by_kind[TICKER_KIND] = by_kind.get(TICKER_KIND, 0) + len(events)
+            if len(events) == 1:  # the common case (one read's mark): no lists
+                event = events[0]
+                mark = marks.get(event.symbol)
+                read_at = mark.read_at if mark is not None else None
+                latency.frame_to_event.observe(wall - (read_at if read_at is not None
+                                                       else event.received_ts / 1000.0), now)
+                exchange_ts = event.exchange_ts
+                if exchange_ts is not None:
+                    latency.exchange_to_event.observe(wall - exchange_ts / 1000.0, now)
+                return
             mark_of = marks.get
             frames: list[float] = []
             exchanges: list[float] = []

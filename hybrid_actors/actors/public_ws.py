@@ -89,11 +89,14 @@ class PublicStreamActor:
             link.last_frame_at = now
             stats.frames += len(batch)
             stats.batches += 1
+            snapshots = False  # only a snapshot adds a symbol to the book
             for index, raw in enumerate(batch, 1):
                 frame = decode_hot(raw, category=category)
                 if type(frame) is tuple:  # a ticker: (symbol, snapshot, data, mark, ts, cs)
                     symbol = frame[0]
                     activity[symbol] = now
+                    if frame[1]:
+                        snapshots = True
                     mark = apply(*frame)
                     if mark is not None:
                         marks.put((category, symbol), Mark(mark, frame[4], received_ms, read_at))
@@ -103,7 +106,8 @@ class PublicStreamActor:
                     marks.commit()
                     await trio.lowlevel.checkpoint()
             marks.commit()
-            stats.tickers = len(book)
+            if snapshots:
+                stats.tickers = len(book)
 
     @staticmethod
     def _retire(link: Link, book: TickerBook, activity: dict[str, float], stats: LinkStats) -> None:

@@ -182,3 +182,30 @@ async def test_a_producer_waiting_for_room_wakes_when_a_drain_makes_room():
         await queue.get_batch(1)
         await trio.testing.wait_all_tasks_blocked()
         assert woken == [1]
+
+
+@FEWER
+@given(st.lists(st.tuples(st.none() | st.integers(1_700_000_000_000, 1_700_000_000_300),
+                          st.none() | st.floats(1_700_000_000.0, 1_700_000_000.3)), min_size=1, max_size=4))
+def test_measuring_one_ticker_event_records_what_a_chunk_of_them_records(stamps):
+    """The emitter's one-event path (no lists) against its chunk path, event for event."""
+    from hybrid_actors import Credentials, StreamConfig
+    from hybrid_actors.actors.emitter import CombinerActor
+    from hybrid_actors.actors.hub import Hub
+
+    def hub() -> Hub:
+        return Hub(StreamConfig(credentials=Credentials("abcdkey", "secret")), rest=None,  # type: ignore[arg-type]
+                   wall_clock=lambda: 1_700_000_000.5)
+
+    one, chunk = hub(), hub()
+    for exchange_ts, read_at in stamps:
+        event = attrs.evolve(update("BTCUSDT", "1"), exchange_ts=exchange_ts, received_ts=1_700_000_000_200)
+        marks = {"BTCUSDT": Mark(Decimal(1), exchange_ts, 1_700_000_000_200, read_at)}
+        CombinerActor(one)._measure([event], marks, now=3.0)
+        CombinerActor(chunk)._measure([event, event], marks, now=3.0)
+    for name in ("frame_to_event", "exchange_to_event"):
+        a, b = getattr(one.latency, name), getattr(chunk.latency, name)
+        assert [2 * c for c in a.counts] == b.counts and 2 * a.count == b.count and a.maximum == b.maximum
+        assert a.recent(3.0) == [c // 2 for c in b.recent(3.0)]
+    assert 2 * one.health.events_by_kind[("position.update", "ticker")] == \
+        chunk.health.events_by_kind[("position.update", "ticker")]
