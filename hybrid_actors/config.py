@@ -270,8 +270,8 @@ class StreamConfig:
     recv_window_ms: int = attrs.field(default=DEFAULT_RECV_WINDOW_MS, validator=_positive_int)
     max_message_size: int = attrs.field(default=MAX_MESSAGE_SIZE, validator=_positive_int)
     #: public sockets' adaptive coalescing window, seconds (0: off). While ticker frames
-    #: stream in (a burst), a read waits until the kernel holds the bytes half the window
-    #: brings (``SO_RCVLOWAT``), so one read carries ~15 frames instead of one or two;
+    #: stream in (a burst), a read waits until the kernel holds the bytes three quarters of
+    #: the window bring (``SO_RCVLOWAT``), so one read carries ~15-20 frames, not one or two;
     #: the window bounds the wait when fewer come (at least 1 ms in practice, epoll's
     #: granularity). A quiet socket reads at once. See ``lean_transport._wait_for_more``.
     read_coalesce: float = attrs.field(default=DEFAULT_READ_COALESCE, validator=_coalesce_window)

@@ -5,8 +5,8 @@ docstring), without a reader task or a message queue: the caller's ``receive_bat
 reads the socket itself, 64 KiB at a time, and hands down every message that read
 completed as one batch. A burst of 500 tickers costs a few reads and a tight loop, with
 no scheduler hop per message. With ``coalesce`` (the stream's ``read_coalesce``, 1 ms by
-default), a busy socket's reader sleeps in the kernel until about half the window's bytes
-are queued (``SO_RCVLOWAT``), so a read carries ~15 frames rather than one or two:
+default), a busy socket's reader sleeps in the kernel until about three quarters of the
+window's bytes are queued (``SO_RCVLOWAT``), so a read carries ~15-20 frames, not one or two:
 each read is ~30 us of CPU whatever it carries (see ``_LeanTransport._wait_for_more``).
 
 The WebSocket protocol is websockets' sans-IO client (:class:`websockets.client.ClientProtocol`,
@@ -66,7 +66,7 @@ _OPEN: Final = State.OPEN
 _IO_ERRORS: Final = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 #: a coalescing read waits for the bytes that arrive in this share of the window, at the
 #: rate the last read measured (the window itself only bounds the wait)
-GATHER_SHARE: Final = 0.5
+GATHER_SHARE: Final = 0.75
 #: the most a coalescing read asks the kernel to gather before it wakes the reader (~64 frames)
 MAX_LOW_WATER: Final = 16 * 1024
 #: below this, a low-water mark is not worth a system call (about two ticker frames)
@@ -166,8 +166,9 @@ class _LeanTransport:
         A socket quiet for longer than the window, or one whose last read measured a rate
         under two frames per gathering time, reads at once. A busy one asks the kernel
         (``SO_RCVLOWAT``) to wake the reader once the bytes that arrive in
-        ``GATHER_SHARE`` of the window, at the last read's rate, are queued: during a burst
-        each frame waits about that long (half a millisecond for the 1 ms default),
+        ``GATHER_SHARE`` of the window, at the last read's rate (rounded down to a power of
+        two, so a steady rate sets it once), are queued: during a burst
+        each frame waits about that long (0.75 ms for the 1 ms default),
         not the whole window. The window bounds the wait when fewer bytes come (the end of a
         burst); epoll's timeout is in whole milliseconds, so in practice that bound is at least
         1 ms."""
@@ -179,6 +180,7 @@ class _LeanTransport:
         if want < MIN_LOW_WATER or trio.current_time() >= deadline:
             self._set_low_water(sock, 1)
             return
+        want = 1 << (want.bit_length() - 1)  # a power of two: similar rates, no new system call
         self._set_low_water(sock, want)
         with trio.move_on_at(deadline) as scope:
             try:
@@ -412,7 +414,7 @@ async def open_lean_transport(url: str, *, label: str = "ws", max_message_size: 
 
     ``coalesce`` (seconds, 0: off): the adaptive coalescing window of a busy socket (see
     ``_LeanTransport._wait_for_more``): one read carries many frames, each waiting about a
-    half the window, at most the window (in practice at least 1 ms)."""
+    three quarters of the window, at most the window (in practice at least 1 ms)."""
     context = _ssl_context(url, verify_tls, ssl_context)
     stream, protocol = await _connect(url, label, connect_timeout, max_message_size, context)
     transport = _LeanTransport(stream, protocol, url, label, close_timeout, coalesce)

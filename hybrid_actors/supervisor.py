@@ -146,7 +146,8 @@ def default_children(hub: Hub) -> tuple[ChildSpec, ...]:
     start first: they must run even while the hybrid actors cannot come up."""
     rest = ChildSpec("rest", lambda: RestPollerActor(hub))
     # no reset: the alert state is meant to survive a restart (no alert fires twice or is forgotten)
-    alerts = ChildSpec("alerts", lambda: AlertActor(hub, partial(build_health_report, hub)))
+    # the rules read counters, not rows: no JSON row per open position every second
+    alerts = ChildSpec("alerts", lambda: AlertActor(hub, partial(build_health_report, hub, rows=False)))
     if hub.mode == "rest":
         return (rest, alerts)
     if hub.mode in ("canary", "parallel"):  # monitor-only: a hybrid crash loop must not end the bot's stream
@@ -339,8 +340,9 @@ class HybridStream:
         return build_health_report(self.hub, now=self.clock.current_time())
 
 
-def build_health_report(hub: Hub, *, now: float | None = None) -> HealthReport:
+def build_health_report(hub: Hub, *, now: float | None = None, rows: bool = True) -> HealthReport:
     """The report at trio time ``now`` (default ``trio.current_time()``: on the run's thread).
+    ``rows=False`` leaves ``open_positions`` empty (the alert rules' report: they read counts).
 
     Every dict/deque/set is first copied whole (``list(d.items())``, ``set(s)``: one C call,
     atomic under the GIL), so a report built on another thread never iterates a collection
@@ -424,7 +426,7 @@ def build_health_report(hub: Hub, *, now: float | None = None) -> HealthReport:
         problems.append(f"rolled back to REST: {hub.switch.last_rollback_reason}")
     positions = len(hub.combiner.book) if hub.switch.all_hybrid else len(hub.switch.seen)
     return HealthReport(status, actors, connections, subscriptions, events, positions, tuple(problems),
-                        latency=hub.latency.report(now), open_positions=position_rows(hub),
+                        latency=hub.latency.report(now), open_positions=position_rows(hub) if rows else (),
                         alerts=tuple(hub.alerts.report(now)),
                         rest=rest_section, stream_state=stream_state, rollout=rollout)
 

@@ -39,6 +39,10 @@ sink that drops the bytes. ``us_per_frame`` at each frames-per-read value of ``-
 ``fit``: CPU per read = F + n * v by least squares (``v``: the per-frame cost, comparable
 to the lead's ~14.5 µs measured on the real socket; ``F``: the in-process per-read part,
 without the socket's epoll/recv). ``library``: the same without the JSON output.
+``no_events_us_per_frame``: the same frames with no position open (the reader and the
+combiner's wake-ups on marks, no event), so ``event_chain_us_per_event`` (and
+``library_event_chain_us_per_event``) is what each event costs in place: the combiner's
+work, the switch and queue, the consumer's wake-up and pop (and the JSON line).
 
 Usage: python scripts/bench_pipeline.py [--symbols 500] [--ticks 10] [--repeats 5] [--frames-per-read 1]
                                         [--fit 1,2,4,8] [--profile N]
@@ -569,6 +573,8 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
         runs[per_read] = result
     main_run = runs[opts.frames_per_read]
     library = end_to_end(work, warm, opts.ticks, opts.repeats, opts.frames_per_read, output=False)
+    quiet = end_to_end(attrs.evolve(work, positions=()), warm, opts.ticks, opts.repeats, opts.frames_per_read,
+                       output=True)
     f_read, v_frame = fit([(float(n), res.cpu_s / res.reads) for n, res in runs.items()]) \
         if len(runs) > 1 else (None, None)
     stage_sum = sum(stages[name] for name in ("ws_parse", "public_read", "mailbox", "apply_marks", "emit",
@@ -585,6 +591,11 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
             "library_us_per_frame": us(library.cpu_s, library.frames),
             "stages_sum_us_per_frame": round(stage_sum, 3),
             "scheduling_and_rest_us_per_frame": round(e2e_us - stage_sum, 3),
+            "no_events_us_per_frame": us(quiet.cpu_s, quiet.frames),
+            "event_chain_us_per_event": round((main_run.cpu_s - quiet.cpu_s) / main_run.events * 1e6, 3)
+            if main_run.events else None,
+            "library_event_chain_us_per_event": round((library.cpu_s - quiet.cpu_s) / library.events * 1e6, 3)
+            if library.events else None,
             "events_per_frame": round(main_run.events / main_run.frames, 3),
             "marks_per_take": round(main_run.marks_taken / main_run.takes, 2) if main_run.takes else None,
             "events_per_consumer_batch": round(main_run.events / main_run.consumer_batches, 2)

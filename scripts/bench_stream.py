@@ -110,8 +110,9 @@ endpoints. Everything is measured in the same run, on the real clock, in this or
    (``set_rate 0``), and after ``SETTLE_S`` every position's mark in ``stream.positions()``
    is compared with the simulator's current mark (REST tickers): must be all of them.
 8. **Comparison** (``comparison``, one row per client on the same simulator stream): the
-   bare client of step 1; the stream of steps 3-4; the stream again on the lean transport
-   with adaptive coalescing windows ``--coalesce-ms`` (``details.coalesced_streams``), each
+   bare client of step 1; the stream of steps 3-4 (its defaults: the lean transport with
+   ``StreamConfig.read_coalesce``'s adaptive coalescing); the stream again on the lean
+   transport with other coalescing windows ``--coalesce-ms`` (0: none; ``details.coalesced_streams``), each
    with throughput, latency and latest prices; and pybit's ``WebSocket.ticker_stream``
    (``details.pybit``; the ``bench`` extra; see ``PYBIT_NOTE`` for how it is pointed at the
    simulator). ``details.read_floor`` is the CPU of a bare read (``receive_some`` with
@@ -126,7 +127,7 @@ context switches, to tell how much of a latency tail a shared machine added.
 
 Usage: python scripts/bench_stream.py [--symbols 500] [--rate 10] [--seconds 8]
                                      [--transport {lean,trio-websocket}] [--no-pybit]
-                                     [--coalesce-ms 1,2] [--slice-bytes 512]
+                                     [--coalesce-ms 0,2] [--slice-bytes 512]
 """
 
 from __future__ import annotations
@@ -209,8 +210,9 @@ class Options:
     transport: str | None = None
     #: also measure pybit's ticker_stream (needs the ``bench`` extra)
     pybit: bool = True
-    #: also run the stream on the lean transport with adaptive coalescing, per window (ms)
-    coalesce_ms: tuple[float, ...] = (1.0, 2.0)
+    #: also run the stream with other adaptive coalescing windows (ms; 0: none), next to the
+    #: stream's default (``StreamConfig.read_coalesce``)
+    coalesce_ms: tuple[float, ...] = (0.0, 2.0)
     #: bytes per recvmsg slice in the latency windows (see SLICE_BYTES)
     slice_bytes: int = SLICE_BYTES
 
@@ -1048,16 +1050,22 @@ def comparison(raw: dict[str, Any], stream: dict[str, Any], figures: dict[str, A
     rows: dict[str, Any] = {
         "bare trio-websocket + orjson": {"frames_per_cpu_s": bare, "ratio_to_bare": 1.0,
                                          "tick_to_receive_ms": latency(raw["tick_to_receive_ms"])},
-        f"stream ({name} transport)": stream_row(stream, figures, latest),
+        f"stream ({name} transport{_default_coalescing(name)})": stream_row(stream, figures, latest),
     }
     for ms, other in coalesced.items():
-        rows[f"stream (lean, adaptive coalescing <= {ms} ms)"] = stream_row(other["stream"], other,
-                                                                             other["latest_prices"])
+        label = "no coalescing" if float(ms) == 0 else f"adaptive coalescing <= {ms} ms"
+        rows[f"stream (lean, {label})"] = stream_row(other["stream"], other, other["latest_prices"])
     if "skipped" not in pybit:
         rows["pybit WebSocket.ticker_stream"] = {"frames_per_cpu_s": pybit["msgs_per_cpu_s"],
                                                  "ratio_to_bare": ratio(pybit["msgs_per_cpu_s"]),
                                                  "tick_to_callback_ms": latency(pybit["tick_to_callback_ms"])}
     return rows
+
+
+def _default_coalescing(name: str) -> str:
+    """What the stream row's public sockets do by default (the lean transport coalesces)."""
+    window = StreamConfig.__attrs_attrs__.read_coalesce.default * 1000
+    return f", default: adaptive coalescing <= {window:g} ms" if name == "lean" and window else ""
 
 
 def transport_name(opener: Callable[..., Any]) -> str:

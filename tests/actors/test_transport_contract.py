@@ -439,7 +439,7 @@ async def test_coalescing_waits_at_most_the_window_when_busy_and_not_at_all_when
 
 
 async def test_coalescing_wakes_once_enough_bytes_are_queued_not_at_the_windows_end(loopback_clock):
-    """A busy socket waits for the bytes half the window brings at its rate (the
+    """A busy socket waits for the bytes three quarters of the window bring at its rate (the
     kernel's low-water mark), so a burst is read as soon as it is there."""
     from hybrid_actors.lean_transport import MAX_LOW_WATER, open_lean_transport
 

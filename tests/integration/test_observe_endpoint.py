@@ -13,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from hybrid_actors import Credentials, StreamConfig
 from hybrid_actors.errors import ConfigError
 from hybrid_actors.http_endpoint import MAX_CONNECTIONS, HttpFetchError, Response, fetch_json, serve_http
+from hybrid_actors.supervisor import build_health_report
 from hybrid_actors.metrics import FAMILIES
 from hybrid_actors.observability import health_json
 from conftest import CUSHION_AUTOJUMP
@@ -131,6 +132,10 @@ async def test_health_matches_the_stream_and_lists_positions(loopback_clock):
             # our own client reads the same thing
             fetched = await fetch_json(s.stream.metrics_url + "/health")
             assert fetched["open_positions"] == served["open_positions"]
+            # the alert actor's report (evaluated every second) skips the rows, and only them
+            for_alerts = build_health_report(s.stream.hub, rows=False).as_dict()
+            assert not for_alerts["open_positions"] and served["open_positions"]
+            assert without_ages({**for_alerts, "open_positions": served["open_positions"]}) == without_ages(served)
             key = s.sim.credentials.api_key
             assert key not in body.decode() and s.sim.credentials.api_secret not in body.decode()
 

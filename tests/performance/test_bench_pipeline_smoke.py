@@ -36,8 +36,10 @@ def test_bench_pipeline_prints_every_figure():
     for name in STAGES:
         assert finite(figures["stages_us_per_frame"][name]), name
     e2e = figures["end_to_end"]
-    for name in ("us_per_frame", "library_us_per_frame", "stages_sum_us_per_frame"):
+    for name in ("us_per_frame", "library_us_per_frame", "stages_sum_us_per_frame", "no_events_us_per_frame"):
         assert finite(e2e[name]) and e2e[name] > 0, name
+    for name in ("event_chain_us_per_event", "library_event_chain_us_per_event"):  # differences: noisy at this size
+        assert finite(e2e[name]), name
     assert set(e2e["us_per_frame_by_frames_per_read"]) == {"1", "3"}
     assert finite(e2e["fit_us"]["per_read_F"]) and finite(e2e["fit_us"]["per_frame_v"])
 
