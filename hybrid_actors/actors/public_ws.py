@@ -93,7 +93,7 @@ class PublicStreamActor:
             snapshots = False  # only a snapshot adds a symbol to the book
             for index, raw in enumerate(batch, 1):
                 frame = decode_hot(raw, category=category)
-                if type(frame) is tuple:  # a ticker: (symbol, snapshot, data, mark, ts, cs)
+                if isinstance(frame, tuple):  # a ticker: (symbol, snapshot, data, mark, ts, cs)
                     symbol = frame[0]
                     activity[symbol] = now
                     if frame[1]:

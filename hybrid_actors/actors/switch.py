@@ -175,15 +175,15 @@ class SourceSwitch:
             key = view.key
             if key not in keys or self.route(key) != source:
                 continue
-            prev = self.seen.get(key)
-            if prev is not None and _same(prev, view):
+            shown = self.seen.get(key)
+            if shown is not None and _same(shown, view):
                 self.delivered_by[key] = source
                 continue
             label: EventSource
             if source == "rest":
                 label = "rest"
             else:
-                label = "ticker" if prev is not None and _lifecycle(prev) == _lifecycle(view) else "position"
+                label = "ticker" if shown is not None and _lifecycle(shown) == _lifecycle(view) else "position"
             event = attrs.evolve(view, source=label, received_ts=received_ts)
             self.seen[key] = event
             self.delivered_by[key] = source
