@@ -45,7 +45,7 @@ combiner's wake-ups on marks, no event), so ``event_chain_us_per_event`` (and
 work, the switch and queue, the consumer's wake-up and pop (and the JSON line).
 
 Usage: python scripts/bench_pipeline.py [--symbols 500] [--ticks 10] [--repeats 5] [--frames-per-read 1]
-                                        [--fit 1,2,4,8] [--profile N]
+                                        [--fit 1,2,4,8,48] [--profile N]
 """
 
 from __future__ import annotations
@@ -622,7 +622,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ticks", type=int, default=10, help="ticks per measured window")
     parser.add_argument("--repeats", type=int, default=5, help="windows; the best is reported")
     parser.add_argument("--frames-per-read", type=int, default=1)
-    parser.add_argument("--fit", default="1,2,4,8", help="frames-per-read values of the F + n*v fit")
+    parser.add_argument("--fit", default="1,2,4,8,48", help="frames-per-read values of the F + n*v fit")
     parser.add_argument("--profile", type=int, default=0, help="add cProfile's top N of the end-to-end run")
     return parser.parse_args(argv)
 

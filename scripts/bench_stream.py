@@ -30,11 +30,11 @@ endpoints. Everything is measured in the same run, on the real clock, in this or
    (production code is not changed and pays nothing outside this window):
 
    - the live public socket's byte stream is wrapped: each read takes the socket in slices
-     (``recvmsg`` of at most ``SLICE_BYTES`` with ``SO_TIMESTAMPNS``, repeated until the
-     socket is empty or the transport's ``max_bytes`` are read) and hands the transport the
-     slices as one chunk, as before. Each slice carries the kernel's receive stamp of the
-     last TCP segment it touched; the read records when it was called and when it returned
-     (``time.time_ns()``, the stamps' clock);
+     (``recvmsg`` of at most ``--slice-bytes``, default ``SLICE_BYTES``, with
+     ``SO_TIMESTAMPNS``; repeated until the socket is empty or the transport's ``max_bytes``
+     are read) and hands the transport the slices as one chunk, as before. Each slice
+     carries the kernel's receive stamp of the last TCP segment it touched; the read records
+     when it was called and when it returned (``time.time_ns()``, the stamps' clock);
    - each message the transport hands over is numbered in order (both transports keep the
      wire order: the lean transport's ``receive_batch()`` returns the messages its own reads
      completed; trio-websocket's reader task reads the wrapped stream and its queue hands
@@ -87,6 +87,7 @@ endpoints. Everything is measured in the same run, on the real clock, in this or
    generation), and how many events at or above the window's p99 (and of all events) had a
    pause between their frame's arrival and their delivery, so a tail can be attributed.
    Every stream row (the coalesced ones too) reports all of this.
+
 5. **Public drop → fresh price** (``public_drop_to_fresh_price_s``), ``--drops`` times:
    ``/control/drop_public`` (mode ``reset``), then the time from just before that request
    until the first ``ticker`` event whose frame ``ts`` is not older than the drop and that
@@ -384,8 +385,9 @@ class _StampingStream:
     the socket in slices of at most ``SLICE_BYTES`` (``recvmsg`` with ``SO_TIMESTAMPNS``,
     repeated until the socket is empty or ``max_bytes`` are read), gives each slice's kernel
     receive stamp to a :class:`ReadStamper`, and returns the slices as one chunk, as the
-    unwrapped stream would. Where the kernel gives no stamp (not a TCP socket), a read is
-    stamped with its return time."""
+    unwrapped stream would. Where the kernel gives no stamp (not a TCP socket; or segments
+    queued before Linux turned receive stamps on, which it defers to a work item when no
+    socket had them: reads before the window), a slice is stamped with its recv's return."""
 
     def __init__(self, inner: Any, probe: LatencyProbe) -> None:
         self._inner = inner
