@@ -4,23 +4,17 @@ Timings are never asserted here; the figures come from running the script itself
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import math
-import pathlib
 
 import pytest
 
-pytestmark = pytest.mark.performance
+from script_loading import load_script as load_scripts_module
 
-SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "scripts" / "bench_observe.py"
+pytestmark = pytest.mark.performance
 
 
 def load_script():  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location("bench_observe", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_scripts_module("bench_observe")
 
 
 async def test_bench_observe_prints_every_figure():

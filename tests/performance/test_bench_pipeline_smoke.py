@@ -4,25 +4,20 @@ running the script itself."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import pathlib
 
 import pytest
 
+from script_loading import load_script as load_scripts_module
+
 pytestmark = pytest.mark.performance
 
-SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "scripts" / "bench_pipeline.py"
 STAGES = ("ws_parse", "decode_hot", "book_mark", "public_read", "mailbox", "apply_marks", "emit", "measure",
           "to_json", "reader_loop_rest")
 
 
 def load_script():  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location("bench_pipeline", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_scripts_module("bench_pipeline")
 
 
 def finite(value: object) -> bool:

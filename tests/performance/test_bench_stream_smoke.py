@@ -4,25 +4,19 @@ figures come from running the script itself."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import pathlib
 
 import pytest
 import trio
 
+from script_loading import load_script as load_scripts_module
+
 pytestmark = pytest.mark.performance
 
-SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "scripts" / "bench_stream.py"
 
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("bench_stream", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def load_script():  # type: ignore[no-untyped-def]
+    return load_scripts_module("bench_stream")
 
 
 def is_number(value) -> bool:

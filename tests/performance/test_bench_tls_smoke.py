@@ -3,23 +3,16 @@ Timings are never asserted; the figures come from running the script itself."""
 
 from __future__ import annotations
 
-import importlib.util
-import pathlib
-
 import pytest
 import trio
 
-pytestmark = pytest.mark.performance
+from script_loading import load_script as load_scripts_module
 
-SCRIPT = pathlib.Path(__file__).resolve().parents[2] / "scripts" / "bench_tls.py"
+pytestmark = pytest.mark.performance
 
 
 def load_script():  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location("bench_tls", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_scripts_module("bench_tls")
 
 
 def test_bench_tls_prints_every_client_and_trio_sslstream_reads_one_frame_a_call():

@@ -46,10 +46,6 @@ def test_a_short_soak_prints_one_json_object_with_no_mismatch():
 
 
 def _fault_names() -> list[str]:
-    import importlib.util
+    from script_loading import load_script
 
-    spec = importlib.util.spec_from_file_location("soak", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return list(module.FAULTS)
+    return list(load_script("soak").FAULTS)
