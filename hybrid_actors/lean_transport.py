@@ -38,7 +38,7 @@ from __future__ import annotations
 import socket
 import ssl
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from typing import Final
 
 import trio
@@ -92,7 +92,7 @@ class _LeanTransport:
 
     __slots__ = ("url", "abandoned", "_label", "_stream", "_protocol", "_send_lock", "_close_timeout",
                  "_ready", "_unflushed", "_lost", "_send_broken", "_parts", "_kind", "_coalesce", "_last_read", "_outgoing",
-                 "_socket", "_rate", "_low_water")
+                 "_socket", "_rate")
 
     def __init__(self, stream: trio.abc.Stream, protocol: ClientProtocol, url: str, label: str,
                  close_timeout: float, coalesce: float = 0.0) -> None:
@@ -119,7 +119,6 @@ class _LeanTransport:
         self._coalesce = coalesce if self._socket is not None else 0.0
         self._last_read = trio.current_time()  # when the previous read returned (the handshake's)
         self._rate = 0.0  # bytes per second the last read measured
-        self._low_water = 1  # the socket's SO_RCVLOWAT as we last set it
 
     def abandon(self) -> None:
         self.abandoned = True
@@ -168,7 +167,7 @@ class _LeanTransport:
         under two frames per gathering time, reads at once. A busy one asks the kernel
         (``SO_RCVLOWAT``) to wake the reader once the bytes that arrive in
         ``GATHER_SHARE`` of the window, at the last read's rate (rounded down to a power of
-        two, so a steady rate sets it once), are queued: during a burst
+        two), are queued; the mark is set for that wait only: during a burst
         each frame waits about that long (0.75 ms for the 1 ms default),
         not the whole window. The window bounds the wait when fewer bytes come (the end of a
         burst); epoll's timeout is in whole milliseconds, so in practice that bound is at least
@@ -179,27 +178,26 @@ class _LeanTransport:
         deadline = self._last_read + self._coalesce
         want = min(MAX_LOW_WATER, int(self._rate * self._coalesce * GATHER_SHARE))
         if want < MIN_LOW_WATER or trio.current_time() >= deadline:
-            self._set_low_water(sock, 1)
             return
-        want = 1 << (want.bit_length() - 1)  # a power of two: similar rates, no new system call
-        self._set_low_water(sock, want)
-        with trio.move_on_at(deadline) as scope:
-            try:
+        # a power of two: the mark moves in steps, not with every read's jitter
+        if not self._set_low_water(sock, 1 << (want.bit_length() - 1)):
+            return
+        try:
+            with trio.move_on_at(deadline), suppress(*_IO_ERRORS):  # the read that follows reports one
                 await trio.lowlevel.wait_readable(sock)
-            except _IO_ERRORS:
-                return  # the read that follows reports it
-        if scope.cancelled_caught:  # fewer bytes came: read what did (and wait normally for more)
+        finally:
+            # in force only while we wait: every other read (the TLS layer's own, the close
+            # handshake's) wakes on any byte
             self._set_low_water(sock, 1)
 
-    def _set_low_water(self, sock: trio.socket.SocketType, size: int) -> None:
-        if size != self._low_water:
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, size)
-            except OSError:  # a closed socket (the read reports it) or one that refuses: coalescing off
-                self._socket = None
-                self._coalesce = 0.0
-                return
-            self._low_water = size
+    def _set_low_water(self, sock: trio.socket.SocketType, size: int) -> bool:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, size)
+        except OSError:  # a closed socket (the read reports it) or one that refuses: coalescing off
+            self._socket = None
+            self._coalesce = 0.0
+            return False
+        return True
 
     async def _read(self) -> bytes | bytearray:
         try:

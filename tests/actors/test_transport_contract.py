@@ -463,3 +463,37 @@ async def test_coalescing_wakes_once_enough_bytes_are_queued_not_at_the_windows_
                 assert received == burst
                 assert trio.current_time() - first < 0.2  # on the bytes, not at the window's end (1 s)
                 transport.abandon()
+
+
+async def test_a_coalescing_read_leaves_no_low_water_mark_behind_for_the_close_handshake(loopback_clock):
+    """The kernel's low-water mark is in force only while a coalescing read waits: the peer's
+    few-byte close echo (and any read the TLS layer makes on its own) must not wait for a
+    burst's worth of bytes."""
+    from hybrid_actors.lean_transport import MAX_LOW_WATER, open_lean_transport
+
+    small = [f'{{"n":{i},"pad":"{"x" * 200}"}}' for i in range(20)]
+    big = [f'{{"m":{i},"pad":"{"y" * 200}"}}' for i in range(100)]
+    assert sum(map(len, big)) > MAX_LOW_WATER
+    closed = trio.Event()
+
+    async def script(peer):
+        await peer.handshake()
+        await trio.sleep(0.1)
+        await peer.stream.send_all(b"".join(text(m) for m in small))
+        await trio.sleep(0.01)
+        await peer.stream.send_all(b"".join(text(m) for m in big))  # wakes the coalescing read
+        assert await peer.close_code() == 1000
+        await peer.stream.send_all(close_frame(1000))  # 4 bytes: far below any low-water mark
+        closed.set()
+        await trio.sleep_forever()
+
+    with trio.fail_after(30):
+        async with raw_server(script) as url:
+            async with open_lean_transport(url, coalesce=1.0, close_timeout=5.0) as transport:
+                assert await transport.receive_batch() == small
+                received = []
+                while len(received) < len(big):
+                    received += await transport.receive_batch()
+                leaving = trio.current_time()
+            await closed.wait()
+            assert trio.current_time() - leaving < 1.0  # the echo was read at once, no close timeout
