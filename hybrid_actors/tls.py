@@ -53,21 +53,25 @@ class TlsStream(trio.abc.Stream):
     async def do_handshake(self) -> None:
         """Run the TLS handshake; a rejected certificate raises ``trio.BrokenResourceError``
         from the :class:`ssl.SSLCertVerificationError` (as ``trio.SSLStream`` does)."""
-        while True:
-            try:
-                self._tls.do_handshake()
-                break
-            except ssl.SSLWantReadError:
-                pass
-            except ssl.SSLError as exc:
-                await self._send_pending_quietly()  # the alert that says why, if we can
-                raise trio.BrokenResourceError(f"TLS handshake failed: {exc}") from exc
-            await self._send_pending()
-            data = await self.transport_stream.receive_some(DEFAULT_RECEIVE)
-            if not data:
-                raise trio.BrokenResourceError("the peer closed the connection during the TLS handshake")
-            self._incoming.write(data)
+        try:
+            while not self._handshake_step_done():
+                await self._send_pending()
+                data = await self.transport_stream.receive_some(DEFAULT_RECEIVE)
+                if not data:
+                    raise trio.BrokenResourceError("the peer closed the connection during the TLS handshake")
+                self._incoming.write(data)
+        except ssl.SSLError as exc:  # a rejected certificate, a protocol or cipher mismatch
+            await self._send_pending_quietly()  # the alert that says why, if we can
+            raise trio.BrokenResourceError(f"TLS handshake failed: {exc}") from exc
         await self._send_pending()
+
+    def _handshake_step_done(self) -> bool:
+        """One step of the handshake: True once it is complete, False while it needs the peer."""
+        try:
+            self._tls.do_handshake()
+        except ssl.SSLWantReadError:
+            return False
+        return True
 
     # --- receiving ------------------------------------------------------------------------
 
