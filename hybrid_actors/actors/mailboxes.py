@@ -161,7 +161,6 @@ class EventQueue:
         that was cancelled by the stream's end has not read yet, its last notice included."""
         return self._pop(len(self._queue))
 
-
     async def get_batch(self, max_items: int | None = None) -> list[StreamEvent]:
         """Everything queued (at least one event), in order."""
         while not self._queue:
