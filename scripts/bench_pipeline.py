@@ -44,8 +44,19 @@ combiner's wake-ups on marks, no event), so ``event_chain_us_per_event`` (and
 ``library_event_chain_us_per_event``) is what each event costs in place: the combiner's
 work, the switch and queue, the consumer's wake-up and pop (and the JSON line).
 
+Idle between reads (``idle_between_reads``): the library end to end at
+``--idle-frames-per-read`` (17, what a coalesced read carries at the defaults), back to back
+and with the process asleep for each of ``--idle-ms`` before every read (``trio.sleep``: the
+reader's tasks finish, then the process waits in ``epoll_wait``, as it does between two reads
+of a real socket). ``extra_us_per_wakeup_by_idle_ms`` is the CPU a read costs more after that
+sleep than back to back: what waking from idle costs this machine (its caches, and on a VM
+the vCPU's halt and resume), an upper bound as it includes the sleep's own timer. It is why
+the live stream's CPU per frame is about twice the back-to-back figure, and why it falls
+with the frames a read carries.
+
 Usage: python scripts/bench_pipeline.py [--symbols 500] [--ticks 10] [--repeats 5] [--frames-per-read 1]
-                                        [--fit 1,2,4,8,48] [--profile N]
+                                        [--fit 1,2,4,8,48] [--profile N] [--idle-ms 1,3]
+                                        [--idle-frames-per-read 17]
 """
 
 from __future__ import annotations
@@ -403,22 +414,31 @@ def stage_to_json(prep: Prepared) -> float:
 
 class ScriptedStream(trio.abc.Stream):
     """A byte stream whose every ``receive_some`` returns the next prepared chunk (a read of
-    that many WebSocket frames), after a checkpoint. Past the last chunk it waits for more."""
+    that many WebSocket frames), after a checkpoint, or after ``gap`` seconds of sleep (the
+    process idle between two reads, as on a real socket). Past the last chunk it sets
+    ``drained`` and waits for more."""
 
     def __init__(self) -> None:
         self.chunks: list[bytes] = []
         self.position = 0
+        self.gap = 0.0
+        self.drained = trio.Event()
         self._more = trio.Event()
 
     def extend(self, chunks: Sequence[bytes]) -> None:
         self.chunks.extend(chunks)
+        self.drained = trio.Event()
         self._more.set()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        await trio.lowlevel.checkpoint()
         while self.position >= len(self.chunks):
+            self.drained.set()
             self._more = trio.Event()
             await self._more.wait()
+        if self.gap:
+            await trio.sleep(self.gap)  # the reader's tasks finish their work, then the process idles
+        else:
+            await trio.lowlevel.checkpoint()
         self.position += 1
         return self.chunks[self.position - 1]
 
@@ -468,8 +488,9 @@ class EndToEnd:
 
 
 def end_to_end(work: Workload, warm_ticks: int, ticks: int, repeats: int, per_read: int, output: bool,
-               profile: cProfile.Profile | None = None) -> EndToEnd:
-    """One trio run: the warm-up ticks, then ``repeats`` windows of ``ticks`` ticks; the best window."""
+               profile: cProfile.Profile | None = None, gap: float = 0.0) -> EndToEnd:
+    """One trio run: the warm-up ticks, then ``repeats`` windows of ``ticks`` ticks; the best
+    window. ``gap``: seconds the process sleeps before each read of a window (0: back to back)."""
     wire = {text: ws_frame(text) for text in work.snapshots}
 
     def chunks(texts: list[str]) -> list[bytes]:
@@ -516,9 +537,12 @@ def end_to_end(work: Workload, warm_ticks: int, ticks: int, repeats: int, per_re
                 if profile is not None:
                     profile.enable()
                 start = time.process_time()
+                stream.gap = gap
                 stream.extend(window)
+                await stream.drained.wait()  # every chunk handed over (a sleeping reader is not done)
                 await trio.testing.wait_all_tasks_blocked()  # every frame read, every event consumed
                 cpu = time.process_time() - start
+                stream.gap = 0.0
                 if profile is not None:
                     profile.disable()
                 result = EndToEnd(cpu, ticks * work.symbols, len(window), counts["events"] - before[0],
@@ -575,6 +599,9 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
     library = end_to_end(work, warm, opts.ticks, opts.repeats, opts.frames_per_read, output=False)
     quiet = end_to_end(attrs.evolve(work, positions=()), warm, opts.ticks, opts.repeats, opts.frames_per_read,
                        output=True)
+    gaps = sorted({float(x) for x in str(opts.idle_ms).split(",") if x.strip()} | {0.0})
+    idle = {f"{ms:g}": end_to_end(work, warm, opts.ticks, opts.repeats, opts.idle_frames_per_read, output=False,
+                                  gap=ms / 1000) for ms in gaps}
     f_read, v_frame = fit([(float(n), res.cpu_s / res.reads) for n, res in runs.items()]) \
         if len(runs) > 1 else (None, None)
     stage_sum = sum(stages[name] for name in ("ws_parse", "public_read", "mailbox", "apply_marks", "emit",
@@ -605,6 +632,13 @@ def run(opts: argparse.Namespace) -> dict[str, Any]:
             "fit_us": None if f_read is None else {"per_read_F": round(f_read * 1e6, 3),
                                                    "per_frame_v": round(v_frame * 1e6, 3)},
         },
+        "idle_between_reads": {
+            "frames_per_read": opts.idle_frames_per_read,
+            "library_us_per_frame_by_idle_ms": {ms: us(res.cpu_s, res.frames) for ms, res in idle.items()},
+            "extra_us_per_wakeup_by_idle_ms": {
+                ms: round((res.cpu_s - idle["0"].cpu_s) / res.reads * 1e6, 1)
+                for ms, res in idle.items() if ms != "0"},
+        },
     }
     if opts.profile:
         profile = cProfile.Profile()
@@ -624,6 +658,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--frames-per-read", type=int, default=1)
     parser.add_argument("--fit", default="1,2,4,8,48", help="frames-per-read values of the F + n*v fit")
     parser.add_argument("--profile", type=int, default=0, help="add cProfile's top N of the end-to-end run")
+    parser.add_argument("--idle-ms", default="1,3",
+                        help="idle sleeps before each read for idle_between_reads (0, back to back, is always run)")
+    parser.add_argument("--idle-frames-per-read", type=int, default=17,
+                        help="frames per read of idle_between_reads (17: a coalesced read at the defaults)")
     return parser.parse_args(argv)
 
 

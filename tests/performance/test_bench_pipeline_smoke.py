@@ -26,7 +26,8 @@ def finite(value: object) -> bool:
 
 def test_bench_pipeline_prints_every_figure():
     bench = load_script()
-    figures = bench.run(bench.parse_args(["--symbols", "12", "--ticks", "2", "--repeats", "1", "--fit", "1,3"]))
+    figures = bench.run(bench.parse_args(["--symbols", "12", "--ticks", "2", "--repeats", "1", "--fit", "1,3",
+                                          "--idle-ms", "1", "--idle-frames-per-read", "4"]))
     assert figures["frames"] == 24
     for name in STAGES:
         assert finite(figures["stages_us_per_frame"][name]), name
@@ -37,6 +38,28 @@ def test_bench_pipeline_prints_every_figure():
         assert finite(e2e[name]), name
     assert set(e2e["us_per_frame_by_frames_per_read"]) == {"1", "3"}
     assert finite(e2e["fit_us"]["per_read_F"]) and finite(e2e["fit_us"]["per_frame_v"])
+    idle = figures["idle_between_reads"]
+    assert idle["frames_per_read"] == 4
+    assert set(idle["library_us_per_frame_by_idle_ms"]) == {"0", "1"}
+    assert all(finite(v) and v > 0 for v in idle["library_us_per_frame_by_idle_ms"].values())
+    assert set(idle["extra_us_per_wakeup_by_idle_ms"]) == {"1"} and finite(idle["extra_us_per_wakeup_by_idle_ms"]["1"])
+
+
+def test_an_idle_gap_run_reads_every_chunk_and_sleeps_before_each(monkeypatch):
+    """The idle figure is only honest if the window covers every read and its sleep."""
+    bench = load_script()
+    work = bench.build_workload(8, 4)
+    sleeps = []
+    real_sleep = bench.trio.sleep
+
+    async def counting_sleep(seconds):
+        sleeps.append(seconds)
+        await real_sleep(seconds)
+
+    monkeypatch.setattr(bench.trio, "sleep", counting_sleep)
+    run = bench.end_to_end(work, 1, 3, 1, 4, output=False, gap=0.001)
+    assert run.frames == 24 and run.reads == 6
+    assert sleeps.count(0.001) == 6
 
 
 def test_the_end_to_end_run_carries_every_price_to_the_consumer():
