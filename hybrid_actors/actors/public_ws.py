@@ -34,10 +34,12 @@ __all__ = ["PublicStreamActor"]
 log = logging.getLogger(__name__)
 
 #: frames handled between two checkpoints in one read (a burst of 500 tickers is ~5 ms of
-#: work). A coalesced read carries ~15-40 frames: with 64 it is one hand-over to the combiner,
-#: not two or three, each a pass of the run loop and a combiner wake-up more (+7% frames per
-#: CPU-second in bench_stream A/B runs, -8% CPU per frame in bench_pipeline at 48 a read)
-STEP: Final = 64
+#: work). A coalesced read carries ~15-25 frames (p50 ~20 at the defaults): with 32 it is one
+#: hand-over to the combiner, not two, without holding the combiner back for long. Four
+#: interleaved bench_stream rounds at the 1 ms window: frames per CPU-second alike for 16,
+#: 32 and 64 (36.9k, 36.8k, 36.6k means), frame -> event p99 3.6, 3.1 and 4.1 ms means: 64
+#: makes the first frames of a long read wait for the rest of it.
+STEP: Final = 32
 
 
 @attrs.define(eq=False)
