@@ -34,12 +34,11 @@ __all__ = ["PublicStreamActor"]
 log = logging.getLogger(__name__)
 
 #: frames handled between two checkpoints in one read (a burst of 500 tickers is ~5 ms of
-#: work). A coalesced read carries ~15-25 frames (p50 ~20 at the defaults): with 32 it is one
-#: hand-over to the combiner, not two, without holding the combiner back for long. Four
-#: interleaved bench_stream rounds at the 1 ms window: frames per CPU-second alike for 16,
-#: 32 and 64 (36.9k, 36.8k, 36.6k means), frame -> event p99 3.6, 3.1 and 4.1 ms means: 64
-#: makes the first frames of a long read wait for the rest of it.
-STEP: Final = 32
+#: work). 32 and 64 were tried (fewer hand-overs to the combiner for a coalesced read of ~20
+#: frames): in interleaved bench_stream rounds frames per CPU-second did not move (36.9k,
+#: 36.8k, 36.6k means at 16, 32, 64) and frame -> event p99 did not improve reliably (64
+#: was worse: the first frames of a long read wait for the rest of its decode)
+STEP: Final = 16
 
 
 @attrs.define(eq=False)
