@@ -60,6 +60,10 @@ RETRY_CAP: Final = 8.0
 IP_BAN_COOLDOWN: Final = 600.0
 #: retCodes that mean the request itself is wrong (10001 params error): not retried
 CALLER_ERROR_CODES: Final = frozenset({10001})
+#: seconds a scope answered with 10001 is skipped before it is asked again: an account
+#: upgraded to Unified gains USDC contracts and options, and a 10001 that was not about the
+#: account (a deploy on the exchange's side) must not blind a scope for the process's life
+UNSUPPORTED_RECHECK: Final = 3600.0
 
 
 
@@ -116,8 +120,11 @@ class RestClient:
     #: the server certificate's rejection on the last call (unknown issuer, hostname
     #: mismatch), until a call gets an answer; ``health()`` names it as a TLS problem
     tls_error: str | None = None
-    #: scopes the account does not have (position/list answered 10001): not asked again
+    #: scopes the account does not have (position/list answered 10001), and why: skipped
+    #: until ``UNSUPPORTED_RECHECK`` seconds have passed, then asked again
     unsupported: dict[Scope, str] = attrs.Factory(dict)
+    #: per unsupported scope, the trio time from which it is asked again
+    _recheck_at: dict[Scope, float] = attrs.Factory(dict)
     #: scopes whose paging misbehaved in the last snapshot, and why (cleared on success)
     paging_problems: dict[Scope, str] = attrs.Factory(dict)
     _last_round_trip: tuple[float, float] = (0.0, 0.0)
@@ -162,7 +169,8 @@ class RestClient:
         answer an empty page with the same cursor again). At most
         :data:`MAX_REQUESTS_PER_SNAPSHOT` requests; past that the scope is reported as
         truncated and left out of ``coverage``. A scope answered with 10001 (the account
-        does not have it) is remembered in :attr:`unsupported` and skipped from then on.
+        does not have it) is remembered in :attr:`unsupported` and skipped for
+        :data:`UNSUPPORTED_RECHECK` seconds, then asked again.
         """
         if not self.synced:
             await self.sync_time()
@@ -177,7 +185,7 @@ class RestClient:
             coins: tuple[str | None, ...] = self.linear_settle_coins if category == "linear" else (None,)
             for coin in coins:
                 scope = (category, coin)
-                if scope in self.unsupported:
+                if scope in self.unsupported and not self._recheck_due(scope):
                     skipped.append(scope)
                     continue
                 cursor: str | None = None
@@ -198,6 +206,8 @@ class RestClient:
                         requests += 1
                         break
                     requests += 1
+                    if cursor is None and scope in self.unsupported:
+                        self._supported_again(scope)
                     for position in page.positions:  # a row seen again (a repeated page) counts once
                         if coin is not None:  # the page does not say; the query does
                             position = attrs.evolve(position, settle_coin=coin)
@@ -227,11 +237,27 @@ class RestClient:
                                 tuple(truncated))
 
     def _unsupported(self, scope: Scope, exc: RestError) -> None:
+        known = scope in self.unsupported
         self.unsupported[scope] = exc.ret_msg or str(exc)
+        self._recheck_at[scope] = trio.current_time() + UNSUPPORTED_RECHECK
+        if known:  # asked again after the recheck interval: still not there, quietly
+            return
         category, coin = scope
         log.warning("GET /v5/position/list category=%s%s answered retCode %s (%s): this account does not "
-                    "have it (a Classic account has no USDC contracts and no options); not asking again",
-                    category, f" settleCoin={coin}" if coin else "", exc.ret_code, exc.ret_msg)
+                    "have it (a Classic account has no USDC contracts and no options); asking again in %.0f s",
+                    category, f" settleCoin={coin}" if coin else "", exc.ret_code, exc.ret_msg, UNSUPPORTED_RECHECK)
+
+    def _supported_again(self, scope: Scope) -> None:
+        del self.unsupported[scope]
+        self._recheck_at.pop(scope, None)
+        category, coin = scope
+        log.warning("GET /v5/position/list category=%s%s answers now (the account was upgraded?): its positions "
+                    "are in the snapshots from now on", category, f" settleCoin={coin}" if coin else "")
+
+    def _recheck_due(self, scope: Scope) -> bool:
+        """Whether an unsupported scope's skip has run out (it is then asked again; if it
+        answers, it is forgotten here)."""
+        return trio.current_time() >= self._recheck_at.get(scope, -math.inf)
 
     def _require_credentials(self) -> Credentials:
         if self.credentials is None:

@@ -16,7 +16,8 @@ import pytest
 import trio
 
 from hybrid_actors.errors import RestUnavailable
-from hybrid_actors.rest import IP_BAN_COOLDOWN, MAX_REQUESTS_PER_SNAPSHOT, RestClient, open_rest_client
+from hybrid_actors.rest import IP_BAN_COOLDOWN, MAX_REQUESTS_PER_SNAPSHOT, UNSUPPORTED_RECHECK, RestClient, \
+    open_rest_client
 from hybrid_actors.testing.simulator import Simulator, open_simulator, trio_wall_clock
 from stack import TEST_TIMEOUT, sim_config
 
@@ -97,6 +98,38 @@ async def test_a_classic_account_skips_what_it_does_not_have_and_remembers(loopb
             assert again.skipped == snapshot.skipped and again.requests == 2  # not asked again
             assert [c.query for c in sim.observe.rest_calls(LIST)][len(asked):] == [
                 "category=linear&settleCoin=USDT&limit=200", "category=inverse&limit=200"]
+
+
+async def test_a_skipped_scope_is_asked_again_after_the_recheck_interval_and_covered_once_it_answers(
+        loopback_clock, caplog):
+    """A Classic account upgraded to Unified gains USDC contracts: within UNSUPPORTED_RECHECK
+    the client asks again and covers them, where it used to skip them for its whole life."""
+    with trio.fail_after(2 * UNSUPPORTED_RECHECK + TEST_TIMEOUT):
+        async with rest_against_sim() as (sim, rest):
+            sim.control.set_account(classic=True)
+            first = await rest.positions(["linear"])
+            assert first.skipped == (("linear", "USDC"),)
+
+            await trio.sleep(UNSUPPORTED_RECHECK / 2)
+            assert (await rest.positions(["linear"])).skipped == (("linear", "USDC"),)  # not yet asked
+            usdc_asks = sum("settleCoin=USDC" in c.query for c in sim.observe.rest_calls(LIST))
+            assert usdc_asks == 1
+
+            await trio.sleep(UNSUPPORTED_RECHECK / 2)  # still Classic: asked again, skipped again
+            assert (await rest.positions(["linear"])).skipped == (("linear", "USDC"),)
+            assert sum("settleCoin=USDC" in c.query for c in sim.observe.rest_calls(LIST)) == 2
+            warnings = [r for r in caplog.records if "does not have it" in r.getMessage()]
+            assert len(warnings) == 1  # said once, not every hour
+
+            sim.control.set_account(classic=False)  # upgraded to Unified
+            sim.control.open_position("BTCPERP", "Buy", "0.2")
+            assert (await rest.positions(["linear"])).skipped == (("linear", "USDC"),)  # within the hour
+            await trio.sleep(UNSUPPORTED_RECHECK)
+            upgraded = await rest.positions(["linear"])
+            assert upgraded.skipped == () and ("linear", "USDC") in upgraded.coverage
+            assert {p.symbol: p.settle_coin for p in upgraded.positions}["BTCPERP"] == "USDC"
+            assert rest.unsupported == {}
+            assert any("answers now" in r.getMessage() for r in caplog.records)
 
 
 async def test_10009_ip_banned_cools_down_like_http_403(loopback_clock):
