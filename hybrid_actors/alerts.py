@@ -19,6 +19,10 @@ name                                    level     fires when
 ``divergence_consider_rollback``        critical  the comparator counted a REST/hybrid divergence
                                                   over its threshold (1%) in the last 5 min
 ``rolled_back``                         critical  production runs on REST after a rollback
+``loop_stalled``                        warning   embedded in an asyncio bot (the bridge): the
+                                                  loop's thread was blocked past the stall
+                                                  threshold within the last minute (the sockets
+                                                  were not read meanwhile)
 ======================================  ========  ==============================================
 
 The last three read ``health['rollout']`` (absent: never firing).
@@ -176,7 +180,27 @@ class AlertEvaluator:
                     f"no event for {quiet or 0:.0f}s with {positions} position(s) open "
                     f"(limit {policy.no_events_critical:g}s)", round(quiet or 0.0, 3), policy.no_events_critical)
 
+        yield from self._loop_checks(events, now)
         yield from self._rollout_checks(health.get("rollout") or {}, now)
+
+    def _loop_checks(self, events: Mapping[str, Any], now: float) -> Iterator[Check]:
+        """Only for a stream with a host loop (its events carry the bridge's stall counters).
+        It is judged after the block, when the stream runs again: while the loop's thread is
+        blocked, nothing of the stream runs (``health()`` from another thread says so)."""
+        if "loop_stalls" not in events:
+            return
+        window = self.policy.loop_stall_window
+        age = number(events.get("loop_stall_last_age_s"))
+        last_ms = number(events.get("loop_stall_last_ms"))
+        threshold_ms = number(events.get("loop_stall_threshold_ms"))
+        recent = age is not None and age <= window
+        if recent and age is not None:
+            self._at(now + (window - age))
+        text = (f"the asyncio loop's thread was blocked for {last_ms or 0:.0f} ms {age:.0f}s ago (stall threshold "
+                f"{threshold_ms or 0:.0f} ms; {events.get('loop_stalls')} stall(s) so far): the stream's sockets were "
+                "not read meanwhile; move slow synchronous work off the loop" if age is not None
+                else "no stall of the asyncio loop")
+        yield Check("loop_stalled", "warning", recent, text, last_ms, threshold_ms)
 
     def _socket_checks(self, connections: Mapping[str, Mapping[str, Any]], now: float) -> Iterator[Check]:
         policy = self.policy

@@ -6,7 +6,7 @@ Pure: no trio. Times are passed in (trio time for ages, epoch ms for event stamp
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 import attrs
@@ -100,10 +100,17 @@ class Health:
 
     #: the consumer's handler error count, if it has one (the bridge sets this; None: no handler)
     handler_errors_source: Callable[[], int] | None = None
+    #: the host loop's stall counters (the asyncio bridge's ``LoopWatch.summary``, safe from
+    #: any thread; None: no host loop), merged into the report's events for the alert rules
+    loop_stalls_source: Callable[[], Mapping[str, Any]] | None = None
 
     def handler_errors(self) -> int:
         source = self.handler_errors_source
         return source() if source is not None else 0
+
+    def loop_stalls(self) -> Mapping[str, Any]:
+        source = self.loop_stalls_source
+        return source() if source is not None else {}
 
     def actor(self, name: str) -> ActorStats:
         stats = self.actors.get(name)

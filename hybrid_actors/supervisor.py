@@ -397,7 +397,7 @@ def build_health_report(hub: Hub, *, now: float | None = None, rows: bool = True
               "reconciliations": health.reconciliations, "reconcile_corrections": health.reconcile_corrections,
               "by_event": _by_event(health.events_by_kind, hub.switch.rest_by_kind), "last_event_ms": health.last_event_ms,
               "subscription_failures_total": health.subscription_failures_total,
-              "handler_errors": health.handler_errors()}
+              "handler_errors": health.handler_errors(), **health.loop_stalls()}
     rest = hub.rest
     rest_section: dict[str, Any] = {
         "calls": rest.calls, "failures": rest.failures,

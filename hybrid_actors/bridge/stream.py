@@ -445,6 +445,8 @@ class BybitHybridStream:
         self._stream = stream
         stats = self._stats
         stream.hub.health.handler_errors_source = lambda: stats.handler_errors  # for /metrics
+        if self._watch is not None:  # the loop_stalled alert, /health and /metrics see the stalls
+            stream.hub.health.loop_stalls_source = self._watch.summary
         self._state = "running"
         self._started.set_result(None)
 

@@ -143,7 +143,8 @@ def test_a_handler_that_blocks_the_loop_shows_as_a_stall(host, simulator, caplog
     """The handler blocks on the first of the start-up snapshot's events (one REST page, so one
     batch): the others were read before the block and wait behind it, so delays measured from
     the frame's read show it. A thread reading health() while the loop is still blocked sees
-    it blocked; afterwards health() and the log report the stall."""
+    it blocked; afterwards health() and the log report the stall, and the stream sends a
+    ``loop_stalled`` warning (``stream.alert``) to the handler."""
     sim = simulator(rate=20)
     caplog.set_level(logging.WARNING, logger="hybrid_actors.bridge")
 
@@ -157,7 +158,11 @@ def test_a_handler_that_blocks_the_loop_shows_as_a_stall(host, simulator, caplog
             if sample_now.wait(10):
                 during.append(stream.health())
 
+        alerts: list[dict[str, Any]] = []
+
         def handler(name: str, data: dict[str, Any]) -> None:
+            if name == "stream.alert":
+                alerts.append(data)
             if data.get("source") == "rest" and not blocked.is_set():
                 blocked.set()
                 reader = threading.Thread(target=sample_health)
@@ -176,6 +181,9 @@ def test_a_handler_that_blocks_the_loop_shows_as_a_stall(host, simulator, caplog
             await asyncio.wait_for(blocked.wait(), 10)
             await wait_until(lambda: stream.health().events["loop_stalls"] >= 1, what="the stall to be counted")
             events = stream.health().events
+            await wait_until(lambda: any(a["name"] == "loop_stalled" and a["state"] == "firing" for a in alerts),
+                             what="the loop_stalled alert")
+            assert any(a["name"] == "loop_stalled" for a in stream.health().alerts)
         assert during and during[0].status == "degraded", during
         assert any("loop's thread has been blocked for" in p for p in during[0].problems), during[0].problems
         assert during[0].events["loop_blocked_ms"] >= STALL_THRESHOLD * 1000

@@ -176,3 +176,40 @@ def test_next_check_is_when_a_threshold_could_be_crossed_with_no_new_input():
     slow = AlertEvaluator()
     slow.evaluate(report(positions=0, p95=1200.0), now=0.0, ts=1)
     assert slow.next_check == pytest.approx(5.001)  # the window may forget the slow samples
+
+
+def stalls(count: int, last_ms: float | None, age: float | None) -> dict[str, Any]:
+    """The bridge's LoopWatch.summary() as the report's events carry it."""
+    return {"loop_stalls": count, "loop_stall_threshold_ms": 250.0, "loop_stall_max_ms": last_ms,
+            "loop_stall_last_ms": last_ms, "loop_stall_last_age_s": age, "loop_blocked_ms": 0.0}
+
+
+def test_a_stall_of_the_host_loop_warns_for_a_minute_then_resolves():
+    ev = AlertEvaluator()
+    with_loop = report(positions=0)
+    with_loop["events"].update(stalls(0, None, None))
+    assert ev.evaluate(with_loop, now=0.0, ts=1) == []
+    assert "loop_stalled" in ev.known  # a bridged stream exports it (0 while quiet)
+
+    stalled = report(positions=0)
+    stalled["events"].update(stalls(1, 412.0, 0.2))
+    fired = ev.evaluate(stalled, now=10.0, ts=2)
+    assert names(fired) == [("loop_stalled", "warning", "firing")]
+    assert fired[0].value == 412.0 and fired[0].threshold == 250.0
+    assert "blocked for 412 ms" in fired[0].message
+    assert ev.next_check == pytest.approx(10.0 + 59.8 + 0.001)  # when the stall leaves the window
+
+    later = report(positions=0)
+    later["events"].update(stalls(1, 412.0, 60.0))
+    assert ev.evaluate(later, now=69.8, ts=3) == []  # still within the minute: still firing, once
+    gone = report(positions=0)
+    gone["events"].update(stalls(1, 412.0, 60.5))
+    assert ev.evaluate(gone, now=70.3, ts=4) == []  # out of the window: resolves after resolve_after
+    gone["events"].update(stalls(1, 412.0, 70.5))
+    assert names(ev.evaluate(gone, now=80.3, ts=5)) == [("loop_stalled", "warning", "resolved")]
+
+
+def test_a_stream_without_a_host_loop_has_no_loop_alert():
+    ev = AlertEvaluator()
+    ev.evaluate(report(), now=0.0, ts=1)
+    assert "loop_stalled" not in ev.known and "loop_stalled" not in STATIC_ALERTS
