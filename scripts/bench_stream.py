@@ -119,6 +119,13 @@ endpoints. Everything is measured in the same run, on the real clock, in this or
    nothing parsed), the floor under every per-read design. A stream row's
    ``frame_to_event_ms`` is step 4's per-frame figure (as is ``targets``' p99), next to the
    newest-segment lower bound, frames per read and the wait before each read.
+9. **Interleaved pairs** (``ratio_to_ceiling_interleaved_pairs``): ``--pairs`` times (default
+   3), the bare client of step 1 and then the stream with its defaults, each over
+   ``--pair-seconds`` after the warm-up, one right after the other: per pair the ratio, and
+   their median, min and max. The main ``ratio_to_ceiling`` compares two windows about a
+   minute apart; on a VM whose idle vCPU is costly to wake (``bench_pipeline.py``'s
+   ``idle_between_reads``) the same code moves by ±10% between windows, and these pairs
+   show how far.
 
 The HTTP control calls of steps 2, 5 and 6 run in this process but outside the CPU
 windows. Each window also reports ``client_runqueue_wait_ms`` (time this process was
@@ -140,6 +147,7 @@ import os
 import platform
 import random
 import socket
+import statistics
 import struct
 import sys
 import threading
@@ -215,6 +223,10 @@ class Options:
     coalesce_ms: tuple[float, ...] = (0.0, 2.0)
     #: bytes per recvmsg slice in the latency windows (see SLICE_BYTES)
     slice_bytes: int = SLICE_BYTES
+    #: interleaved (bare client, stream with defaults) throughput pairs after the main
+    #: phases, ``pair_seconds`` each (after the warm-up): the ratio's spread on this machine
+    pairs: int = 3
+    pair_seconds: float = 4.0
 
 
 # --- small helpers --------------------------------------------------------------------------
@@ -1015,6 +1027,40 @@ async def measure_stream_on(choice: str, sim: SimProcess, symbols: list[str], op
     return {"stream": throughput, **probe.figures(window, throughput), "latest_prices": latest}
 
 
+# --- 9. interleaved pairs: the ratio's spread --------------------------------------------------
+
+async def measure_stream_cpu(sim: SimProcess, symbols: list[str], opts: Options) -> dict[str, Any]:
+    """The stream with its defaults: frames per CPU-second over ``opts.seconds``, nothing else."""
+    async with open_hybrid_stream(stream_config(sim), rng=random.Random(opts.seed)) as stream:
+        consumer = Consumer(stream)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(consumer.run)
+            await wait_until(lambda: _all_confirmed(stream)
+                             and len(stream.hub.subscriptions[CATEGORY].confirmed) >= len(symbols),
+                             "the initial subscriptions", limit=60)
+            throughput = await measure_stream_throughput(stream, consumer, sim, opts)
+            nursery.cancel_scope.cancel()
+    return throughput
+
+
+async def measure_pairs(sim: SimProcess, symbols: list[str], opts: Options) -> dict[str, Any]:
+    """``opts.pairs`` times: the bare client, then the stream with its defaults, each over
+    ``opts.pair_seconds`` (one process, one simulator, one after the other, so a drift of the
+    machine between the two windows of a pair is as small as it can be). The main figure
+    compares two windows a minute apart; these show how far such a ratio moves."""
+    window = attrs.evolve(opts, seconds=opts.pair_seconds)
+    rows: list[dict[str, Any]] = []
+    for _ in range(opts.pairs):
+        bare = (await measure_raw_ceiling(sim, symbols, window))["msgs_per_cpu_s"]
+        streamed = (await measure_stream_cpu(sim, symbols, window))["msgs_per_cpu_s"]
+        rows.append({"bare": bare, "stream": streamed,
+                     "ratio": round(streamed / bare, 3) if bare and streamed else None})
+    ratios = sorted(r["ratio"] for r in rows if r["ratio"] is not None)
+    return {"pairs": rows, "seconds_each": opts.pair_seconds,
+            "ratio_median": round(statistics.median(ratios), 3) if ratios else None,
+            "ratio_min": ratios[0] if ratios else None, "ratio_max": ratios[-1] if ratios else None}
+
+
 # --- the whole run --------------------------------------------------------------------------
 
 def comparison(raw: dict[str, Any], stream: dict[str, Any], figures: dict[str, Any], latest: dict[str, Any],
@@ -1172,6 +1218,9 @@ async def _run_benchmark(opts: Options, open_public: Callable[..., Any]) -> dict
             coalesced[f"{ms:g}"] = await measure_stream_on(coalescing(ms), sim, symbols, opts)
             durations[f"coalesce_{ms:g}ms_stream_phase_s"] = time.perf_counter() - mark
         mark = time.perf_counter()
+        paired = await measure_pairs(sim, symbols, opts) if opts.pairs else {"skipped": "--pairs 0"}
+        durations["pairs_phase_s"] = time.perf_counter() - mark
+        mark = time.perf_counter()
         pybit = await measure_pybit(sim, symbols, opts) if opts.pybit else {"skipped": "--no-pybit"}
         durations["pybit_phase_s"] = time.perf_counter() - mark
         sim_cpu_total = sim.cpu_seconds() - sim_cpu_start
@@ -1189,6 +1238,7 @@ async def _run_benchmark(opts: Options, open_public: Callable[..., Any]) -> dict
         "raw_ceiling_msgs_per_cpu_s": ceiling,
         "stream_msgs_per_cpu_s": streamed,
         "ratio_to_ceiling": round(streamed / ceiling, 3) if ceiling and streamed else None,
+        "ratio_to_ceiling_interleaved_pairs": paired,
         "frame_to_event_overhead_ms": overhead,
         "public_drop_to_fresh_price_s": drops,
         "open_to_first_mark_ms": opens_first,
@@ -1254,11 +1304,15 @@ def main() -> int:
                         help="coalescing windows to compare, comma-separated ms ('' for none)")
     parser.add_argument("--slice-bytes", type=int, default=defaults.slice_bytes,
                         help="bytes per stamped recvmsg in the latency windows (finer stamps, more recv calls)")
+    parser.add_argument("--pairs", type=int, default=defaults.pairs,
+                        help="interleaved (bare client, stream) throughput pairs for the ratio's spread (0: none)")
+    parser.add_argument("--pair-seconds", type=float, default=defaults.pair_seconds)
     args = parser.parse_args()
     opts = Options(args.symbols, args.rate, args.seconds, args.warmup, args.transport_seconds,
                    args.latency_seconds, args.drops, args.opens, args.seed, args.transport,
                    not args.no_pybit,
-                   tuple(float(v) for v in args.coalesce_ms.split(",") if v.strip()), args.slice_bytes)
+                   tuple(float(v) for v in args.coalesce_ms.split(",") if v.strip()), args.slice_bytes,
+                   args.pairs, args.pair_seconds)
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     print(json.dumps(trio.run(partial(run_benchmark, opts))), flush=True)

@@ -57,12 +57,22 @@ async def test_a_tiny_run_produces_every_figure(transport, compare):
     bench = load_script()
     opts = bench.Options(symbols=5, rate=20.0, seconds=1.0, warmup=0.3, transport_seconds=0.5,
                          latency_seconds=1.0, drops=1, opens=2, seed=3, transport=transport,
-                         pybit=compare, coalesce_ms=(0.0,) if compare else ())
+                         pybit=compare, coalesce_ms=(0.0,) if compare else (),
+                         pairs=2 if compare else 0, pair_seconds=0.5)
     with trio.fail_after(90):
         result = await bench.run_benchmark(opts)
     json.dumps(result)  # printable as one JSON object
     assert result["config"]["transport"] == (transport or "lean")
     assert result["latest_prices"]["symbols"] == 5 and is_number(result["latest_prices"]["ratio"])
+    paired = result["ratio_to_ceiling_interleaved_pairs"]
+    if compare:
+        assert len(paired["pairs"]) == 2 and paired["seconds_each"] == 0.5
+        for pair in paired["pairs"]:
+            assert is_number(pair["bare"]) and is_number(pair["stream"])
+            assert pair["ratio"] == round(pair["stream"] / pair["bare"], 3)
+        assert paired["ratio_min"] <= paired["ratio_median"] <= paired["ratio_max"]
+    else:
+        assert paired == {"skipped": "--pairs 0"}
     rows = result["comparison"]
     assert rows["bare trio-websocket + orjson"]["ratio_to_bare"] == 1.0
     default = ", default: adaptive coalescing <= 1 ms" if transport is None else ""
