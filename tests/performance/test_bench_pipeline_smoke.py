@@ -43,6 +43,18 @@ def test_bench_pipeline_prints_every_figure():
     assert set(idle["library_us_per_frame_by_idle_ms"]) == {"0", "1"}
     assert all(finite(v) and v > 0 for v in idle["library_us_per_frame_by_idle_ms"].values())
     assert set(idle["extra_us_per_wakeup_by_idle_ms"]) == {"1"} and finite(idle["extra_us_per_wakeup_by_idle_ms"]["1"])
+    assert set(idle["bare_client_us_per_frame_by_idle_ms"]) == set(idle["ratio_to_bare_by_idle_ms"]) == {"0", "1"}
+    assert all(finite(v) and v > 0 for v in idle["bare_client_us_per_frame_by_idle_ms"].values())
+    assert all(finite(v) and v > 0 for v in idle["ratio_to_bare_by_idle_ms"].values())
+
+
+def test_the_bare_client_reads_every_frame_through_a_real_upgrade():
+    """trio-websocket's own client, its upgrade answered by wsproto's server side, reads every
+    frame of every window (as bench_stream's bare client does against the simulator)."""
+    bench = load_script()
+    work = bench.build_workload(8, 4)
+    cpu, frames = bench.bare_client(work, 1, 3, 1, 5)
+    assert frames == 24 and cpu >= 0
 
 
 def test_an_idle_gap_run_reads_every_chunk_and_sleeps_before_each(monkeypatch):
