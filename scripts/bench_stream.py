@@ -1011,26 +1011,9 @@ PYBIT_START_LIMIT: Final = 8.0
 
 # --- a second stream on another public transport (throughput, latency, latest prices) ----------
 
-async def measure_stream_on(choice: str, sim: SimProcess, symbols: list[str], opts: Options) -> dict[str, Any]:
-    with public_transport(choice):
-        async with open_hybrid_stream(stream_config(sim), rng=random.Random(opts.seed)) as stream:
-            consumer = Consumer(stream)
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(consumer.run)
-                await wait_until(lambda: _all_confirmed(stream)
-                                 and len(stream.hub.subscriptions[CATEGORY].confirmed) >= len(symbols),
-                                 "the initial subscriptions", limit=60)
-                throughput = await measure_stream_throughput(stream, consumer, sim, opts)
-                probe, window = await measure_latency(consumer, sim, opts)
-                latest = await measure_latest_prices(stream, sim, symbols, opts)
-                nursery.cancel_scope.cancel()
-    return {"stream": throughput, **probe.figures(window, throughput), "latest_prices": latest}
-
-
-# --- 9. interleaved pairs: the ratio's spread --------------------------------------------------
-
-async def measure_stream_cpu(sim: SimProcess, symbols: list[str], opts: Options) -> dict[str, Any]:
-    """The stream with its defaults: frames per CPU-second over ``opts.seconds``, nothing else."""
+@asynccontextmanager
+async def consuming_stream(sim: SimProcess, symbols: list[str], opts: Options) -> AsyncIterator[tuple[HybridStream, Consumer]]:
+    """The stream with its consumer running, once every symbol's ticker is confirmed."""
     async with open_hybrid_stream(stream_config(sim), rng=random.Random(opts.seed)) as stream:
         consumer = Consumer(stream)
         async with trio.open_nursery() as nursery:
@@ -1038,9 +1021,25 @@ async def measure_stream_cpu(sim: SimProcess, symbols: list[str], opts: Options)
             await wait_until(lambda: _all_confirmed(stream)
                              and len(stream.hub.subscriptions[CATEGORY].confirmed) >= len(symbols),
                              "the initial subscriptions", limit=60)
-            throughput = await measure_stream_throughput(stream, consumer, sim, opts)
+            yield stream, consumer
             nursery.cancel_scope.cancel()
-    return throughput
+
+
+async def measure_stream_on(choice: str, sim: SimProcess, symbols: list[str], opts: Options) -> dict[str, Any]:
+    with public_transport(choice):
+        async with consuming_stream(sim, symbols, opts) as (stream, consumer):
+            throughput = await measure_stream_throughput(stream, consumer, sim, opts)
+            probe, window = await measure_latency(consumer, sim, opts)
+            latest = await measure_latest_prices(stream, sim, symbols, opts)
+    return {"stream": throughput, **probe.figures(window, throughput), "latest_prices": latest}
+
+
+# --- 9. interleaved pairs: the ratio's spread --------------------------------------------------
+
+async def measure_stream_cpu(sim: SimProcess, symbols: list[str], opts: Options) -> dict[str, Any]:
+    """The stream with its defaults: frames per CPU-second over ``opts.seconds``, nothing else."""
+    async with consuming_stream(sim, symbols, opts) as (stream, consumer):
+        return await measure_stream_throughput(stream, consumer, sim, opts)
 
 
 async def measure_pairs(sim: SimProcess, symbols: list[str], opts: Options) -> dict[str, Any]:

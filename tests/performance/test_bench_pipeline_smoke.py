@@ -54,7 +54,8 @@ def test_the_bare_client_reads_every_frame_through_a_real_upgrade():
     bench = load_script()
     work = bench.build_workload(8, 4)
     cpu, frames = bench.bare_client(work, 1, 3, 1, 5)
-    assert frames == 24 and cpu >= 0
+    assert frames == 24
+    assert cpu > 0  # the window ran the client: its CPU was counted
 
 
 def test_an_idle_gap_run_reads_every_chunk_and_sleeps_before_each(monkeypatch):
