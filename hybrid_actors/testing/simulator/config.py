@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterable
 from typing import Callable, Final, TypeVar
 
 import attrs
@@ -45,6 +46,12 @@ def _port(_inst: object, attribute: attrs.Attribute[int], value: int) -> None:
         raise ConfigError(f"{attribute.name} must be a TCP port (0 = any free port), got {value!r}")
 
 
+def _categories(value: Iterable[str]) -> tuple[str, ...]:
+    """``tuple``, typed: with ``converter=tuple`` mypy's attrs plugin leaves the parameter
+    ``Iterable[_T_co]``, which no typed argument (``categories=("linear",)``) satisfies."""
+    return tuple(value)
+
+
 @attrs.frozen
 class ScenarioConfig:
     """A seeded random life of positions: opens, resizes and closes at random intervals."""
@@ -56,7 +63,7 @@ class ScenarioConfig:
     max_interval: float = attrs.field(default=2.0, validator=_positive)
     #: never more open positions than this
     max_open: int = attrs.field(default=8, validator=_count)
-    categories: tuple[str, ...] = attrs.field(default=("linear",), converter=tuple)
+    categories: tuple[str, ...] = attrs.field(default=("linear",), converter=_categories)
     #: only the first N known symbols of each category take part (None: all)
     symbols: int | None = None
 
@@ -91,7 +98,7 @@ class SimulatorConfig:
     #: random open positions at start (seeded), in ``position_categories``
     positions: int = attrs.field(default=5, validator=_count)
     #: where the positions open at start go (the ``demo`` command passes the ones it follows)
-    position_categories: tuple[str, ...] = attrs.field(default=("linear", "inverse"), converter=tuple)
+    position_categories: tuple[str, ...] = attrs.field(default=("linear", "inverse"), converter=_categories)
     rate: float = attrs.field(default=10.0, validator=_non_negative)
     #: None: a random seed (visible as ``Simulator.seed``)
     seed: int | None = None
