@@ -133,9 +133,10 @@ async def measure(info: dict[str, Any], args: argparse.Namespace) -> dict[str, A
 
 def child(host: str, info: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     if host == "trio-asyncio":
-        import trio_asyncio
+        import trio_asyncio  # type: ignore[import-untyped]  # it ships neither stubs nor py.typed
 
-        return trio_asyncio.run(trio_asyncio.aio_as_trio(measure), info, args)
+        figures: dict[str, Any] = trio_asyncio.run(trio_asyncio.aio_as_trio(measure), info, args)  # measure's result
+        return figures
     import asyncio
 
     return asyncio.run(measure(info, args))
@@ -159,7 +160,8 @@ def run_host(host: str, args: argparse.Namespace) -> dict[str, Any]:
         out = subprocess.run(argv, capture_output=True, text=True, timeout=args.seconds + args.warmup + 120, env=env)
         if out.returncode != 0:
             raise RuntimeError(f"{host} child failed:\n{out.stderr}")
-        return json.loads(out.stdout)
+        figures: dict[str, Any] = json.loads(out.stdout)  # the child's one JSON object
+        return figures
     finally:
         sim.terminate()
         sim.wait(timeout=10)

@@ -100,7 +100,7 @@ async def _get(url: str) -> bytes:
     return data
 
 
-async def main(opts: argparse.Namespace) -> dict:
+async def main(opts: argparse.Namespace) -> dict[str, float | None]:
     scenario = ScenarioConfig(categories=("linear",), min_interval=3600.0, max_interval=7200.0, max_open=1)
     sim_config = SimulatorConfig(symbols=opts.positions * 3, positions=opts.positions, rate=opts.rate, seed=5,
                                  scenario=scenario)
@@ -121,7 +121,7 @@ async def main(opts: argparse.Namespace) -> dict:
             report = build_health_report(hub)
             registry = make_registry(lambda: stream_sample(hub, lambda: build_health_report(hub)))
             console = Console(file=io.StringIO(), width=160, record=False)
-            figures = {
+            figures: dict[str, float | None] = {
                 "positions": len(report.open_positions),
                 "record_event_us": record_event_us(),
                 "health_report_ms": per_call_ms(lambda: build_health_report(hub), opts.repeat),
@@ -147,6 +147,7 @@ async def main(opts: argparse.Namespace) -> dict:
             figures["baseline_max_stall_ms"] = round(max(stalls) * 1000, 3)
             figures["baseline_p99_stall_ms"] = round(sorted(stalls)[int(len(stalls) * 0.99)] * 1000, 3)
             stalls.clear()
+            assert stream.metrics_url is not None  # metrics_port=0 above: served on a free port
             figures["http_health_ms"] = await get_ms(stream.metrics_url + "/health", opts.repeat)
             figures["http_metrics_ms"] = await get_ms(stream.metrics_url + "/metrics", opts.repeat)
             figures["max_actor_stall_ms"] = round(max(stalls) * 1000, 3) if stalls else None

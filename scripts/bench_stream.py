@@ -152,7 +152,7 @@ import struct
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from functools import partial
 from decimal import Decimal
@@ -171,7 +171,9 @@ from hybrid_actors import lean_transport  # noqa: E402
 from hybrid_actors import transport as transport_module
 from hybrid_actors.actors import connection, public_ws
 from hybrid_actors.actors.mailboxes import EventQueue, LatestByKey
-from hybrid_actors.config import Credentials, Endpoints, RestartPolicy, StreamConfig
+from hybrid_actors.config import DEFAULT_READ_COALESCE, Credentials, Endpoints, RestartPolicy, StreamConfig
+from hybrid_actors.notices import StreamEvent
+from hybrid_actors.protocol.frames import Frame, TickerFields
 from hybrid_actors.state import Combiner, Event, PositionEvent
 from hybrid_actors.supervisor import HybridStream, open_hybrid_stream
 
@@ -301,6 +303,7 @@ async def measure_read_floor(sim: SimProcess, symbols: list[str], opts: Options)
     reads = received = 0
     async with lean_transport.open_lean_transport(f"{sim.ws_url}/v5/public/{CATEGORY}", label="bench") as transport:
         await subscribe_tickers(transport.send, symbols)
+        assert isinstance(transport, lean_transport._LeanTransport)  # what open_lean_transport yields
         stream = transport._stream  # benchmark-only: below the WebSocket layer on purpose
 
         async def consume(window: Window) -> None:
@@ -555,7 +558,8 @@ class LatencyProbe:
         if any(w is owner for w in self._wrapped):
             return
         if isinstance(owner, transport_module._GuardedStream):
-            owner.inner = wrapper = _StampingStream(owner.inner, self)
+            # benchmark-only: a Stream by duck typing (receive_some; the rest through __getattr__)
+            owner.inner = wrapper = _StampingStream(owner.inner, self)  # type: ignore[assignment]
         else:
             owner._stream = wrapper = _StampingStream(owner._stream, self)
         self._wrapped.append(owner)
@@ -578,30 +582,32 @@ class LatencyProbe:
         """Patch the public socket's transport (either kind) and the public actor's decode; undo on exit."""
         probe = self
         ws_batch = transport_module._WsTransport.receive_batch
-        original_decode = public_ws.decode_hot
+        # the name public_ws's reader looks up at each call (imported from protocol.frames): patched below
+        original_decode = public_ws.decode_hot  # type: ignore[attr-defined]  # not re-exported
         marks_commit, marks_take, queue_put = LatestByKey.commit, LatestByKey.take, EventQueue.put_many
 
-        async def receive_batch(transport: Any) -> list[str | bytes]:
-            if transport._label != PUBLIC_LINK:
-                return await ws_batch(transport)
-            probe._wrap(transport._guard)
-            batch = await ws_batch(transport)  # trio-websocket's reader task read it, in wire order
-            probe._deliver(transport._guard.inner, batch)
+        # the replacements keep the methods' signatures, parameter names included (self too)
+        async def receive_batch(self: transport_module._WsTransport) -> list[str | bytes]:
+            if self._label != PUBLIC_LINK:
+                return await ws_batch(self)
+            probe._wrap(self._guard)
+            batch = await ws_batch(self)  # trio-websocket's reader task read it, in wire order
+            probe._deliver(self._guard.inner, batch)
             return batch
 
         lean_batch = lean_transport._LeanTransport.receive_batch
 
-        async def receive_read_batch(transport: Any) -> list[str | bytes]:
-            if transport._label != PUBLIC_LINK:
-                return await lean_batch(transport)
-            probe._wrap(transport)
-            batch = await lean_batch(transport)  # completed by this call's reads, in wire order
-            probe._deliver(transport._stream, batch)
+        async def receive_read_batch(self: lean_transport._LeanTransport) -> list[str | bytes]:
+            if self._label != PUBLIC_LINK:
+                return await lean_batch(self)
+            probe._wrap(self)
+            batch = await lean_batch(self)  # completed by this call's reads, in wire order
+            probe._deliver(self._stream, batch)
             return batch
 
-        def decode(raw: str | bytes, *, category: str | None = None) -> Any:
-            frame = original_decode(raw, category=category)
-            stamps = probe.read_of.pop(raw, None)
+        def decode(data: str | bytes, *, category: str | None = None) -> TickerFields | Frame:
+            frame = original_decode(data, category=category)
+            stamps = probe.read_of.pop(data, None)
             if stamps is not None and type(frame) is tuple and frame[3] is not None:  # TickerFields with a mark
                 key = (frame[0], frame[4])
                 probe.arrivals[key] = stamps
@@ -609,7 +615,7 @@ class LatencyProbe:
                 probe.uncommitted.append(key)
             return frame
 
-        def commit(mailbox: Any) -> None:
+        def commit(self: LatestByKey[Any, Any]) -> None:
             if probe.uncommitted:
                 now = time.time_ns()
                 for key in probe.uncommitted:
@@ -617,10 +623,10 @@ class LatencyProbe:
                     if stage is not None:
                         stage[1] = now
                 probe.uncommitted.clear()
-            marks_commit(mailbox)
+            marks_commit(self)
 
-        async def take(mailbox: Any) -> Any:
-            batch = await marks_take(mailbox)
+        async def take(self: LatestByKey[Any, Any]) -> dict[Any, Any]:
+            batch = await marks_take(self)
             now = time.time_ns()
             for (_category, symbol), mark in batch.items():
                 stage = probe.stages.get((symbol, mark.exchange_ts))
@@ -628,18 +634,18 @@ class LatencyProbe:
                     stage[2] = now
             return batch
 
-        def put(queue: Any, events: Any) -> None:
+        def put(self: EventQueue, events: Iterable[StreamEvent]) -> None:
             now = time.time_ns()
-            for event in events:
-                if getattr(event, "source", None) == "ticker":
+            for event in events:  # a ticker event carries its frame's ts (the notices have no source)
+                if isinstance(event, PositionEvent) and event.source == "ticker" and event.exchange_ts is not None:
                     stage = probe.stages.get((event.symbol, event.exchange_ts))
                     if stage is not None:
                         stage[3] = now
-            queue_put(queue, events)
+            queue_put(self, events)
 
         transport_module._WsTransport.receive_batch = receive_batch  # type: ignore[method-assign]
         lean_transport._LeanTransport.receive_batch = receive_read_batch  # type: ignore[method-assign]
-        public_ws.decode_hot = decode  # type: ignore[assignment]
+        public_ws.decode_hot = decode  # type: ignore[attr-defined]  # benchmark-only instrumentation patches it
         LatestByKey.commit, LatestByKey.take, EventQueue.put_many = commit, take, put  # type: ignore[method-assign]
         try:
             yield
@@ -647,7 +653,7 @@ class LatencyProbe:
             LatestByKey.commit, LatestByKey.take, EventQueue.put_many = marks_commit, marks_take, queue_put  # type: ignore[method-assign]
             transport_module._WsTransport.receive_batch = ws_batch  # type: ignore[method-assign]
             lean_transport._LeanTransport.receive_batch = lean_batch  # type: ignore[method-assign]
-            public_ws.decode_hot = original_decode
+            public_ws.decode_hot = original_decode  # type: ignore[attr-defined]  # (as patched above)
             for owner in self._wrapped:
                 wrapper: Any
                 if isinstance(owner, transport_module._GuardedStream):
@@ -930,7 +936,7 @@ PYBIT_NOTE: Final = (
 
 
 def _pybit_phase(url: str, symbols: list[str], opts: Options, sim_pid: int) -> dict[str, Any]:
-    from pybit import unified_trading
+    from pybit import unified_trading  # type: ignore[import-untyped]  # it ships neither stubs nor py.typed
 
     state = {"counting": False, "frames": 0}
     lags: list[float] = []
@@ -1109,7 +1115,7 @@ def comparison(raw: dict[str, Any], stream: dict[str, Any], figures: dict[str, A
 
 def _default_coalescing(name: str) -> str:
     """What the stream row's public sockets do by default (the lean transport coalesces)."""
-    window = StreamConfig.__attrs_attrs__.read_coalesce.default * 1000
+    window = DEFAULT_READ_COALESCE * 1000
     return f", default: adaptive coalescing <= {window:g} ms" if name == "lean" and window else ""
 
 
@@ -1129,7 +1135,7 @@ def public_transport(choice: str | None) -> Iterator[Callable[..., Any]]:
     def choose_transport(name: str) -> Callable[..., Any]:
         return chosen if name.startswith("public:") else original(name)
 
-    connection.choose_transport = choose_transport  # type: ignore[assignment]
+    connection.choose_transport = choose_transport
     try:
         yield chosen
     finally:

@@ -53,19 +53,23 @@ def say(text: str) -> None:
 
 # --- the bot, unchanged by the switch to the hybrid stream ------------------------------------------
 
+#: ``async def handler(data)``: ``data`` is the event's dict, as the stream hands it over
+Handler = Callable[[dict[str, Any]], Awaitable[None]]
+
+
 class EventRouter:
     """Routes stream events to every handler registered for their name."""
 
     def __init__(self) -> None:
-        self._handlers: dict[str, list[Callable[[dict], Awaitable[None]]]] = defaultdict(list)
+        self._handlers: dict[str, list[Handler]] = defaultdict(list)
 
-    def on(self, event_name: str) -> Callable[[Callable[[dict], Awaitable[None]]], Callable[[dict], Awaitable[None]]]:
-        def register(handler: Callable[[dict], Awaitable[None]]) -> Callable[[dict], Awaitable[None]]:
+    def on(self, event_name: str) -> Callable[[Handler], Handler]:
+        def register(handler: Handler) -> Handler:
             self._handlers[event_name].append(handler)
             return handler
         return register
 
-    async def emit(self, event_name: str, data: dict) -> None:
+    async def emit(self, event_name: str, data: dict[str, Any]) -> None:
         for handler in self._handlers.get(event_name, ()):
             await handler(data)
 
@@ -148,7 +152,7 @@ class PositionManager:
         self.updates = 0
 
         @event_router.on("position.update")
-        async def handle_position_update(data: dict) -> None:
+        async def handle_position_update(data: dict[str, Any]) -> None:
             self.updates += 1
             position = self.positions.get(data["symbol"])
             if position is None:
@@ -163,7 +167,7 @@ class PositionManager:
             await self.trailing_stop.update_price(position.symbol, position.current_price)
 
         @event_router.on("position.closed")
-        async def handle_position_closed(data: dict) -> None:
+        async def handle_position_closed(data: dict[str, Any]) -> None:
             position = self.positions.pop(data["symbol"], None)
             trailing_stop.forget(data["symbol"])
             if position is not None:
@@ -178,7 +182,7 @@ class AgedPositionMonitor:
         self.flagged: set[str] = set()
 
         @event_router.on("position.update")
-        async def check_age(data: dict) -> None:
+        async def check_age(data: dict[str, Any]) -> None:
             position = position_manager.positions.get(data["symbol"])
             if position is None or position.symbol in self.flagged or position.created_ms is None:
                 return
@@ -189,7 +193,7 @@ class AgedPositionMonitor:
                     f"PnL {position.unrealized_pnl}")
 
         @event_router.on("position.closed")
-        async def forget(data: dict) -> None:
+        async def forget(data: dict[str, Any]) -> None:
             self.flagged.discard(data["symbol"])
 
 
@@ -205,11 +209,11 @@ class TradingBot:
         self.stream_states: list[str] = []
 
         @self.event_router.on("stream.state")
-        async def stream_state(data: dict) -> None:
+        async def stream_state(data: dict[str, Any]) -> None:
             self.stream_states.append(data["state"])
             say(f"stream {data['state']}: {data['reason']}")
 
-    async def _handle_stream_event(self, event_name: str, data: dict) -> None:
+    async def _handle_stream_event(self, event_name: str, data: dict[str, Any]) -> None:
         await self.event_router.emit(event_name, data)
 
     async def start_streams(self, api_key: str, api_secret: str, stream_url: str, rest_url: str) -> None:
@@ -354,7 +358,7 @@ def main() -> int:
     say(f"simulator on {exchange.info['ws_url']} (REST {exchange.info['rest_url']})")
     try:
         if args.host == "trio-asyncio":
-            import trio_asyncio
+            import trio_asyncio  # type: ignore[import-untyped]  # it ships neither stubs nor py.typed
 
             ok = trio_asyncio.run(trio_asyncio.aio_as_trio(run_bot), exchange, args)
         else:

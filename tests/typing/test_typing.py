@@ -1,7 +1,9 @@
 """Type checkers see the real public API: ``mypy --strict`` accepts a typed bot
-(``typed_usage.py``) and the whole package (internals and the simulator too: a typed bot
-that follows our imports meets no error), and refuses the wrong uses in ``misuse.py`` (so
-the check is not vacuous: nothing is ``Any``). Also: ``py.typed`` ships."""
+(``typed_usage.py``), the whole package (internals and the simulator too: a typed bot
+that follows our imports meets no error) and ``scripts/`` (the example bot is what bot
+authors copy; the benchmarks patch production code, so they must follow its signatures),
+and refuses the wrong uses in ``misuse.py`` (so the check is not vacuous: nothing is
+``Any``). Also: ``py.typed`` ships."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ pytestmark = pytest.mark.unit
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 PACKAGE = ROOT / "hybrid_actors"
+SCRIPTS = ROOT / "scripts"
 #: the modules a bot imports from (the rest is internal: actors, transports, simulator)
 PUBLIC = ["__init__.py", "config.py", "errors.py", "health.py", "notices.py", "state.py", "supervisor.py",
           "bridge/__init__.py", "bridge/stream.py", "protocol/frames.py"]
@@ -38,10 +41,17 @@ def test_mypy_strict_accepts_the_whole_package(tmp_path):
     assert f"Success: no issues found in {checked} source files" in result.stdout, result.stdout
 
 
+def test_mypy_strict_accepts_the_scripts(tmp_path):
+    result = mypy(tmp_path, SCRIPTS.relative_to(ROOT), summary=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    checked = len(list(SCRIPTS.glob("*.py")))  # every script, and bench_support, which they import
+    assert f"Success: no issues found in {checked} source files" in result.stdout, result.stdout
+
+
 def test_no_module_opts_out_of_the_type_check():
     # a bare ``# type: ignore`` on a module's first line, or an inline ``# mypy:`` setting,
-    # would switch checks off that the test above cannot see; each ignore names its code
-    for path in PACKAGE.rglob("*.py"):
+    # would switch checks off that the tests above cannot see; each ignore names its code
+    for path in [*PACKAGE.rglob("*.py"), *SCRIPTS.glob("*.py")]:
         for number, line in enumerate(path.read_text().splitlines(), start=1):
             assert not re.search(r"#\s*mypy:|#\s*type:\s*ignore(?!\[)", line), f"{path}:{number}: {line}"
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["mypy"]
