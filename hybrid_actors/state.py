@@ -71,6 +71,10 @@ class BookDiff:
     #: ``("close", last open record, closed_at)``. One push may close a position and open it
     #: again (or the reverse); the events must follow that order.
     steps: tuple[tuple[str, Position, int | None], ...] = ()
+    #: a snapshot's open positions it did not list but that were updated within its skew
+    #: (``snapshot_skew_ms``): kept open, since the list may predate their update; only a
+    #: snapshot read after that update can close them
+    unconfirmed: tuple[Key, ...] = ()
 
     def __bool__(self) -> bool:
         return bool(self.opened or self.changed or self.closed)
@@ -87,12 +91,22 @@ class PositionBook:
     closed unless the book saw it updated after the snapshot was taken (``as_of_ms``) or
     the snapshot did not cover its (category, settle coin): a linear snapshot asked for
     USDT only says nothing about a USDC position.
+
+    A position a snapshot closed leaves a tombstone, the time the list was read: a push
+    older than that is stale. A later snapshot is not: one read after the tombstone that
+    lists the position open wins over it (the earlier list missed a live position, which
+    the next reconciliation must heal, not confirm).
+
+    In one-way mode a position that reverses in one record (``Buy`` to ``Sell`` through
+    zero) is a close of the old position and an open of the new one, in that order.
     """
 
     #: how much earlier than the response's ``time`` a REST list may have been read
     snapshot_skew_ms: int = SNAPSHOT_SKEW_MS
     _open: dict[Key, Position] = attrs.Factory(dict)
     _versions: dict[Key, tuple[int, int]] = attrs.Factory(dict)
+    #: when the snapshot that closed a position (no close record seen) was read, epoch ms
+    _tombstones: dict[Key, int] = attrs.Factory(dict)
     _by_symbol: dict[tuple[str, str], set[Key]] = attrs.Factory(dict)
     #: the settle coin of each key a REST page (asked per coin) has shown
     _coins: dict[Key, str] = attrs.Factory(dict)
@@ -116,11 +130,18 @@ class PositionBook:
     def apply_push(self, positions: Iterable[Position]) -> BookDiff:
         diff = _DiffBuilder()
         for position in positions:
-            known = self._versions.get(position.key)
-            if known is not None and position.updated_time is not None and position.version < known:
-                continue  # stale: we already applied something newer
+            if position.updated_time is not None and self._stale(position):
+                continue  # we already applied something newer, or a snapshot read later closed it
             self._set(position, diff)
         return diff.build()
+
+    def _stale(self, position: Position) -> bool:
+        key = position.key
+        known = self._versions.get(key)
+        if known is not None and position.version < known:
+            return True
+        tombstone = self._tombstones.get(key)
+        return tombstone is not None and position.version < (tombstone, -1)
 
     def apply_snapshot(self, positions: Iterable[Position], categories: Iterable[str],
                        as_of_ms: int | None, *, coverage: Iterable[Scope] | None = None) -> BookDiff:
@@ -135,25 +156,28 @@ class PositionBook:
                 prior = latest.get(position.key)
                 if prior is None or position.version >= prior.version:
                     latest[position.key] = position
+        # ``as_of_ms`` is when the response was built; the list was read a little earlier.
+        read_at = None if as_of_ms is None else as_of_ms - self.snapshot_skew_ms
         diff = _DiffBuilder()
         for key, position in latest.items():
             if position.settle_coin is not None:
                 self._coins[key] = position.settle_coin
-            known = self._versions.get(key)
-            if known is not None and position.updated_time is not None and position.version < known:
+            tombstone = self._tombstones.get(key)
+            if tombstone is not None and read_at is not None and read_at > tombstone:
+                del self._tombstones[key]  # this list was read after the one that closed it: it wins
+            if position.updated_time is not None and self._stale(position):
                 continue  # a push newer than the snapshot already arrived
             self._set(position, diff)
         for key, current in list(self._open.items()):
             if key[0] not in scope or key in latest or not self._covers(covered, key):
                 continue
-            # ``as_of_ms`` is when the response was built; the list was read a little earlier.
-            # A position updated within that skew may simply be missing from the list.
-            read_at = None if as_of_ms is None else as_of_ms - self.snapshot_skew_ms
+            # A position updated within the skew may simply be missing from the list.
             if read_at is not None and current.updated_time is not None and current.updated_time > read_at:
-                continue  # (re)opened after the snapshot was read
+                diff.unconfirmed.append(key)  # (re)opened after the snapshot was read, or closed since
+                continue
             self._remove(key, diff, as_of_ms)
             if read_at is not None:
-                self._versions[key] = (read_at, -1)  # tombstone: older pushes stay ignored
+                self._tombstones[key] = read_at  # older pushes stay ignored
         return diff.build()
 
     def settle_coin(self, key: Key) -> str | None:
@@ -182,8 +206,13 @@ class PositionBook:
         key = position.key
         if position.updated_time is not None:
             self._versions[key] = position.version
+        self._tombstones.pop(key, None)  # this record is newer than the snapshot that closed it
         previous = self._open.get(key)
         if position.is_open:
+            if previous is not None and previous.side != position.side:
+                # reversed through zero in one record (one-way mode): the old position closed
+                self._remove(key, diff, position.updated_time)
+                previous = None
             self._open[key] = position
             self._by_symbol.setdefault((key[0], key[1]), set()).add(key)
             if previous is None:
@@ -214,10 +243,11 @@ class _DiffBuilder:
     closed: list[Position] = attrs.Factory(list)
     closed_at: list[int | None] = attrs.Factory(list)
     steps: list[tuple[str, Position, int | None]] = attrs.Factory(list)
+    unconfirmed: list[Key] = attrs.Factory(list)
 
     def build(self) -> BookDiff:
         return BookDiff(tuple(self.opened), tuple(self.changed), tuple(self.closed), tuple(self.closed_at),
-                        tuple(self.steps))
+                        tuple(self.steps), tuple(self.unconfirmed))
 
 
 # --- tickers ----------------------------------------------------------------------------
@@ -495,6 +525,9 @@ class Combiner:
     #: changes to ``_shown`` made by events not yet handed over (None: a close)
     _staged: dict[Key, tuple[_Observed, PositionUpdate] | None] = attrs.Factory(dict)
     _views: dict[Key, PositionUpdate] = attrs.Factory(dict)
+    #: the last snapshot's :attr:`BookDiff.unconfirmed`: open positions it could not close
+    #: because they were updated within its skew (a snapshot read a little later can)
+    unconfirmed: tuple[Key, ...] = ()
 
     def apply_push(self, positions: Iterable[Position], *, received_ts: int, commit: bool = True) -> list[Event]:
         return self._done(self._diff_events(self.book.apply_push(positions), "position", received_ts), commit)
@@ -503,6 +536,7 @@ class Combiner:
                        as_of_ms: int | None, received_ts: int, commit: bool = True,
                        coverage: Iterable[Scope] | None = None) -> list[Event]:
         diff = self.book.apply_snapshot(positions, categories, as_of_ms, coverage=coverage)
+        self.unconfirmed = diff.unconfirmed
         return self._done(self._diff_events(diff, "rest", received_ts), commit)
 
     def apply_marks(self, category: str, marks: Mapping[str, Mark], *, commit: bool = True) -> list[Event]:

@@ -9,6 +9,11 @@ private stream's intake (backpressure), while price updates keep conflating.
 
 After each lifecycle message the desired ticker set per category is published to the
 subscription manager.
+
+A snapshot that could not confirm some open positions (absent from the list, but updated
+within its skew: a close while the private socket was down looks like that) is followed
+by another one read after their update, so such a close comes within ~2 s, not at the
+next 5-minute reconciliation.
 """
 
 from __future__ import annotations
@@ -32,12 +37,21 @@ log = logging.getLogger(__name__)
 STEP: Final = 16
 #: what every event made from marks is (counted once per chunk)
 TICKER_KIND: Final = ("position.update", "ticker")
+#: a follow-up snapshot is asked for this long after the skew of the one it follows
+#: (``PositionBook.snapshot_skew_ms``), so its list was read after the unconfirmed updates
+FOLLOW_UP_MARGIN: Final = 0.5
+#: follow-up snapshots in a row at most: a position REST keeps leaving out while pushes keep
+#: updating it is the periodic reconciliation's to settle, not a REST request every 1.5 s
+MAX_FOLLOW_UPS: Final = 3
 
 
 @attrs.define(eq=False)
 class CombinerActor:
     hub: Hub
     name: str = "combiner"
+    #: set when a snapshot left positions unconfirmed: ``_follow_ups`` asks for another
+    _follow_up: trio.Event = attrs.field(factory=trio.Event, init=False)
+    _follow_ups_in_a_row: int = attrs.field(default=0, init=False)
 
     @staticmethod
     def reset_after_crash(hub: Hub) -> None:
@@ -59,6 +73,7 @@ class CombinerActor:
             nursery.start_soon(self._lifecycle, inbox)
             nursery.start_soon(self._prices)
             nursery.start_soon(self._fallback_prices)
+            nursery.start_soon(self._follow_ups)
             task_status.started()
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -93,6 +108,30 @@ class CombinerActor:
                             len(events), ", ".join(f"{e.name} {e.symbol}/{e.position_idx}" for e in events[:10]))
         if message.reason == "connect":  # the private socket's: authenticated, and this applied
             hub.first_snapshot.set()
+        unconfirmed = hub.combiner.unconfirmed
+        if not unconfirmed:
+            self._follow_ups_in_a_row = 0
+        elif self._follow_ups_in_a_row < MAX_FOLLOW_UPS:
+            self._follow_ups_in_a_row += 1
+            log.info("REST snapshot could not confirm %d position(s) updated within its skew (%s); "
+                     "asking for another in %.1fs", len(unconfirmed),
+                     ", ".join(f"{cat}/{sym}/{idx}" for cat, sym, idx in unconfirmed[:10]), self._follow_up_delay())
+            self._follow_up.set()
+        else:
+            log.warning("%d follow-up REST snapshots in a row could not confirm %s; leaving them to the "
+                        "periodic reconciliation", MAX_FOLLOW_UPS,
+                        ", ".join(f"{cat}/{sym}/{idx}" for cat, sym, idx in unconfirmed[:10]))
+
+    def _follow_up_delay(self) -> float:
+        return self.hub.combiner.book.snapshot_skew_ms / 1000 + FOLLOW_UP_MARGIN
+
+    async def _follow_ups(self) -> NoReturn:
+        """Ask the reconciler for the snapshots ``_snapshot_applied`` wants, once each skew."""
+        while True:
+            await self._follow_up.wait()
+            self._follow_up = trio.Event()
+            await trio.sleep(self._follow_up_delay())
+            self.hub.request_reconcile()
 
     async def _prices(self) -> NoReturn:
         hub = self.hub

@@ -172,7 +172,12 @@ class PrivateStreamActor:
             elif not self._subscribed.is_set():
                 self._sub_outcome = outcome
                 self._subscribed.set()
-        elif isinstance(frame, (MalformedFrame, UnknownFrame)):
+        elif isinstance(frame, MalformedFrame):
+            reporter.report(frame, self.hub)
+            # it may have been a position push (a close is usually pushed alone): what it said
+            # is healed from REST now, not at the next reconciliation minutes away
+            self.hub.request_reconcile()
+        elif isinstance(frame, UnknownFrame):
             reporter.report(frame, self.hub)
         else:
             reporter.report(UnknownFrame(f"{type(frame).__name__} on the private socket", {}), self.hub)

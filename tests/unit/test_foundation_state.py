@@ -227,6 +227,68 @@ def test_a_stale_push_after_a_snapshot_tombstone_is_ignored():
     assert book.apply_push([pos(size="4", ut=3001)]).opened  # genuinely newer: applied
 
 
+def test_a_later_snapshot_listing_a_position_undoes_a_false_close():
+    # a list that missed a live position (REST lagging the matching engine by more than the
+    # skew) closed it; the next reconciliation lists it, unchanged since: it is open again
+    book = PositionBook()
+    record = pos(ut=1000, seq=10)
+    book.apply_push([record])
+    assert book.apply_snapshot([], ["linear"], as_of_ms=1000 + SNAPSHOT_SKEW_MS + 500).closed == (record,)
+    again = book.apply_snapshot([record], ["linear"], as_of_ms=300_000)
+    assert again.opened == (record,) and book.get(record.key) == record
+    # and a push older than that record stays stale
+    assert not book.apply_push([pos(size="9", ut=999, seq=10)])
+
+
+def test_a_snapshot_read_before_the_tombstone_does_not_undo_it():
+    book = PositionBook()
+    book.apply_push([pos(ut=1000)])
+    assert book.apply_snapshot([], ["linear"], as_of_ms=5000).closed  # tombstone: read at 4000
+    # an answer read earlier (two snapshots in flight, this one slower) lists the old record
+    assert not book.apply_snapshot([pos(ut=1000)], ["linear"], as_of_ms=4500)
+    assert len(book) == 0
+
+
+def test_a_tombstone_never_lowers_a_version():
+    # updated exactly when the list was read: closed by it; an older record of that same
+    # millisecond (lower seq) must stay stale after the close
+    book = PositionBook()
+    read_at = 9000
+    book.apply_push([pos(ut=read_at, seq=10)])
+    assert book.apply_snapshot([], ["linear"], as_of_ms=read_at + SNAPSHOT_SKEW_MS).closed
+    assert not book.apply_push([pos(size="4", ut=read_at, seq=5)])
+    assert len(book) == 0
+
+
+def test_positions_updated_within_the_skew_are_reported_unconfirmed():
+    book = PositionBook()
+    recent, old = pos("NEWUSDT", ut=2000), pos("OLDUSDT", ut=500)
+    book.apply_push([recent, old])
+    diff = book.apply_snapshot([], ["linear"], as_of_ms=2000 + SNAPSHOT_SKEW_MS - 1)
+    assert diff.closed == (old,) and diff.unconfirmed == (recent.key,)
+    # a list read after the update settles it
+    later = book.apply_snapshot([], ["linear"], as_of_ms=2000 + SNAPSHOT_SKEW_MS)
+    assert later.closed == (recent,) and later.unconfirmed == ()
+
+
+def test_a_one_way_position_reversed_in_one_record_closes_and_opens():
+    book = PositionBook()
+    long = pos(size="2", ut=1000)
+    book.apply_push([long])
+    short = pos(side="Sell", size="1", entry="105", ut=1001)
+    diff = book.apply_push([short])
+    assert [(kind, p) for kind, p, _ in diff.steps] == [("close", long), ("open", short)]
+    assert diff.closed_at == (1001,) and book.get(short.key) == short
+    assert book.symbols("linear") == {"BTCUSDT"}  # the ticker stays wanted
+
+
+def test_hedge_legs_are_not_reversals():
+    book = PositionBook()
+    book.apply_push([pos(idx=1), pos(idx=2, side="Sell")])
+    diff = book.apply_push([pos(idx=1, size="5", ut=1001), pos(idx=2, side="Sell", size="5", ut=1001)])
+    assert not diff.closed and len(diff.changed) == 2
+
+
 def test_a_stale_push_after_a_flat_snapshot_record_is_ignored():
     book = PositionBook()
     book.apply_push([pos(ut=1000)])
@@ -379,11 +441,27 @@ def test_open_change_close_from_snapshots():
     combiner = Combiner()
     opened = only(combiner.apply_snapshot([pos(ut=1000)], categories=["linear"], as_of_ms=1000, received_ts=1))
     assert type(opened) is PositionUpdate and opened.source == "rest"
-    changed = only(combiner.apply_snapshot([pos(side="Sell", ut=1001)], categories=["linear"], as_of_ms=1001,
+    changed = only(combiner.apply_snapshot([pos(size="3", ut=1001)], categories=["linear"], as_of_ms=1001,
                                            received_ts=2))
-    assert changed.side == "Sell" and changed.unrealized_pnl == D(-20)
+    assert type(changed) is PositionUpdate and changed.size == D(3)
+    # reversed through zero (one-way mode): the long closed, a short opened
+    long_closed, short = combiner.apply_snapshot([pos(side="Sell", ut=1002)], categories=["linear"],
+                                                 as_of_ms=1002, received_ts=3)
+    assert type(long_closed) is PositionClosed and long_closed.side == "Buy" and long_closed.size == 0
+    assert type(short) is PositionUpdate and short.side == "Sell" and short.unrealized_pnl == D(-20)
     closed = only(combiner.apply_snapshot([], categories=["linear"], as_of_ms=3000, received_ts=3))
     assert type(closed) is PositionClosed and closed.source == "rest" and closed.side == "Sell"
+
+
+def test_a_reversal_is_a_close_then_an_open_for_the_consumer():
+    combiner = Combiner()
+    combiner.apply_push([pos(size="2", entry="100", mark="110", ut=1000)], received_ts=1)
+    closed, opened = combiner.apply_push([pos(side="Sell", size="1", entry="110", mark="110", ut=1001)],
+                                         received_ts=2)
+    assert type(closed) is PositionClosed and (closed.side, closed.size, closed.entry_price) == ("Buy", 0, D(100))
+    assert closed.updated_time == closed.exchange_ts == 1001
+    assert type(opened) is PositionUpdate and (opened.side, opened.size, opened.entry_price) == ("Sell", 1, D(110))
+    assert [p.side for p in combiner.book.open_positions()] == ["Sell"]
 
 
 def test_marks_move_pnl_and_are_deduplicated():

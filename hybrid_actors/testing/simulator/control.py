@@ -224,6 +224,13 @@ class Control:
         self._ex.faults.add_rest(RestFaultKind.HANG, count, path, seconds=seconds, query=query)
         self._ex.changed()
 
+    def rest_omit(self, symbol: str, *, category: str = "linear", count: int | None = 1) -> None:
+        """The next ``count`` position lists that would show ``symbol`` leave it out, whatever
+        its state: a REST replica lagging the matching engine (the push stream is unaffected)."""
+        self._ex.market.require(category, symbol)
+        self._ex.faults.omit_from_rest(category, symbol, count)
+        self._ex.changed()
+
     def set_account(self, *, classic: bool | None = None, paging: Paging | str | None = None,
                     enforce_rate_limits: bool | None = None) -> None:
         """Classic account (``"None"`` sides, no USDC/option: 10001), REST paging mode

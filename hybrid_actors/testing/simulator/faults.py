@@ -142,6 +142,8 @@ class Faults:
     connection_limit_status: int
     auth_failures: Counted = attrs.Factory(lambda: Counted(0))
     subscribe_rejections: dict[tuple[str, str], SubscribeRejection] = attrs.Factory(dict)
+    #: (category, symbol) -> position lists that leave it out (a REST replica lagging behind)
+    rest_omissions: dict[tuple[str, str], Counted] = attrs.Factory(dict)
     rest: list[RestFault] = attrs.Factory(list)
     handshakes: list[HandshakeRejection] = attrs.Factory(list)
     pongs: list[PongRule] = attrs.Factory(list)
@@ -157,6 +159,9 @@ class Faults:
     def reject_subscribes(self, category: str, symbol: str, count: int | None, ret_msg: str) -> None:
         self.subscribe_rejections[(category, symbol)] = SubscribeRejection(_count(count), ret_msg)
 
+    def omit_from_rest(self, category: str, symbol: str, count: int | None) -> None:
+        self.rest_omissions[(category, symbol)] = _count(count)
+
     def add_rest(self, kind: RestFaultKind, count: int | None, path: str | None, **values: Any) -> None:
         self.rest.append(RestFault(kind, _count(count), path, **values))
 
@@ -169,6 +174,7 @@ class Faults:
     def clear(self) -> None:
         self.auth_failures = Counted(0)
         self.subscribe_rejections.clear()
+        self.rest_omissions.clear()
         self.rest.clear()
         self.handshakes.clear()
         self.pongs.clear()
@@ -192,6 +198,15 @@ class Faults:
                     rules.remove(rule)
                 return rule
         return None
+
+    def take_rest_omission(self, category: str, symbol: str) -> bool:
+        """True: this position list leaves ``symbol`` out (one use of the rule)."""
+        rule = self.rest_omissions.get((category, symbol))
+        if rule is None or not rule.take():
+            return False
+        if rule.spent:
+            del self.rest_omissions[(category, symbol)]
+        return True
 
     def take_rest(self, path: str, query: str = "") -> RestFault | None:
         return self._take(self.rest, lambda r: (r.path is None or r.path == path)

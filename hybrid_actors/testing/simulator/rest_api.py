@@ -175,6 +175,8 @@ class RestApi:
         page = records[:limit]
         items = []
         for pos in page:
+            if ex.faults.take_rest_omission(pos.category, pos.symbol):
+                continue  # a lagging replica's list (``Control.rest_omit``); the cursor is unchanged
             model = ex.market.require(pos.category, pos.symbol)
             mark = model.instrument.price_of(ex.market.rest_mark_units(model))
             item = rest_record(pos, model.instrument, mark)
