@@ -168,7 +168,10 @@ class RestClient:
         already followed (Bybit's last page may carry a cursor, and following it may
         answer an empty page with the same cursor again). At most
         :data:`MAX_REQUESTS_PER_SNAPSHOT` requests; past that the scope is reported as
-        truncated and left out of ``coverage``. A scope answered with 10001 (the account
+        truncated and left out of ``coverage``. A record that cannot be parsed is dropped
+        alone: the page's other records are kept, and its scope is reported
+        (``paging_problems``) and left out of ``coverage`` like a truncated one, so this
+        snapshot closes no position there. A scope answered with 10001 (the account
         does not have it) is remembered in :attr:`unsupported` and skipped for
         :data:`UNSUPPORTED_RECHECK` seconds, then asked again.
         """
@@ -192,6 +195,7 @@ class RestClient:
                 seen: set[str] = set()
                 complete = False
                 problem: str | None = None
+                rejected: list[str] = []
                 while requests < MAX_REQUESTS_PER_SNAPSHOT:
                     try:
                         page = await self.position_page(category, settle_coin=coin, cursor=cursor)
@@ -214,9 +218,10 @@ class RestClient:
                         prior = collected.get(position.key)
                         if prior is None or position.version >= prior.version:
                             collected[position.key] = position
+                    rejected += page.rejected
                     if page.time_ms is not None:
                         as_of = page.time_ms if as_of is None else min(as_of, page.time_ms)
-                    if not page.next_cursor or not page.positions or page.next_cursor in seen:
+                    if not page.next_cursor or not (page.positions or page.rejected) or page.next_cursor in seen:
                         complete = True
                         break
                     seen.add(page.next_cursor)
@@ -225,6 +230,10 @@ class RestClient:
                     problem = (f"the snapshot's bound of {MAX_REQUESTS_PER_SNAPSHOT} requests was reached "
                                + (f"after {len(seen)} page(s) of this scope, the cursor still moving" if seen
                                   else "before this scope was asked"))
+                if complete and rejected:  # the good records count; the scope closes nothing
+                    problem = (f"{len(rejected)} record(s) unusable, so what they say is unknown: "
+                               + "; ".join(rejected[:5]))
+                    complete = False
                 if complete:
                     coverage.append(scope)
                     self.paging_problems.pop(scope, None)

@@ -61,6 +61,9 @@ class PositionPage:
     positions: tuple[Position, ...]
     next_cursor: str
     time_ms: int | None
+    #: why each record we could not use was dropped (the others are kept; a page with any
+    #: is not authoritative for its scope: what the bad record said is unknown)
+    rejected: tuple[str, ...] = ()
 
 
 @attrs.frozen
@@ -201,14 +204,20 @@ def parse_position_page(body: bytes | str, *, http_status: int = 200) -> Positio
         items = result.get("list")
         if not isinstance(items, list):
             raise FieldError("result.list is not a list")
-        positions = tuple(Position.from_wire(item, category=category, entry_key="avgPrice")
-                          for item in items)
         cursor = result.get("nextPageCursor") or ""
         if not isinstance(cursor, str):
             raise FieldError("nextPageCursor is not a string")
     except (FieldError, TypeError, ValueError, ArithmeticError) as exc:
         raise RestUnavailable(f"GET {path}: unusable response: {exc}", path=path) from None
-    return PositionPage(category, positions, cursor, envelope.time_ms)
+    positions: list[Position] = []
+    rejected: list[str] = []
+    for index, item in enumerate(items):
+        try:
+            positions.append(Position.from_wire(item, category=category, entry_key="avgPrice"))
+        except (FieldError, TypeError, ValueError, ArithmeticError) as exc:  # this record only
+            symbol = item.get("symbol") if isinstance(item, dict) else None
+            rejected.append(f"record {index} ({str(symbol)[:40]}): {type(exc).__name__}: {exc}")
+    return PositionPage(category, tuple(positions), cursor, envelope.time_ms, tuple(rejected))
 
 
 def parse_tickers(body: bytes | str, *, http_status: int = 200) -> tuple[TickerRow, ...]:

@@ -149,3 +149,23 @@ async def test_10009_ip_banned_cools_down_like_http_403(loopback_clock):
             await trio.sleep_until(rest.banned_until + 0.001)
             snapshot = await rest.positions(["linear"])
             assert snapshot.coverage == (("linear", "USDT"), ("linear", "USDC"))
+
+
+async def test_an_unusable_record_costs_its_scope_the_closes_not_the_snapshot(loopback_clock, caplog):
+    with trio.fail_after(TEST_TIMEOUT):
+        async with rest_against_sim() as (sim, rest):
+            for symbol in ("BTCUSDT", "ETHUSDT", "SOLUSDT"):
+                sim.control.open_position(symbol, "Buy", "1")
+            sim.control.open_position("BTCPERP", "Sell", "0.5")
+            sim.control.rest_garble("ETHUSDT", {"size": "0.0.1"})
+            snapshot = await rest.positions(["linear"])
+            # the other records are there; the USDT scope is not authoritative, USDC is
+            assert {p.symbol for p in snapshot.positions} == {"BTCUSDT", "SOLUSDT", "BTCPERP"}
+            assert snapshot.coverage == (("linear", "USDC"),) and snapshot.truncated == (("linear", "USDT"),)
+            problem = rest.paging_problems[("linear", "USDT")]
+            assert "1 record(s) unusable" in problem and "ETHUSDT" in problem and "0.0.1" in problem
+            assert "positions there are not reconciled this time" in caplog.text
+            # the next list is clean: covered again, the problem gone
+            again = await rest.positions(["linear"])
+            assert again.coverage == (("linear", "USDT"), ("linear", "USDC")) and rest.paging_problems == {}
+            assert {p.symbol for p in again.positions} == {"BTCUSDT", "ETHUSDT", "SOLUSDT", "BTCPERP"}

@@ -9,13 +9,20 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+import random
+
+import attrs
 import orjson
 import pytest
 import trio
 
+from hybrid_actors import StreamConfig
+from hybrid_actors.supervisor import open_hybrid_stream
+from hybrid_actors.testing.simulator import open_simulator, trio_wall_clock
+
 from hybrid_actors.actors.emitter import MAX_FOLLOW_UPS
 from hybrid_actors.state import PositionClosed, PositionUpdate
-from stack import TEST_TIMEOUT, eventually, running
+from stack import TEST_TIMEOUT, eventually, running, sim_config
 
 POSITION_LIST = "/v5/position/list"
 
@@ -136,3 +143,23 @@ async def test_follow_up_snapshots_stop_after_a_few_in_a_row(loopback_clock, cap
             assert asked == (1 + MAX_FOLLOW_UPS) * per_snapshot, (asked, per_snapshot)
             assert f"{MAX_FOLLOW_UPS} follow-up REST snapshots in a row" in caplog.text
             assert [p.symbol for p in s.stream.positions()] == ["XRPUSDT"]  # never closed
+
+
+
+async def test_an_unusable_rest_record_does_not_keep_the_stream_from_starting(loopback_clock):
+    # at start the snapshot is what the stream waits for: one bad record in it must not
+    # stop it, nor close (or hide) the position whose record it was; its scope closes nothing
+    wall = trio_wall_clock()
+    with trio.fail_after(TEST_TIMEOUT):
+        async with open_simulator(attrs.evolve(sim_config(), wall_clock=wall)) as sim:
+            sim.control.open_position("BTCUSDT", "Buy", "1")
+            sim.control.open_position("ETHUSDT", "Sell", "2")
+            sim.control.rest_garble("ETHUSDT", {"size": "0.0.1"})  # the first list only
+            config = StreamConfig(credentials=sim.credentials, endpoints=sim.endpoints)
+            async with open_hybrid_stream(config, wall_clock=wall, rng=random.Random(5)) as stream:
+                assert [p.symbol for p in stream.positions()] == ["BTCUSDT"]
+                assert "1 record(s) unusable" in stream.hub.rest.paging_problems[("linear", "USDT")]
+                # the next reconciliation reads it whole: ETHUSDT is there, the problem gone
+                stream.hub.request_reconcile()
+                await eventually(lambda: len(stream.positions()) == 2)
+                assert stream.hub.rest.paging_problems == {}

@@ -330,6 +330,19 @@ def test_unusable_rest_bodies_are_unavailable_not_crashes(body, status):
         parse_position_page(body, http_status=status)
 
 
+def test_an_unusable_position_record_is_dropped_alone():
+    good = {"symbol": "BTCUSDT", "side": "Buy", "size": "1", "positionIdx": 0, "avgPrice": "60000",
+            "markPrice": "60100", "updatedTime": "1700000000000", "seq": 7}
+    body = {"retCode": 0, "retMsg": "OK", "time": 1700000000500,
+            "result": {"category": "linear", "nextPageCursor": "c1",
+                       "list": [dict(good, symbol="ETHUSDT", size="0.0.1"), good, "not a record"]}}
+    page = parse_position_page(json.dumps(body))
+    assert [p.symbol for p in page.positions] == ["BTCUSDT"] and page.next_cursor == "c1"
+    assert len(page.rejected) == 2
+    assert page.rejected[0].startswith("record 0 (ETHUSDT): FieldError") and "0.0.1" in page.rejected[0]
+    assert page.rejected[1].startswith("record 2 (None)")
+
+
 def test_http_403_is_a_rate_limit():
     with pytest.raises(RestRateLimited) as info:
         parse_tickers("", http_status=403)

@@ -9,7 +9,7 @@ await the effects with ``sim.observe.wait_*``). Other processes use
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Final
+from typing import Any, Final
 
 import trio
 
@@ -228,7 +228,17 @@ class Control:
         """The next ``count`` position lists that would show ``symbol`` leave it out, whatever
         its state: a REST replica lagging the matching engine (the push stream is unaffected)."""
         self._ex.market.require(category, symbol)
-        self._ex.faults.omit_from_rest(category, symbol, count)
+        self._ex.faults.fault_rest_record(category, symbol, count, None)
+        self._ex.changed()
+
+    def rest_garble(self, symbol: str, fields: dict[str, Any], *, category: str = "linear",
+                    count: int | None = 1) -> None:
+        """The next ``count`` position lists that show ``symbol`` carry its record with
+        ``fields`` overwritten (e.g. ``{"size": "0.0.1"}``): a record the client cannot use."""
+        if not fields:
+            raise ValueError("rest_garble needs at least one field to overwrite")
+        self._ex.market.require(category, symbol)
+        self._ex.faults.fault_rest_record(category, symbol, count, dict(fields))
         self._ex.changed()
 
     def set_account(self, *, classic: bool | None = None, paging: Paging | str | None = None,

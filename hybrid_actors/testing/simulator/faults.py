@@ -111,6 +111,13 @@ class RestFault:
 
 
 @attrs.define
+class RecordFault:
+    counter: Counted
+    #: fields to overwrite in the record (None: leave the record out)
+    garble: dict[str, Any] | None
+
+
+@attrs.define
 class HandshakeRejection:
     counter: Counted
     target: str
@@ -142,8 +149,9 @@ class Faults:
     connection_limit_status: int
     auth_failures: Counted = attrs.Factory(lambda: Counted(0))
     subscribe_rejections: dict[tuple[str, str], SubscribeRejection] = attrs.Factory(dict)
-    #: (category, symbol) -> position lists that leave it out (a REST replica lagging behind)
-    rest_omissions: dict[tuple[str, str], Counted] = attrs.Factory(dict)
+    #: (category, symbol) -> what position lists do to its record: leave it out (a REST replica
+    #: lagging behind) or garble it
+    rest_records: dict[tuple[str, str], RecordFault] = attrs.Factory(dict)
     rest: list[RestFault] = attrs.Factory(list)
     handshakes: list[HandshakeRejection] = attrs.Factory(list)
     pongs: list[PongRule] = attrs.Factory(list)
@@ -159,8 +167,9 @@ class Faults:
     def reject_subscribes(self, category: str, symbol: str, count: int | None, ret_msg: str) -> None:
         self.subscribe_rejections[(category, symbol)] = SubscribeRejection(_count(count), ret_msg)
 
-    def omit_from_rest(self, category: str, symbol: str, count: int | None) -> None:
-        self.rest_omissions[(category, symbol)] = _count(count)
+    def fault_rest_record(self, category: str, symbol: str, count: int | None,
+                          garble: dict[str, Any] | None) -> None:
+        self.rest_records[(category, symbol)] = RecordFault(_count(count), garble)
 
     def add_rest(self, kind: RestFaultKind, count: int | None, path: str | None, **values: Any) -> None:
         self.rest.append(RestFault(kind, _count(count), path, **values))
@@ -174,7 +183,7 @@ class Faults:
     def clear(self) -> None:
         self.auth_failures = Counted(0)
         self.subscribe_rejections.clear()
-        self.rest_omissions.clear()
+        self.rest_records.clear()
         self.rest.clear()
         self.handshakes.clear()
         self.pongs.clear()
@@ -199,14 +208,14 @@ class Faults:
                 return rule
         return None
 
-    def take_rest_omission(self, category: str, symbol: str) -> bool:
-        """True: this position list leaves ``symbol`` out (one use of the rule)."""
-        rule = self.rest_omissions.get((category, symbol))
-        if rule is None or not rule.take():
-            return False
-        if rule.spent:
-            del self.rest_omissions[(category, symbol)]
-        return True
+    def take_rest_record_fault(self, category: str, symbol: str) -> RecordFault | None:
+        """What this position list does to ``symbol``'s record (one use of the rule), if anything."""
+        rule = self.rest_records.get((category, symbol))
+        if rule is None or not rule.counter.take():
+            return None
+        if rule.counter.spent:
+            del self.rest_records[(category, symbol)]
+        return rule
 
     def take_rest(self, path: str, query: str = "") -> RestFault | None:
         return self._take(self.rest, lambda r: (r.path is None or r.path == path)

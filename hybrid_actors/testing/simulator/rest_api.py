@@ -175,12 +175,15 @@ class RestApi:
         page = records[:limit]
         items = []
         for pos in page:
-            if ex.faults.take_rest_omission(pos.category, pos.symbol):
+            fault = ex.faults.take_rest_record_fault(pos.category, pos.symbol)
+            if fault is not None and fault.garble is None:
                 continue  # a lagging replica's list (``Control.rest_omit``); the cursor is unchanged
             model = ex.market.require(pos.category, pos.symbol)
             mark = model.instrument.price_of(ex.market.rest_mark_units(model))
             item = rest_record(pos, model.instrument, mark)
             item["side"] = account.side(item["side"])
+            if fault is not None and fault.garble is not None:
+                item.update(fault.garble)  # ``Control.rest_garble``
             items.append(item)
         if len(records) > limit:
             next_cursor = encode_cursor(page[-1])
