@@ -32,6 +32,11 @@ Source = Literal["ticker", "position", "rest"]
 ZERO: Final = Decimal(0)
 #: a REST page's ``time`` is stamped when the response is built, a little after the read
 SNAPSHOT_SKEW_MS: Final = 1000
+#: how long the book remembers a closed position's version (so an older record of it stays
+#: stale): a record that old can come only from a REST list or a push delayed by an hour.
+#: Past that it is forgotten, so symbols churning for months (options, dated futures) cost
+#: nothing once closed
+CLOSED_RETAIN_MS: Final = 3_600_000
 #: one context for all PnL arithmetic, whatever the caller's thread-local context says
 _CTX: Final = decimal.Context(prec=28, rounding=decimal.ROUND_HALF_EVEN)
 #: every coin Bybit settles linear contracts in: a snapshot of all of them covers the category
@@ -110,6 +115,8 @@ class PositionBook:
     _by_symbol: dict[tuple[str, str], set[Key]] = attrs.Factory(dict)
     #: the settle coin of each key a REST page (asked per coin) has shown
     _coins: dict[Key, str] = attrs.Factory(dict)
+    #: closed keys and when they closed (epoch ms), oldest first: forgotten after CLOSED_RETAIN_MS
+    _closed: dict[Key, int] = attrs.Factory(dict)
 
     def __len__(self) -> int:
         return len(self._open)
@@ -209,6 +216,7 @@ class PositionBook:
         self._tombstones.pop(key, None)  # this record is newer than the snapshot that closed it
         previous = self._open.get(key)
         if position.is_open:
+            self._closed.pop(key, None)
             if previous is not None and previous.side != position.side:
                 # reversed through zero in one record (one-way mode): the old position closed
                 self._remove(key, diff, position.updated_time)
@@ -226,6 +234,11 @@ class PositionBook:
 
     def _remove(self, key: Key, diff: _DiffBuilder, closed_at: int | None) -> None:
         last = self._open.pop(key)
+        at = closed_at if closed_at is not None else last.updated_time
+        if at is not None:
+            self._closed.pop(key, None)
+            self._closed[key] = at  # the newest close last
+            self._forget_closed_before(at - CLOSED_RETAIN_MS)
         diff.closed.append(last)
         diff.closed_at.append(closed_at)
         diff.steps.append(("close", last, closed_at))
@@ -234,6 +247,20 @@ class PositionBook:
             keys.discard(key)
             if not keys:
                 del self._by_symbol[(key[0], key[1])]
+
+    def _forget_closed_before(self, cutoff_ms: int) -> None:
+        """Drop what the book keeps of positions closed before ``cutoff_ms`` (oldest first;
+        amortised O(1) per close)."""
+        closed = self._closed
+        while closed:
+            key = next(iter(closed))
+            if closed[key] >= cutoff_ms:
+                return
+            del closed[key]
+            if key not in self._open:
+                self._versions.pop(key, None)
+                self._tombstones.pop(key, None)
+                self._coins.pop(key, None)
 
 
 @attrs.define
@@ -548,10 +575,10 @@ class Combiner:
         by_symbol, positions = self.book._by_symbol, self.book._open
         for symbol, mark in marks.items():
             pair = (category, symbol)
-            latest[pair] = mark
             keys = by_symbol.get(pair)
             if not keys:
-                continue
+                continue  # nobody holds it (a frame before the unsubscribe): nothing to keep
+            latest[pair] = mark
             if pair in fallback:  # a REST mark may be the fresher one: the general path decides
                 for key in keys:
                     position = positions.get(key)
@@ -570,8 +597,11 @@ class Combiner:
         the mark the consumer has is no news; a live tick newer than it wins again."""
         events: list[Event] = []
         for symbol, mark in marks.items():
+            keys = self.book.keys_for(category, symbol)
+            if not keys:
+                continue  # closed since the poll asked for it
             self.fallback[(category, symbol)] = mark
-            for key in self.book.keys_for(category, symbol):
+            for key in keys:
                 position = self.book.get(key)
                 if position is None:
                     continue
@@ -658,6 +688,11 @@ class Combiner:
                 position_idx=position.position_idx, source=source,
                 exchange_ts=closed_at if closed_at is not None else position.updated_time,
                 received_ts=received_ts, mark_age_ms=_age(received_ts, mark[3]), **fields))
+        for kind, position, _closed_at in diff.steps:
+            pair = (position.category, position.symbol)
+            if kind == "close" and pair not in self.book._by_symbol:  # its last position closed
+                self.marks.pop(pair, None)  # a reopen waits for a fresh ticker mark
+                self.fallback.pop(pair, None)
         return events
 
     def _emit_if_changed(self, view: PositionUpdate, live: bool, events: list[Event], key: Key | None = None) -> None:

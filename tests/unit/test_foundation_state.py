@@ -14,7 +14,7 @@ import pytest
 from foundation_helpers import assert_exact, load_vector
 from hybrid_actors.protocol.frames import Position, TickerDelta, TickerSnapshot, decode
 from hybrid_actors.protocol.rest import parse_position_page
-from hybrid_actors.state import (SNAPSHOT_SKEW_MS, Combiner, Mark, PositionBook, PositionClosed, PositionUpdate, TickerBook,
+from hybrid_actors.state import (CLOSED_RETAIN_MS, SNAPSHOT_SKEW_MS, Combiner, Mark, PositionBook, PositionClosed, PositionUpdate, TickerBook,
                                  unrealized_pnl)
 
 pytestmark = pytest.mark.unit
@@ -287,6 +287,49 @@ def test_hedge_legs_are_not_reversals():
     book.apply_push([pos(idx=1), pos(idx=2, side="Sell")])
     diff = book.apply_push([pos(idx=1, size="5", ut=1001), pos(idx=2, side="Sell", size="5", ut=1001)])
     assert not diff.closed and len(diff.changed) == 2
+
+
+def test_symbols_churning_for_days_leave_nothing_behind_once_closed():
+    # options and dated futures: a new symbol for every strike and expiry, each opened and
+    # closed; what the book and combiner keep of closed ones is forgotten after an hour
+    combiner = Combiner()
+    start, step = 1_700_000_000_000, 60_000  # one symbol a minute, for two days
+    for i in range(48 * 60):
+        symbol, at = f"BTC-{i}-100000-C", start + i * step
+        combiner.apply_push([pos(symbol, category="option", ut=at, seq=i)], received_ts=at)
+        combiner.apply_marks("option", {symbol: Mark(D("101"), at + 1, at + 1)})
+        combiner.apply_fallback_marks("option", {symbol: Mark(D("102"), at + 2, at + 2)})
+        combiner.apply_push([flat(symbol, category="option", ut=at + 5, seq=i)], received_ts=at + 5)
+    combiner.apply_snapshot([], categories=["option"], as_of_ms=start + 48 * 60 * step, received_ts=1)
+    book = combiner.book
+    assert len(book) == 0 and combiner.current() == () and not combiner._shown
+    assert not combiner.marks and not combiner.fallback and not book._by_symbol
+    retained = CLOSED_RETAIN_MS // step + 1  # the last hour's closes
+    assert len(book._versions) <= retained and len(book._closed) <= retained
+
+
+def test_a_closed_position_is_remembered_for_the_retention():
+    book = PositionBook()
+    book.apply_push([pos(ut=1000, seq=5)])
+    book.apply_push([flat(ut=2000, seq=6)])
+    book.apply_push([pos("OTHER", ut=2000 + CLOSED_RETAIN_MS - 1)])
+    book.apply_push([flat("OTHER", ut=2000 + CLOSED_RETAIN_MS)])  # a close an hour later...
+    assert not book.apply_push([pos(ut=1500, seq=5)])  # ...the first close still guards
+    book.apply_push([pos("THIRD", ut=2001 + CLOSED_RETAIN_MS)])
+    book.apply_push([flat("THIRD", ut=2001 + CLOSED_RETAIN_MS + 1)])  # past the hour: forgotten
+    assert ("linear", "BTCUSDT", 0) not in book._versions
+
+
+def test_a_ticker_mark_is_kept_only_while_someone_holds_the_symbol():
+    combiner = Combiner()
+    combiner.apply_push([pos(ut=1000)], received_ts=1)
+    combiner.apply_marks("linear", {"BTCUSDT": Mark(D("111"), 1100, 2), "ETHUSDT": Mark(D("5"), 1100, 2)})
+    assert set(combiner.marks) == {("linear", "BTCUSDT")}
+    combiner.apply_push([flat(ut=1200)], received_ts=3)
+    assert combiner.marks == {}
+    # a frame still in flight before the unsubscribe: not kept either
+    combiner.apply_marks("linear", {"BTCUSDT": Mark(D("112"), 1300, 4)})
+    assert combiner.marks == {}
 
 
 def test_a_stale_push_after_a_flat_snapshot_record_is_ignored():

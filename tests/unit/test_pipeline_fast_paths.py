@@ -69,11 +69,14 @@ def mark_histories(draw: st.DrawFn) -> dict[str, Any]:
 
 
 def general_apply_marks(combiner: Combiner, category: str, batch: dict[str, Mark]) -> list[Event]:
-    """``Combiner.apply_marks`` as it was before the fast path: the general view per key."""
+    """``Combiner.apply_marks`` as it was before the fast path: the general view per key
+    (and a mark kept only for a symbol someone holds)."""
     events: list[Event] = []
     for symbol, mark in batch.items():
-        combiner.marks[(category, symbol)] = mark
-        for key in combiner.book.keys_for(category, symbol):
+        keys = combiner.book.keys_for(category, symbol)
+        if keys:
+            combiner.marks[(category, symbol)] = mark
+        for key in keys:
             position = combiner.book.get(key)
             if position is not None:
                 combiner._emit_if_changed(*combiner._view(position, "ticker", mark.received_ts), events, key)
