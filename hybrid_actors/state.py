@@ -555,6 +555,9 @@ class Combiner:
     #: the last snapshot's :attr:`BookDiff.unconfirmed`: open positions it could not close
     #: because they were updated within its skew (a snapshot read a little later can)
     unconfirmed: tuple[Key, ...] = ()
+    #: symbols whose last position closed, and when (received ms), oldest first: their marks
+    #: are dropped after CLOSED_RETAIN_MS unless a position holds them again
+    _unheld: dict[tuple[str, str], int] = attrs.Factory(dict)
 
     def apply_push(self, positions: Iterable[Position], *, received_ts: int, commit: bool = True) -> list[Event]:
         return self._done(self._diff_events(self.book.apply_push(positions), "position", received_ts), commit)
@@ -575,10 +578,10 @@ class Combiner:
         by_symbol, positions = self.book._by_symbol, self.book._open
         for symbol, mark in marks.items():
             pair = (category, symbol)
+            latest[pair] = mark
             keys = by_symbol.get(pair)
             if not keys:
-                continue  # nobody holds it (a frame before the unsubscribe): nothing to keep
-            latest[pair] = mark
+                continue
             if pair in fallback:  # a REST mark may be the fresher one: the general path decides
                 for key in keys:
                     position = positions.get(key)
@@ -597,11 +600,8 @@ class Combiner:
         the mark the consumer has is no news; a live tick newer than it wins again."""
         events: list[Event] = []
         for symbol, mark in marks.items():
-            keys = self.book.keys_for(category, symbol)
-            if not keys:
-                continue  # closed since the poll asked for it
             self.fallback[(category, symbol)] = mark
-            for key in keys:
+            for key in self.book.keys_for(category, symbol):
                 position = self.book.get(key)
                 if position is None:
                     continue
@@ -688,12 +688,30 @@ class Combiner:
                 position_idx=position.position_idx, source=source,
                 exchange_ts=closed_at if closed_at is not None else position.updated_time,
                 received_ts=received_ts, mark_age_ms=_age(received_ts, mark[3]), **fields))
+        self._forget_unheld_marks(diff, received_ts)
+        return events
+
+    def _forget_unheld_marks(self, diff: BookDiff, now_ms: int) -> None:
+        """Marks of symbols nobody holds any more are kept for :data:`CLOSED_RETAIN_MS` (a
+        position reopened while its ticker is still subscribed has its live mark at once),
+        then dropped, so symbols churning for months cost nothing once closed."""
+        unheld, held = self._unheld, self.book._by_symbol
         for kind, position, _closed_at in diff.steps:
             pair = (position.category, position.symbol)
-            if kind == "close" and pair not in self.book._by_symbol:  # its last position closed
-                self.marks.pop(pair, None)  # a reopen waits for a fresh ticker mark
+            if pair in held:
+                unheld.pop(pair, None)
+            elif kind == "close":
+                unheld.pop(pair, None)
+                unheld[pair] = now_ms  # the newest last
+        cutoff = now_ms - CLOSED_RETAIN_MS
+        while unheld:
+            pair = next(iter(unheld))
+            if unheld[pair] >= cutoff:
+                return
+            del unheld[pair]
+            if pair not in held:
+                self.marks.pop(pair, None)
                 self.fallback.pop(pair, None)
-        return events
 
     def _emit_if_changed(self, view: PositionUpdate, live: bool, events: list[Event], key: Key | None = None) -> None:
         """Emit ``view`` if anything observable changed. The first live mark of a position

@@ -303,9 +303,11 @@ def test_symbols_churning_for_days_leave_nothing_behind_once_closed():
     combiner.apply_snapshot([], categories=["option"], as_of_ms=start + 48 * 60 * step, received_ts=1)
     book = combiner.book
     assert len(book) == 0 and combiner.current() == () and not combiner._shown
-    assert not combiner.marks and not combiner.fallback and not book._by_symbol
+    assert not book._by_symbol
     retained = CLOSED_RETAIN_MS // step + 1  # the last hour's closes
     assert len(book._versions) <= retained and len(book._closed) <= retained
+    assert len(combiner.marks) <= retained and len(combiner.fallback) <= retained
+    assert len(combiner._unheld) <= retained
 
 
 def test_a_closed_position_is_remembered_for_the_retention():
@@ -320,16 +322,21 @@ def test_a_closed_position_is_remembered_for_the_retention():
     assert ("linear", "BTCUSDT", 0) not in book._versions
 
 
-def test_a_ticker_mark_is_kept_only_while_someone_holds_the_symbol():
+def test_a_symbol_s_mark_outlives_its_position_by_the_retention_only():
     combiner = Combiner()
-    combiner.apply_push([pos(ut=1000)], received_ts=1)
-    combiner.apply_marks("linear", {"BTCUSDT": Mark(D("111"), 1100, 2), "ETHUSDT": Mark(D("5"), 1100, 2)})
-    assert set(combiner.marks) == {("linear", "BTCUSDT")}
-    combiner.apply_push([flat(ut=1200)], received_ts=3)
-    assert combiner.marks == {}
-    # a frame still in flight before the unsubscribe: not kept either
-    combiner.apply_marks("linear", {"BTCUSDT": Mark(D("112"), 1300, 4)})
-    assert combiner.marks == {}
+    combiner.apply_push([pos(ut=1000)], received_ts=1000)
+    combiner.apply_marks("linear", {"BTCUSDT": Mark(D("111"), 1100, 1100)})
+    combiner.apply_push([flat(ut=1200)], received_ts=1200)
+    # reopened while its ticker is still subscribed (no new frame if the mark did not move):
+    # the open carries the live mark it had
+    reopened = only(combiner.apply_push([pos(ut=1300, mark=None)], received_ts=1300))
+    assert reopened.mark_price == D("111")
+    combiner.apply_push([flat(ut=1400)], received_ts=1400)
+    combiner.apply_marks("linear", {"BTCUSDT": Mark(D("112"), 1500, 1500)})  # in flight before the unsubscribe
+    # an hour of other symbols' closes later, it is gone
+    combiner.apply_push([pos("ETHUSDT", ut=2000)], received_ts=2000)
+    combiner.apply_push([flat("ETHUSDT", ut=2100)], received_ts=1401 + CLOSED_RETAIN_MS)
+    assert set(combiner.marks) == set() and ("linear", "BTCUSDT") not in combiner._unheld
 
 
 def test_a_stale_push_after_a_flat_snapshot_record_is_ignored():

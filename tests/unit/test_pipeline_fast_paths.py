@@ -69,14 +69,11 @@ def mark_histories(draw: st.DrawFn) -> dict[str, Any]:
 
 
 def general_apply_marks(combiner: Combiner, category: str, batch: dict[str, Mark]) -> list[Event]:
-    """``Combiner.apply_marks`` as it was before the fast path: the general view per key
-    (and a mark kept only for a symbol someone holds)."""
+    """``Combiner.apply_marks`` as it was before the fast path: the general view per key."""
     events: list[Event] = []
     for symbol, mark in batch.items():
-        keys = combiner.book.keys_for(category, symbol)
-        if keys:
-            combiner.marks[(category, symbol)] = mark
-        for key in keys:
+        combiner.marks[(category, symbol)] = mark
+        for key in combiner.book.keys_for(category, symbol):
             position = combiner.book.get(key)
             if position is not None:
                 combiner._emit_if_changed(*combiner._view(position, "ticker", mark.received_ts), events, key)
