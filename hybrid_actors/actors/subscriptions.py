@@ -9,9 +9,15 @@ unsubscribe frames through the socket's outbox, and:
 - marks ``handler not found`` / ``Invalid symbol`` symbols failed: reported, retried
   only every ``unknown_symbol_retry`` seconds, never blocking other symbols;
 - retries everything else (error acks naming no topic or another topic, ack timeouts)
-  through the one backoff policy (``SubscriptionPolicy.backoff``); a refused topic counts
-  as one subscription failure (health, metrics, the rollback trigger); the acks one
-  connection fails to answer count as one failure per ack timeout together;
+  through the one backoff policy (``SubscriptionPolicy.backoff``). What counts as a
+  subscription failure (health, metrics, the rollback trigger): a refused symbol, once
+  while it stays wanted (its retries every ``unknown_symbol_retry`` do not count again);
+  an error ack naming no topic, once for its frame; the acks one connection fails to
+  answer, once per ack timeout together. The other topics of a frame whose ack named one
+  refused or ``already subscribed`` topic do not count: Bybit answers for one topic per
+  frame and subscribes the rest, which the one-topic retry confirms;
+- unsubscribes a symbol no longer wanted whose subscribe had no clear answer (it may be
+  held: a ticker nobody wants must not stream for the connection's life);
 - waits ``unsubscribe_grace`` before unsubscribing a closed position's symbol, so a
   flipped position does not churn;
 - resubscribes a confirmed topic that has been silent for ``silence_timeout``;
@@ -162,6 +168,7 @@ class SubscriptionManager:
                 subs.resubscribe.discard(symbol)
                 if subs.link is not None:  # the ack's own connection (handle() checked the generation)
                     subs.link.retire(symbol)
+        over_limit: list[str] = []
         for topic, failure in outcome.failed:
             symbol = symbol_of_topic(topic)
             if symbol is None:
@@ -170,18 +177,35 @@ class SubscriptionManager:
             previous = subs.failed.get(symbol)
             subs.failed[symbol] = Failed(failure.kind, failure.ret_msg, now + policy.unknown_symbol_retry,
                                          previous.attempts + 1 if previous else 1)
-            health.subscription_failed(now, subs.category, symbol, failure.ret_msg)
+            if previous is not None:  # refused again on its periodic retry: counted the first time
+                log.warning("public:%s: tickers.%s refused again (%s, %d times); retrying in %gs",
+                            subs.category, symbol, failure.ret_msg, previous.attempts + 1,
+                            policy.unknown_symbol_retry)
+                continue
+            if failure.kind == "too_many_args":  # the frame's (or connection's) args: one incident
+                over_limit.append(symbol)
+            else:
+                health.subscription_failed(now, subs.category, symbol, failure.ret_msg)
             log.error("public:%s: the exchange refused tickers.%s (%s); its position gets no live mark "
                       "price; retrying in %gs", subs.category, symbol, failure.ret_msg,
                       policy.unknown_symbol_retry)
+        if over_limit:
+            health.subscription_failed(now, subs.category, _shown(over_limit), f"args limit ({len(over_limit)} topic(s))")
+        unknown = []
         for topic in outcome.unknown:
             symbol = symbol_of_topic(topic)
             if symbol is None:
                 continue
             subs.inflight.pop(symbol, None)
             if op == "subscribe":
+                unknown.append(symbol)
                 reason = outcome.failure.ret_msg if outcome.failure else "unknown"
-                self._retry_later(subs, symbol, now, reason)
+                self._retry_later(subs, symbol, now, reason, count=False)
+        refusal = outcome.failure
+        if unknown and not outcome.failed and (refusal is None or refusal.kind != "already_subscribed"):
+            # an error ack that named none of the frame's topics: one failure for the frame
+            health.subscription_failed(now, subs.category, _shown(unknown),
+                                       f"{refusal.ret_msg if refusal else 'unknown'} ({len(unknown)} topic(s))")
 
     def _retry_later(self, subs: CategorySubscriptions, symbol: str, now: float, reason: str,
                      *, count: bool = True) -> None:
@@ -228,9 +252,8 @@ class SubscriptionManager:
                     self._retry_later(subs, symbol, now, f"no ack within {policy.ack_timeout:g}s", count=False)
         if unanswered and now - subs.unanswered_counted_at >= policy.ack_timeout:
             subs.unanswered_counted_at = now
-            shown = ", ".join(sorted(unanswered)[:5]) + (", ..." if len(unanswered) > 5 else "")
             self.hub.health.subscription_failed(
-                now, subs.category, shown,
+                now, subs.category, _shown(unanswered),
                 f"no ack within {policy.ack_timeout:g}s for {len(unanswered)} topic(s) on this connection")
         # Grace before unsubscribing; a symbol that came back is kept.
         for symbol in [s for s in subs.leaving if s in desired]:
@@ -241,6 +264,11 @@ class SubscriptionManager:
         for symbol in [s for s in subs.retry_at if s not in desired and s not in subs.inflight]:
             del subs.retry_at[symbol]
             subs.attempts.pop(symbol, None)
+            # its last subscribe had no clear answer (another topic's error ack, no ack in
+            # time): the exchange may hold it, so unsubscribe it now (idempotent) rather than
+            # let a ticker nobody wants stream for the connection's life
+            subs.confirmed.add(symbol)
+            subs.leaving[symbol] = now
         for symbol in subs.confirmed:
             if symbol not in desired and symbol not in subs.leaving:
                 subs.leaving[symbol] = now + policy.unsubscribe_grace
@@ -318,3 +346,8 @@ class SubscriptionManager:
         self.hub.health.subscription_failed(now, subs.category, symbol, "args budget exhausted")
         log.error("public:%s: tickers.%s does not fit this connection's args budget; no live mark price",
                   subs.category, symbol)
+
+
+def _shown(symbols: list[str]) -> str:
+    """Symbols for a failure record: the first five, sorted."""
+    return ", ".join(sorted(symbols)[:5]) + (", ..." if len(symbols) > 5 else "")

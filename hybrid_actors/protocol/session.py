@@ -224,6 +224,8 @@ class Session:
             for request in self._pending.values():
                 if named and named <= set(request.topics):
                     return request
+            if named:  # it names topics no pending request holds: a late answer to one given up on
+                return None
         for request in self._pending.values():  # acks come back in order on one socket
             if ack.op is None or request.op == ack.op:
                 return request

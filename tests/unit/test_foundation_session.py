@@ -209,6 +209,20 @@ def test_a_late_ack_for_a_forgotten_request_does_not_answer_another():
     assert session.receive_ack(ack(retry)).confirmed == ("tickers.B",)  # type: ignore[union-attr]
 
 
+def test_a_late_option_ack_naming_a_forgotten_request_s_topics_answers_nothing():
+    """An option COMMAND_RESP has no req_id: matched by the topics it names. One naming only
+    topics of a request already given up on must not be pinned on the next pending one
+    (which would confirm B on A's success, and drop B's own refusal as unsolicited)."""
+    session = Session("option", chunk_size=1)
+    (late,), _ = session.subscribe(["tickers.A-OPT"], now=0.0)
+    assert session.overdue(now=10.0, timeout=10.0) == [late]
+    (retry,), _ = session.subscribe(["tickers.B-OPT"], now=10.0)
+    assert session.receive_ack(command_resp(["tickers.A-OPT"], [])) is None
+    assert session.pending == (retry,)
+    outcome = session.receive_ack(command_resp([], ["tickers.B-OPT"]))
+    assert outcome is not None and outcome.request == retry and [t for t, _ in outcome.failed] == ["tickers.B-OPT"]
+
+
 # --- ack interpretation -------------------------------------------------------------
 
 def three(category: str = "linear"):
