@@ -73,7 +73,8 @@ class SubscriptionManager:
         now = trio.current_time()
         for category, subs in hub.subscriptions.items():
             desired = hub.desired.value.get(category, frozenset())
-            unwanted = (subs.confirmed | set(subs.inflight)) - desired
+            # what the exchange may hold: confirmed, in flight, or asked with no clear answer yet
+            unwanted = (subs.confirmed | set(subs.inflight) | set(subs.retry_at)) - desired
             subs.failed.clear()
             if subs.link is None or subs.session is None:
                 subs.link = subs.session = None
@@ -341,8 +342,11 @@ class SubscriptionManager:
     def _refuse_over_budget(self, subs: CategorySubscriptions, topic: str, now: float) -> None:
         symbol = symbol_of_topic(topic) or topic
         policy = self.hub.config.subscriptions
+        previous = subs.failed.get(symbol)
         subs.failed[symbol] = Failed("args_budget", "over the 21,000-character args budget of one connection",
-                                     now + policy.unknown_symbol_retry, 1)
+                                     now + policy.unknown_symbol_retry, previous.attempts + 1 if previous else 1)
+        if previous is not None:  # still over on its periodic retry: counted the first time
+            return
         self.hub.health.subscription_failed(now, subs.category, symbol, "args budget exhausted")
         log.error("public:%s: tickers.%s does not fit this connection's args budget; no live mark price",
                   subs.category, symbol)

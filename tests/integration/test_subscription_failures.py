@@ -111,3 +111,18 @@ async def test_a_ticker_whose_subscribe_had_no_clear_answer_is_unsubscribed_when
             await eventually(lambda: "BTCUSDT" not in subs.confirmed and "BTCUSDT" not in subs.retry_at)
             await trio.sleep(policy.unsubscribe_grace * 5)
             assert "BTCUSDT" not in sim.observe.subscribed_symbols("linear")
+
+
+async def test_a_ticker_with_no_clear_answer_is_unsubscribed_after_a_crash_too(loopback_clock, crash_once):
+    with trio.fail_after(600):
+        async with stream_holding(2, refuse="ETHUSDT") as (sim, stream):
+            hub = stream.hub
+            subs = hub.subscriptions["linear"]
+            await eventually(lambda: "BTCUSDT" in subs.retry_at or "BTCUSDT" in subs.confirmed, first_step=0.001)
+            assert "BTCUSDT" in subs.retry_at and "BTCUSDT" in sim.observe.subscribed_symbols("linear")
+            armed = crash_once("subscriptions")
+            armed[0] = True
+            sim.control.close_position("BTCUSDT")  # the pass that sees it unwanted crashes first
+            await eventually(lambda: hub.health.actors["subscriptions"].crashes == 1)
+            await sim.observe.wait_unsubscribed("linear", ["BTCUSDT"])
+            await eventually(lambda: "BTCUSDT" not in subs.confirmed and "BTCUSDT" not in subs.retry_at)
