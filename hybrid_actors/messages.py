@@ -33,9 +33,19 @@ class PositionsSnapshot:
     received_ts: int
     reason: str  # "connect" | "reconcile"
     coverage: tuple[Scope, ...] | None = None
+    #: (category, symbol) whose records REST sent unusable: none of their positions is closed
+    uncertain: tuple[tuple[str, str], ...] = ()
 
 
-Lifecycle = PositionsPushed | PositionsSnapshot
+@attrs.frozen
+class PushUnreadable:
+    """Private stream → combiner: a frame that may have been a position push could not be
+    used (whole, or some of its records): what it said must come from REST."""
+
+    received_ts: int
+
+
+Lifecycle = PositionsPushed | PositionsSnapshot | PushUnreadable
 
 
 @attrs.frozen

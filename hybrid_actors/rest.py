@@ -30,6 +30,7 @@ from .errors import RestAuthError, RestClockSkew, RestError, RestRateLimited, Re
 from .protocol.frames import Position
 from .protocol.rest import (
     PositionPage,
+    RejectedRecord,
     RestRequest,
     Scope,
     TickerRow,
@@ -85,6 +86,9 @@ class PositionSnapshot:
     coverage: tuple[Scope, ...] = ()
     skipped: tuple[Scope, ...] = ()
     truncated: tuple[Scope, ...] = ()
+    #: (category, symbol) of records that could not be used: this snapshot closes none of
+    #: their positions (what they said is unknown), whatever its coverage
+    uncertain: tuple[tuple[str, str], ...] = ()
 
 
 _R = TypeVar("_R")
@@ -169,9 +173,10 @@ class RestClient:
         answer an empty page with the same cursor again). At most
         :data:`MAX_REQUESTS_PER_SNAPSHOT` requests; past that the scope is reported as
         truncated and left out of ``coverage``. A record that cannot be parsed is dropped
-        alone: the page's other records are kept, and its scope is reported
-        (``paging_problems``) and left out of ``coverage`` like a truncated one, so this
-        snapshot closes no position there. A scope answered with 10001 (the account
+        alone: the page's other records are kept, its symbol is in ``uncertain`` (this
+        snapshot closes none of its positions) and it is reported in ``paging_problems``;
+        one whose symbol cannot be read leaves its whole scope out of ``coverage``, like a
+        truncated one. A scope answered with 10001 (the account
         does not have it) is remembered in :attr:`unsupported` and skipped for
         :data:`UNSUPPORTED_RECHECK` seconds, then asked again.
         """
@@ -184,6 +189,7 @@ class RestClient:
         coverage: list[Scope] = []
         skipped: list[Scope] = []
         truncated: list[Scope] = []
+        uncertain: list[tuple[str, str]] = []
         for category in cats:
             coins: tuple[str | None, ...] = self.linear_settle_coins if category == "linear" else (None,)
             for coin in coins:
@@ -195,7 +201,7 @@ class RestClient:
                 seen: set[str] = set()
                 complete = False
                 problem: str | None = None
-                rejected: list[str] = []
+                rejected: list[RejectedRecord] = []
                 while requests < MAX_REQUESTS_PER_SNAPSHOT:
                     try:
                         page = await self.position_page(category, settle_coin=coin, cursor=cursor)
@@ -230,20 +236,29 @@ class RestClient:
                     problem = (f"the snapshot's bound of {MAX_REQUESTS_PER_SNAPSHOT} requests was reached "
                                + (f"after {len(seen)} page(s) of this scope, the cursor still moving" if seen
                                   else "before this scope was asked"))
-                if complete and rejected:  # the good records count; the scope closes nothing
-                    problem = (f"{len(rejected)} record(s) unusable, so what they say is unknown: "
-                               + "; ".join(rejected[:5]))
-                    complete = False
+                record_problem = None
+                if rejected:  # the good records count; the bad ones' positions are not closed
+                    record_problem = (f"{len(rejected)} record(s) unusable, so what they say is unknown: "
+                                      + "; ".join(r.reason for r in rejected[:5]))
+                    if any(r.symbol is None for r in rejected):  # whose? unknown: the scope closes nothing
+                        problem, complete = record_problem, False
+                    else:
+                        uncertain += [(category, r.symbol) for r in rejected if r.symbol is not None]
                 if complete:
                     coverage.append(scope)
-                    self.paging_problems.pop(scope, None)
+                    if record_problem is None:
+                        self.paging_problems.pop(scope, None)
+                    elif self.paging_problems.get(scope) != record_problem:  # said once, shown in health
+                        self.paging_problems[scope] = record_problem
+                        log.error("GET /v5/position/list %s%s: %s; those symbols' positions are not "
+                                  "reconciled while it lasts", category, f"/{coin}" if coin else "", record_problem)
                 elif problem is not None:
                     truncated.append(scope)
                     self.paging_problems[scope] = problem
                     log.error("GET /v5/position/list %s%s: %s; positions there are not reconciled this time",
                               category, f"/{coin}" if coin else "", problem)
         return PositionSnapshot(cats, tuple(collected.values()), as_of, requests, tuple(coverage), tuple(skipped),
-                                tuple(truncated))
+                                tuple(truncated), tuple(uncertain))
 
     def _unsupported(self, scope: Scope, exc: RestError) -> None:
         known = scope in self.unsupported

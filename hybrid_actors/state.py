@@ -142,19 +142,22 @@ class PositionBook:
             self._set(position, diff)
         return diff.build()
 
-    def _stale(self, position: Position) -> bool:
+    def _stale(self, position: Position, *, tombstone: bool = True) -> bool:
         key = position.key
         known = self._versions.get(key)
         if known is not None and position.version < known:
             return True
-        tombstone = self._tombstones.get(key)
-        return tombstone is not None and position.version < (tombstone, -1)
+        closed = self._tombstones.get(key) if tombstone else None
+        return closed is not None and position.version < (closed, -1)
 
     def apply_snapshot(self, positions: Iterable[Position], categories: Iterable[str],
-                       as_of_ms: int | None, *, coverage: Iterable[Scope] | None = None) -> BookDiff:
+                       as_of_ms: int | None, *, coverage: Iterable[Scope] | None = None,
+                       uncertain: Iterable[tuple[str, str]] = ()) -> BookDiff:
         """Apply a REST snapshot of ``categories``. It closes an absent position only where it
         is authoritative: ``coverage`` lists the (category, settle coin) scopes it read
-        completely (None: all of ``categories``, whatever the coin)."""
+        completely (None: all of ``categories``, whatever the coin), and ``uncertain`` the
+        (category, symbol) pairs whose records it could not read."""
+        unknown = frozenset(uncertain)
         scope = frozenset(categories)
         covered = self._coverage(scope, coverage)
         latest: dict[Key, Position] = {}
@@ -170,13 +173,13 @@ class PositionBook:
             if position.settle_coin is not None:
                 self._coins[key] = position.settle_coin
             tombstone = self._tombstones.get(key)
-            if tombstone is not None and read_at is not None and read_at > tombstone:
-                del self._tombstones[key]  # this list was read after the one that closed it: it wins
-            if position.updated_time is not None and self._stale(position):
+            # a list read after the one that closed it wins over its tombstone (``_set`` drops it)
+            later = tombstone is not None and read_at is not None and read_at > tombstone
+            if position.updated_time is not None and self._stale(position, tombstone=not later):
                 continue  # a push newer than the snapshot already arrived
             self._set(position, diff)
         for key, current in list(self._open.items()):
-            if key[0] not in scope or key in latest or not self._covers(covered, key):
+            if key[0] not in scope or key in latest or not self._covers(covered, key) or key[:2] in unknown:
                 continue
             # A position updated within the skew may simply be missing from the list.
             if read_at is not None and current.updated_time is not None and current.updated_time > read_at:
@@ -231,6 +234,10 @@ class PositionBook:
                 diff.steps.append(("change", position, None))
         elif previous is not None:
             self._remove(key, diff, position.updated_time)
+        elif position.updated_time is not None:  # flat and not open here (a hedge mode's idle leg)
+            self._closed.pop(key, None)
+            self._closed[key] = position.updated_time  # its version expires like a close's
+            self._forget_closed_before(position.updated_time - CLOSED_RETAIN_MS)
 
     def _remove(self, key: Key, diff: _DiffBuilder, closed_at: int | None) -> None:
         last = self._open.pop(key)
@@ -520,6 +527,26 @@ class PositionClosed(PositionEvent):
 Event = PositionUpdate | PositionClosed
 
 
+def reversed_side(shown: PositionEvent, side: str) -> bool:
+    """Whether a position the consumer last saw as ``shown`` now on ``side`` reversed through
+    zero (one-way mode): both sides set and different."""
+    return bool(shown.side) and bool(side) and shown.side != side
+
+
+def closed_from(shown: PositionEvent, *, source: Source, exchange_ts: int | None, received_ts: int) -> PositionClosed:
+    """``position.closed`` for a position the consumer last saw as ``shown`` (its side, entry,
+    mark and record fields), closed at ``exchange_ts``."""
+    return PositionClosed(
+        symbol=shown.symbol, category=shown.category, side=shown.side, size=ZERO,
+        entry_price=shown.entry_price, mark_price=shown.mark_price, unrealized_pnl=ZERO,
+        position_idx=shown.position_idx, source=source, exchange_ts=exchange_ts,
+        received_ts=received_ts, leverage=shown.leverage, liq_price=shown.liq_price,
+        take_profit=shown.take_profit, stop_loss=shown.stop_loss, trailing_stop=shown.trailing_stop,
+        cum_realised_pnl=shown.cum_realised_pnl, created_time=shown.created_time,
+        updated_time=exchange_ts if exchange_ts is not None else shown.updated_time,
+        mark_age_ms=None if shown.mark_age_ms is None else shown.mark_age_ms + max(0, received_ts - shown.received_ts))
+
+
 #: what the consumer can see of a position: side, size, entry, mark, whether the mark is
 #: live (from the ticker stream) or the snapshot a push / REST record carried, the PnL, and
 #: the record's settings (leverage, liq. price, TP, SL, trailing stop, realised PnL)
@@ -564,8 +591,9 @@ class Combiner:
 
     def apply_snapshot(self, positions: Iterable[Position], *, categories: Iterable[str],
                        as_of_ms: int | None, received_ts: int, commit: bool = True,
-                       coverage: Iterable[Scope] | None = None) -> list[Event]:
-        diff = self.book.apply_snapshot(positions, categories, as_of_ms, coverage=coverage)
+                       coverage: Iterable[Scope] | None = None,
+                       uncertain: Iterable[tuple[str, str]] = ()) -> list[Event]:
+        diff = self.book.apply_snapshot(positions, categories, as_of_ms, coverage=coverage, uncertain=uncertain)
         self.unconfirmed = diff.unconfirmed
         return self._done(self._diff_events(diff, "rest", received_ts), commit)
 
@@ -647,6 +675,11 @@ class Combiner:
                     mark_age_ms=None if view.mark_age_ms is None
                     else view.mark_age_ms + max(0, received_ts - view.received_ts)))
         for position in self.book.open_positions():
+            shown = self._shown.get(position.key)
+            if shown is not None and reversed_side(shown[1], position.side):  # the close was not handed over
+                self._staged[position.key] = None
+                events.append(closed_from(shown[1], source="rest", exchange_ts=position.updated_time,
+                                          received_ts=received_ts))
             self._emit_if_changed(*self._view(position, "rest", received_ts), events)
         return self._done(events, commit)
 

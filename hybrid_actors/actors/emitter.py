@@ -19,13 +19,14 @@ next 5-minute reconciliation.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from typing import Final, NoReturn
 
 import attrs
 import trio
 
-from ..messages import Lifecycle, PositionsPushed, PositionsSnapshot
+from ..messages import Lifecycle, PositionsPushed, PositionsSnapshot, PushUnreadable
 from ..state import Event, Mark
 from .hub import Hub
 
@@ -49,9 +50,12 @@ MAX_FOLLOW_UPS: Final = 3
 class CombinerActor:
     hub: Hub
     name: str = "combiner"
-    #: set when a snapshot left positions unconfirmed: ``_follow_ups`` asks for another
+    #: set when a follow-up snapshot is wanted: ``_follow_ups`` asks for one at ``_follow_up_at``
     _follow_up: trio.Event = attrs.field(factory=trio.Event, init=False)
+    _follow_up_at: float = attrs.field(default=-math.inf, init=False)
     _follow_ups_in_a_row: int = attrs.field(default=0, init=False)
+    #: when an unreadable push last asked for a snapshot at once (trio time)
+    _unreadable_asked_at: float = attrs.field(default=-math.inf, init=False)
 
     @staticmethod
     def reset_after_crash(hub: Hub) -> None:
@@ -87,12 +91,16 @@ class CombinerActor:
     def apply(self, message: Lifecycle) -> list[Event]:
         hub = self.hub
         combiner = hub.combiner
+        if isinstance(message, PushUnreadable):
+            self._push_unreadable()
+            return []
         if isinstance(message, PositionsPushed):
             events = combiner.apply_push(message.positions, received_ts=message.received_ts, commit=False)
         else:
             events = combiner.apply_snapshot(message.positions, categories=message.categories,
                                              as_of_ms=message.as_of_ms, received_ts=message.received_ts,
-                                             commit=False, coverage=message.coverage)
+                                             commit=False, coverage=message.coverage,
+                                             uncertain=message.uncertain)
             self._snapshot_applied(message, events)
         self._emit(events)
         hub.desired.set({c: combiner.desired_symbols(c) for c in hub.config.categories})
@@ -116,21 +124,38 @@ class CombinerActor:
             log.info("REST snapshot could not confirm %d position(s) updated within its skew (%s); "
                      "asking for another in %.1fs", len(unconfirmed),
                      ", ".join(f"{cat}/{sym}/{idx}" for cat, sym, idx in unconfirmed[:10]), self._follow_up_delay())
-            self._follow_up.set()
+            self._want_follow_up()
         else:
             log.warning("%d follow-up REST snapshots in a row could not confirm %s; leaving them to the "
                         "periodic reconciliation", MAX_FOLLOW_UPS,
                         ", ".join(f"{cat}/{sym}/{idx}" for cat, sym, idx in unconfirmed[:10]))
 
+    def _push_unreadable(self) -> None:
+        """A push we could not read: a snapshot at once (at most one per follow-up delay, so a
+        flood of bad frames does not spend the position/list quota), and one read after the
+        skew, since the first may have been read before that push's change."""
+        now = trio.current_time()
+        if now - self._unreadable_asked_at >= self._follow_up_delay():
+            self._unreadable_asked_at = now
+            self.hub.request_reconcile()
+        self._want_follow_up()
+
     def _follow_up_delay(self) -> float:
         return self.hub.combiner.book.snapshot_skew_ms / 1000 + FOLLOW_UP_MARGIN
 
+    def _want_follow_up(self) -> None:
+        """A snapshot read at least the follow-up delay from now (a later wish moves it)."""
+        self._follow_up_at = trio.current_time() + self._follow_up_delay()
+        self._follow_up.set()
+
     async def _follow_ups(self) -> NoReturn:
-        """Ask the reconciler for the snapshots ``_snapshot_applied`` wants, once each skew."""
+        """Ask the reconciler for the snapshots wanted by ``_want_follow_up``: one when the
+        latest wish's delay has passed."""
         while True:
             await self._follow_up.wait()
+            while (wait := self._follow_up_at - trio.current_time()) > 0:
+                await trio.sleep(wait)
             self._follow_up = trio.Event()
-            await trio.sleep(self._follow_up_delay())
             self.hub.request_reconcile()
 
     async def _prices(self) -> NoReturn:

@@ -22,7 +22,7 @@ import trio
 
 from ..config import AUTH_EXPIRY_MARGIN_MS
 from ..errors import AuthRejected, ConnectionLost, HandshakeError, RestUnavailable
-from ..messages import Lifecycle, PositionsPushed, PositionsSnapshot
+from ..messages import Lifecycle, PositionsPushed, PositionsSnapshot, PushUnreadable
 from ..protocol.frames import (AuthResult, Frame, MalformedFrame, Pong, PositionPush, SubscribeResult,
                                UnknownFrame, decode)
 from ..protocol.session import AckOutcome, Session
@@ -96,7 +96,7 @@ class PrivateStreamActor:
             snapshot = await self._snapshot()
             await lifecycle.send(PositionsSnapshot(
                 snapshot.categories, snapshot.positions, snapshot.as_of_ms, hub.wall_ms(), reason="connect",
-                coverage=snapshot.coverage))
+                coverage=snapshot.coverage, uncertain=snapshot.uncertain))
             log.info("private stream live (generation %d): %d position records from %d REST page(s)",
                      conn.link.generation, len(snapshot.positions), snapshot.requests)
             task_status.started()
@@ -150,7 +150,11 @@ class PrivateStreamActor:
                         # from REST (a close in it must not be missed for five minutes)
                         reporter.report(MalformedFrame("position record(s) dropped: " + "; ".join(frame.rejected),
                                                        ""), hub)
-                        hub.request_reconcile()
+                        await link.deliver(lifecycle, PushUnreadable(received_ms))
+                elif isinstance(frame, MalformedFrame):
+                    # it may have been a position push (a close is usually pushed alone)
+                    reporter.report(frame, hub)
+                    await link.deliver(lifecycle, PushUnreadable(received_ms))
                 else:
                     self._control(frame, link, now, reporter)
 
@@ -172,12 +176,7 @@ class PrivateStreamActor:
             elif not self._subscribed.is_set():
                 self._sub_outcome = outcome
                 self._subscribed.set()
-        elif isinstance(frame, MalformedFrame):
-            reporter.report(frame, self.hub)
-            # it may have been a position push (a close is usually pushed alone): what it said
-            # is healed from REST now, not at the next reconciliation minutes away
-            self.hub.request_reconcile()
-        elif isinstance(frame, UnknownFrame):
+        elif isinstance(frame, (MalformedFrame, UnknownFrame)):
             reporter.report(frame, self.hub)
         else:
             reporter.report(UnknownFrame(f"{type(frame).__name__} on the private socket", {}), self.hub)

@@ -45,7 +45,8 @@ class ReconcilerActor:
                     snapshot = await hub.rest.positions(config.categories)
                     await lifecycle.send(PositionsSnapshot(snapshot.categories, snapshot.positions,
                                                            snapshot.as_of_ms, hub.wall_ms(), reason="reconcile",
-                                                           coverage=snapshot.coverage))
+                                                           coverage=snapshot.coverage,
+                                                           uncertain=snapshot.uncertain))
                 except BaseException:
                     if requested:  # not served: the next incarnation (or loop) serves it
                         hub.reconcile_now.set()

@@ -77,7 +77,7 @@ class RestPollerActor:
             # without coverage a page cut short or a skipped coin would "close" positions
             runtime.combiner.apply_snapshot(snapshot.positions, categories=snapshot.categories,
                                             as_of_ms=snapshot.as_of_ms, received_ts=hub.wall_ms(),
-                                            coverage=snapshot.coverage)
+                                            coverage=snapshot.coverage, uncertain=snapshot.uncertain)
             runtime.position_polls += 1
             runtime.positions_at = trio.current_time()
             switch.rest_snapshot_taken(epoch)

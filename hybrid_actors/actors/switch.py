@@ -30,7 +30,8 @@ import attrs
 import trio
 
 from ..rollout import Mode, RolloutPolicy, Source, routes_hybrid
-from ..state import Event, Key, PositionClosed, PositionUpdate, Source as EventSource, ZERO
+from ..state import Event, Key, PositionClosed, PositionUpdate, Source as EventSource, ZERO, closed_from, \
+    reversed_side
 from .mailboxes import EventQueue
 
 __all__ = ["SourceSwitch"]
@@ -179,6 +180,11 @@ class SourceSwitch:
             if shown is not None and _same(shown, view):
                 self.delivered_by[key] = source
                 continue
+            if shown is not None and reversed_side(shown, view.side):
+                # reversed through zero: the consumer's position closed, a new one opened
+                out.append(closed_from(shown, source="rest" if source == "rest" else "position",
+                                       exchange_ts=view.updated_time, received_ts=received_ts))
+                shown = None
             label: EventSource
             if source == "rest":
                 label = "rest"

@@ -23,7 +23,7 @@ from .fields import FieldError, dec, opt_int, req_str, to_int
 from .frames import Position
 from .signing import rest_signature
 
-__all__ = ["Scope", "RestRequest", "PositionPage", "TickerRow", "build_query", "signed_headers",
+__all__ = ["Scope", "RestRequest", "PositionPage", "RejectedRecord", "TickerRow", "build_query", "signed_headers",
            "position_list_request", "tickers_request", "server_time_request", "Envelope", "parse_envelope",
            "parse_position_page", "parse_tickers", "parse_server_time", "error_for",
            "AUTH_CODES", "RATE_LIMIT_CODES", "IP_BAN_CODES", "CLOCK_SKEW_CODES", "MAX_PAGE_LIMIT",
@@ -61,9 +61,16 @@ class PositionPage:
     positions: tuple[Position, ...]
     next_cursor: str
     time_ms: int | None
-    #: why each record we could not use was dropped (the others are kept; a page with any
-    #: is not authoritative for its scope: what the bad record said is unknown)
-    rejected: tuple[str, ...] = ()
+    #: the records we could not use, dropped (the others are kept): what they said is unknown
+    rejected: tuple[RejectedRecord, ...] = ()
+
+
+@attrs.frozen
+class RejectedRecord:
+    """A ``position/list`` record the codec refused: its ``symbol`` if it could be read."""
+
+    symbol: str | None
+    reason: str
 
 
 @attrs.frozen
@@ -210,13 +217,15 @@ def parse_position_page(body: bytes | str, *, http_status: int = 200) -> Positio
     except (FieldError, TypeError, ValueError, ArithmeticError) as exc:
         raise RestUnavailable(f"GET {path}: unusable response: {exc}", path=path) from None
     positions: list[Position] = []
-    rejected: list[str] = []
+    rejected: list[RejectedRecord] = []
     for index, item in enumerate(items):
         try:
             positions.append(Position.from_wire(item, category=category, entry_key="avgPrice"))
         except (FieldError, TypeError, ValueError, ArithmeticError) as exc:  # this record only
             symbol = item.get("symbol") if isinstance(item, dict) else None
-            rejected.append(f"record {index} ({str(symbol)[:40]}): {type(exc).__name__}: {exc}")
+            readable = symbol if isinstance(symbol, str) and symbol else None
+            rejected.append(RejectedRecord(readable, f"record {index} ({str(symbol)[:40]}): "
+                                                     f"{type(exc).__name__}: {exc}"))
     return PositionPage(category, tuple(positions), cursor, envelope.time_ms, tuple(rejected))
 
 

@@ -151,7 +151,7 @@ async def test_10009_ip_banned_cools_down_like_http_403(loopback_clock):
             assert snapshot.coverage == (("linear", "USDT"), ("linear", "USDC"))
 
 
-async def test_an_unusable_record_costs_its_scope_the_closes_not_the_snapshot(loopback_clock, caplog):
+async def test_an_unusable_record_costs_its_symbol_the_closes_not_the_snapshot(loopback_clock, caplog):
     with trio.fail_after(TEST_TIMEOUT):
         async with rest_against_sim() as (sim, rest):
             for symbol in ("BTCUSDT", "ETHUSDT", "SOLUSDT"):
@@ -159,13 +159,25 @@ async def test_an_unusable_record_costs_its_scope_the_closes_not_the_snapshot(lo
             sim.control.open_position("BTCPERP", "Sell", "0.5")
             sim.control.rest_garble("ETHUSDT", {"size": "0.0.1"})
             snapshot = await rest.positions(["linear"])
-            # the other records are there; the USDT scope is not authoritative, USDC is
+            # the other records are there and both scopes are covered; ETHUSDT is uncertain
             assert {p.symbol for p in snapshot.positions} == {"BTCUSDT", "SOLUSDT", "BTCPERP"}
-            assert snapshot.coverage == (("linear", "USDC"),) and snapshot.truncated == (("linear", "USDT"),)
+            assert snapshot.coverage == (("linear", "USDT"), ("linear", "USDC")) and snapshot.truncated == ()
+            assert snapshot.uncertain == (("linear", "ETHUSDT"),)
             problem = rest.paging_problems[("linear", "USDT")]
             assert "1 record(s) unusable" in problem and "ETHUSDT" in problem and "0.0.1" in problem
-            assert "positions there are not reconciled this time" in caplog.text
-            # the next list is clean: covered again, the problem gone
+            assert "those symbols' positions are not reconciled" in caplog.text
+            # the next list is clean: nothing uncertain, the problem gone
             again = await rest.positions(["linear"])
-            assert again.coverage == (("linear", "USDT"), ("linear", "USDC")) and rest.paging_problems == {}
+            assert again.uncertain == () and rest.paging_problems == {}
             assert {p.symbol for p in again.positions} == {"BTCUSDT", "ETHUSDT", "SOLUSDT", "BTCPERP"}
+
+
+async def test_an_unusable_record_without_a_symbol_costs_its_scope_the_closes(loopback_clock):
+    with trio.fail_after(TEST_TIMEOUT):
+        async with rest_against_sim() as (sim, rest):
+            sim.control.open_position("BTCUSDT", "Buy", "1")
+            sim.control.open_position("BTCPERP", "Sell", "0.5")
+            sim.control.rest_garble("BTCUSDT", {"symbol": 7})
+            snapshot = await rest.positions(["linear"])
+            assert {p.symbol for p in snapshot.positions} == {"BTCPERP"}
+            assert snapshot.coverage == (("linear", "USDC"),) and snapshot.truncated == (("linear", "USDT"),)

@@ -66,14 +66,57 @@ async def test_a_push_the_codec_refused_is_healed_from_rest_at_once(loopback_clo
             # the exchange closed it, and its push reached us unreadable (one record, so the
             # whole frame is malformed: nothing in it was usable)
             sim.exchange.book.close("linear", "ETHUSDT", 0)
-            bad = {"category": "linear", "symbol": "ETHUSDT", "side": "", "size": "0.0.1", "positionIdx": 0,
-                   "entryPrice": "0", "markPrice": "3000", "updatedTime": str(sim.exchange.now_ms()), "seq": 9}
-            sim.control.inject("raw", "private", text=orjson.dumps(
-                {"id": "x1", "topic": "position", "creationTime": sim.exchange.now_ms(), "data": [bad]}).decode())
+            sim.control.inject("raw", "private", text=unreadable_close(sim, "ETHUSDT"))
             closed = await s.log.wait_for(lambda e: isinstance(e, PositionClosed), after=mark)
             assert closed.symbol == "ETHUSDT" and closed.source == "rest"
             assert trio.current_time() - sent_at < 3.0  # not the 5-minute reconciliation
             assert s.hub.health.link("private").malformed == 1
+
+
+def unreadable_close(sim, symbol: str) -> str:  # type: ignore[no-untyped-def]
+    bad = {"category": "linear", "symbol": symbol, "side": "", "size": "0.0.1", "positionIdx": 0,
+           "entryPrice": "0", "markPrice": "3000", "updatedTime": str(sim.exchange.now_ms()), "seq": 9}
+    return orjson.dumps({"id": "x1", "topic": "position", "creationTime": sim.exchange.now_ms(),
+                         "data": [bad]}).decode()
+
+
+async def test_an_unreadable_close_is_healed_even_when_rest_lags_behind_it(loopback_clock):
+    # the snapshot asked at once may be read before the change (REST trails the matching engine
+    # by up to the skew): the one asked 1.5 s later is read after it
+    with trio.fail_after(TEST_TIMEOUT):
+        async with running() as s:
+            sim = s.sim
+            sim.control.open_position("ETHUSDT", "Sell", "3")
+            await s.wait_subscriptions_match_positions()
+            await trio.sleep(5)  # long settled: nothing unconfirmed on its account
+            mark = s.log.mark()
+            sent_at = trio.current_time()
+            served = s.hub.health.reconciliations
+            sim.control.inject("raw", "private", text=unreadable_close(sim, "ETHUSDT"))
+            # the list asked at once is served before REST shows the close
+            await eventually(lambda: s.hub.health.reconciliations > served, first_step=0.001)
+            sim.exchange.book.close("linear", "ETHUSDT", 0)
+            closed = await s.log.wait_for(lambda e: isinstance(e, PositionClosed), after=mark)
+            assert closed.symbol == "ETHUSDT" and closed.source == "rest"
+            assert trio.current_time() - sent_at < 3.0
+
+
+async def test_a_flood_of_unreadable_frames_asks_rest_a_bounded_number_of_times(loopback_clock):
+    with trio.fail_after(TEST_TIMEOUT):
+        async with running() as s:
+            sim = s.sim
+            sim.control.open_position("ETHUSDT", "Sell", "3")
+            await s.wait_subscriptions_match_positions()
+            await trio.sleep(5)
+            snapshots = s.hub.health.reconciliations
+            for _ in range(100):  # ten seconds of a bad frame every 0.1 s
+                sim.control.inject("non_json", "private")
+                await trio.sleep(0.1)
+            await trio.sleep(3)
+            asked = s.hub.health.reconciliations - snapshots
+            # one at once per 1.5 s, one 1.5 s after the last: ~8, not 100
+            assert 2 <= asked <= 10 * 2 / 1.5 + 2, asked
+            assert [p.symbol for p in s.stream.positions()] == ["ETHUSDT"]
 
 
 async def test_a_reversal_through_zero_is_a_close_then_an_open(loopback_clock):
@@ -95,6 +138,23 @@ async def test_a_reversal_through_zero_is_a_close_then_an_open(loopback_clock):
             assert [(p.side, p.size) for p in s.stream.positions()] == [("Sell", Decimal(40))]
             await trio.sleep(s.hub.config.subscriptions.unsubscribe_grace * 3)
             assert sim.observe.requests("linear", op="unsubscribe") == []  # the ticker stays
+
+
+async def test_a_reversal_is_a_close_then_an_open_from_rest_too(loopback_clock):
+    # rest mode (the fallback, or after a rollback): the consumer's view is synchronised from
+    # each REST snapshot, which must say the same as the live path
+    with trio.fail_after(TEST_TIMEOUT):
+        async with running(mode="rest") as s:
+            sim = s.sim
+            sim.control.open_position("XRPUSDT", "Buy", "100", entry_price="0.5")
+            await s.log.wait_for(lambda e: e.symbol == "XRPUSDT")
+            mark = s.log.mark()
+            sim.control.modify_position("XRPUSDT", side="Sell", size="40", entry_price="0.6")
+            short = await s.log.wait_for(lambda e: e.symbol == "XRPUSDT" and e.side == "Sell", after=mark)
+            closed, opened = s.log.events[mark:][:2]
+            assert type(closed) is PositionClosed and (closed.side, closed.size, closed.source) == ("Buy", 0, "rest")
+            assert opened is short and (short.size, short.entry_price, short.source) == (Decimal(40), Decimal("0.6"),
+                                                                                       "rest")
 
 
 async def test_a_reconciliation_undoes_the_close_of_a_list_that_missed_a_live_position(loopback_clock):
@@ -163,3 +223,20 @@ async def test_an_unusable_rest_record_does_not_keep_the_stream_from_starting(lo
                 stream.hub.request_reconcile()
                 await eventually(lambda: len(stream.positions()) == 2)
                 assert stream.hub.rest.paging_problems == {}
+
+
+async def test_in_rest_mode_a_persistently_unusable_record_costs_only_its_own_symbol(loopback_clock):
+    # rest mode: REST is the only source of closes; one record REST always garbles must not
+    # stop the closes of every other position in its scope
+    with trio.fail_after(TEST_TIMEOUT):
+        async with running(mode="rest") as s:
+            sim = s.sim
+            sim.control.open_position("BTCUSDT", "Buy", "1")
+            sim.control.open_position("ETHUSDT", "Sell", "2")
+            await s.log.wait_for(lambda e: e.symbol == "ETHUSDT")
+            sim.control.rest_garble("ETHUSDT", {"size": "0.0.1"}, count=None)
+            mark = s.log.mark()
+            sim.control.close_position("BTCUSDT")
+            closed = await s.log.wait_for(lambda e: isinstance(e, PositionClosed), after=mark)
+            assert closed.symbol == "BTCUSDT"
+            assert sorted(p.symbol for p in s.stream.positions()) == ["ETHUSDT"]  # kept, not closed

@@ -310,6 +310,30 @@ def test_symbols_churning_for_days_leave_nothing_behind_once_closed():
     assert len(combiner._unheld) <= retained
 
 
+def test_hedge_mode_idle_legs_leave_nothing_behind_either():
+    # hedge mode pushes the idle leg flat beside the open one (BYBIT_V5 section 12): a key that is
+    # only ever flat must expire like a closed one
+    book = PositionBook()
+    start, step = 1_700_000_000_000, 60_000
+    for i in range(48 * 60):
+        symbol, at = f"BTCUSDT-{i}", start + i * step
+        book.apply_push([pos(symbol, idx=1, ut=at), flat(symbol, idx=2, ut=at)])
+        book.apply_push([flat(symbol, idx=1, ut=at + 5), flat(symbol, idx=2, ut=at + 5)])
+    retained = 2 * (CLOSED_RETAIN_MS // step + 1)  # both legs of the last hour's symbols
+    assert len(book) == 0 and len(book._versions) <= retained and len(book._closed) <= retained
+
+
+def test_a_stale_record_of_a_later_list_leaves_the_tombstone_in_place():
+    book = PositionBook()
+    book.apply_push([pos(ut=1000, seq=1)])
+    assert book.apply_snapshot([], ["linear"], as_of_ms=5000).closed  # tombstone: read at 4000
+    # a list read later shows a record older than the one we applied: ignored, and the
+    # tombstone it did not replace still guards against pushes older than 4000
+    assert not book.apply_snapshot([pos(ut=900, seq=1)], ["linear"], as_of_ms=9000)
+    assert not book.apply_push([pos(ut=3000, seq=1)])
+    assert len(book) == 0
+
+
 def test_a_closed_position_is_remembered_for_the_retention():
     book = PositionBook()
     book.apply_push([pos(ut=1000, seq=5)])
@@ -512,6 +536,17 @@ def test_a_reversal_is_a_close_then_an_open_for_the_consumer():
     assert closed.updated_time == closed.exchange_ts == 1001
     assert type(opened) is PositionUpdate and (opened.side, opened.size, opened.entry_price) == ("Sell", 1, D(110))
     assert [p.side for p in combiner.book.open_positions()] == ["Sell"]
+
+
+def test_a_reversal_not_handed_over_before_a_crash_is_a_close_then_an_open_on_resync():
+    combiner = Combiner()
+    combiner.apply_push([pos(size="2", ut=1000)], received_ts=1)
+    assert len(combiner.apply_push([pos(side="Sell", size="1", ut=1001)], received_ts=2, commit=False)) == 2
+    combiner.rollback()  # the crash came before the hand-over
+    closed, opened = combiner.resync(3)
+    assert type(closed) is PositionClosed and (closed.side, closed.size, closed.exchange_ts) == ("Buy", 0, 1001)
+    assert type(opened) is PositionUpdate and (opened.side, opened.size) == ("Sell", 1)
+    assert combiner.resync(4) == []  # handed over now: nothing more
 
 
 def test_marks_move_pnl_and_are_deduplicated():

@@ -338,9 +338,9 @@ def test_an_unusable_position_record_is_dropped_alone():
                        "list": [dict(good, symbol="ETHUSDT", size="0.0.1"), good, "not a record"]}}
     page = parse_position_page(json.dumps(body))
     assert [p.symbol for p in page.positions] == ["BTCUSDT"] and page.next_cursor == "c1"
-    assert len(page.rejected) == 2
-    assert page.rejected[0].startswith("record 0 (ETHUSDT): FieldError") and "0.0.1" in page.rejected[0]
-    assert page.rejected[1].startswith("record 2 (None)")
+    assert [r.symbol for r in page.rejected] == ["ETHUSDT", None]  # whose, when it can be read
+    assert page.rejected[0].reason.startswith("record 0 (ETHUSDT): FieldError") and "0.0.1" in page.rejected[0].reason
+    assert page.rejected[1].reason.startswith("record 2 (None)")
 
 
 def test_http_403_is_a_rate_limit():
