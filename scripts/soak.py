@@ -62,7 +62,7 @@ from hybrid_actors.actors.mailboxes import StreamClosed
 from hybrid_actors.config import Credentials, Endpoints
 from hybrid_actors.state import PositionClosed, PositionUpdate
 from hybrid_actors.supervisor import HybridStream, open_hybrid_stream
-from hybrid_actors.testing.invariants import position_mismatches, task_count
+from hybrid_actors.testing.invariants import position_mismatches, task_names
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # bench_support, also when loaded by path
 from bench_support import SimProcess, simulator_process  # noqa: E402
@@ -417,11 +417,12 @@ class Soak:
             converge_s = trio.current_time() - started
             self.mismatches.extend(f"{label}: {p}" for p in problems)
             gc.collect()
+            names = task_names()
             hub = self.stream.hub
             subs = hub.subscriptions[CATEGORY]
             self.samples[label] = {
                 "at_minutes": round((trio.current_time() - self.t0) / 60, 2),
-                "tasks": task_count(), "rss_mb": round(rss_bytes() / 2**20, 2),
+                "tasks": sum(names.values()), "task_names": names, "rss_mb": round(rss_bytes() / 2**20, 2),
                 "converge_s": round(converge_s, 2), "open_positions": len(self.stream.positions()),
                 "subscribed_symbols": len(subs.confirmed), "activity_symbols": len(hub.activity[CATEGORY]),
                 "combiner_marks": len(hub.combiner.marks), "events": self.recorder.events,
@@ -497,6 +498,10 @@ def build_result(run: Soak, health: Any) -> dict[str, Any]:
         "mismatches": len(mismatches), "mismatch_details": mismatches[:20],
         "sample_at_minutes": first["at_minutes"], "end_at_minutes": end["at_minutes"],
         "tasks": {"first": first["tasks"], "end": end["tasks"]},
+        # the task names whose count differs between the samples: a leak shows as one that grows
+        "tasks_changed": {name: [first["task_names"].get(name, 0), end["task_names"].get(name, 0)]
+                          for name in sorted({*first["task_names"], *end["task_names"]})
+                          if first["task_names"].get(name, 0) != end["task_names"].get(name, 0)},
         "rss_mb": {"first": first["rss_mb"], "end": end["rss_mb"]},
         "rss_growth_pct": round((end["rss_mb"] - first["rss_mb"]) / first["rss_mb"] * 100, 2),
         "converge_s": {"first": first["converge_s"], "end": end["converge_s"]},

@@ -22,7 +22,7 @@ import trio
 from ..state import PositionClosed, PositionUpdate
 
 __all__ = ["Key", "position_mismatches", "LifecycleTracker", "lifecycle", "lifecycle_mismatches", "lifecycle_anomalies",
-           "task_count"]
+           "task_count", "task_names"]
 
 Key = tuple[str, str, int]
 #: side, size
@@ -94,12 +94,20 @@ def lifecycle_anomalies(seen: Mapping[Key, list[str]]) -> list[str]:
 def task_count() -> int:
     """Every task in the current trio run (the whole tree from the root task): what a long
     run must not grow."""
+    return sum(task_names().values())
+
+
+def task_names() -> dict[str, int]:
+    """How many tasks of each name the current trio run has (the whole tree): where a change
+    in :func:`task_count` comes from (a leak, or a task that waits in a child nursery at one
+    moment and not at another)."""
     root = trio.lowlevel.current_root_task()
     assert root is not None, "trio's root task exists as long as any task of the run does"
-    count, stack = 0, [root]
+    names: dict[str, int] = {}
+    stack = [root]
     while stack:
         task = stack.pop()
-        count += 1
+        names[task.name] = names.get(task.name, 0) + 1
         for nursery in task.child_nurseries:
             stack.extend(nursery.child_tasks)
-    return count
+    return dict(sorted(names.items()))

@@ -37,6 +37,12 @@ def test_a_short_soak_prints_one_json_object_with_no_mismatch():
     assert sum(result["restarts"].values()) > 0  # the faults did reach the stream
     for key in ("tasks", "rss_mb"):
         assert set(result[key]) == {"first", "end"} and all(v > 0 for v in result[key].values())
+    # the task count is the sum of the counts by name, and any change is named
+    for label in ("first", "end"):
+        names = result["samples"][label]["task_names"]
+        assert sum(names.values()) == result["tasks"][label] and "<init>" in names
+    changed = sum(end - first for first, end in result["tasks_changed"].values())
+    assert changed == result["tasks"]["end"] - result["tasks"]["first"]
     assert isinstance(result["rss_growth_pct"], (int, float))
     assert 0 < result["sample_at_minutes"] < result["end_at_minutes"]
     # like with like: both samples at the same open positions, ticker subscriptions equal to them
