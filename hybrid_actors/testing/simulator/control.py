@@ -225,16 +225,18 @@ class Control:
         self._ex.changed()
 
     def rest_omit(self, symbol: str, *, category: str = "linear", count: int | None = 1) -> None:
-        """The next ``count`` position lists that would show ``symbol`` leave it out, whatever
-        its state: a REST replica lagging the matching engine (the push stream is unaffected)."""
+        """The next ``count`` records of ``symbol`` that position lists would show are left out,
+        whatever their state: a REST replica lagging the matching engine (the push stream is
+        unaffected). Counted per record: a hedge-mode symbol shows two per list."""
         self._ex.market.require(category, symbol)
         self._ex.faults.fault_rest_record(category, symbol, count, None)
         self._ex.changed()
 
     def rest_garble(self, symbol: str, fields: dict[str, Any], *, category: str = "linear",
                     count: int | None = 1) -> None:
-        """The next ``count`` position lists that show ``symbol`` carry its record with
-        ``fields`` overwritten (e.g. ``{"size": "0.0.1"}``): a record the client cannot use."""
+        """The next ``count`` records of ``symbol`` that position lists show carry ``fields``
+        overwritten (e.g. ``{"size": "0.0.1"}``): a record the client cannot use. Counted per
+        record, as :meth:`rest_omit`."""
         if not fields:
             raise ValueError("rest_garble needs at least one field to overwrite")
         self._ex.market.require(category, symbol)
