@@ -193,12 +193,8 @@ class Faults:
         return self.auth_failures.take()
 
     def take_subscribe_rejection(self, category: str, symbol: str) -> str | None:
-        rule = self.subscribe_rejections.get((category, symbol))
-        if rule is None or not rule.counter.take():
-            return None
-        if rule.counter.spent:
-            del self.subscribe_rejections[(category, symbol)]
-        return rule.ret_msg
+        rule = _take_keyed(self.subscribe_rejections, (category, symbol))
+        return None if rule is None else rule.ret_msg
 
     def _take(self, rules: list[_R], predicate: Callable[[_R], bool]) -> _R | None:
         for rule in rules:
@@ -210,12 +206,7 @@ class Faults:
 
     def take_rest_record_fault(self, category: str, symbol: str) -> RecordFault | None:
         """What this position list does to ``symbol``'s record (one use of the rule), if anything."""
-        rule = self.rest_records.get((category, symbol))
-        if rule is None or not rule.counter.take():
-            return None
-        if rule.counter.spent:
-            del self.rest_records[(category, symbol)]
-        return rule
+        return _take_keyed(self.rest_records, (category, symbol))
 
     def take_rest(self, path: str, query: str = "") -> RestFault | None:
         return self._take(self.rest, lambda r: (r.path is None or r.path == path)
@@ -237,3 +228,16 @@ class Faults:
             return False
         times.append(now)
         return True
+
+
+_K = TypeVar("_K")
+
+
+def _take_keyed(rules: dict[_K, _R], key: _K) -> _R | None:
+    """One use of the rule armed for ``key`` (dropped once spent), or None."""
+    rule = rules.get(key)
+    if rule is None or not rule.counter.take():
+        return None
+    if rule.counter.spent:
+        del rules[key]
+    return rule
