@@ -241,7 +241,10 @@ class RestClient:
                     record_problem = (f"{len(rejected)} record(s) unusable, so what they say is unknown: "
                                       + "; ".join(r.reason for r in rejected[:5]))
                     if any(r.symbol is None for r in rejected):  # whose? unknown: the scope closes nothing
-                        problem, complete = record_problem, False
+                        problem = record_problem if problem is None else f"{problem}; and {record_problem}"
+                        complete = False
+                    elif problem is not None:  # cut short anyway: say both
+                        problem = f"{problem}; and {record_problem}"
                     else:
                         uncertain += [(category, r.symbol) for r in rejected if r.symbol is not None]
                 if complete:

@@ -181,3 +181,17 @@ async def test_an_unusable_record_without_a_symbol_costs_its_scope_the_closes(lo
             snapshot = await rest.positions(["linear"])
             assert {p.symbol for p in snapshot.positions} == {"BTCPERP"}
             assert snapshot.coverage == (("linear", "USDC"),) and snapshot.truncated == (("linear", "USDT"),)
+
+
+@pytest.mark.parametrize("garbled", [{"symbol": 7}, {"size": "0.0.1"}])
+async def test_a_scope_cut_short_with_an_unusable_record_reports_both(loopback_clock, garbled):
+    with trio.fail_after(TEST_TIMEOUT):
+        async with rest_against_sim(coins=("USDT",)) as (sim, rest):
+            sim.control.open_position("BTCUSDT", "Buy", "1")
+            sim.control.open_position("ETHUSDT", "Buy", "1")
+            sim.control.set_account(paging="endless")
+            sim.control.rest_garble("BTCUSDT", garbled)
+            snapshot = await rest.positions(["linear"])
+            assert snapshot.truncated == (("linear", "USDT"),) and snapshot.coverage == ()
+            problem = rest.paging_problems[("linear", "USDT")]
+            assert "bound of 50 requests" in problem and "1 record(s) unusable" in problem, problem
