@@ -5,7 +5,9 @@ prices (conflating mailbox). Each input is applied to the combiner and its event
 enqueued in the same synchronous step, so a price update can never overtake the
 lifecycle event of the position it belongs to. Before taking the next lifecycle
 message the actor waits for room in the output queue: a slow consumer slows the
-private stream's intake (backpressure), while price updates keep conflating.
+private stream's intake (backpressure), while price updates keep conflating. Before the
+first snapshot nobody reads the queue: pushes are held (the latest per position) and
+applied right after it, and nothing waits.
 
 After each lifecycle message the desired ticker set per category is published to the
 subscription manager.
@@ -27,6 +29,7 @@ import attrs
 import trio
 
 from ..messages import Lifecycle, PositionsPushed, PositionsSnapshot, PushUnreadable
+from ..protocol.frames import Position
 from ..state import Event, Mark
 from .hub import Hub
 
@@ -56,6 +59,8 @@ class CombinerActor:
     _follow_ups_in_a_row: int = attrs.field(default=0, init=False)
     #: when an unreadable push last asked for a snapshot at once (trio time)
     _unreadable_asked_at: float = attrs.field(default=-math.inf, init=False)
+    #: pushes before the first snapshot, the latest record per position (see ``_hold``)
+    _held: dict[tuple[str, str, int], tuple[Position, int]] = attrs.field(factory=dict, init=False)
 
     @staticmethod
     def reset_after_crash(hub: Hub) -> None:
@@ -84,9 +89,32 @@ class CombinerActor:
     async def _lifecycle(self, inbox: trio.MemoryReceiveChannel[Lifecycle]) -> NoReturn:
         hub = self.hub
         while True:
-            await hub.events.wait_for_space()
+            await hub.room_for_events()
             message = await inbox.receive()
+            if isinstance(message, PositionsPushed) and not hub.first_snapshot.is_set():
+                self._hold(message)
+                continue
+            if self._held and not isinstance(message, PositionsSnapshot):
+                self._release_held()  # started by another source's snapshot (rest mode): these first
             self.apply(message)
+            if self._held:
+                self._release_held()
+
+    def _release_held(self) -> None:
+        held, self._held = self._held, {}
+        for position, received_ts in held.values():
+            self.apply(PositionsPushed((position,), received_ts))
+
+    def _hold(self, message: PositionsPushed) -> None:
+        """A push before the first snapshot: kept (the latest record of each position) and
+        applied right after the next snapshot, where the book's version rule keeps whichever
+        is newer. Until the stream has started nobody reads its events, so queuing one per
+        push would fill the queue during a long REST outage at start and keep that snapshot
+        out for good; this costs one record per position, however long the start takes."""
+        held = self._held
+        for position in message.positions:
+            held.pop(position.key, None)  # re-inserted last: applied in the order last pushed
+            held[position.key] = (position, message.received_ts)
 
     def apply(self, message: Lifecycle) -> list[Event]:
         hub = self.hub

@@ -213,6 +213,13 @@ class Hub:
     def request_reconcile(self) -> None:
         self.reconcile_now.set()
 
+    async def room_for_events(self) -> None:
+        """Wait for room in the output queue (a slow consumer slows the producers), once the
+        stream has started. Before that nobody can read the queue (``open_hybrid_stream`` has
+        not returned): waiting then would keep the first snapshot out for good."""
+        if self.first_snapshot.is_set():
+            await self.events.wait_for_space()
+
     def report_crash_loop(self, actor: str) -> None:
         """A hybrid actor is crash-looping: the rollback monitor decides what that means."""
         self.rollout.crash_loop = actor

@@ -71,7 +71,7 @@ class RestPollerActor:
             epoch = switch.epoch
             changed = switch.changed
             snapshot = await hub.rest.positions(hub.config.categories)
-            await hub.events.wait_for_space()
+            await hub.room_for_events()
             runtime = hub.rollout
             # authoritative only for the (category, settle coin) scopes it read completely:
             # without coverage a page cut short or a skipped coin would "close" positions
@@ -187,7 +187,7 @@ class RestPollerActor:
                 self._compare(category, marks)
             wanted_rest = {s: m for s, m in marks.items() if s in rest.get(category, ())}
             if wanted_rest:
-                await hub.events.wait_for_space()
+                await hub.room_for_events()
                 runtime.combiner.apply_fallback_marks(category, wanted_rest)
                 self._sync()
             activity = hub.activity.get(category, {})
