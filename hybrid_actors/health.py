@@ -25,6 +25,9 @@ class ActorStats:
     outages: int = 0
     last_error: str | None = None
     last_change: float = 0.0
+    #: while starting: what the actor, connected, still waits for (the private socket's REST
+    #: snapshot); written by the supervisor on the actor's report, cleared at each start
+    waiting_for: str | None = None
 
     @property
     def restarts(self) -> int:

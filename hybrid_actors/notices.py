@@ -183,6 +183,14 @@ class StateTracker:
             self._why_down.pop(name, None)
         return self._derive(ts) if self.ready_seen else None
 
+    def waiting(self, name: str, why: str, ts: int) -> StreamState | None:
+        """Socket ``name``, down, is connected but waits for ``why`` (a new reason, at most
+        once per connection: the caller's rule)."""
+        if self.state == "failed" or self.sockets.get(name) is not False:
+            return None
+        self._why_down[name] = why
+        return self._derive(ts) if self.ready_seen else None
+
     def ready(self, ts: int) -> StreamState | None:
         """The stream finished starting: every child started once, the first snapshot applied."""
         if self.ready_seen or self.state == "failed":

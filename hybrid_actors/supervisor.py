@@ -167,6 +167,15 @@ class Supervisor:
         if self.children is None:
             self.children = default_children(self.hub)
         self.hub.stream_state = StateTracker.for_sockets([s.name for s in self.children if is_socket(s.name)])
+        self.hub._on_socket_waiting = self._waiting
+
+    def _waiting(self, name: str, why: str) -> None:
+        stats = self.hub.health.actor(name)
+        if stats.state != "starting" or stats.waiting_for == why:
+            return
+        stats.waiting_for = why
+        if is_socket(name):
+            self._notify(self.hub.stream_state.waiting(name, f"connected, waiting for {why}", self.hub.wall_ms()))
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> NoReturn:
         """Start every child at once, each in its own supervised loop, and supervise forever.
@@ -235,11 +244,13 @@ class Supervisor:
             stats.starts += 1
             stats.state = "starting"
             stats.last_change = started_at
+            stats.waiting_for = None
             try:
                 async with trio.open_nursery() as incarnation:
                     await incarnation.start(spec.make().run)
                     stats.state = "running"
                     stats.last_change = trio.current_time()
+                    stats.waiting_for = None
                     self._socket(spec.name, True)
                 # run() never returns normally; if it does, that is a bug worth restarting for
                 raise SupervisorError(f"actor {spec.name!r} returned instead of running forever")
@@ -355,9 +366,11 @@ def build_health_report(hub: Hub, *, now: float | None = None, rows: bool = True
     for name, stats in list(health.actors.items()):
         actors[name] = {"state": stats.state, "restarts": stats.restarts, "crashes": stats.crashes,
                         "outages": stats.outages, "last_error": stats.last_error,
-                        "since_s": round(now - stats.last_change, 3)}
+                        "waiting_for": stats.waiting_for, "since_s": round(now - stats.last_change, 3)}
         if stats.state != "running":
-            problems.append(f"actor {name} is {stats.state}" + (f": {stats.last_error}" if stats.last_error else ""))
+            detail = (f": connected, waiting for {stats.waiting_for}" if stats.waiting_for
+                      else f": {stats.last_error}" if stats.last_error else "")
+            problems.append(f"actor {name} is {stats.state}{detail}")
     connections: dict[str, dict[str, Any]] = {}
     for name, link_stats in list(health.links.items()):
         link = hub.links.get(name)
@@ -539,9 +552,11 @@ async def open_hybrid_stream(config: StreamConfig, *, wall_clock: Callable[[], f
 
 def _why_not_started(hub: Hub, timeout: float | None) -> str:
     endpoints = hub.config.endpoints
-    failing = [f"{name}: {stats.last_error}" for name, stats in hub.health.actors.items()
-               if stats.state != "running" and stats.last_error]
-    waiting = [name for name, stats in hub.health.actors.items() if stats.state != "running" and not stats.last_error]
+    failing = [f"{name}: connected, waiting for {stats.waiting_for}" if stats.waiting_for
+               else f"{name}: {stats.last_error}" for name, stats in hub.health.actors.items()
+               if stats.state != "running" and (stats.last_error or stats.waiting_for)]
+    waiting = [name for name, stats in hub.health.actors.items()
+               if stats.state != "running" and not stats.last_error and not stats.waiting_for]
     detail = "; ".join(failing) if failing else f"still waiting for {', '.join(waiting) or 'the first snapshot'}"
     return (f"the stream did not start within {timeout:g}s ({detail}); check the network and the URLs: "
             f"{endpoints.ws_private_url}, {', '.join(endpoints.public_url(c) for c in hub.config.categories)}, "

@@ -177,6 +177,11 @@ class Hub:
     #: consecutive private auth refusals (the first is retried after a clock resync):
     #: written by the private actor only
     auth_refusals: int = 0
+    #: private auth requests sent in a row that got no answer (the socket closed or stayed
+    #: silent): written by the private actor only
+    auth_unanswered: int = 0
+    #: see :meth:`socket_waiting`; the supervisor installs its handler
+    _on_socket_waiting: Callable[[str, str], None] = lambda name, why: None
     #: a request flag: anyone may set it (:meth:`request_clock_sync`); only the clock actor takes it
     clock_sync_requested: trio.Event = attrs.Factory(trio.Event)
     #: set by the combiner only, once the private socket is authenticated and its REST
@@ -209,6 +214,12 @@ class Hub:
 
     def wall_ms(self) -> int:
         return int(self.wall_clock() * 1000)
+
+    def socket_waiting(self, name: str, why: str) -> None:
+        """Actor ``name`` has its socket up but waits for ``why`` before it counts as up
+        (e.g. the private socket for its REST snapshot): health, the ``stream.state`` reason
+        and a start timeout say so instead of its last error. The supervisor handles it."""
+        self._on_socket_waiting(name, why)
 
     def request_reconcile(self) -> None:
         self.reconcile_now.set()

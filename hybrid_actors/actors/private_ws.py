@@ -5,7 +5,8 @@ subscribe before it: Bybit answers ``Request not authorized``) → subscribe ``p
 → fetch the REST ``position/list`` snapshot (all settle coins, all pages) and hand it to
 the combiner as authoritative. Bybit sends no snapshot on subscribe, so this is how
 opens and closes missed while disconnected are recovered. Ready when the snapshot is
-queued. Pushes that arrive meanwhile are forwarded at once; the book's version rule
+queued. Pushes that arrive meanwhile are forwarded at once; the combiner holds them until
+the first snapshot is applied (the latest per position), then the book's version rule
 keeps whichever is newer.
 
 A rejected auth raises :class:`~hybrid_actors.errors.AuthRejected`, which ends the
@@ -15,13 +16,13 @@ stream: retrying bad credentials only risks an IP ban.
 from __future__ import annotations
 
 import logging
-from typing import NoReturn
+from typing import Final, NoReturn
 
 import attrs
 import trio
 
 from ..config import AUTH_EXPIRY_MARGIN_MS
-from ..errors import AuthRejected, ConnectionLost, HandshakeError, RestUnavailable
+from ..errors import AuthRejected, ConnectionLost, HandshakeError, RestError, RestUnavailable
 from ..messages import Lifecycle, PositionsPushed, PositionsSnapshot, PushUnreadable
 from ..protocol.frames import (AuthResult, Frame, MalformedFrame, Pong, PositionPush, SubscribeResult,
                                UnknownFrame, decode)
@@ -36,6 +37,8 @@ __all__ = ["PrivateStreamActor"]
 
 log = logging.getLogger(__name__)
 NAME = "private"
+#: auth requests in a row without an answer before the credentials are checked on REST
+UNANSWERED_AUTHS_BEFORE_CHECK: Final = 2
 
 
 @attrs.define(eq=False)
@@ -50,34 +53,39 @@ class PrivateStreamActor:
 
     @staticmethod
     def reset_after_crash(hub: Hub) -> None:
-        """Owns ``auth_refusals``. Known-good after a crash: no refusal counted (a crash is
-        not the exchange refusing us); the next refusal gets its one retry again."""
+        """Owns ``auth_refusals`` and ``auth_unanswered``. Known-good after a crash: no
+        refusal counted (a crash is not the exchange refusing us); the next refusal gets its
+        one retry again."""
         hub.auth_refusals = 0
+        hub.auth_unanswered = 0
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> NoReturn:
         hub = self.hub
         config = hub.config
         credentials = config.credentials
-        if hub.auth_refusals:
-            # The last auth was refused: signing with the same offset again would prove
-            # nothing, so measure first (a REST outage here is retried like any outage).
-            await hub.rest.sync_time()
-        # Otherwise sign with the last known offset (the clock actor keeps it fresh in the
-        # background): a REST outage or ban must not keep a socket down that could connect.
+        # Sign with the last known offset (the clock actor keeps it fresh in the background):
+        # a REST outage or ban must not keep a socket down that could connect.
+        clock_measured = hub.auth_refusals > 0 and await self._measure_clock()
+        if hub.auth_unanswered >= UNANSWERED_AUTHS_BEFORE_CHECK:
+            await self._check_credentials()
         async with open_link(hub, self.name, config.private_url) as conn, \
                 hub.lifecycle_send.clone() as lifecycle:
             conn.nursery.start_soon(self._read, conn.transport, conn.link, lifecycle)
             expires = hub.rest.now_ms() + AUTH_EXPIRY_MARGIN_MS
             conn.link.offer(self._session.auth(credentials.api_key, credentials.api_secret, expires))
+            hub.auth_unanswered += 1
             await self._wait(self._authed, config.auth_timeout, "an answer to auth")
+            hub.auth_unanswered = 0
             assert self._auth is not None
-            if not self._auth.success and hub.auth_refusals == 0:
+            if not self._auth.success and not clock_measured:
                 # The docs' 'Params Error' covers bad keys and an expired `expires` alike: resync
-                # the clock (next incarnation) and try once more before calling the keys bad.
+                # the clock (next incarnation) and try again before calling the keys bad. Only
+                # a refusal after a clock measured since the last one ends the stream: while
+                # REST cannot measure it, a refusal is retried like an outage.
                 hub.auth_refusals += 1
                 hub.request_clock_sync()
                 raise ConnectionLost(f"private stream: auth refused ({self._auth.ret_msg!r}); "
-                                     "resyncing the clock and trying once more")
+                                     "resyncing the clock and trying again")
             if not self._auth.success:
                 raise AuthRejected(
                     f"private stream: auth rejected for key {credentials.key_hint}: {self._auth.ret_msg!r}. "
@@ -103,6 +111,37 @@ class PrivateStreamActor:
             await trio.sleep_forever()
         raise AssertionError("unreachable")  # pragma: no cover
 
+    async def _measure_clock(self) -> bool:
+        """After a refused auth: measure the clock before signing again (the same offset
+        would prove nothing). False when REST cannot answer: the socket is tried anyway."""
+        try:
+            await self.hub.rest.sync_time()
+        except RestUnavailable as exc:
+            log.warning("private stream: the clock could not be measured after a refused auth (%s); "
+                        "trying with the last known offset", exc)
+            return False
+        return True
+
+    async def _check_credentials(self) -> None:
+        """Auth requests in a row got no answer: some gateways close the socket instead of
+        refusing bad keys. One signed REST call tells: rejected credentials end the stream
+        (:class:`AuthRejected`, at once, not after hours of bad signatures); any other answer,
+        or none, and the socket is tried again as after an outage."""
+        hub = self.hub
+        category = hub.config.categories[0]
+        coin = hub.rest.linear_settle_coins[0] if category == "linear" and hub.rest.linear_settle_coins else None
+        try:
+            await hub.rest.position_page(category, settle_coin=coin)
+        except AuthRejected:
+            raise
+        except RestError as exc:
+            log.warning("private stream: %d auth requests in a row got no answer; REST could not check "
+                        "the credentials either (%s)", hub.auth_unanswered, exc)
+            return
+        log.warning("private stream: %d auth requests in a row got no answer; the credentials work on "
+                    "REST, so the private endpoint is treated as down", hub.auth_unanswered)
+        hub.auth_unanswered = 0
+
     async def _snapshot(self) -> PositionSnapshot:
         """REST position/list, retried here for as long as it takes: a REST outage must not
         cost a healthy socket (its pushes keep flowing meanwhile, the heartbeat keeps it up)."""
@@ -113,6 +152,8 @@ class PrivateStreamActor:
             try:
                 return await hub.rest.positions(hub.config.categories)
             except RestUnavailable as exc:
+                if not attempt:  # once per connection: the socket is fine, REST is not
+                    hub.socket_waiting(self.name, f"the REST position snapshot: {exc}")
                 delay = backoff.delay(attempt, hub.rng, exc.retry_after)
                 attempt = backoff.next_attempt(attempt)
                 log.warning("private stream: REST snapshot failed (%s); the socket stays up, "
@@ -139,6 +180,7 @@ class PrivateStreamActor:
             link.last_frame_at = now
             stats.frames += len(batch)
             stats.batches += 1
+            unreadable = False
             for raw in batch:
                 frame = decode(raw)
                 if isinstance(frame, PositionPush):
@@ -150,13 +192,28 @@ class PrivateStreamActor:
                         # from REST (a close in it must not be missed for five minutes)
                         reporter.report(MalformedFrame("position record(s) dropped: " + "; ".join(frame.rejected),
                                                        ""), hub)
-                        await link.deliver(lifecycle, PushUnreadable(received_ms))
+                        unreadable = True
                 elif isinstance(frame, MalformedFrame):
                     # it may have been a position push (a close is usually pushed alone)
                     reporter.report(frame, hub)
-                    await link.deliver(lifecycle, PushUnreadable(received_ms))
+                    unreadable = True
                 else:
                     self._control(frame, link, now, reporter)
+            if unreadable:
+                self._push_unreadable(lifecycle, received_ms)
+
+    def _push_unreadable(self, lifecycle: trio.MemorySendChannel[Lifecycle], received_ms: int) -> None:
+        """Tell the combiner a push could not be read (once per read, however many were bad):
+        it asks REST at once and again after the skew. Never waits: a full channel means the
+        combiner is behind a slow consumer, and a flood of bad frames must not stop the reader
+        (pongs, the next pushes) behind it; then the snapshot is asked for directly (without
+        the follow-up: the periodic reconciliation is the backstop for that rare case)."""
+        try:
+            lifecycle.send_nowait(PushUnreadable(received_ms))
+        except trio.WouldBlock:
+            log.warning("private: lifecycle channel full; asking for a REST snapshot directly "
+                        "for an unreadable push")
+            self.hub.request_reconcile()
 
     def _control(self, frame: Frame, link: Link, now: float, reporter: FrameReporter) -> None:
         if isinstance(frame, Pong):

@@ -7,12 +7,14 @@ from __future__ import annotations
 import random
 from decimal import Decimal
 
+import attrs
 import pytest
 import trio
 
 from hybrid_actors import AuthRejected, RestartIntensityExceeded, RestartPolicy, StreamConfig, SubscriptionPolicy
 from conftest import CRASHABLE_ACTORS
 from hybrid_actors.actors import public_ws
+from hybrid_actors.errors import RestUnavailable
 from hybrid_actors.actors.mailboxes import EventQueue
 from hybrid_actors.rollout import RolloutPolicy
 from hybrid_actors.state import PositionClosed
@@ -347,6 +349,76 @@ async def test_a_one_off_auth_refusal_is_retried_once_then_the_stream_carries_on
             await s.sim.observe.wait_auth(2, ok=True)
             await eventually(lambda: s.hub.health.actors["private"].state == "running")
             assert s.hub.auth_refusals == 0
+
+
+async def test_a_refused_auth_during_a_rest_ban_is_retried_without_waiting_for_rest(loopback_clock):
+    # the retry after a refusal measures the clock first; REST banned for 10 minutes must not
+    # keep the private socket down that long: it signs with the last offset meanwhile
+    with trio.fail_after(TEST_TIMEOUT):
+        async with running() as s:
+            sim = s.sim
+            sim.control.rest_http_error(403, count=None)  # every REST path: banned
+            with pytest.raises(RestUnavailable):
+                await s.hub.rest.sync_time()
+            sim.control.fail_auth(1)
+            dropped_at = trio.current_time()
+            sim.control.drop_private("reset")
+            await sim.observe.wait_auth(2, ok=True)
+            assert trio.current_time() - dropped_at < 10.0  # not the ban's 600 s
+            await eventually(lambda: s.hub.auth_refusals == 0)
+            assert s.hub.health.actors["private"].crashes == 0
+
+
+async def test_a_second_refusal_while_the_clock_cannot_be_measured_is_retried_not_fatal(loopback_clock):
+    # 'Params Error' may be an expired `expires`: only a refusal after a measured clock
+    # proves the keys bad. REST down meanwhile: retried like an outage, then decided.
+    wall = trio_wall_clock()
+    with trio.fail_after(TEST_TIMEOUT * 10):
+        async with open_simulator(sim_config(wall_clock=wall)) as sim:
+            sim.control.fail_auth(3)
+            sim.control.rest_http_error(503, count=None, path="/v5/market/time")
+            config = StreamConfig(credentials=sim.credentials, endpoints=sim.endpoints)
+            async with trio.open_nursery() as nursery:
+                async def rest_back() -> None:
+                    await sim.observe.wait_auth(3, ok=False)
+                    sim.control.clear_faults()
+                nursery.start_soon(rest_back)
+                async with open_hybrid_stream(config, wall_clock=wall) as stream:
+                    # three refusals, none after a measured clock; the fourth auth works
+                    assert len(sim.observe.auth_attempts(ok=False)) == 3
+                    assert len(sim.observe.auth_attempts(ok=True)) == 1
+                    assert stream.hub.auth_refusals == 0
+
+
+@pytest.mark.parametrize("keys", ["bad", "good"])
+async def test_a_gateway_that_closes_instead_of_refusing_auth(loopback_clock, keys):
+    # Bybit's docs do not say whether a failed auth is answered or the socket closed. Closed:
+    # after two auths without an answer one signed REST call tells bad keys (the stream ends
+    # at once, not after hours of bad signatures) from a private endpoint that is down.
+    wall = trio_wall_clock()
+    with trio.fail_after(TEST_TIMEOUT * 10):
+        async with open_simulator(sim_config(wall_clock=wall)) as sim:
+            sim.control.close_on_failed_auth()
+            credentials = sim.credentials
+            if keys == "bad":
+                credentials = attrs.evolve(credentials, api_secret="not-the-secret")
+            else:
+                sim.control.fail_auth(5)  # the keys are fine; the private endpoint is not
+            config = StreamConfig(credentials=credentials, endpoints=sim.endpoints)
+            if keys == "bad":
+                with pytest.raises(AuthRejected) as caught:
+                    async with open_hybrid_stream(config, wall_clock=wall):
+                        pytest.fail("the stream must not start")
+                assert "10004" in str(caught.value) and "not-the-secret" not in repr(caught.value)
+                assert len(sim.observe.auth_attempts()) == 2
+                assert trio.current_time() < 30.0
+            else:
+                async with open_hybrid_stream(config, wall_clock=wall) as stream:
+                    assert len(sim.observe.auth_attempts(ok=False)) == 5
+                    assert stream.hub.auth_unanswered == 0
+                # one signed check per two unanswered auths, not one per attempt
+                checks = [c for c in sim.observe.rest_calls("/v5/position/list")]
+                assert len(checks) <= 5 // 2 + 2  # the checks, and the start's own snapshot pages
 
 
 async def test_exchange_side_rest_errors_are_an_outage_not_a_crash(loopback_clock):

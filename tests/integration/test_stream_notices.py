@@ -11,6 +11,7 @@ import trio
 
 from hybrid_actors import AuthRejected, RestartIntensityExceeded, RestartPolicy, StreamConfig
 from hybrid_actors.actors import public_ws
+from hybrid_actors.errors import StartTimeout
 from hybrid_actors.notices import StreamAlert, StreamRollback, StreamState
 from hybrid_actors.output import JsonlWriter
 from hybrid_actors.rollout import RolloutPolicy
@@ -94,6 +95,42 @@ async def test_stream_state_goes_live_then_degraded_and_recovered_across_a_publi
             sim.control.set_mark_price("BTCUSDT", "60100.0")
             await log.wait_for(lambda e: e.mark_price == 60100)
             assert log.everything.index(recovered) < len(log.everything) - 1
+
+
+async def test_a_rest_outage_after_a_private_reconnect_is_reported_as_rest_not_the_socket(loopback_clock):
+    # the socket is back and authenticated, its pushes flow; only its REST snapshot waits
+    with trio.fail_after(TEST_TIMEOUT):
+        async with running() as s:
+            sim, log = s.sim, s.log
+            await log.wait_for_state("live")
+            sim.control.rest_http_error(503, count=None, path="/v5/position/list")
+            mark = len(log.notices)
+            sim.control.drop_private("reset")
+            await sim.observe.wait_connection("private", 2)
+            waiting = await log.wait_for_state("degraded", after=mark)
+            while "waiting for" not in waiting.reason:
+                waiting = await log.wait_for_state("degraded", after=log.notices.index(waiting) + 1)
+            assert waiting.reason.startswith("private is down: connected, waiting for the REST position snapshot")
+            assert "HTTP 503" in waiting.reason
+            health = s.stream.health()
+            assert health.actors["private"]["waiting_for"].startswith("the REST position snapshot: GET")
+            assert any("actor private is starting: connected, waiting for the REST" in p for p in health.problems)
+            sim.control.clear_faults()
+            await log.wait_for_state("recovered", after=mark)
+            assert s.stream.health().actors["private"]["waiting_for"] is None
+
+
+async def test_a_start_timeout_names_rest_when_the_private_socket_is_up(loopback_clock):
+    wall = trio_wall_clock()
+    with trio.fail_after(TEST_TIMEOUT * 2):
+        async with open_simulator(sim_config(wall_clock=wall)) as sim:
+            sim.control.rest_http_error(503, count=None, path="/v5/position/list")
+            config = StreamConfig(credentials=sim.credentials, endpoints=sim.endpoints)
+            with pytest.raises(StartTimeout) as caught:
+                async with open_hybrid_stream(config, wall_clock=wall, start_timeout=30):
+                    pytest.fail("the stream must not start")
+            assert "private: connected, waiting for the REST position snapshot" in str(caught.value)
+            assert "HTTP 503" in str(caught.value)
 
 
 async def test_revoked_keys_end_the_stream_with_failed_as_its_last_event(loopback_clock):

@@ -197,6 +197,12 @@ class Control:
         self._ex.faults.fail_auth(count)
         self._ex.changed()
 
+    def close_on_failed_auth(self, enabled: bool = True) -> None:
+        """A refused auth is answered by closing the socket (code 1008), not ``success:false``:
+        Bybit's docs leave open what its gateway does after a failed auth."""
+        self._ex.faults.failed_auth_closes = enabled
+        self._ex.changed()
+
     def clear_auth_failures(self) -> None:
         self._ex.faults.clear_auth_failures()
         self._ex.changed()

@@ -148,6 +148,8 @@ class Faults:
     connection_window: float
     connection_limit_status: int
     auth_failures: Counted = attrs.Factory(lambda: Counted(0))
+    #: a refused auth gets no answer: the socket is closed (1008) instead (some gateways)
+    failed_auth_closes: bool = False
     subscribe_rejections: dict[tuple[str, str], SubscribeRejection] = attrs.Factory(dict)
     #: (category, symbol) -> what position lists do to its record: leave it out (a REST replica
     #: lagging behind) or garble it
@@ -182,6 +184,7 @@ class Faults:
 
     def clear(self) -> None:
         self.auth_failures = Counted(0)
+        self.failed_auth_closes = False
         self.subscribe_rejections.clear()
         self.rest_records.clear()
         self.rest.clear()

@@ -14,6 +14,7 @@ import trio
 
 from ...protocol.signing import constant_time_equals, ws_auth_signature
 from . import wire
+from .faults import DropMode
 
 if TYPE_CHECKING:
     from .connection import Connection
@@ -71,6 +72,9 @@ def _auth(ex: Exchange, conn: Connection, args: Any, req_id: Any) -> None:
     if ok:
         conn.authenticated = True
     ex.observer.auth(conn, ok, reason)
+    if not ok and ex.faults.failed_auth_closes:
+        conn.request_drop(DropMode.CLOSE, code=1008, reason="", cause="auth refused")
+        return
     conn.push(wire.auth_reply(conn.conn_id, success=ok, req_id=req_id))
 
 
