@@ -240,3 +240,126 @@ async def test_in_rest_mode_a_persistently_unusable_record_costs_only_its_own_sy
             closed = await s.log.wait_for(lambda e: isinstance(e, PositionClosed), after=mark)
             assert closed.symbol == "BTCUSDT"
             assert sorted(p.symbol for p in s.stream.positions()) == ["ETHUSDT"]  # kept, not closed
+
+
+async def test_unreadable_pushes_do_not_stop_the_private_reader_behind_a_full_lifecycle_channel(
+        loopback_clock, caplog):
+    # A consumer that stopped reading: the combiner waits for room in the event queue, the
+    # lifecycle channel (256) fills with pushes. Bad frames must still be read and reported,
+    # and the snapshot they call for asked, without waiting for the consumer.
+    wall = trio_wall_clock()
+    config = attrs.evolve(sim_config(), wall_clock=wall)
+    with trio.fail_after(TEST_TIMEOUT):
+        async with open_simulator(config) as sim:
+            stream_config = StreamConfig(credentials=sim.credentials, endpoints=sim.endpoints, event_buffer=8)
+            async with open_hybrid_stream(stream_config, wall_clock=wall, rng=random.Random(5)) as stream:
+                hub = stream.hub
+                sim.control.open_position("ETHUSDT", "Sell", "3")
+                channel = hub.lifecycle_send
+                size = 3
+                while channel.statistics().current_buffer_used < channel.statistics().max_buffer_size:
+                    size += 1
+                    sim.control.modify_position("ETHUSDT", size=size)
+                    await trio.sleep(0.01)
+                link = hub.health.link("private")
+                malformed = link.malformed
+                for _ in range(2):
+                    sim.control.inject("non_json", "private")
+                await eventually(lambda: link.malformed == malformed + 2)
+                assert "lifecycle channel full" in caplog.text
+                assert hub.reconcile_now.is_set() or hub.health.reconciliations  # asked without waiting
+                # the consumer comes back: everything pushed arrives, the last size last
+                seen: list[Decimal] = []
+                while not seen or seen[-1] != size:
+                    seen += [e.size for e in await stream.batches() if isinstance(e, PositionUpdate)]
+                assert len(sim.observe.open_connections("private")) == 1  # the heartbeat did not give up
+
+
+async def test_a_long_rest_outage_at_start_with_trading_going_on_does_not_keep_the_stream_down(loopback_clock):
+    # Nobody reads the events before open_hybrid_stream returns: pushes during a start that
+    # waits for REST must not fill the output queue (16 here, 4,096 by default) and keep
+    # the first snapshot out for good once REST is back.
+    wall = trio_wall_clock()
+    config = attrs.evolve(sim_config(), wall_clock=wall)
+    with trio.fail_after(3600):
+        async with open_simulator(config) as sim:
+            sim.control.open_position("ETHUSDT", "Sell", "3")
+            sim.control.open_position("BTCUSDT", "Buy", "1")
+            sim.control.rest_http_error(503, count=None, path=POSITION_LIST)
+            stream_config = StreamConfig(credentials=sim.credentials, endpoints=sim.endpoints, event_buffer=16)
+            back_at: list[float] = []
+
+            async def trade() -> None:
+                await sim.observe.wait_connection("private", 1)
+                for size in range(4, 104):  # 100 pushes over ~8 minutes: the bot trades on
+                    await trio.sleep(5)
+                    sim.control.modify_position("ETHUSDT", size=size)
+                sim.control.close_position("BTCUSDT")
+                await trio.sleep(5)
+                sim.control.clear_faults()
+                back_at.append(trio.current_time())
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(trade)
+                async with open_hybrid_stream(stream_config, wall_clock=wall, rng=random.Random(5)) as stream:
+                    assert back_at and trio.current_time() - back_at[0] < 5.0
+                    # the state at start, not a backlog of every push: one event per position
+                    assert stream.hub.events.lifecycle_queued <= 4
+                    assert [(p.symbol, p.size) for p in stream.positions()] == [("ETHUSDT", Decimal(103))]
+                    seen = [e for e in stream.hub.events.drain() if isinstance(e, (PositionUpdate, PositionClosed))]
+                    assert [(e.symbol, e.size) for e in seen] == [("ETHUSDT", Decimal(103))]
+
+
+@pytest.mark.parametrize("buffer", [1, 2])
+async def test_the_smallest_event_buffer_still_starts(loopback_clock, buffer):
+    # the start's own "starting" notice fills a buffer of one: waiting for room before the
+    # first snapshot would never end
+    wall = trio_wall_clock()
+    config = attrs.evolve(sim_config(), wall_clock=wall)
+    with trio.fail_after(TEST_TIMEOUT):
+        async with open_simulator(config) as sim:
+            for symbol in ("ETHUSDT", "BTCUSDT", "SOLUSDT"):
+                sim.control.open_position(symbol, "Buy", "1")
+            stream_config = StreamConfig(credentials=sim.credentials, endpoints=sim.endpoints, event_buffer=buffer)
+            async with open_hybrid_stream(stream_config, wall_clock=wall, rng=random.Random(5)) as stream:
+                assert len(stream.positions()) == 3
+                sim.control.modify_position("ETHUSDT", size="2")
+                seen: list[PositionUpdate] = []
+                while not any(e.size == Decimal(2) for e in seen):
+                    seen += [e for e in await stream.batches() if isinstance(e, PositionUpdate)]
+                assert {e.symbol for e in seen} == {"ETHUSDT", "BTCUSDT", "SOLUSDT"}
+
+
+async def test_while_the_private_socket_is_down_positions_come_from_rest_within_seconds(loopback_clock):
+    # A private endpoint refused for long while the public ones stream: nothing pushes
+    # opens or closes. REST is listed every rest_interval (5 s) meanwhile, not every 5 min.
+    loopback_clock.autojump_threshold = 0.002  # ~1,000 refused handshakes: keep the jumps short
+    with trio.fail_after(3600):
+        async with running() as s:
+            sim = s.sim
+            await s.log.wait_for_state("live")
+            sim.control.reject_connections(None, status=503, target="private")
+            sim.control.drop_private("reset")
+            await sim.observe.wait_until(lambda: not sim.observe.open_connections("private"))
+            await trio.sleep(60)
+            mark, opened_at = s.log.mark(), trio.current_time()
+            sim.control.open_position("ETHUSDT", "Buy", "2")  # pushed to nobody
+            opened = await s.log.wait_for(lambda e: e.symbol == "ETHUSDT", after=mark)
+            assert opened.source == "rest" and trio.current_time() - opened_at < 6.0
+            await s.wait_subscriptions_match_positions()  # and its live marks
+            closed_at = trio.current_time()
+            sim.control.close_position("ETHUSDT")
+            await s.log.wait_for(lambda e: isinstance(e, PositionClosed), after=mark)
+            assert trio.current_time() - closed_at < 6.0
+            # ten minutes more of it: one list per 5 s, not a storm
+            before = s.hub.health.reconciliations
+            await trio.sleep(600)
+            snapshots = s.hub.health.reconciliations - before
+            assert 600 / 5 * 0.8 <= snapshots <= 600 / 5 + 2, snapshots
+            # the private socket is back: its reconnect's snapshot, then the 5-minute rhythm
+            sim.control.clear_faults()
+            await sim.observe.wait_until(lambda: sim.observe.open_connections("private"))
+            await trio.sleep(30)
+            before = s.hub.health.reconciliations
+            await trio.sleep(900)
+            assert s.hub.health.reconciliations - before <= 3
