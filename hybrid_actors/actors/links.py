@@ -12,7 +12,7 @@ heartbeat actor picks up the live links and their ping deadlines where they were
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from typing import Final, TypeVar
 
@@ -48,6 +48,8 @@ class Link:
     last_frame_at: float = 0.0
     #: the owner's reader is waiting on our own backpressure: pongs go unread, not unanswered
     paused: bool = False
+    #: wakes the heartbeat (the registry's change signal): a resumed link's ping is due now
+    _on_resume: Callable[[], None] = attrs.field(default=lambda: None, repr=False)
     #: a mailbox: the subscription manager puts the symbols whose unsubscribe the exchange
     #: confirmed on this connection; the socket's owner takes them and forgets their state
     _retired: set[str] = attrs.field(factory=set, repr=False)
@@ -108,6 +110,7 @@ class Link:
             self.ping_req_id = None
             self.ping_sent_at = None
             self.next_ping_at = trio.current_time()
+            self._on_resume()  # else the heartbeat, which skipped us, may sleep a whole interval
 
     def kill(self, reason: str) -> None:
         if not self.dead.is_set():
@@ -138,7 +141,7 @@ class LinkRegistry:
         self._generations[name] = generation
         now = trio.current_time()
         link = Link(name, generation, outbox, opened_at=now, next_ping_at=now + self.interval,
-                    last_frame_at=now)
+                    last_frame_at=now, on_resume=self._notify)
         self._links[name] = link
         self._notify()
         try:

@@ -20,6 +20,7 @@ from hybrid_actors import StreamConfig
 from hybrid_actors.supervisor import open_hybrid_stream
 from hybrid_actors.testing.simulator import open_simulator, trio_wall_clock
 
+from hybrid_actors.actors import hub as hub_module
 from hybrid_actors.actors.emitter import MAX_FOLLOW_UPS
 from hybrid_actors.state import PositionClosed, PositionUpdate
 from stack import TEST_TIMEOUT, eventually, running, sim_config
@@ -243,9 +244,10 @@ async def test_in_rest_mode_a_persistently_unusable_record_costs_only_its_own_sy
 
 
 async def test_unreadable_pushes_do_not_stop_the_private_reader_behind_a_full_lifecycle_channel(
-        loopback_clock, caplog):
+        loopback_clock, caplog, monkeypatch):
+    monkeypatch.setattr(hub_module, "LIFECYCLE_BUFFER", 16)  # 256 by default: the same, sooner
     # A consumer that stopped reading: the combiner waits for room in the event queue, the
-    # lifecycle channel (256) fills with pushes. Bad frames must still be read and reported,
+    # lifecycle channel fills with pushes. Bad frames must still be read and reported,
     # and the snapshot they call for asked, without waiting for the consumer.
     wall = trio_wall_clock()
     config = attrs.evolve(sim_config(), wall_clock=wall)
@@ -363,3 +365,34 @@ async def test_while_the_private_socket_is_down_positions_come_from_rest_within_
             before = s.hub.health.reconciliations
             await trio.sleep(900)
             assert s.hub.health.reconciliations - before <= 3
+
+
+async def test_a_socket_resumed_after_backpressure_is_pinged_at_once(loopback_clock, monkeypatch):
+    monkeypatch.setattr(hub_module, "LIFECYCLE_BUFFER", 16)
+    # While the private reader waits for a slow consumer its pongs go unread, so the
+    # heartbeat skips it; once it reads again its ping is due at once, not up to an
+    # interval later (a dead socket would go unnoticed that much longer).
+    wall = trio_wall_clock()
+    config = attrs.evolve(sim_config(), wall_clock=wall)
+    with trio.fail_after(TEST_TIMEOUT * 5):
+        async with open_simulator(config) as sim:
+            stream_config = StreamConfig(credentials=sim.credentials, endpoints=sim.endpoints, event_buffer=8,
+                                         heartbeat_interval=20.0)
+            async with open_hybrid_stream(stream_config, wall_clock=wall, rng=random.Random(5)) as stream:
+                sim.control.open_position("ETHUSDT", "Sell", "3")
+                channel = stream.hub.lifecycle_send
+                size = 3
+                while channel.statistics().current_buffer_used < channel.statistics().max_buffer_size:
+                    size += 1
+                    sim.control.modify_position("ETHUSDT", size=size)
+                    await trio.sleep(0.01)
+                sim.control.modify_position("ETHUSDT", size=size + 1)  # the reader waits on this one
+                link = stream.hub.links.get("private")
+                await eventually(lambda: link.paused)
+                await trio.sleep(47)  # well inside a ping interval of every socket
+                pinged = len(sim.observe.pings("private"))
+                resumed_at = trio.current_time()
+                while link.paused:  # the consumer reads again
+                    await stream.batches()
+                await sim.observe.wait_until(lambda: len(sim.observe.pings("private")) > pinged)
+                assert trio.current_time() - resumed_at < 1.0
