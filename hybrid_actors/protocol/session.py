@@ -220,11 +220,16 @@ class Session:
             # never ours. Matching it FIFO would pin its verdict on another request.
             return self._pending.get(ack.req_id)
         if ack.op is None:  # option COMMAND_RESP: no req_id, no op; match by topics
+            # The option socket names every topic of the frame it answers (successTopics or
+            # failTopics), so an answer is a request's only when it names exactly its topics:
+            # one naming a subset answers another frame (e.g. a late answer to a request
+            # given up on, whose topic was asked again in a bigger frame) and must neither
+            # confirm topics it never named nor take the real answer's place.
             named = set(ack.success_topics) | set(ack.fail_topics)
             for request in self._pending.values():
-                if named and named <= set(request.topics):
+                if named and named == set(request.topics):
                     return request
-            if named:  # it names topics no pending request holds: a late answer to one given up on
+            if named:  # no pending request asked exactly these: a late answer to one given up on
                 return None
         for request in self._pending.values():  # acks come back in order on one socket
             if ack.op is None or request.op == ack.op:

@@ -19,7 +19,7 @@ from hybrid_actors import StreamConfig, SubscriptionPolicy
 from hybrid_actors.rollout import RolloutPolicy
 from hybrid_actors.supervisor import HybridStream, open_hybrid_stream
 from hybrid_actors.testing.simulator import Simulator, open_simulator, trio_wall_clock
-from stack import eventually, sim_config
+from stack import eventually, running, sim_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.failover]
 
@@ -95,6 +95,30 @@ async def test_a_crash_of_the_subscription_manager_counts_no_failure(loopback_cl
             assert again and "already subscribed" in again[0].ret_msg  # the restart asked for all of them
             assert len(subs.confirmed) == 12 and not subs.retry_at
             assert failures_1h(stream) == 0 and not hub.switch.rolled_back
+
+
+async def test_a_crash_of_the_subscription_manager_counts_no_failure_on_the_option_socket(loopback_clock, crash_once):
+    # the option socket lists every requested topic under successTopics, those it holds too
+    # (BYBIT_V5 section 12): the restart's re-subscribes confirm them
+    with trio.fail_after(600):
+        async with running(categories=("option",)) as s:
+            symbols = s.sim.symbols("option")[:4]
+            for symbol in symbols[:3]:
+                s.sim.control.open_position(symbol, "Buy", "1", category="option")
+            await s.wait_subscriptions_match_positions("option")
+            subs = s.hub.subscriptions["option"]
+            await eventually(lambda: set(symbols[:3]) <= subs.confirmed)
+            armed = crash_once("subscriptions")
+            armed[0] = True
+            s.sim.control.open_position(symbols[3], "Buy", "1", category="option")  # a pass, which crashes
+            await eventually(lambda: s.hub.health.actors["subscriptions"].crashes == 1)
+            await s.wait_subscriptions_match_positions("option")
+            await trio.sleep(15)
+            again = [r for r in s.sim.observe.requests("option", op="subscribe")
+                     if set(r.args) & {f"tickers.{x}" for x in symbols[:3]}][1:]
+            assert again and all(r.success for r in again)  # the restart asked again: held, confirmed
+            assert subs.confirmed == set(symbols) and not subs.failed
+            assert s.hub.health.subscription_failures_total == 0
 
 
 async def test_a_ticker_whose_subscribe_had_no_clear_answer_is_unsubscribed_when_unwanted(loopback_clock):

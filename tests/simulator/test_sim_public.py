@@ -142,9 +142,12 @@ async def test_option_lists_failed_topics(loopback_clock):
                 ack = await recv(ws)
                 assert ack["success"] is False
                 assert ack["data"] == {"failTopics": ["tickers.BTC-1JAN20-1-C"], "successTopics": [good]}
+                # a topic it holds: listed under successTopics like every requested topic
+                # (BYBIT_V5 section 12), and the original keeps streaming
                 await send(ws, {"op": "subscribe", "args": [good]})
                 dup = await recv_control(ws)  # skips the snapshot of the first subscribe
-                assert dup["data"]["failTopics"] == [good]
+                assert dup["success"] is True and dup["data"] == {"failTopics": [], "successTopics": [good]}
+                assert sim.observe.subscribed_symbols("option") == {good.removeprefix("tickers.")}
 
 
 async def test_unsubscribe_stops_the_stream(loopback_clock):

@@ -223,6 +223,20 @@ def test_a_late_option_ack_naming_a_forgotten_request_s_topics_answers_nothing()
     assert outcome is not None and outcome.request == retry and [t for t, _ in outcome.failed] == ["tickers.B-OPT"]
 
 
+def test_a_late_option_ack_naming_part_of_a_newer_frame_answers_nothing():
+    """A late answer naming one topic that was asked again in a bigger frame must not be
+    taken for that frame's answer: it would confirm the frame's other topics (one of them
+    refused) and drop the frame's real answer as unsolicited."""
+    session = Session("option", chunk_size=50)
+    (late,), _ = session.subscribe(["tickers.X-OPT"], now=0.0)
+    assert session.overdue(now=10.0, timeout=10.0) == [late]
+    (retry,), _ = session.subscribe(["tickers.X-OPT", "tickers.BAD-OPT"], now=10.0)
+    assert session.receive_ack(command_resp(["tickers.X-OPT"], [])) is None
+    outcome = session.receive_ack(command_resp(["tickers.X-OPT"], ["tickers.BAD-OPT"]))
+    assert outcome is not None and outcome.request == retry
+    assert outcome.confirmed == ("tickers.X-OPT",) and [t for t, _ in outcome.failed] == ["tickers.BAD-OPT"]
+
+
 # --- ack interpretation -------------------------------------------------------------
 
 def three(category: str = "linear"):

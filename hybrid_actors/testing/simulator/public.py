@@ -98,6 +98,8 @@ def _subscribe(ex: Exchange, conn: Connection, topic: str, snapshots: list[str])
     if forced is not None:
         return forced.replace("{topic}", topic)
     if topic in conn.topics:
+        if conn.kind == "option":  # it lists every requested topic under successTopics (BYBIT_V5 §12)
+            return None
         return f"error:already subscribed,topic:{topic}"
     conn.topics[topic] = None
     snapshot = ex.market.subscribe(model, conn)
