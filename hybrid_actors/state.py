@@ -290,6 +290,10 @@ class _DiffBuilder:
 _NO_FIELDS: Final[Mapping[str, Any]] = MappingProxyType({})
 
 
+#: deltas in a row with a ``cs`` below the last one after which the sequence is taken to
+#: have restarted (one or two are stray frames, dropped)
+CS_RESET_AFTER: Final = 3
+
 @attrs.define(eq=False)
 class TickerBook:
     """Merged ticker state of one public connection; create a new one per connection.
@@ -314,6 +318,10 @@ class TickerBook:
     last_ts: dict[str, int] = attrs.Factory(dict)
     orphan_deltas: int = 0
     out_of_order: int = 0
+    #: symbol -> deltas in a row whose ``cs`` went back (see CS_RESET_AFTER)
+    _behind: dict[str, int] = attrs.Factory(dict)
+    #: times a symbol's ``cs`` was taken to have restarted lower
+    cs_resets: int = 0
 
     def apply(self, frame: TickerFrame) -> Decimal | None:
         """Merge ``frame``; return the mark price if this frame set or changed it."""
@@ -334,8 +342,19 @@ class TickerBook:
             if cs is not None:
                 last_cs = self._cs.get(symbol)
                 if last_cs is not None and cs < last_cs:
-                    self.out_of_order += 1
-                    return None
+                    # A stray older frame is dropped. A sequence that went back and stays
+                    # back is the exchange's cs restarting (a matching-engine restart): its
+                    # deltas are taken, or the mark would freeze while frames keep coming,
+                    # and nothing (silence check, REST fallback) would notice.
+                    behind = self._behind.get(symbol, 0) + 1
+                    if behind < CS_RESET_AFTER:
+                        self._behind[symbol] = behind
+                        self.out_of_order += 1
+                        return None
+                    self.cs_resets += 1
+                    del self._behind[symbol]
+                elif self._behind:
+                    self._behind.pop(symbol, None)
             if self.fields:
                 state.update(data)  # type: ignore[attr-defined]  # a dict when fields are kept
         if cs is not None:
@@ -369,7 +388,7 @@ class TickerBook:
     def forget(self, symbol: str) -> None:
         """Drop everything known of ``symbol`` (its topic was unsubscribed): a later
         subscribe starts again from its snapshot."""
-        for table in (self._state, self._marks, self._cs, self.last_ts):
+        for table in (self._state, self._marks, self._cs, self.last_ts, self._behind):
             table.pop(symbol, None)
 
 

@@ -421,6 +421,23 @@ def test_the_vector_snapshot_and_deltas_merge():
     assert book.mark_price("BTCUSDT") == D("86716.30")
 
 
+def test_a_cs_that_restarts_lower_is_followed_after_a_few_deltas():
+    # one or two older frames are strays (dropped); a sequence that went back and stays back
+    # is the exchange's cs restarting: without following it the mark would freeze for good
+    book = TickerBook("linear", fields=False)
+    assert book.apply(ticker("snapshot", cs=1000, markPrice="100")) == D("100")
+    assert book.apply(ticker("delta", cs=5, markPrice="101")) is None
+    assert book.apply(ticker("delta", cs=1001, markPrice="102")) == D("102")  # in order: strays forgotten
+    assert book.apply(ticker("delta", cs=6, markPrice="103")) is None
+    assert book.apply(ticker("delta", cs=7, markPrice="104")) is None
+    assert (book.out_of_order, book.cs_resets) == (3, 0)
+    assert book.apply(ticker("delta", cs=8, markPrice="105")) == D("105")  # the third in a row: a restart
+    assert book.apply(ticker("delta", cs=9, markPrice="106")) == D("106")
+    assert (book.out_of_order, book.cs_resets, book.mark_price("BTCUSDT")) == (3, 1, D("106"))
+    book.forget("BTCUSDT")
+    assert book.apply(ticker("snapshot", cs=3, markPrice="1")) == D("1")
+
+
 def test_a_delta_without_mark_keeps_the_last_mark():
     book = TickerBook("linear")
     book.apply(ticker("snapshot", markPrice="100", bid1Price="99"))
