@@ -15,17 +15,24 @@ name                                    level     fires when
 ``latency_high``                        warning   exchange->event p95 over the last minute > 500 ms
 ``latency_critical``                    critical  ... > 1000 ms
 ``latency_consider_rollback``           critical  ... > 1000 ms continuously for 5 min
-``no_events``                           critical  positions are open and no event for > 5 min
+``no_events``                           critical  positions are open and the stream has been
+                                                  silent for > 5 min: no live hybrid event and no
+                                                  ticker frame of an open position's symbol (rest
+                                                  mode: no event handed to the consumer)
 ``divergence_consider_rollback``        critical  the comparator counted a REST/hybrid divergence
                                                   over its threshold (1%) in the last 5 min
 ``rolled_back``                         critical  production runs on REST after a rollback
+``stale_fallback``                      warning   production: a symbol has been priced from the
+                                                  REST fallback (its live mark stale) > 60 s
 ``loop_stalled``                        warning   embedded in an asyncio bot (the bridge): the
                                                   loop's thread was blocked past the stall
                                                   threshold within the last minute (the sockets
                                                   were not read meanwhile)
 ======================================  ========  ==============================================
 
-The last three read ``health['rollout']`` (absent: never firing).
+The divergence, rollback and stale-fallback rules read ``health['rollout']`` (absent: never
+firing). In rest mode (``rollout.mode == "rest"``) the rules about the hybrid stream (its
+sockets, its latency) are not checked: it does not run.
 """
 
 from __future__ import annotations
@@ -49,7 +56,7 @@ log = logging.getLogger("hybrid_actors.alerts")
 DEADLINE_MARGIN = 0.001
 #: the alerts that exist whatever the sockets are called (``disconnected*`` add one per socket)
 STATIC_ALERTS = ("latency_high", "latency_critical", "latency_consider_rollback", "no_events",
-                 "divergence_consider_rollback", "rolled_back")
+                 "divergence_consider_rollback", "rolled_back", "stale_fallback")
 
 
 @attrs.frozen
@@ -137,9 +144,17 @@ class AlertEvaluator:
 
     # --- the rules ------------------------------------------------------------------------
     def checks(self, health: Mapping[str, Any], now: float) -> Iterator[Check]:
-        policy = self.policy
-        yield from self._socket_checks(health.get("connections") or {}, now)
+        rollout = health.get("rollout") or {}
+        rest_only = rollout.get("mode") == "rest"
+        if not rest_only:  # rest mode runs no hybrid stream: no sockets, no latency to judge
+            yield from self._socket_checks(health.get("connections") or {}, now)
+            yield from self._latency_checks(health, now)
+        yield self._no_events_check(health, now, rest_only)
+        yield from self._loop_checks(health.get("events") or {}, now)
+        yield from self._rollout_checks(rollout, now)
 
+    def _latency_checks(self, health: Mapping[str, Any], now: float) -> Iterator[Check]:
+        policy = self.policy
         latency = ((health.get("latency") or {}).get("exchange_to_event_ms") or {}).get("p95")
         p95 = number(latency)
         shown = f"{p95:.0f} ms" if p95 is not None else "no data"
@@ -164,9 +179,17 @@ class AlertEvaluator:
                     f"exchange->event latency p95 {shown} over {policy.latency_critical_ms:g} ms for "
                     f"{slow_for:.0f}s: consider rollback", p95, policy.latency_critical_ms)
 
+    def _no_events_check(self, health: Mapping[str, Any], now: float, rest_only: bool) -> Check:
+        """Silence with positions open. The hybrid stream is silent when it made no live event
+        and no ticker frame of an open position's symbol came (``hybrid_quiet_s``): a quiet
+        market still sends frames, a frozen feed does not, and a REST fallback mark is no sign
+        of life. In rest mode: no event handed to the consumer (``last_event_age_s``)."""
+        policy = self.policy
         events = health.get("events") or {}
         positions = health.get("positions") or 0
-        quiet = number(events.get("last_event_age_s"))
+        key = "last_event_age_s" if rest_only or "hybrid_quiet_s" not in events else "hybrid_quiet_s"
+        quiet = number(events.get(key))
+        what = "no event" if key == "last_event_age_s" else "no live event or ticker frame"
         if quiet is None and positions:
             if self._quiet_seen is None:
                 self._quiet_seen = now
@@ -176,12 +199,9 @@ class AlertEvaluator:
         silent = bool(positions) and quiet is not None and quiet > policy.no_events_critical
         if positions and quiet is not None and not silent:
             self._at(now + (policy.no_events_critical - quiet))
-        yield Check("no_events", "critical", silent,
-                    f"no event for {quiet or 0:.0f}s with {positions} position(s) open "
-                    f"(limit {policy.no_events_critical:g}s)", round(quiet or 0.0, 3), policy.no_events_critical)
-
-        yield from self._loop_checks(events, now)
-        yield from self._rollout_checks(health.get("rollout") or {}, now)
+        return Check("no_events", "critical", silent,
+                     f"{what} for {quiet or 0:.0f}s with {positions} position(s) open "
+                     f"(limit {policy.no_events_critical:g}s)", round(quiet or 0.0, 3), policy.no_events_critical)
 
     def _loop_checks(self, events: Mapping[str, Any], now: float) -> Iterator[Check]:
         """Only for a stream with a host loop (its events carry the bridge's stall counters).
@@ -242,6 +262,20 @@ class AlertEvaluator:
         yield Check("divergence_consider_rollback", "critical", recent,
                     f"REST and hybrid marks diverged by {(ratio or 0) * 100:.2f}%{where}, over "
                     f"{threshold * 100:g}%: consider rollback", ratio, threshold)
+        stale = rollout.get("stale_fallback_s") or {}
+        limit = policy.stale_fallback_warning
+        ages: dict[str, float] = {name: age for name, age in stale.items()  # seconds, as the report has them
+                                  if isinstance(age, (int, float)) and not isinstance(age, bool)} \
+            if isinstance(stale, Mapping) else {}
+        over = sorted(name for name, age in ages.items() if age > limit)
+        for age in ages.values():
+            if age <= limit:
+                self._at(now + (limit - age))
+        longest = max(ages.values(), default=None)
+        shown = ", ".join(over[:5]) + (f" and {len(over) - 5} more" if len(over) > 5 else "")
+        yield Check("stale_fallback", "warning", bool(over),
+                    f"priced from the REST fallback for {longest:.0f}s (over {limit:g}s), no live tick: {shown}"
+                    if over else "no symbol priced from the REST fallback for long", longest, limit)
         rolled_back = rollout.get("mode") == "production" and rollout.get("active") == "rest"
         reason = rollout.get("last_rollback_reason") or "unknown reason"
         yield Check("rolled_back", "critical", rolled_back,

@@ -240,6 +240,8 @@ class AlertPolicy:
     divergence_ratio: float = attrs.field(default=0.01, validator=_positive)
     #: a divergence keeps its alert firing this long after the comparator counted it
     divergence_hold: float = attrs.field(default=300.0, validator=_positive)
+    #: ``stale_fallback`` warns when a symbol has been priced from the REST fallback this long
+    stale_fallback_warning: float = attrs.field(default=60.0, validator=_positive)
     #: ``loop_stalled`` fires while the host's asyncio loop (the bridge) had a stall this recently
     loop_stall_window: float = attrs.field(default=60.0, validator=_positive)
     #: a firing alert resolves once its condition has been false this long (no flapping)

@@ -87,12 +87,18 @@ class HealthReport:
 class Health:
     actors: dict[str, ActorStats] = attrs.Factory(dict)
     links: dict[str, LinkStats] = attrs.Factory(dict)
+    #: events the hybrid combiner made (the combiner writes it; in canary and parallel they
+    #: are monitored, not handed to the consumer: the switch counts what it hands over)
     events_emitted: int = 0
     #: (event name, source) -> events handed over (the combiner writes it)
     events_by_kind: dict[tuple[str, str], int] = attrs.Factory(dict)
     notices_emitted: int = 0
+    #: the hybrid combiner's last event of any kind: epoch ms stamp and trio time (the combiner's)
     last_event_ms: int | None = None
     last_event_at: float | None = None
+    #: trio time of the hybrid combiner's last *live* event: not a REST fallback mark, which
+    #: stands in for a live feed that went stale (the combiner's); the silence trigger reads it
+    last_live_event_at: float | None = None
     #: (trio time, category, symbol, reason) of recent subscription failures
     subscription_failures: deque[tuple[float, str, str, str]] = attrs.Factory(lambda: deque(maxlen=1000))
     subscription_failures_total: int = 0

@@ -29,7 +29,7 @@ from .errors import ConfigError
 
 __all__ = ["Mode", "MODES", "parse_mode", "RolloutPolicy", "routes_hybrid", "Comparator",
            "divergence_ratio", "stale_symbols", "TriggerInputs", "rollback_reason", "ReturnGate",
-           "MODE_ENV", "resolve_mode", "next_check"]
+           "MODE_ENV", "resolve_mode", "next_check", "quiet_since", "silent_for", "latest"]
 
 Mode = Literal["rest", "canary", "parallel", "production"]
 MODES: Final[tuple[str, ...]] = get_args(Mode)
@@ -215,7 +215,8 @@ class TriggerInputs:
     now: float
     #: per socket: None while connected, else since when it has been down
     sockets_down_since: Mapping[str, float | None]
-    #: when the hybrid stream last produced an event (None: never)
+    #: when the hybrid stream last produced a live event (None: never); a REST fallback mark
+    #: is not one (it says the live feed is stale, not that it is alive)
     last_event_at: float | None
     #: open positions, and since when at least one has been open (None: none open)
     open_positions: int
@@ -224,6 +225,9 @@ class TriggerInputs:
     subscription_failures: tuple[float, ...] = ()
     #: the actor whose crash loop was reported, if any
     crash_loop: str | None = None
+    #: the latest ticker frame of a symbol with an open position (None: none yet); a frame
+    #: with an unchanged mark makes no event but shows the feed is alive
+    last_frame_at: float | None = None
 
 
 def all_down_since(sockets_down_since: Mapping[str, float | None]) -> float | None:
@@ -246,12 +250,11 @@ def rollback_reason(policy: RolloutPolicy, inputs: TriggerInputs, *, counting_si
     down = all_down_since(inputs.sockets_down_since)
     if limit is not None and down is not None and now - down > limit:
         return f"every socket disconnected for {now - down:.0f}s (limit {limit:g}s)"
-    limit = policy.rollback_after_silence
-    quiet_since = _quiet_since(inputs)
-    if limit is not None and quiet_since is not None:
-        if now - quiet_since > limit:
-            return (f"no events for {now - quiet_since:.0f}s with {inputs.open_positions} position(s) open "
-                    f"(limit {limit:g}s)")
+    quiet = silent_for(policy, inputs)
+    if quiet is not None:
+        # the wording predates ticker frames counting as signs of life; kept for log searches
+        return (f"no events for {quiet:.0f}s with {inputs.open_positions} position(s) open "
+                f"(limit {policy.rollback_after_silence:g}s)")
     count_limit = policy.rollback_sub_failures
     if count_limit is not None:
         start = max(now - 3600.0, counting_since)
@@ -261,15 +264,32 @@ def rollback_reason(policy: RolloutPolicy, inputs: TriggerInputs, *, counting_si
     return None
 
 
-def _quiet_since(inputs: TriggerInputs) -> float | None:
-    """Since when the hybrid stream has been silent with positions open (None: no positions).
-    Opening a position is itself an event, so the last event is the measure; the open time
-    only stands in when there has been no event at all."""
+def latest(*times: float | None) -> float | None:
+    """The latest of ``times`` (None: all None)."""
+    known = [t for t in times if t is not None]
+    return max(known) if known else None
+
+
+def quiet_since(inputs: TriggerInputs) -> float | None:
+    """Since when the hybrid stream has been silent with positions open (None: no positions):
+    neither a live event nor a ticker frame of an open position's symbol since then. A quiet
+    market still sends frames (an unchanged mark makes none of our events), a frozen feed
+    does not. Opening a position is itself an event; the open time only stands in when there
+    has been neither an event nor a frame at all."""
     if not inputs.open_positions:
         return None
-    if inputs.last_event_at is not None:
-        return inputs.last_event_at
-    return inputs.positions_open_since
+    last = latest(inputs.last_event_at, inputs.last_frame_at)
+    return last if last is not None else inputs.positions_open_since
+
+
+def silent_for(policy: RolloutPolicy, inputs: TriggerInputs) -> float | None:
+    """How long the stream has been silent, if that is beyond ``rollback_after_silence``
+    (the silence trigger's condition); None otherwise or when the trigger is off."""
+    limit = policy.rollback_after_silence
+    since = quiet_since(inputs)
+    if limit is None or since is None or inputs.now - since <= limit:
+        return None
+    return inputs.now - since
 
 
 #: how far past a threshold the next check is scheduled ("beyond", not "at")
@@ -285,9 +305,9 @@ def next_check(policy: RolloutPolicy, inputs: TriggerInputs, *, idle: float = 30
     down = all_down_since(inputs.sockets_down_since)
     if policy.rollback_after_disconnect is not None and down is not None:
         candidates.append(down + policy.rollback_after_disconnect + _PAST)
-    quiet_since = _quiet_since(inputs)
-    if policy.rollback_after_silence is not None and quiet_since is not None:
-        candidates.append(quiet_since + policy.rollback_after_silence + _PAST)
+    quiet = quiet_since(inputs)
+    if policy.rollback_after_silence is not None and quiet is not None:
+        candidates.append(quiet + policy.rollback_after_silence + _PAST)
     return max(now, min(candidates))
 
 

@@ -63,7 +63,7 @@ from .health import HealthReport
 from .observability import serve_observability
 from .rest import open_rest_client
 from .notices import StateTracker, StreamEvent, StreamState
-from .rollout import resolve_mode
+from .rollout import latest, resolve_mode
 from .state import PositionUpdate
 
 __all__ = ["Supervisor", "HybridStream", "open_hybrid_stream", "ChildSpec"]
@@ -403,12 +403,19 @@ def build_health_report(hub: Hub, *, now: float | None = None, rows: bool = True
         }
         if subs.failed:
             problems.append(f"{category}: no ticker for {', '.join(sorted(subs.failed))}")
-    events = {"emitted": health.events_emitted, "notices": health.notices_emitted, "delivered": hub.events.delivered,
-              "queued": len(hub.events), "conflated": hub.events.conflated,
-              "last_event_age_s": round(now - health.last_event_at, 3) if health.last_event_at is not None else None,
+    # consumer-facing: the position events handed to the consumer, whichever source fed it;
+    # the hybrid combiner's own figures beside them (in canary and parallel it only monitors)
+    delivered_at = hub.delivered_at
+    hybrid_quiet_since = None if hub.mode == "rest" else latest(health.last_live_event_at, hub.held_frame_at())
+    events = {"emitted": sum(list(hub.switch.delivered.values())), "notices": health.notices_emitted,
+              "delivered": hub.events.delivered, "queued": len(hub.events), "conflated": hub.events.conflated,
+              "last_event_age_s": _age(now, delivered_at),
+              "hybrid_emitted": health.events_emitted,
+              "hybrid_last_event_age_s": _age(now, health.last_event_at),
+              "hybrid_quiet_s": _age(now, hybrid_quiet_since),
               "subscription_failures_1h": health.failures_within(now, 3600.0),
               "reconciliations": health.reconciliations, "reconcile_corrections": health.reconcile_corrections,
-              "by_event": _by_event(health.events_by_kind, hub.switch.rest_by_kind), "last_event_ms": health.last_event_ms,
+              "by_event": _by_event(health.events_by_kind, hub.switch.rest_by_kind), "last_event_ms": hub.delivered_ms,
               "subscription_failures_total": health.subscription_failures_total,
               "handler_errors": health.handler_errors(), **health.loop_stalls()}
     rest = hub.rest
@@ -459,6 +466,8 @@ def rollout_section(hub: Hub, now: float) -> dict[str, Any]:
             "rest": format(comparator.last_divergence[2], "f"), "hybrid": format(comparator.last_divergence[3], "f"),
             "ratio": format(comparator.last_divergence[4], "f")},
         "stale_fallback": sorted(f"{c}:{s}" for c, s in runtime.stale),
+        "stale_fallback_s": {f"{c}:{s}": round(now - since, 3)
+                             for (c, s), since in sorted(list(runtime.stale_since.items()))},
         "fallback_marks": runtime.fallback_marks_sent,
         "rest_position_polls": runtime.position_polls,
         "rest_ticker_polls": runtime.ticker_polls,
@@ -466,6 +475,10 @@ def rollout_section(hub: Hub, now: float) -> dict[str, Any]:
     })
     return section
 
+
+
+def _age(now: float, at: float | None) -> float | None:
+    return round(now - at, 3) if at is not None else None
 
 
 def _by_event(*counts: dict[tuple[str, str], int]) -> dict[str, dict[str, int]]:

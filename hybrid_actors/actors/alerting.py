@@ -1,11 +1,14 @@
 """Alert actor: evaluates the alert rules (``alerts.py``) and sends each transition as a
 ``stream.alert`` notice on the event stream and as a structured log line.
 
-It evaluates when the stream's state changes (events handed over, notices, sockets coming
-and going: ``hub.alert_watch`` and the link registry) but at most once per
-``AlertPolicy.interval``, and otherwise sleeps until the evaluator's ``next_check`` (the
-moment a threshold could be crossed with no new input). A busy stream is checked once a
-second; an idle one costs no periodic wakeups.
+It evaluates when the stream's state changes (events made by the combiner or handed to the
+consumer by the switch from either source, notices, a divergence the comparator counted,
+the stale-fallback set changing, sockets coming and going: ``hub.alert_watch`` and the link
+registry) but at most once per ``AlertPolicy.interval``, and otherwise sleeps until the
+evaluator's ``next_check`` (the moment a threshold could be crossed with no new input) —
+never longer than ``IDLE_WITH_POSITIONS`` while positions are open, so a figure that
+changes without a wake-up is seen within that. A busy stream is checked once a second; an
+idle one without positions costs no periodic wakeups.
 
 The evaluator lives in the hub (``hub.alerts``), so a restarted actor neither fires an
 alert twice nor forgets one that is firing; this actor is its only writer.
@@ -13,8 +16,9 @@ alert twice nor forgets one that is firing; this actor is its only writer.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import Any, Final, NoReturn
 
 import attrs
 import trio
@@ -23,7 +27,10 @@ from ..alerts import log_alert
 from ..health import HealthReport
 from .hub import Hub
 
-__all__ = ["AlertActor", "alert_view"]
+__all__ = ["AlertActor", "alert_view", "IDLE_WITH_POSITIONS"]
+
+#: the longest the actor sleeps while positions are open (seconds)
+IDLE_WITH_POSITIONS: Final = 30.0
 
 
 async def _first_of(*events: trio.Event) -> None:
@@ -60,9 +67,14 @@ class AlertActor:
             hub.alert_watch = trio.Event()  # changes from now on wake us
             links_changed = hub.links.changed
             self.evaluate()
-            with trio.move_on_at(hub.alerts.next_check):
+            with trio.move_on_at(min(hub.alerts.next_check, evaluated_at + self.idle())):
                 await _first_of(hub.alert_watch, links_changed)
             await trio.sleep_until(evaluated_at + interval)  # at most once per interval
+
+    def idle(self) -> float:
+        """How long to sleep at most without a wake-up: bounded while positions are open."""
+        hub = self.hub
+        return IDLE_WITH_POSITIONS if len(hub.combiner.book) or hub.switch.seen else math.inf
 
     def evaluate(self) -> None:
         hub = self.hub

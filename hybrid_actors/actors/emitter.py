@@ -218,12 +218,14 @@ class CombinerActor:
             for (category, symbol), mark in batch.items():
                 by_category.setdefault(category, {})[symbol] = mark
             for category, marks in by_category.items():
-                self._emit(hub.combiner.apply_fallback_marks(category, marks, commit=False))
+                # not live: they stand in for a stale feed, so they must not hide its silence
+                self._emit(hub.combiner.apply_fallback_marks(category, marks, commit=False), live=False)
 
-    def _emit(self, events: Sequence[Event], marks: Mapping[str, Mark] | None = None) -> None:
+    def _emit(self, events: Sequence[Event], marks: Mapping[str, Mark] | None = None, *, live: bool = True) -> None:
         """Hand events over, then commit them as shown: a crash in between is healed by
         :meth:`Combiner.resync` when this actor restarts. ``marks``: the ticker marks the
-        events came from (their read stamps give the frame-to-event latency)."""
+        events came from (their read stamps give the frame-to-event latency). ``live``: False
+        for REST fallback marks (they do not count as the hybrid stream's liveness)."""
         hub = self.hub
         try:
             hub.switch.offer_hybrid(events)
@@ -241,6 +243,8 @@ class CombinerActor:
         health.events_emitted += len(events)
         health.last_event_ms = events[-1].received_ts
         health.last_event_at = now
+        if live:
+            health.last_live_event_at = now
         self._measure(events, marks, now)
 
     def _measure(self, events: Sequence[Event], marks: Mapping[str, Mark] | None, now: float) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Final
 
 import attrs
@@ -29,7 +29,7 @@ from ..notices import Notice, StateTracker
 from ..protocol.session import Session
 from ..rest import RestClient
 from ..rollout import Comparator, Mode, ReturnGate
-from ..state import Combiner, Mark
+from ..state import Combiner, Event, Mark
 from .links import Link, LinkRegistry
 from .mailboxes import EventQueue, LatestByKey, Watch
 from .switch import SourceSwitch
@@ -103,8 +103,11 @@ class RolloutRuntime:
     fallback_marks: LatestByKey[tuple[str, str], Mark] = attrs.Factory(LatestByKey)
     #: (category, symbol) → trio time since when the poller has watched its mark age
     tracked_since: dict[tuple[str, str], float] = attrs.Factory(dict)
-    #: symbols currently fed from REST because their live mark is stale
+    #: symbols currently fed from REST because their live mark is stale (the REST poller's)
     stale: frozenset[tuple[str, str]] = frozenset()
+    #: since when (trio time) each symbol of ``stale`` has been; the REST poller's only,
+    #: bounded by the open positions (a symbol leaves with its staleness)
+    stale_since: dict[tuple[str, str], float] = attrs.Factory(dict)
     fallback_marks_sent: int = 0
     position_polls: int = 0
     ticker_polls: int = 0
@@ -148,8 +151,9 @@ class Hub:
     latency: Latency = attrs.Factory(Latency)
     #: alert state; the alert actor is its only writer
     alerts: AlertEvaluator = attrs.field(init=False)
-    #: set when something the alert rules read has changed (events, notices); the alert actor
-    #: replaces it after each evaluation, so an idle stream costs no periodic wakeups
+    #: set when something the alert rules read has changed (events made or delivered,
+    #: notices, a divergence counted, the stale-fallback set): a request flag anyone may set;
+    #: only the alert actor replaces it (after each evaluation)
     alert_watch: trio.Event = attrs.Factory(trio.Event)
     #: the consumer's queue: position events put by the combiner, ``stream.*`` notices by
     #: their owners through :meth:`emit_notice`; read by the consumer
@@ -163,8 +167,13 @@ class Hub:
     #: written by the subscription manager only
     subscriptions: dict[str, CategorySubscriptions] = attrs.field(init=False)
     #: trio time of the last ticker frame per category and symbol: written by that
-    #: category's public actor only, read by the subscription manager
+    #: category's public actor only, read by the subscription manager, the REST poller
+    #: (stale marks) and the liveness of the silence trigger and alert (:meth:`held_frame_at`)
     activity: dict[str, dict[str, float]] = attrs.field(init=False)
+    #: per category, the latest frame time of a held symbol whose ``activity`` entry was
+    #: dropped (a resubscribe, a reconnect, a crash): written by that category's public
+    #: actor only (``public_ws.forget_activity``); one entry per category
+    held_frames: dict[str, float] = attrs.Factory(dict)
     #: lifecycle channel: the private actor and the reconciler send (clones); the combiner receives
     lifecycle_send: trio.MemorySendChannel[Lifecycle] = attrs.field(init=False)
     lifecycle_recv: trio.MemoryReceiveChannel[Lifecycle] = attrs.field(init=False)
@@ -191,6 +200,13 @@ class Hub:
     mode: Mode = "production"
     switch: SourceSwitch = attrs.field(init=False)
     rollout: RolloutRuntime = attrs.field(init=False)
+    #: the last position event handed to the consumer (either source): trio time and its
+    #: ``received_ts`` (epoch ms). Written only by :meth:`_delivered`, the switch's
+    #: ``on_delivered`` (the switch is the one writer of the consumer's queue); read by
+    #: ``health()['events']`` (``last_event_age_s``, ``last_event_ms``) and so by the metric
+    #: and, in rest mode, the ``no_events`` alert
+    delivered_at: float | None = None
+    delivered_ms: int | None = None
     #: ``stream.state``: written by the supervisor only (see :class:`~..notices.StateTracker`)
     stream_state: StateTracker = attrs.field(init=False)
 
@@ -206,7 +222,7 @@ class Hub:
         self.lifecycle_send, self.lifecycle_recv = trio.open_memory_channel[Lifecycle](LIFECYCLE_BUFFER)
         self.subs_send, self.subs_recv = trio.open_memory_channel[SubscriptionMessage](SUBSCRIPTION_INBOX)
         policy = self.config.rollout
-        self.switch = SourceSwitch(self.mode, policy, self.events)
+        self.switch = SourceSwitch(self.mode, policy, self.events, on_delivered=self._delivered)
         self.rollout = RolloutRuntime(
             comparator=Comparator(policy.divergence_threshold) if self.mode == "parallel" else None,
             gate=ReturnGate(policy))
@@ -214,6 +230,33 @@ class Hub:
 
     def wall_ms(self) -> int:
         return int(self.wall_clock() * 1000)
+
+    def _delivered(self, events: Sequence[Event]) -> None:
+        """The switch handed ``events`` to the consumer (either source): when, for the
+        consumer-facing liveness, and a wake-up for the alert rules that read it."""
+        self.delivered_at = trio.current_time()
+        self.delivered_ms = events[-1].received_ts
+        watch = self.alert_watch
+        if not watch.is_set():
+            watch.set()
+
+    def held_frame_at(self) -> float | None:
+        """Trio time of the latest ticker frame of any symbol with an open hybrid position
+        (None: none yet), including frames whose ``activity`` entry a resubscribe or a
+        reconnect dropped (``held_frames``). Safe from any thread: ``desired`` holds
+        frozensets replaced whole, and each lookup is one dict ``get``. O(open symbols),
+        for once-a-second checks."""
+        latest: float | None = max(list(self.held_frames.values()), default=None)
+        activity = self.activity
+        for category, symbols in list(self.desired.value.items()):
+            frames = activity.get(category)
+            if not frames:
+                continue
+            for symbol in symbols:
+                at = frames.get(symbol)
+                if at is not None and (latest is None or at > latest):
+                    latest = at
+        return latest
 
     def socket_waiting(self, name: str, why: str) -> None:
         """Actor ``name`` has its socket up but waits for ``why`` before it counts as up

@@ -14,6 +14,8 @@ hop per ticker.
 from __future__ import annotations
 
 import logging
+import math
+from collections.abc import Iterable
 from contextlib import suppress
 from typing import Final, NoReturn
 
@@ -53,8 +55,9 @@ class PublicStreamActor:
     @staticmethod
     def reset_after_crash(hub: Hub, category: str) -> None:
         """Owns ``activity[category]`` (and its link, gone with the crash). Known-good: no
-        ticker seen yet (the new connection starts its own merged ticker state too)."""
-        hub.activity[category].clear()
+        ticker seen yet (the new connection starts its own merged ticker state too); the
+        latest frame of a held symbol is kept in ``held_frames`` (see :func:`forget_activity`)."""
+        forget_activity(hub, category)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> NoReturn:
         hub = self.hub
@@ -62,7 +65,7 @@ class PublicStreamActor:
         async with open_link(hub, self.name, url) as conn, hub.subs_send.clone() as manager:
             link = conn.link
             book = TickerBook(self.category, fields=False)  # only the marks are read
-            hub.activity[self.category].clear()
+            forget_activity(hub, self.category)
             await manager.send(LinkUp(self.category, link))
             try:
                 task_status.started()
@@ -87,7 +90,7 @@ class PublicStreamActor:
         while True:
             batch = await transport.receive_batch()
             if link.has_retired:  # unsubscribed symbols: no frame for them follows (see _retire)
-                self._retire(link, book, activity, stats)
+                self._retire(hub, link, book, stats)
             now = clock.current_time()
             read_at = wall()
             received_ms = int(read_at * 1000)
@@ -115,16 +118,16 @@ class PublicStreamActor:
             if snapshots:
                 stats.tickers = len(book)
 
-    @staticmethod
-    def _retire(link: Link, book: TickerBook, activity: dict[str, float], stats: LinkStats) -> None:
+    def _retire(self, hub: Hub, link: Link, book: TickerBook, stats: LinkStats) -> None:
         """Forget the merged state and the activity of the symbols whose unsubscribe the
         exchange confirmed on this connection, so churn through many symbols costs nothing.
         Done before reading a batch received after the manager learnt it: a new subscribe to
         such a symbol (sent only after that) is answered by a fresh snapshot, never a delta
         that needs the forgotten state."""
-        for symbol in link.take_retired():
+        retired = link.take_retired()
+        for symbol in retired:
             book.forget(symbol)
-            activity.pop(symbol, None)
+        forget_activity(hub, self.category, retired)
         stats.tickers = len(book)
 
     async def _control(self, frame: Frame, link: Link, now: float, reporter: FrameReporter,
@@ -139,3 +142,21 @@ class PublicStreamActor:
             reporter.report(frame, self.hub)
         else:
             reporter.report(UnknownFrame(f"{type(frame).__name__} on a public socket", {}), self.hub)
+
+
+def forget_activity(hub: Hub, category: str, symbols: Iterable[str] | None = None) -> None:
+    """Drop ``symbols`` (None: all) from ``hub.activity[category]``, first folding the latest
+    frame among those of symbols still held into ``hub.held_frames[category]``: a resubscribe
+    of a silent topic or a reconnect must not make the stream look silent for longer than it
+    was (the silence trigger's and ``no_events``' liveness, :meth:`Hub.held_frame_at`)."""
+    activity = hub.activity[category]
+    held = hub.desired.value.get(category, frozenset())
+    dropped = list(activity) if symbols is None else [s for s in symbols if s in activity]
+    latest = max((activity[s] for s in dropped if s in held), default=None)
+    if latest is not None and latest > hub.held_frames.get(category, -math.inf):
+        hub.held_frames[category] = latest
+    if symbols is None:
+        activity.clear()
+    else:
+        for symbol in dropped:
+            del activity[symbol]

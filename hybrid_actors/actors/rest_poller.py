@@ -167,8 +167,22 @@ class RestPollerActor:
                 found = stale_symbols(symbols, hub.activity.get(category, {}), since, now, policy.stale_after)
                 if found:
                     stale[category] = set(found)
-        runtime.stale = frozenset((c, s) for c, symbols in stale.items() for s in symbols)
+        self._set_stale(frozenset((c, s) for c, symbols in stale.items() for s in symbols), now)
         return rest, stale, compare
+
+    def _set_stale(self, stale: frozenset[tuple[str, str]], now: float) -> None:
+        """Record which symbols are priced from the REST fallback, and since when (the
+        ``stale_fallback`` alert's figure); a change wakes the alert actor."""
+        runtime = self.hub.rollout
+        if stale == runtime.stale:
+            return
+        since = runtime.stale_since
+        for pair in [p for p in since if p not in stale]:
+            del since[pair]
+        for pair in stale:
+            since.setdefault(pair, now)
+        runtime.stale = stale
+        self.hub.alert_watch.set()
 
     async def _poll_tickers(self, rest: dict[str, set[str]], stale: dict[str, set[str]],
                             compare: dict[str, set[str]]) -> None:
@@ -221,6 +235,7 @@ class RestPollerActor:
             if sample is None:
                 continue
             if comparator.compare(category, view.symbol, sample.price, view.mark_price):
+                hub.alert_watch.set()  # the divergence alert reads the count: evaluate now
                 ratio = divergence_ratio(sample.price, view.mark_price)
                 log.warning("parallel run: %s %s REST markPrice %s vs hybrid %s: %s%% apart (threshold %s%%)",
                             category, view.symbol, sample.price, view.mark_price,

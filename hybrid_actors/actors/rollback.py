@@ -3,7 +3,8 @@ REST on a trigger, and (with ``auto_return``) brings it back once hybrid has bee
 
 Every second (or at once when a crash loop is reported) it gathers the inputs of
 :func:`~hybrid_actors.rollout.rollback_reason` from the hub (socket states, the hybrid
-combiner's last event, open positions, subscription failures) and applies the answer:
+combiner's last live event and the last ticker frame of an open position's symbol, open
+positions, subscription failures) and applies the answer:
 the switch routes everything through REST, a ``stream.rollback`` notice goes out, and the
 REST poller fetches a fresh snapshot at once. After a rollback the
 :class:`~hybrid_actors.rollout.ReturnGate` decides when to return; the return synchronises
@@ -21,7 +22,7 @@ import attrs
 import trio
 
 from ..notices import StreamReturn, StreamRollback
-from ..rollout import ReturnGate, TriggerInputs, next_check, rollback_reason
+from ..rollout import ReturnGate, TriggerInputs, next_check, rollback_reason, silent_for
 from .hub import Hub
 
 __all__ = ["RollbackMonitor", "CHECK_INTERVAL"]
@@ -80,10 +81,10 @@ class RollbackMonitor:
         crash = state.crash_loop
         state.crash_loop = None
         return TriggerInputs(now=now, sockets_down_since=self.sockets_down_since(),
-                             last_event_at=hub.health.last_event_at, open_positions=open_positions,
+                             last_event_at=hub.health.last_live_event_at, open_positions=open_positions,
                              positions_open_since=state.open_since,
                              subscription_failures=tuple(at for at, *_ in hub.health.subscription_failures),
-                             crash_loop=crash)
+                             crash_loop=crash, last_frame_at=hub.held_frame_at())
 
     _last_check: float = attrs.field(default=-math.inf, init=False)
 
@@ -131,9 +132,14 @@ class RollbackMonitor:
         return gate
 
     def hybrid_healthy(self, inputs: TriggerInputs, since: float) -> bool:
-        """Every socket up, every hybrid actor running, no subscription failure since the last check."""
+        """Every socket up, every hybrid actor running, no subscription failure since the last
+        check, and not silent: with positions open, a live event or ticker frame within the
+        silence limit (so a return after a silence rollback waits for the feed to come back
+        instead of rolling back again at once)."""
         hub = self.hub
         if any(v is not None for v in inputs.sockets_down_since.values()):
+            return False
+        if silent_for(hub.config.rollout, inputs) is not None:
             return False
         for name, stats in hub.health.actors.items():
             if name in ("rest", "alerts", self.name):  # not part of the hybrid stream

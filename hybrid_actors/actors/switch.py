@@ -50,7 +50,8 @@ class SourceSwitch:
     mode: Mode
     policy: RolloutPolicy
     queue: EventQueue
-    #: called with each event handed to the consumer (health counters)
+    #: called with each batch of events handed to the consumer (the hub: records when, and
+    #: wakes the alert actor)
     on_delivered: Callable[[Sequence[Event]], None] = lambda events: None
     rolled_back: bool = False
     #: bumped on every routing change
@@ -61,6 +62,8 @@ class SourceSwitch:
     seen: dict[Key, PositionUpdate] = attrs.Factory(dict)
     #: which source gave the consumer its last event of each open position
     delivered_by: dict[Key, Source] = attrs.Factory(dict)
+    #: position events handed to the consumer per source: the consumer-facing event counts
+    #: (``health()['events']['emitted']``, events/s), whichever source fed it
     delivered: dict[str, int] = attrs.Factory(lambda: {"hybrid": 0, "rest": 0})
     #: (event name, "rest") -> count of the events the REST path handed to the consumer
     #: (``hybrid_events_total`` adds them to the combiner's own counts)

@@ -253,9 +253,14 @@ async def test_silence_trigger_fires_at_its_threshold_while_positions_are_open(l
             await s.log.wait_for(lambda e: e.symbol == "BTCUSDT")
             await s.wait_subscriptions_match_positions()
             await eventually(lambda: s.hub.health.last_event_at is not None and len(s.hub.combiner.book) == 1)
-            last = s.hub.health.last_event_at
+            # rate 0 alone is a quiet market, not silence: a resubscribe of the quiet topic is
+            # answered by a snapshot frame, a sign of life. A frozen feed sends nothing.
+            sim.control.stop_ticker("BTCUSDT")
+            await trio.sleep(0.1)
+            last = max(s.hub.health.last_event_at, s.hub.activity["linear"].get("BTCUSDT", -1.0))
             await trio.sleep_until(last + 99.0)
-            assert s.hub.health.last_event_at == last  # rate 0: truly silent
+            assert s.hub.health.last_event_at <= last  # truly silent: no event, no frame
+            assert s.hub.activity["linear"].get("BTCUSDT", -1.0) <= last
             assert not rolled_back(s)
             at = await wait_rollback(s)
             assert 100.0 < at - last <= 100.5
@@ -424,5 +429,91 @@ async def test_auto_return_does_not_flap_while_the_sockets_keep_dropping(loopbac
             await wait_routing(s, rolled=False)
             healthy_for = s.hub.switch.returned_at - s.hub.rollout.gate.healthy_since
             assert 30.0 <= healthy_for <= 31.0  # 30 s of uninterrupted health, then back
+            assert [n.event for n in rollout_notices(s)] == ["stream.rollback", "stream.return"]
+            assert (s.hub.switch.rollbacks, s.hub.switch.returns) == (1, 1)
+
+
+# --- silence: what it is, and what it is not --------------------------------------------------------------------
+
+def alert_notices(s: Stack, name: str) -> list:
+    return [n for n in s.log.notices if n.event == "stream.alert" and n.name == name]
+
+
+async def test_a_quiet_market_whose_ticker_frames_keep_coming_is_not_silent_but_a_frozen_feed_is(loopback_clock):
+    from hybrid_actors.config import AlertPolicy
+
+    policy = RolloutPolicy(rollback_after_silence=100.0)  # stale_after as by default (3 s)
+    with trio.fail_after(LONG):
+        async with running(sim_config(), rollout=policy, alerts=AlertPolicy(no_events_critical=100.0)) as s:
+            ctl = s.sim.control
+            ctl.open_position("BTCUSDT", "Buy", "1")
+            await s.wait_subscriptions_match_positions()
+            await s.log.wait_for(lambda e: e.symbol == "BTCUSDT" and e.source == "ticker")
+            price = s.sim.observe.mark_price("linear", "BTCUSDT")
+            events = s.log.mark()
+            for _ in range(50):  # 250 s of a live ticker whose mark does not move: a frame every 5 s
+                ctl.set_mark_price("BTCUSDT", price)
+                await trio.sleep(5)
+            assert s.log.mark() == events  # no event all along: an unchanged mark makes none
+            assert trio.current_time() - s.hub.activity["linear"]["BTCUSDT"] <= 5.0
+            assert not rolled_back(s) and not alert_notices(s, "no_events")
+            # the feed freezes (socket up, no frame): that is silence, from its last frame on
+            ctl.stop_ticker("BTCUSDT")
+            await trio.sleep(0.1)
+            last_frame = s.hub.activity["linear"]["BTCUSDT"]
+            at = await wait_rollback(s)
+            assert 100.0 < at - last_frame <= 101.5
+            assert "no events for" in rollout(s)["last_rollback_reason"]
+            assert await s.log.wait_until(lambda: [n.state for n in alert_notices(s, "no_events")] == ["firing"])
+
+
+async def test_rest_fallback_marks_do_not_hide_a_dead_ticker_feed(loopback_clock):
+    policy = RolloutPolicy(rollback_after_silence=100.0)  # stale_after 3 s: REST marks stand in
+    with trio.fail_after(LONG):
+        async with running(sim_config(), rollout=policy) as s:
+            ctl = s.sim.control
+            ctl.open_position("BTCUSDT", "Buy", "1")
+            await s.wait_subscriptions_match_positions()
+            await s.log.wait_for(lambda e: e.symbol == "BTCUSDT")
+            ctl.stop_ticker("BTCUSDT")
+            await trio.sleep(0.1)
+            last_frame = s.hub.activity["linear"]["BTCUSDT"]
+            stopped = s.log.mark()
+            with trio.move_on_after(200):
+                while not rolled_back(s):  # the market moves; only the REST fallback can tell
+                    ctl.set_mark_price("BTCUSDT", s.sim.observe.mark_price("linear", "BTCUSDT") + 1)
+                    await trio.sleep(1)
+            assert rolled_back(s), "REST fallback marks kept the silence trigger from firing"
+            assert 100.0 < s.hub.switch.rolled_back_at - last_frame <= 101.5
+            fallback = [e for e in s.log.events[stopped:] if e.source == "rest"]
+            assert len(fallback) > 50  # the consumer was priced from REST meanwhile
+            # and the stale fallback was reported once it had lasted 60 s (a warning)
+            stale = alert_notices(s, "stale_fallback")
+            assert stale and (stale[0].level, stale[0].state) == ("warning", "firing")
+            assert "linear:BTCUSDT" in stale[0].message and 60.0 < stale[0].value <= 62.0
+
+
+async def test_a_silence_rollback_returns_only_once_the_feed_is_back_and_does_not_flap(loopback_clock):
+    policy = RolloutPolicy(rollback_after_silence=100.0, rollback_after_disconnect=None, stale_after=None,
+                           auto_return=30.0)
+    with trio.fail_after(LONG):
+        async with running(sim_config(), rollout=policy) as s:
+            ctl = s.sim.control
+            ctl.open_position("BTCUSDT", "Buy", "1")
+            await s.wait_subscriptions_match_positions()
+            await s.log.wait_for(lambda e: e.symbol == "BTCUSDT")
+            ctl.stop_ticker("BTCUSDT")  # frozen: every socket stays up, no frame comes
+            await wait_rollback(s)
+            assert "no events for" in rollout(s)["last_rollback_reason"]
+            await trio.sleep(300)  # sockets up and actors running all along, but still silent
+            assert (s.hub.switch.rollbacks, s.hub.switch.returns) == (1, 0), [n.reason for n in rollout_notices(s)]
+            ctl.start_ticker("BTCUSDT")  # the feed is back
+            ctl.set_mark_price("BTCUSDT", s.sim.observe.mark_price("linear", "BTCUSDT") + 1)
+            back = trio.current_time()
+            returned = await wait_routing(s, rolled=False)
+            assert 30.0 <= returned - back <= 32.0
+            for _ in range(20):  # a live market after the return: no new rollback
+                ctl.set_mark_price("BTCUSDT", s.sim.observe.mark_price("linear", "BTCUSDT") + 1)
+                await trio.sleep(10)
             assert [n.event for n in rollout_notices(s)] == ["stream.rollback", "stream.return"]
             assert (s.hub.switch.rollbacks, s.hub.switch.returns) == (1, 1)

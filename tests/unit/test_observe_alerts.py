@@ -213,3 +213,40 @@ def test_a_stream_without_a_host_loop_has_no_loop_alert():
     ev = AlertEvaluator()
     ev.evaluate(report(), now=0.0, ts=1)
     assert "loop_stalled" not in ev.known and "loop_stalled" not in STATIC_ALERTS
+
+
+def test_no_events_reads_the_hybrid_liveness_and_in_rest_mode_the_consumer_s_events():
+    ev = AlertEvaluator()
+    # the last event is old but ticker frames keep coming: not silent
+    live = report(last_event_age=900.0)
+    live["events"]["hybrid_quiet_s"] = 4.0
+    assert ev.evaluate(live, now=0.0, ts=1) == []
+    frozen = report(last_event_age=2.0)  # REST fallback marks keep the event age low
+    frozen["events"]["hybrid_quiet_s"] = 300.5
+    fired = ev.evaluate(frozen, now=1.0, ts=2)
+    assert names(fired) == [("no_events", "critical", "firing")]
+    assert "no live event or ticker frame for 300s" in fired[0].message
+    # rest mode: what the consumer was handed; the hybrid stream's sockets and latency are not judged
+    rest = AlertEvaluator()
+    health = report(down={"private": 500.0, "public:linear": 500.0}, p95=5000.0, last_event_age=299.0,
+                    rollout={"mode": "rest", "active": "rest"})
+    health["events"]["hybrid_quiet_s"] = 10_000.0
+    assert rest.evaluate(health, now=0.0, ts=1) == []
+    health["events"]["last_event_age_s"] = 300.5
+    assert names(rest.evaluate(health, now=1.5, ts=2)) == [("no_events", "critical", "firing")]
+
+
+def test_stale_fallback_warns_past_its_threshold_and_resolves():
+    ev = AlertEvaluator(AlertPolicy(resolve_after=10.0))
+    stale = {"mode": "production", "active": "hybrid", "stale_fallback_s": {"linear:BTCUSDT": 59.0}}
+    assert ev.evaluate(report(rollout=stale), now=100.0, ts=1) == []
+    assert ev.next_check == pytest.approx(101.001)  # wakes just past the threshold
+    stale["stale_fallback_s"] = {"linear:BTCUSDT": 60.001, "linear:ETHUSDT": 3.0}
+    fired = ev.evaluate(report(rollout=stale), now=101.001, ts=2)
+    assert names(fired) == [("stale_fallback", "warning", "firing")]
+    assert "linear:BTCUSDT" in fired[0].message and "ETHUSDT" not in fired[0].message
+    assert fired[0].value == 60.001 and fired[0].threshold == 60.0
+    assert "stale_fallback" in STATIC_ALERTS
+    stale["stale_fallback_s"] = {}
+    assert ev.evaluate(report(rollout=stale), now=105.0, ts=3) == []
+    assert names(ev.evaluate(report(rollout=stale), now=115.0, ts=4)) == [("stale_fallback", "warning", "resolved")]

@@ -208,3 +208,22 @@ def test_auto_return_backs_off_after_repeated_rollbacks_so_it_cannot_flap():
         gate.rolled_back(float(t))
     assert gate.required(2400.0) == 60.0 * 64  # capped
     assert gate.required(2400.0 + 3600.0) == 60.0  # forgotten after return_memory
+
+
+def test_a_ticker_frame_is_a_sign_of_life_for_the_silence_trigger():
+    from hybrid_actors.rollout import quiet_since, silent_for
+
+    policy = RolloutPolicy(rollback_after_silence=60.0)
+    # the last event is old, but frames of an open position's symbol keep coming (a quiet market)
+    quiet = {"last_event_at": 100.0, "open_positions": 1, "positions_open_since": 50.0}
+    assert rollback_reason(policy, inputs(500.0, last_frame_at=450.0, **quiet)) is None
+    assert quiet_since(inputs(500.0, last_frame_at=450.0, **quiet)) == 450.0
+    assert next_check(policy, inputs(500.0, last_frame_at=450.0, **quiet), idle=500.0) == 510.001
+    assert silent_for(policy, inputs(510.0, last_frame_at=450.0, **quiet)) is None
+    assert silent_for(policy, inputs(511.0, last_frame_at=450.0, **quiet)) == 61.0
+    # a frame older than the last event does not pull it back
+    assert quiet_since(inputs(120.0, last_frame_at=80.0, **quiet)) == 100.0
+    # neither yet: from when positions were first seen open
+    never = {"last_event_at": None, "last_frame_at": None, "open_positions": 1, "positions_open_since": 900.0}
+    assert quiet_since(inputs(950.0, **never)) == 900.0
+    assert silent_for(RolloutPolicy(rollback_after_silence=None), inputs(10_000.0, **never)) is None
