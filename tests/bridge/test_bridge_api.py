@@ -71,7 +71,8 @@ def _comparable(report: HealthReport) -> dict[str, Any]:
         actor.pop("since_s")
     for connection in data["connections"].values():
         connection.pop("last_frame_age_s")
-    for key in ("last_event_age_s", "loop_stall_last_age_s", "loop_blocked_ms"):
+    for key in ("last_event_age_s", "hybrid_last_event_age_s", "hybrid_quiet_s", "loop_stall_last_age_s",
+                "loop_blocked_ms"):
         data["events"].pop(key, None)
     data.get("stream_state", {}).pop("since_s", None)
     for row in data.get("open_positions", ()):
