@@ -235,14 +235,22 @@ class BybitHybridStream:
     async def stop(self) -> None:
         """Stop the stream: close its sockets, end our trio tasks (and the guest run if this
         was its last stream), drop undelivered events and let handler calls in progress
-        finish within ``stop_timeout``. Idempotent; safe to call from a handler."""
+        finish within ``stop_timeout``. Idempotent; safe to call from a handler.
+
+        Once the stream's loop is gone (``asyncio.run(main())`` ended without ``stop()``, and
+        the bot's shutdown path calls ``stop()`` in a new loop) the stream is stopped already:
+        ``stop()`` then only ends what is left on this side and returns, from any loop."""
         if self._state == "new":
             self._state = "stopped"
             return
-        if self._loop is None:
+        loop = self._loop
+        if loop is None:
+            return
+        if loop is not asyncio.get_running_loop():
+            self._stop_after_loop(loop)
             return
         if self._stopping is None:
-            self._stopping = self._loop.create_task(self._stop(), name="hybrid_actors bridge stop")
+            self._stopping = loop.create_task(self._stop(), name="hybrid_actors bridge stop")
         caller = asyncio.current_task()
         if caller is not None:
             self._stop_waiters.add(caller)
@@ -251,6 +259,19 @@ class BybitHybridStream:
         finally:
             if caller is not None:
                 self._stop_waiters.discard(caller)
+
+    def _stop_after_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """``stop()`` from another loop: fine once the stream's own loop has ended it (nothing
+        is left to await there), an error while the trio side may still run on that loop."""
+        busy = [task for task in (self._host_task, self._stopping) if task is not None and not task.done()]
+        if busy and not loop.is_closed():
+            raise RuntimeError(f"stop() must be awaited on the loop the stream was started on ({loop!r}): the "
+                               "stream is still running there")
+        self._stop_requested = True
+        if self._dispatcher is not None and not self._dispatcher.closed:
+            self._dispatcher.close_now()
+        self._end_side_things()
+        self._state = "stopped"
 
     async def _stop(self) -> None:
         self._request_trio_stop()

@@ -6,9 +6,11 @@ dies after start; a loop that ends without stop()."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import socket
 import traceback
+import warnings
 from decimal import Decimal
 
 import pytest
@@ -182,6 +184,41 @@ def test_a_loop_that_ends_without_stop_still_shuts_trio_down(host, simulator):
             await asyncio.sleep(0.01)  # the simulator's state, polled over its control channel
 
     run_on("asyncio", sim_sees_no_connection, timeout=10)
+
+
+@pytest.mark.parametrize("host", HOSTS)
+def test_stop_in_a_new_loop_after_the_first_one_ended_is_a_quiet_no_op(host, simulator):
+    """The usual shutdown path: ``try: asyncio.run(main()) except ...: asyncio.run(bot.shutdown())``.
+    The first loop ended without stop() (the stream is stopped already); stop() from the
+    second loop returns at once, idempotently, and leaves no never-awaited coroutine."""
+    sim = simulator(rate=20)
+    streams: list[BybitHybridStream] = []
+
+    async def main() -> None:
+        stream = BybitHybridStream(sim.api_key, sim.api_secret, lambda name, data: None, **sim.stream_kwargs())
+        streams.append(stream)
+        await stream.start()
+        raise LookupError("the bot's main ends with an error")
+
+    ended = False
+    try:
+        run_on(host, main)
+    except* LookupError:  # trio_asyncio.run() reports it in an exception group
+        ended = True
+    stream = streams[0]
+    assert ended
+    assert stream.state == "stopped"
+
+    async def shutdown() -> None:
+        await stream.stop()
+        await stream.stop()
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run_on(host, shutdown)
+        gc.collect()  # a coroutine created and dropped would warn "never awaited" here
+    assert stream.state == "stopped" and stream.error is None
+    assert [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)] == []
 
 
 def test_asyncio_run_after_trio_asyncio_import_uses_the_trio_asyncio_host(simulator):
