@@ -320,12 +320,16 @@ class Dispatcher:
         if received is not None:  # from the frame's read (epoch ms): what a blocked loop delays
             stats.frame_delays.add((time.time_ns() // 1_000_000 - received) * 1_000_000)
         context = self.context.copy()
-        try:
+        try:  # apart from the first step's: a plain ``def`` handler's own StopIteration is its bug
             coro = context.run(self._invoke, event.event, data)
-            if coro is None:  # a plain ``def`` handler: it has run
-                return None
+        except (Exception, asyncio.CancelledError) as exc:  # noqa: BLE001 - (its own CancelledError too)
+            self._failed(event.event, data, exc)
+            return None
+        if coro is None:  # a plain ``def`` handler: it has run
+            return None
+        try:
             yielded = context.run(coro.send, None)
-        except StopIteration:
+        except StopIteration:  # the coroutine finished without waiting
             return None
         except (Exception, asyncio.CancelledError) as exc:  # noqa: BLE001 - (its own CancelledError too)
             self._failed(event.event, data, exc)
