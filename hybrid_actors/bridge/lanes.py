@@ -130,6 +130,8 @@ class Dispatcher:
     lifecycle_pending: int = 0
     producer_waiting: bool = False
     closed: bool = False
+    #: no more batches will come (the trio side ended by itself): deliver what is queued, then end
+    finishing: bool = False
     #: the current delivery task, and the tasks that own a lane
     task: asyncio.Task[None] | None = None
     owners: set[asyncio.Task[None]] = attrs.Factory(set)
@@ -258,7 +260,7 @@ class Dispatcher:
         turn_ends = perf() + DELIVERY_SLICE_NS
         while True:
             if not ready:
-                if self.closed:
+                if self.closed or self.finishing:
                     return
                 self._wakeup = self.loop.create_future()
                 await self._pause(self._wakeup)
@@ -302,6 +304,8 @@ class Dispatcher:
                 self.ready.append(lane)
                 if self._wakeup is not None and not self._wakeup.done():
                     self._wakeup.set_result(None)
+                elif self.finishing and (self.task is None or self.task.done()):
+                    self.start()  # the delivery task has ended already; one more takes this lane
             else:
                 self._retire(lane)
 
@@ -383,6 +387,14 @@ class Dispatcher:
             self._suppressed += 1
 
     # --- shutdown -------------------------------------------------------------------------------
+    def finish(self) -> None:
+        """No batch will come any more (the trio side has ended without ``stop()``: a failure,
+        the loop ending): deliver what is queued (the stream's last notices: its ``stream.state``
+        "failed"), then let the delivery task return. A lane's owner finishes its lane first."""
+        self.finishing = True
+        if self._wakeup is not None and not self._wakeup.done():
+            self._wakeup.set_result(None)
+
     def close_now(self) -> None:
         """Drop what has not been handed to the handler and let the delivery task return."""
         self.closed = True

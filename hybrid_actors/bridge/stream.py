@@ -438,8 +438,11 @@ class BybitHybridStream:
         elif self._stopping is None:
             self._state = "stopped"  # the loop is ending without stop(): the trio side is down all the same
         self._closed.set()
-        if self._stopping is None and self._dispatcher is not None and self._handler is None:
-            self._dispatcher.close_now()  # nothing to deliver to: the delivery task may go
+        if self._stopping is None:  # it ended by itself: nothing must wait for a stop() that may never come
+            if self._dispatcher is not None:
+                self._dispatcher.finish()  # the last events (the "failed" notice) still reach the handler
+            if self._watch is not None:
+                self._watch.stop()
         for feed in list(self._feeds):
             feed.close(self._error)
         if cancelled:

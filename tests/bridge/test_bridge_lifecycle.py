@@ -1,7 +1,8 @@
 """BybitHybridStream's life cycle under both hosts, against the simulator on loopback:
 start() returns with positions known; stop() is idempotent and leaves no task, trio task,
 socket or busy thread (``async with``: see test_bridge_delivery); bad keys; an unreachable exchange; a stream that
-dies after start; a loop that ends without stop()."""
+dies after start (stopped, or never stopped); a loop that ends without stop(), and stop()
+from a later loop."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import asyncio
 import gc
 import logging
 import socket
+import time
 import traceback
 import warnings
 from decimal import Decimal
@@ -130,6 +132,54 @@ def test_a_stream_that_dies_after_start_reports_why(host, simulator):
         await assert_nothing_left(before, host, collect_garbage=True)
 
     run_on(host, main)
+
+
+@pytest.mark.parametrize("host", HOSTS)
+def test_a_failed_stream_never_stopped_delivers_its_last_notice_and_leaves_nothing_running(host, simulator, caplog):
+    """The documented supervision: ``await wait_closed()`` raises the error, the bot builds a
+    new stream and never calls stop() on the failed one. Its "failed" notice still reaches
+    the handler and the iterator; then its delivery task ends and its stall watch is off (a
+    blocked loop is no longer counted nor logged by it)."""
+    sim = simulator(rate=20)
+    caplog.set_level(logging.WARNING, logger="hybrid_actors.bridge")
+    threshold, block = 0.1, 0.25  # the watch's timer would fire 0.2 s or more late
+
+    async def main() -> None:
+        await open_linear_positions(sim, ["BTCUSDT"])
+        before = Leftovers.take()
+        handler = Recorder()
+        stream = BybitHybridStream(sim.api_key, sim.api_secret, handler, stall_threshold=threshold,
+                                   **sim.stream_kwargs())
+        await stream.start()
+        seen: list[dict] = []
+
+        async def read() -> None:
+            async for event in stream.events():
+                seen.append(event)
+
+        reader = asyncio.create_task(read())
+        await asyncio.sleep(0)  # the iterator is waiting
+        await control(sim, "fail_auth", count=None)  # the key is revoked...
+        await control(sim, "drop_private")  # ...and the reconnect's auth fails: fatal
+        with pytest.raises(AuthRejected):
+            await asyncio.wait_for(stream.wait_closed(), 10)
+        with pytest.raises(AuthRejected):
+            await asyncio.wait_for(reader, 10)
+        assert (await handler.wait_for_state("failed", timeout=2))["reason"].startswith("AuthRejected")
+        assert seen[-1]["event"] == "stream.state" and seen[-1]["state"] == "failed"
+        await wait_until(lambda: Leftovers.take().tasks == before.tasks, timeout=2,
+                         what="the failed stream's delivery task to end")
+        stalls = stream.health().events["loop_stalls"]
+        # a real block: the watch measures the loop's own timer on the monotonic clock
+        time.sleep(block)
+        await asyncio.sleep(threshold)  # an armed timer fires (and counts the stall) meanwhile
+        assert stream.health().events["loop_stalls"] == stalls
+        assert stream.state == "failed"
+        forget_captured_log_records()
+        await assert_nothing_left(before, host, collect_garbage=True)
+
+    run_on(host, main)
+    assert not any("loop's thread was blocked" in r.getMessage() for r in caplog.records)
 
 
 @pytest.mark.parametrize("host", HOSTS)
