@@ -22,6 +22,7 @@ import attrs
 import trio
 
 from .. import __version__
+from ..actors.hub import Hub
 from ..actors.mailboxes import StreamClosed
 from ..config import Credentials, Endpoints, StreamConfig, mask_key
 from ..errors import ConfigError, HybridActorsError, StartTimeout
@@ -220,7 +221,7 @@ class BybitHybridStream:
         self._dispatcher = Dispatcher(loop, self._handler, self._config.event_buffer, self._wake_pump, self._stats,
                                       self._context, on_host_shutdown=self._host_shutting_down, records=self._records)
         self._dispatcher.start()
-        self._watch = LoopWatch(loop, self._stall_threshold)
+        self._watch = LoopWatch(loop, self._stall_threshold, on_stall=self._wake_alerts)
         self._watch.start()
         self._host_task = loop.create_task(self._host_main(), name=f"hybrid_actors bridge host ({self._host})")
         try:
@@ -481,6 +482,14 @@ class BybitHybridStream:
             with suppress(trio.RunFinishedError):
                 token.run_sync_soon(scope.cancel)
 
+    def _wake_alerts(self) -> None:
+        """A stall was counted: the alert actor evaluates ``loop_stalled`` now. It otherwise
+        wakes only for events and socket changes, so a quiet stream would not fire it."""
+        stream, token = self._stream, self._token
+        if stream is not None and token is not None:
+            with suppress(trio.RunFinishedError):
+                token.run_sync_soon(_wake_alert_actor, stream.hub)
+
     def _wake_pump(self) -> None:
         room, token = self._room, self._token
         if room is not None and token is not None:
@@ -541,6 +550,10 @@ class BybitHybridStream:
                 accept(batch, perf())
         except StreamClosed:
             return
+
+
+def _wake_alert_actor(hub: Hub) -> None:
+    hub.alert_watch.set()  # read here, in trio: the alert actor replaces the event after each evaluation
 
 
 def _check_seconds(name: str, value: object, *, optional: bool) -> None:

@@ -18,6 +18,7 @@ import pytest
 from bridge_support import (ALL_HOSTS, HOSTS, Recorder, control, open_linear_positions, run_on, set_marks, simulator,
                             wait_subscribed, wait_until)
 from hybrid_actors import BybitHybridStream, Endpoints, HealthReport, PositionClosed, PositionUpdate
+from hybrid_actors.config import AlertPolicy
 
 pytestmark = pytest.mark.system
 __all__ = ["simulator"]  # the fixture, imported
@@ -196,6 +197,36 @@ def test_a_handler_that_blocks_the_loop_shows_as_a_stall(host, simulator, caplog
 
     run_on(host, main)
     assert any("loop's thread was blocked for" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("host", HOSTS)
+def test_a_stall_on_a_quiet_stream_fires_loop_stalled_once_the_loop_runs_again(host, simulator):
+    """No position, no price: nothing but the stall itself can wake the alert actor. The
+    bot's own code (not the handler) blocks the loop; ``loop_stalled`` must still fire
+    right after, not wait for the next event, which may be minutes away."""
+    sim = simulator(rate=0)
+
+    async def main() -> None:
+        notices: list[dict[str, Any]] = []
+
+        def handler(name: str, data: dict[str, Any]) -> None:
+            notices.append(data)
+
+        # evaluated at most every 0.1 s: the start-up's wakeups are over quickly
+        async with BybitHybridStream(sim.api_key, sim.api_secret, handler, stall_threshold=STALL_THRESHOLD,
+                                     alerts=AlertPolicy(interval=0.1), **sim.stream_kwargs()) as stream:
+            await wait_until(lambda: any(d.get("state") == "live" for d in notices), what="the live notice")
+            await asyncio.sleep(0.3)  # (real time: the alert actor's trio clock is the real one too)
+            quiet = len(notices)
+            time.sleep(BLOCK)  # a real block (see above), by a bot task: a sync DB call, say
+            await wait_until(lambda: stream.health().events["loop_stalls"] == 1, timeout=1, what="the stall")
+            await wait_until(lambda: any(d["event"] == "stream.alert" and d["name"] == "loop_stalled"
+                                         and d["state"] == "firing" for d in notices), timeout=1,
+                             what="the loop_stalled alert")
+            assert [d["event"] for d in notices[quiet:]] == ["stream.alert"]  # it was quiet: nothing else came
+            assert any(a["name"] == "loop_stalled" for a in stream.health().alerts)
+
+    run_on(host, main)
 
 
 @pytest.mark.parametrize("host", ALL_HOSTS)
