@@ -179,6 +179,11 @@ class Dispatcher:
             pending = max(pending, feed.lifecycle)
         return self.capacity - pending
 
+    def feed_lifecycle(self) -> int:
+        """The most lifecycle events one ``events()`` iterator holds (it counts in :meth:`room`
+        like the handler's lanes). Safe from any thread."""
+        return max((feed.lifecycle for feed in list(self.feeds)), default=0)  # copied: any thread
+
     def add_feed(self, feed: Feed) -> None:
         self.feeds.append(feed)
 

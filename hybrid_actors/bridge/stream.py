@@ -318,8 +318,10 @@ class BybitHybridStream:
         the handler (which may be None): dicts carrying ``"event"`` like the handler's
         ``data``, or the frozen records with ``records=True`` (default: the stream's
         ``records``). Ends when the stream stops; raises the error when it fails. Price-only
-        updates of one position conflate while you are behind; lifecycle events never drop
-        (the stream holds back beyond ``event_buffer`` of them)."""
+        updates of one position conflate while you are behind; lifecycle events never drop:
+        beyond ``event_buffer`` of them waiting here the stream holds back new events, for the
+        handler and the other iterators too, so close an iterator you stop reading
+        (``aclose()``, or ``contextlib.aclosing``)."""
         if self._state not in ("starting", "running") or self._loop is None or self._dispatcher is None:
             raise RuntimeError(f"events() needs a started stream (it is {self._state})")
         dispatcher = self._dispatcher
@@ -347,7 +349,9 @@ class BybitHybridStream:
     def health(self) -> HealthReport:
         """The stream's :class:`HealthReport`; ``events`` also holds the bridge's counters
         (``handler_calls``, ``handler_errors``, ``bridge_conflated``, ``bridge_queued``,
-        ``delivery_delay`` (frame read to handler call), ``bridge_delay``, ``wake_delay``)
+        ``bridge_lifecycle_queued`` (waiting for the handler), ``bridge_iterator_lifecycle_queued``
+        (the most any ``events()`` iterator holds), ``delivery_delay`` (frame read to handler
+        call), ``bridge_delay``, ``wake_delay``)
         and the loop's stalls (``loop_stalls``, ``loop_stall_max_ms``, ``loop_blocked_ms``...).
 
         Safe from any thread (a metrics exporter's, say): it reads the trio run's clock
@@ -372,6 +376,7 @@ class BybitHybridStream:
                   "bridge_conflated": stats.conflated, "bridge_batches": stats.batches,
                   "bridge_queued": dispatcher.queued() if dispatcher is not None else 0,
                   "bridge_lifecycle_queued": dispatcher.lifecycle_pending if dispatcher is not None else 0,
+                  "bridge_iterator_lifecycle_queued": dispatcher.feed_lifecycle() if dispatcher is not None else 0,
                   "delivery_delay": stats.frame_delays.summary(), "bridge_delay": stats.delays.summary(),
                   "wake_delay": stats.wake_delays.summary()}
         status, problems = report.status, report.problems
@@ -384,8 +389,15 @@ class BybitHybridStream:
                                        "it, so the stream's sockets are not being read")
                 status = "degraded" if status == "ok" else status
         if dispatcher is not None and not dispatcher.closed and dispatcher.room() <= 0:
-            problems = (*problems, f"the event handler is behind: {dispatcher.lifecycle_pending} lifecycle events "
-                                   "wait for it and the stream is holding back new ones")
+            # room() counts the handler's lanes and every events() iterator: name whichever is full
+            handler, iterator, capacity = dispatcher.lifecycle_pending, dispatcher.feed_lifecycle(), dispatcher.capacity
+            if handler >= capacity:
+                problems = (*problems, f"the event handler is behind: {handler} lifecycle events wait for it and "
+                                       "the stream is holding back new ones")
+            if iterator >= capacity:
+                problems = (*problems, f"an events() iterator is behind: {iterator} lifecycle events wait for it "
+                                       "and the stream is holding back new ones, for the handler too (close "
+                                       "iterators you stop reading)")
             status = "degraded" if status == "ok" else status
         return attrs.evolve(report, status=status, events=events, problems=problems)
 

@@ -281,6 +281,59 @@ def test_async_for_over_events_beside_a_handler_and_as_records(host, simulator):
 
 
 @pytest.mark.parametrize("host", HOSTS)
+def test_a_stuck_events_iterator_holds_back_the_handler_and_health_names_the_iterator(host, simulator):
+    """Backpressure is shared: an ``events()`` iterator nobody reads any more holds back new
+    events for the (fast) handler too, once ``event_buffer`` lifecycle events wait for it.
+    health() must blame the iterator, not the handler; closing the iterator lets everything
+    through, every lifecycle event in order."""
+    sim = simulator(rate=0)
+
+    async def main() -> None:
+        sizes: list[Decimal] = []
+
+        def handler(name: str, data: dict[str, Any]) -> None:
+            if name.startswith("position.") and data["symbol"] == "BTCUSDT":
+                sizes.append(data["size"])
+
+        stream = BybitHybridStream(sim.api_key, sim.api_secret, handler, event_buffer=4, **sim.stream_kwargs())
+        await stream.start()
+        try:
+            feed = stream.events()
+            release = asyncio.Event()
+
+            async def audit() -> None:  # reads one event, then waits for something else forever
+                async for _ in feed:
+                    await release.wait()
+
+            reader = asyncio.create_task(audit())
+            await control(sim, "open_position", symbol="BTCUSDT", side="Buy", size="1")
+            for size in range(2, 10):
+                await control(sim, "modify_position", symbol="BTCUSDT", size=str(size))
+
+            def iterator_blamed() -> HealthReport | None:
+                report = stream.health()
+                return report if any("an events() iterator is behind" in p for p in report.problems) else None
+
+            report = await wait_until(iterator_blamed, timeout=3, what="health() to name the iterator")
+            assert report.status == "degraded"
+            assert not any("event handler is behind" in p for p in report.problems), report.problems
+            assert report.events["bridge_iterator_lifecycle_queued"] == 4
+            assert report.events["bridge_lifecycle_queued"] == 0  # the handler has nothing waiting
+            assert Decimal(9) not in sizes  # held back for the handler too
+            reader.cancel()
+            await asyncio.wait([reader])
+            await feed.aclose()  # the bot's fix: close the iterator it stopped reading
+            await wait_until(lambda: sizes and sizes[-1] == Decimal(9), timeout=3, what="the last size")
+            changes = [s for i, s in enumerate(sizes) if i == 0 or s != sizes[i - 1]]  # (prices repeat a size)
+            assert changes == [Decimal(n) for n in range(1, 10)]  # no size change lost, in order
+            assert not any("behind" in p for p in stream.health().problems)
+        finally:
+            await stream.stop()
+
+    run_on(host, main)
+
+
+@pytest.mark.parametrize("host", HOSTS)
 def test_records_option_hands_the_handler_frozen_records_and_events_alone_works(host, simulator):
     sim = simulator(rate=0)
 
