@@ -154,8 +154,11 @@ class Dispatcher:
         Cancelled from outside (``asyncio.run()`` ending, or the bot cancelling every task):
         the host is shutting down; the dispatcher closes and the stream is told to stop;
         nothing is blamed on the handler and no task is left behind. (A handler that cancels
-        the delivery task it runs in is caught in :meth:`_deliver`.) Failed (a bug): the
-        lanes left waiting are queued again and a new delivery task takes over."""
+        the delivery task it runs in is caught in :meth:`_deliver`.) Ended by a handler's
+        ``KeyboardInterrupt`` or ``SystemExit`` (``sys.exit()``): the same; asyncio has
+        already passed it on out of the loop, as it does for any task, and the program is
+        ending. Failed (a bug): the lanes left waiting are queued again and a new delivery
+        task takes over."""
         if self.closed or (not task.cancelled() and task.exception() is None):
             return  # stopped, or handed the lanes on to a successor (see ``_deliver``)
         if task.cancelled():
@@ -164,8 +167,14 @@ class Dispatcher:
             self.close_now()
             self.on_host_shutdown()
             return
+        error = task.exception()
+        if not isinstance(error, Exception):  # KeyboardInterrupt, SystemExit: the program's, not a bug of ours
+            log.info("an event handler raised %r; the stream stops (asyncio passes it on to the program)", error)
+            self.close_now()
+            self.on_host_shutdown()
+            return
         self.stats.handler_errors += 1
-        log.error("the bridge's delivery task failed: %r; restarting it", task.exception())
+        log.error("the bridge's delivery task failed: %r; restarting it", error)
         for lane in self.lanes.values():
             if lane.pending and lane.owner is None and not lane.queued:
                 lane.queued = True

@@ -271,6 +271,52 @@ def test_stop_in_a_new_loop_after_the_first_one_ended_is_a_quiet_no_op(host, sim
     assert [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)] == []
 
 
+@pytest.mark.parametrize(("host", "exit_with", "kind"), [
+    ("asyncio", SystemExit, "def"), ("asyncio", KeyboardInterrupt, "def"), ("asyncio", SystemExit, "async def"),
+    ("asyncio", KeyboardInterrupt, "async def")])
+def test_a_handler_that_exits_the_program_stops_the_stream_like_a_host_shutdown(host, exit_with, kind, simulator,
+                                                                                caplog):
+    """``sys.exit()`` or ``KeyboardInterrupt`` from the handler is the program ending, not a
+    bridge bug: it comes out of the host as asyncio lets it; the stream stops as when the
+    loop ends, counts no handler error, restarts no delivery task and leaves none pending.
+    (Not under trio_asyncio.run(): there any asyncio task's SystemExit stops trio-asyncio's
+    loop for good and the program hangs, with or without a stream.)"""
+    sim = simulator(rate=0)
+    caplog.set_level(logging.INFO)
+    fds_before = open_fds()
+    streams: list[BybitHybridStream] = []
+
+    def fatal(name: str, data: dict) -> None:
+        if name == "position.update":
+            raise exit_with(3) if exit_with is SystemExit else exit_with()
+
+    async def afatal(name: str, data: dict) -> None:
+        await asyncio.sleep(0)  # in the call's own task by now
+        fatal(name, data)
+
+    async def main() -> None:
+        await open_linear_positions(sim, ["BTCUSDT"])  # the start-up snapshot calls the handler
+        stream = BybitHybridStream(sim.api_key, sim.api_secret, fatal if kind == "def" else afatal,
+                                   **sim.stream_kwargs())
+        streams.append(stream)
+        await stream.start()
+        await asyncio.Event().wait()  # the handler's exit ends this
+
+    exited = False
+    try:
+        run_on(host, main)
+    except exit_with:
+        exited = True
+    gc.collect()  # a task left pending would be reported ("destroyed but it is pending") here
+    stream = streams[0]
+    assert exited and stream.state == "stopped" and stream.handler_errors == 0
+    messages = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert messages == [], messages
+    assert open_fds() == fds_before
+    with pytest.raises(RuntimeError):
+        trio.lowlevel.current_trio_token()  # no trio run lingers on this thread
+
+
 def test_asyncio_run_after_trio_asyncio_import_uses_the_trio_asyncio_host(simulator):
     """Importing trio_asyncio makes plain asyncio.run() build its sync loop; that is a trio-asyncio host."""
     import trio_asyncio  # noqa: F401 - the import is the point
