@@ -1,12 +1,13 @@
 """``async for event in stream.events()``: an asyncio-side iterator beside the handler.
 
-Each :class:`Feed` gets every event the trio side hands over, in order, independent of the
-handler (a slow handler does not hold it up, nor it the handler). Its buffer follows the
-lanes' plan: per position, a price-only update waiting behind no newer lifecycle event is
-replaced by a newer one (latest price wins); lifecycle events are never dropped, and the
-trio side stops taking batches while a feed holds ``capacity`` of them (see
-:meth:`~.lanes.Dispatcher.room`). It ends when the stream does: drained and
-``StopAsyncIteration`` after ``stop()``, the error after a failure.
+Each :class:`Feed` gets every event the trio side hands over, in order, beside the
+handler's lanes. Its buffer follows the lanes' plan: per position, a price-only update
+waiting behind no newer lifecycle event is replaced by a newer one (latest price wins);
+lifecycle events are never dropped. Backpressure is shared: the trio side stops taking
+batches while the lanes or any one feed hold ``capacity`` lifecycle events (see
+:meth:`~.lanes.Dispatcher.room`), so a feed nobody reads holds back the handler and the
+other feeds too (bounded memory); ``health()`` names it. It ends when the stream does:
+drained and ``StopAsyncIteration`` after ``stop()``, the error after a failure.
 """
 
 from __future__ import annotations

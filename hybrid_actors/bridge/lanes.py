@@ -130,6 +130,8 @@ class Dispatcher:
     lifecycle_pending: int = 0
     producer_waiting: bool = False
     closed: bool = False
+    #: no more batches will come (the trio side ended by itself): deliver what is queued, then end
+    finishing: bool = False
     #: the current delivery task, and the tasks that own a lane
     task: asyncio.Task[None] | None = None
     owners: set[asyncio.Task[None]] = attrs.Factory(set)
@@ -152,8 +154,11 @@ class Dispatcher:
         Cancelled from outside (``asyncio.run()`` ending, or the bot cancelling every task):
         the host is shutting down; the dispatcher closes and the stream is told to stop;
         nothing is blamed on the handler and no task is left behind. (A handler that cancels
-        the delivery task it runs in is caught in :meth:`_deliver`.) Failed (a bug): the
-        lanes left waiting are queued again and a new delivery task takes over."""
+        the delivery task it runs in is caught in :meth:`_deliver`.) Ended by a handler's
+        ``KeyboardInterrupt`` or ``SystemExit`` (``sys.exit()``): the same; asyncio has
+        already passed it on out of the loop, as it does for any task, and the program is
+        ending. Failed (a bug): the lanes left waiting are queued again and a new delivery
+        task takes over."""
         if self.closed or (not task.cancelled() and task.exception() is None):
             return  # stopped, or handed the lanes on to a successor (see ``_deliver``)
         if task.cancelled():
@@ -162,8 +167,14 @@ class Dispatcher:
             self.close_now()
             self.on_host_shutdown()
             return
+        error = task.exception()
+        if not isinstance(error, Exception):  # KeyboardInterrupt, SystemExit: the program's, not a bug of ours
+            log.info("an event handler raised %r; the stream stops (asyncio passes it on to the program)", error)
+            self.close_now()
+            self.on_host_shutdown()
+            return
         self.stats.handler_errors += 1
-        log.error("the bridge's delivery task failed: %r; restarting it", task.exception())
+        log.error("the bridge's delivery task failed: %r; restarting it", error)
         for lane in self.lanes.values():
             if lane.pending and lane.owner is None and not lane.queued:
                 lane.queued = True
@@ -176,6 +187,11 @@ class Dispatcher:
         for feed in self.feeds:
             pending = max(pending, feed.lifecycle)
         return self.capacity - pending
+
+    def feed_lifecycle(self) -> int:
+        """The most lifecycle events one ``events()`` iterator holds (it counts in :meth:`room`
+        like the handler's lanes). Safe from any thread."""
+        return max((feed.lifecycle for feed in list(self.feeds)), default=0)  # copied: any thread
 
     def add_feed(self, feed: Feed) -> None:
         self.feeds.append(feed)
@@ -258,7 +274,7 @@ class Dispatcher:
         turn_ends = perf() + DELIVERY_SLICE_NS
         while True:
             if not ready:
-                if self.closed:
+                if self.closed or self.finishing:
                     return
                 self._wakeup = self.loop.create_future()
                 await self._pause(self._wakeup)
@@ -302,6 +318,8 @@ class Dispatcher:
                 self.ready.append(lane)
                 if self._wakeup is not None and not self._wakeup.done():
                     self._wakeup.set_result(None)
+                elif self.finishing and (self.task is None or self.task.done()):
+                    self.start()  # the delivery task has ended already; one more takes this lane
             else:
                 self._retire(lane)
 
@@ -320,12 +338,16 @@ class Dispatcher:
         if received is not None:  # from the frame's read (epoch ms): what a blocked loop delays
             stats.frame_delays.add((time.time_ns() // 1_000_000 - received) * 1_000_000)
         context = self.context.copy()
-        try:
+        try:  # apart from the first step's: a plain ``def`` handler's own StopIteration is its bug
             coro = context.run(self._invoke, event.event, data)
-            if coro is None:  # a plain ``def`` handler: it has run
-                return None
+        except (Exception, asyncio.CancelledError) as exc:  # noqa: BLE001 - (its own CancelledError too)
+            self._failed(event.event, data, exc)
+            return None
+        if coro is None:  # a plain ``def`` handler: it has run
+            return None
+        try:
             yielded = context.run(coro.send, None)
-        except StopIteration:
+        except StopIteration:  # the coroutine finished without waiting
             return None
         except (Exception, asyncio.CancelledError) as exc:  # noqa: BLE001 - (its own CancelledError too)
             self._failed(event.event, data, exc)
@@ -379,6 +401,14 @@ class Dispatcher:
             self._suppressed += 1
 
     # --- shutdown -------------------------------------------------------------------------------
+    def finish(self) -> None:
+        """No batch will come any more (the trio side has ended without ``stop()``: a failure,
+        the loop ending): deliver what is queued (the stream's last notices: its ``stream.state``
+        "failed"), then let the delivery task return. A lane's owner finishes its lane first."""
+        self.finishing = True
+        if self._wakeup is not None and not self._wakeup.done():
+            self._wakeup.set_result(None)
+
     def close_now(self) -> None:
         """Drop what has not been handed to the handler and let the delivery task return."""
         self.closed = True

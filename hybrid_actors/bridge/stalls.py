@@ -4,7 +4,9 @@ trio and asyncio share the loop's thread in both hosts, so synchronous bot code 
 long (a handler that sleeps, a heavy computation) stops the sockets being read too. The
 watch keeps one timer armed on the loop every ``interval`` seconds; when it fires later
 than ``threshold`` past its time the thread was blocked that long: a *stall*, counted,
-logged and shown by ``health()``. While the thread is blocked, another thread reading
+logged, shown by ``health()`` and reported to ``on_stall`` (the stream wakes its alert
+actor with it, so ``loop_stalled`` fires even while no event comes). While the thread is
+blocked, another thread reading
 :meth:`LoopWatch.blocked_for` sees the timer overdue, so an exporter calling ``health()``
 from its own thread sees the block as it happens.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any, Final
 
 import attrs
@@ -34,6 +37,8 @@ RECENT: Final = 60.0
 class LoopWatch:
     loop: asyncio.AbstractEventLoop
     threshold: float = DEFAULT_STALL_THRESHOLD
+    #: called on the loop's thread after each stall is counted
+    on_stall: Callable[[], None] = lambda: None
     stalls: int = 0
     max_stall: float = 0.0
     last_stall: float | None = None
@@ -72,6 +77,7 @@ class LoopWatch:
         self.stalls += 1
         self.max_stall = max(self.max_stall, seconds)
         self.last_stall, self.last_stall_end = seconds, now
+        self.on_stall()
         if now - self._logged_at < _LOG_EVERY:
             self._unlogged += 1
             return

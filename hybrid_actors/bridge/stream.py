@@ -22,6 +22,7 @@ import attrs
 import trio
 
 from .. import __version__
+from ..actors.hub import Hub
 from ..actors.mailboxes import StreamClosed
 from ..config import Credentials, Endpoints, StreamConfig, mask_key
 from ..errors import ConfigError, HybridActorsError, StartTimeout
@@ -220,7 +221,7 @@ class BybitHybridStream:
         self._dispatcher = Dispatcher(loop, self._handler, self._config.event_buffer, self._wake_pump, self._stats,
                                       self._context, on_host_shutdown=self._host_shutting_down, records=self._records)
         self._dispatcher.start()
-        self._watch = LoopWatch(loop, self._stall_threshold)
+        self._watch = LoopWatch(loop, self._stall_threshold, on_stall=self._wake_alerts)
         self._watch.start()
         self._host_task = loop.create_task(self._host_main(), name=f"hybrid_actors bridge host ({self._host})")
         try:
@@ -235,14 +236,22 @@ class BybitHybridStream:
     async def stop(self) -> None:
         """Stop the stream: close its sockets, end our trio tasks (and the guest run if this
         was its last stream), drop undelivered events and let handler calls in progress
-        finish within ``stop_timeout``. Idempotent; safe to call from a handler."""
+        finish within ``stop_timeout``. Idempotent; safe to call from a handler.
+
+        Once the stream's loop is gone (``asyncio.run(main())`` ended without ``stop()``, and
+        the bot's shutdown path calls ``stop()`` in a new loop) the stream is stopped already:
+        ``stop()`` then only ends what is left on this side and returns, from any loop."""
         if self._state == "new":
             self._state = "stopped"
             return
-        if self._loop is None:
+        loop = self._loop
+        if loop is None:
+            return
+        if loop is not asyncio.get_running_loop():
+            self._stop_after_loop(loop)
             return
         if self._stopping is None:
-            self._stopping = self._loop.create_task(self._stop(), name="hybrid_actors bridge stop")
+            self._stopping = loop.create_task(self._stop(), name="hybrid_actors bridge stop")
         caller = asyncio.current_task()
         if caller is not None:
             self._stop_waiters.add(caller)
@@ -251,6 +260,19 @@ class BybitHybridStream:
         finally:
             if caller is not None:
                 self._stop_waiters.discard(caller)
+
+    def _stop_after_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """``stop()`` from another loop: fine once the stream's own loop has ended it (nothing
+        is left to await there), an error while the trio side may still run on that loop."""
+        busy = [task for task in (self._host_task, self._stopping) if task is not None and not task.done()]
+        if busy and not loop.is_closed():
+            raise RuntimeError(f"stop() must be awaited on the loop the stream was started on ({loop!r}): the "
+                               "stream is still running there")
+        self._stop_requested = True
+        if self._dispatcher is not None and not self._dispatcher.closed:
+            self._dispatcher.close_now()
+        self._end_side_things()
+        self._state = "stopped"
 
     async def _stop(self) -> None:
         self._request_trio_stop()
@@ -296,8 +318,10 @@ class BybitHybridStream:
         the handler (which may be None): dicts carrying ``"event"`` like the handler's
         ``data``, or the frozen records with ``records=True`` (default: the stream's
         ``records``). Ends when the stream stops; raises the error when it fails. Price-only
-        updates of one position conflate while you are behind; lifecycle events never drop
-        (the stream holds back beyond ``event_buffer`` of them)."""
+        updates of one position conflate while you are behind; lifecycle events never drop:
+        beyond ``event_buffer`` of them waiting here the stream holds back new events, for the
+        handler and the other iterators too, so close an iterator you stop reading
+        (``aclose()``, or ``contextlib.aclosing``)."""
         if self._state not in ("starting", "running") or self._loop is None or self._dispatcher is None:
             raise RuntimeError(f"events() needs a started stream (it is {self._state})")
         dispatcher = self._dispatcher
@@ -325,7 +349,9 @@ class BybitHybridStream:
     def health(self) -> HealthReport:
         """The stream's :class:`HealthReport`; ``events`` also holds the bridge's counters
         (``handler_calls``, ``handler_errors``, ``bridge_conflated``, ``bridge_queued``,
-        ``delivery_delay`` (frame read to handler call), ``bridge_delay``, ``wake_delay``)
+        ``bridge_lifecycle_queued`` (waiting for the handler), ``bridge_iterator_lifecycle_queued``
+        (the most any ``events()`` iterator holds), ``delivery_delay`` (frame read to handler
+        call), ``bridge_delay``, ``wake_delay``)
         and the loop's stalls (``loop_stalls``, ``loop_stall_max_ms``, ``loop_blocked_ms``...).
 
         Safe from any thread (a metrics exporter's, say): it reads the trio run's clock
@@ -350,6 +376,7 @@ class BybitHybridStream:
                   "bridge_conflated": stats.conflated, "bridge_batches": stats.batches,
                   "bridge_queued": dispatcher.queued() if dispatcher is not None else 0,
                   "bridge_lifecycle_queued": dispatcher.lifecycle_pending if dispatcher is not None else 0,
+                  "bridge_iterator_lifecycle_queued": dispatcher.feed_lifecycle() if dispatcher is not None else 0,
                   "delivery_delay": stats.frame_delays.summary(), "bridge_delay": stats.delays.summary(),
                   "wake_delay": stats.wake_delays.summary()}
         status, problems = report.status, report.problems
@@ -362,8 +389,15 @@ class BybitHybridStream:
                                        "it, so the stream's sockets are not being read")
                 status = "degraded" if status == "ok" else status
         if dispatcher is not None and not dispatcher.closed and dispatcher.room() <= 0:
-            problems = (*problems, f"the event handler is behind: {dispatcher.lifecycle_pending} lifecycle events "
-                                   "wait for it and the stream is holding back new ones")
+            # room() counts the handler's lanes and every events() iterator: name whichever is full
+            handler, iterator, capacity = dispatcher.lifecycle_pending, dispatcher.feed_lifecycle(), dispatcher.capacity
+            if handler >= capacity:
+                problems = (*problems, f"the event handler is behind: {handler} lifecycle events wait for it and "
+                                       "the stream is holding back new ones")
+            if iterator >= capacity:
+                problems = (*problems, f"an events() iterator is behind: {iterator} lifecycle events wait for it "
+                                       "and the stream is holding back new ones, for the handler too (close "
+                                       "iterators you stop reading)")
             status = "degraded" if status == "ok" else status
         return attrs.evolve(report, status=status, events=events, problems=problems)
 
@@ -417,8 +451,11 @@ class BybitHybridStream:
         elif self._stopping is None:
             self._state = "stopped"  # the loop is ending without stop(): the trio side is down all the same
         self._closed.set()
-        if self._stopping is None and self._dispatcher is not None and self._handler is None:
-            self._dispatcher.close_now()  # nothing to deliver to: the delivery task may go
+        if self._stopping is None:  # it ended by itself: nothing must wait for a stop() that may never come
+            if self._dispatcher is not None:
+                self._dispatcher.finish()  # the last events (the "failed" notice) still reach the handler
+            if self._watch is not None:
+                self._watch.stop()
         for feed in list(self._feeds):
             feed.close(self._error)
         if cancelled:
@@ -456,6 +493,14 @@ class BybitHybridStream:
         if token is not None and scope is not None:
             with suppress(trio.RunFinishedError):
                 token.run_sync_soon(scope.cancel)
+
+    def _wake_alerts(self) -> None:
+        """A stall was counted: the alert actor evaluates ``loop_stalled`` now. It otherwise
+        wakes only for events and socket changes, so a quiet stream would not fire it."""
+        stream, token = self._stream, self._token
+        if stream is not None and token is not None:
+            with suppress(trio.RunFinishedError):
+                token.run_sync_soon(_wake_alert_actor, stream.hub)
 
     def _wake_pump(self) -> None:
         room, token = self._room, self._token
@@ -517,6 +562,10 @@ class BybitHybridStream:
                 accept(batch, perf())
         except StreamClosed:
             return
+
+
+def _wake_alert_actor(hub: Hub) -> None:
+    hub.alert_watch.set()  # read here, in trio: the alert actor replaces the event after each evaluation
 
 
 def _check_seconds(name: str, value: object, *, optional: bool) -> None:

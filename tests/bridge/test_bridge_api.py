@@ -18,6 +18,7 @@ import pytest
 from bridge_support import (ALL_HOSTS, HOSTS, Recorder, control, open_linear_positions, run_on, set_marks, simulator,
                             wait_subscribed, wait_until)
 from hybrid_actors import BybitHybridStream, Endpoints, HealthReport, PositionClosed, PositionUpdate
+from hybrid_actors.config import AlertPolicy
 
 pytestmark = pytest.mark.system
 __all__ = ["simulator"]  # the fixture, imported
@@ -199,6 +200,36 @@ def test_a_handler_that_blocks_the_loop_shows_as_a_stall(host, simulator, caplog
     assert any("loop's thread was blocked for" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.parametrize("host", HOSTS)
+def test_a_stall_on_a_quiet_stream_fires_loop_stalled_once_the_loop_runs_again(host, simulator):
+    """No position, no price: nothing but the stall itself can wake the alert actor. The
+    bot's own code (not the handler) blocks the loop; ``loop_stalled`` must still fire
+    right after, not wait for the next event, which may be minutes away."""
+    sim = simulator(rate=0)
+
+    async def main() -> None:
+        notices: list[dict[str, Any]] = []
+
+        def handler(name: str, data: dict[str, Any]) -> None:
+            notices.append(data)
+
+        # evaluated at most every 0.1 s: the start-up's wakeups are over quickly
+        async with BybitHybridStream(sim.api_key, sim.api_secret, handler, stall_threshold=STALL_THRESHOLD,
+                                     alerts=AlertPolicy(interval=0.1), **sim.stream_kwargs()) as stream:
+            await wait_until(lambda: any(d.get("state") == "live" for d in notices), what="the live notice")
+            await asyncio.sleep(0.3)  # (real time: the alert actor's trio clock is the real one too)
+            quiet = len(notices)
+            time.sleep(BLOCK)  # a real block (see above), by a bot task: a sync DB call, say
+            await wait_until(lambda: stream.health().events["loop_stalls"] == 1, timeout=1, what="the stall")
+            await wait_until(lambda: any(d["event"] == "stream.alert" and d["name"] == "loop_stalled"
+                                         and d["state"] == "firing" for d in notices), timeout=1,
+                             what="the loop_stalled alert")
+            assert [d["event"] for d in notices[quiet:]] == ["stream.alert"]  # it was quiet: nothing else came
+            assert any(a["name"] == "loop_stalled" for a in stream.health().alerts)
+
+    run_on(host, main)
+
+
 @pytest.mark.parametrize("host", ALL_HOSTS)
 def test_async_for_over_events_beside_a_handler_and_as_records(host, simulator):
     sim = simulator(rate=0)
@@ -246,6 +277,59 @@ def test_async_for_over_events_beside_a_handler_and_as_records(host, simulator):
         assert [(d["symbol"], d["size"], d["mark_price"], d["source"]) for d in dicts] == [
             (d["symbol"], d["size"], d["mark_price"], d["source"]) for _, d in seen.events[-len(dicts):]]
         assert any(d["symbol"] == "BTCUSDT" and d["mark_price"] == Decimal(4100) for d in dicts)
+
+    run_on(host, main)
+
+
+@pytest.mark.parametrize("host", HOSTS)
+def test_a_stuck_events_iterator_holds_back_the_handler_and_health_names_the_iterator(host, simulator):
+    """Backpressure is shared: an ``events()`` iterator nobody reads any more holds back new
+    events for the (fast) handler too, once ``event_buffer`` lifecycle events wait for it.
+    health() must blame the iterator, not the handler; closing the iterator lets everything
+    through, every lifecycle event in order."""
+    sim = simulator(rate=0)
+
+    async def main() -> None:
+        sizes: list[Decimal] = []
+
+        def handler(name: str, data: dict[str, Any]) -> None:
+            if name.startswith("position.") and data["symbol"] == "BTCUSDT":
+                sizes.append(data["size"])
+
+        stream = BybitHybridStream(sim.api_key, sim.api_secret, handler, event_buffer=4, **sim.stream_kwargs())
+        await stream.start()
+        try:
+            feed = stream.events()
+            release = asyncio.Event()
+
+            async def audit() -> None:  # reads one event, then waits for something else forever
+                async for _ in feed:
+                    await release.wait()
+
+            reader = asyncio.create_task(audit())
+            await control(sim, "open_position", symbol="BTCUSDT", side="Buy", size="1")
+            for size in range(2, 10):
+                await control(sim, "modify_position", symbol="BTCUSDT", size=str(size))
+
+            def iterator_blamed() -> HealthReport | None:
+                report = stream.health()
+                return report if any("an events() iterator is behind" in p for p in report.problems) else None
+
+            report = await wait_until(iterator_blamed, timeout=3, what="health() to name the iterator")
+            assert report.status == "degraded"
+            assert not any("event handler is behind" in p for p in report.problems), report.problems
+            assert report.events["bridge_iterator_lifecycle_queued"] == 4
+            assert report.events["bridge_lifecycle_queued"] == 0  # the handler has nothing waiting
+            assert Decimal(9) not in sizes  # held back for the handler too
+            reader.cancel()
+            await asyncio.wait([reader])
+            await feed.aclose()  # the bot's fix: close the iterator it stopped reading
+            await wait_until(lambda: sizes and sizes[-1] == Decimal(9), timeout=3, what="the last size")
+            changes = [s for i, s in enumerate(sizes) if i == 0 or s != sizes[i - 1]]  # (prices repeat a size)
+            assert changes == [Decimal(n) for n in range(1, 10)]  # no size change lost, in order
+            assert not any("behind" in p for p in stream.health().problems)
+        finally:
+            await stream.stop()
 
     run_on(host, main)
 

@@ -146,6 +146,37 @@ def test_a_raising_handler_is_logged_counted_and_the_stream_goes_on(host, simula
 
 
 @pytest.mark.parametrize("host", HOSTS)
+def test_a_plain_def_handler_raising_stopiteration_is_logged_and_counted(host, simulator, caplog):
+    """``next()`` on an exhausted iterator in a plain ``def`` handler is a bug like any other,
+    not a coroutine finishing: it must not vanish unlogged and uncounted."""
+    sim = simulator(rate=0)
+    caplog.set_level(logging.ERROR, logger="hybrid_actors.bridge")
+
+    async def main() -> int:
+        await open_linear_positions(sim, ["BTCUSDT", "ETHUSDT"])
+        good = Recorder()
+        raised = 0
+
+        def handler(name: str, data: dict[str, Any]) -> None:
+            nonlocal raised
+            if name == "position.update" and data["symbol"] == "BTCUSDT":
+                raised += 1
+                next(iter(()))  # no matching order: StopIteration
+            good.record(name, data)
+
+        async with BybitHybridStream(sim.api_key, sim.api_secret, handler, **sim.stream_kwargs()) as stream:
+            await good.wait_for(lambda n, d: d["symbol"] == "ETHUSDT")
+            await wait_until(lambda: raised >= 1, what="the BTCUSDT call")
+            assert stream.handler_errors == raised and stream.health().events["handler_errors"] == raised
+        return raised
+
+    raised = run_on(host, main)
+    failures = [r for r in caplog.records if "event handler raised" in r.getMessage()]
+    assert len(failures) == raised and all(r.exc_info[0] is StopIteration for r in failures)
+    assert all("BTCUSDT" in r.getMessage() for r in failures)
+
+
+@pytest.mark.parametrize("host", HOSTS)
 def test_a_slow_handler_sees_conflated_prices_but_every_lifecycle_event_in_order(host, simulator):
     """BTCUSDT's handler is stuck while its prices and lifecycle events pile up; ETHUSDT's
     prices keep arriving meanwhile. The lanes fill up (event_buffer=2) and the stream holds

@@ -1,14 +1,18 @@
 """BybitHybridStream's life cycle under both hosts, against the simulator on loopback:
 start() returns with positions known; stop() is idempotent and leaves no task, trio task,
 socket or busy thread (``async with``: see test_bridge_delivery); bad keys; an unreachable exchange; a stream that
-dies after start; a loop that ends without stop()."""
+dies after start (stopped, or never stopped); a loop that ends without stop(), and stop()
+from a later loop."""
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import socket
+import time
 import traceback
+import warnings
 from decimal import Decimal
 
 import pytest
@@ -131,6 +135,54 @@ def test_a_stream_that_dies_after_start_reports_why(host, simulator):
 
 
 @pytest.mark.parametrize("host", HOSTS)
+def test_a_failed_stream_never_stopped_delivers_its_last_notice_and_leaves_nothing_running(host, simulator, caplog):
+    """The documented supervision: ``await wait_closed()`` raises the error, the bot builds a
+    new stream and never calls stop() on the failed one. Its "failed" notice still reaches
+    the handler and the iterator; then its delivery task ends and its stall watch is off (a
+    blocked loop is no longer counted nor logged by it)."""
+    sim = simulator(rate=20)
+    caplog.set_level(logging.WARNING, logger="hybrid_actors.bridge")
+    threshold, block = 0.1, 0.25  # the watch's timer would fire 0.2 s or more late
+
+    async def main() -> None:
+        await open_linear_positions(sim, ["BTCUSDT"])
+        before = Leftovers.take()
+        handler = Recorder()
+        stream = BybitHybridStream(sim.api_key, sim.api_secret, handler, stall_threshold=threshold,
+                                   **sim.stream_kwargs())
+        await stream.start()
+        seen: list[dict] = []
+
+        async def read() -> None:
+            async for event in stream.events():
+                seen.append(event)
+
+        reader = asyncio.create_task(read())
+        await asyncio.sleep(0)  # the iterator is waiting
+        await control(sim, "fail_auth", count=None)  # the key is revoked...
+        await control(sim, "drop_private")  # ...and the reconnect's auth fails: fatal
+        with pytest.raises(AuthRejected):
+            await asyncio.wait_for(stream.wait_closed(), 10)
+        with pytest.raises(AuthRejected):
+            await asyncio.wait_for(reader, 10)
+        assert (await handler.wait_for_state("failed", timeout=2))["reason"].startswith("AuthRejected")
+        assert seen[-1]["event"] == "stream.state" and seen[-1]["state"] == "failed"
+        await wait_until(lambda: Leftovers.take().tasks == before.tasks, timeout=2,
+                         what="the failed stream's delivery task to end")
+        stalls = stream.health().events["loop_stalls"]
+        # a real block: the watch measures the loop's own timer on the monotonic clock
+        time.sleep(block)
+        await asyncio.sleep(threshold)  # an armed timer fires (and counts the stall) meanwhile
+        assert stream.health().events["loop_stalls"] == stalls
+        assert stream.state == "failed"
+        forget_captured_log_records()
+        await assert_nothing_left(before, host, collect_garbage=True)
+
+    run_on(host, main)
+    assert not any("loop's thread was blocked" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("host", HOSTS)
 def test_stop_from_inside_the_handler(host, simulator):
     sim = simulator(rate=20)
 
@@ -182,6 +234,87 @@ def test_a_loop_that_ends_without_stop_still_shuts_trio_down(host, simulator):
             await asyncio.sleep(0.01)  # the simulator's state, polled over its control channel
 
     run_on("asyncio", sim_sees_no_connection, timeout=10)
+
+
+@pytest.mark.parametrize("host", HOSTS)
+def test_stop_in_a_new_loop_after_the_first_one_ended_is_a_quiet_no_op(host, simulator):
+    """The usual shutdown path: ``try: asyncio.run(main()) except ...: asyncio.run(bot.shutdown())``.
+    The first loop ended without stop() (the stream is stopped already); stop() from the
+    second loop returns at once, idempotently, and leaves no never-awaited coroutine."""
+    sim = simulator(rate=20)
+    streams: list[BybitHybridStream] = []
+
+    async def main() -> None:
+        stream = BybitHybridStream(sim.api_key, sim.api_secret, lambda name, data: None, **sim.stream_kwargs())
+        streams.append(stream)
+        await stream.start()
+        raise LookupError("the bot's main ends with an error")
+
+    ended = False
+    try:
+        run_on(host, main)
+    except* LookupError:  # trio_asyncio.run() reports it in an exception group
+        ended = True
+    stream = streams[0]
+    assert ended
+    assert stream.state == "stopped"
+
+    async def shutdown() -> None:
+        await stream.stop()
+        await stream.stop()
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run_on(host, shutdown)
+        gc.collect()  # a coroutine created and dropped would warn "never awaited" here
+    assert stream.state == "stopped" and stream.error is None
+    assert [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)] == []
+
+
+@pytest.mark.parametrize(("host", "exit_with", "kind"), [
+    ("asyncio", SystemExit, "def"), ("asyncio", KeyboardInterrupt, "def"), ("asyncio", SystemExit, "async def"),
+    ("asyncio", KeyboardInterrupt, "async def")])
+def test_a_handler_that_exits_the_program_stops_the_stream_like_a_host_shutdown(host, exit_with, kind, simulator,
+                                                                                caplog):
+    """``sys.exit()`` or ``KeyboardInterrupt`` from the handler is the program ending, not a
+    bridge bug: it comes out of the host as asyncio lets it; the stream stops as when the
+    loop ends, counts no handler error, restarts no delivery task and leaves none pending.
+    (Not under trio_asyncio.run(): there any asyncio task's SystemExit stops trio-asyncio's
+    loop for good and the program hangs, with or without a stream.)"""
+    sim = simulator(rate=0)
+    caplog.set_level(logging.INFO)
+    fds_before = open_fds()
+    streams: list[BybitHybridStream] = []
+
+    def fatal(name: str, data: dict) -> None:
+        if name == "position.update":
+            raise exit_with(3) if exit_with is SystemExit else exit_with()
+
+    async def afatal(name: str, data: dict) -> None:
+        await asyncio.sleep(0)  # in the call's own task by now
+        fatal(name, data)
+
+    async def main() -> None:
+        await open_linear_positions(sim, ["BTCUSDT"])  # the start-up snapshot calls the handler
+        stream = BybitHybridStream(sim.api_key, sim.api_secret, fatal if kind == "def" else afatal,
+                                   **sim.stream_kwargs())
+        streams.append(stream)
+        await stream.start()
+        await asyncio.Event().wait()  # the handler's exit ends this
+
+    exited = False
+    try:
+        run_on(host, main)
+    except exit_with:
+        exited = True
+    gc.collect()  # a task left pending would be reported ("destroyed but it is pending") here
+    stream = streams[0]
+    assert exited and stream.state == "stopped" and stream.handler_errors == 0
+    messages = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert messages == [], messages
+    assert open_fds() == fds_before
+    with pytest.raises(RuntimeError):
+        trio.lowlevel.current_trio_token()  # no trio run lingers on this thread
 
 
 def test_asyncio_run_after_trio_asyncio_import_uses_the_trio_asyncio_host(simulator):
