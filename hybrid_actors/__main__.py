@@ -16,10 +16,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import nullcontext
 from functools import partial
+from typing import Any
 
 import trio
 
@@ -35,6 +37,33 @@ __all__ = ["main", "build_parser"]
 log = logging.getLogger("hybrid_actors")
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_AUTH, EXIT_START_TIMEOUT, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
+#: 128 + SIGTERM, as a shell reports a process the signal ended
+EXIT_TERMINATED = 143
+
+
+class _Terminated(Exception):
+    """SIGTERM (``kill``, ``docker stop``, systemd) asked the run to end."""
+
+
+async def _terminable(async_fn: Callable[..., Awaitable[None]], *args: Any) -> None:
+    """Run ``async_fn(*args)``; SIGTERM cancels it like the end of ``--seconds`` (the last
+    batch is written whole, stdout and the terminal are left as found) and then raises
+    :class:`_Terminated`. Without this the signal killed the process mid-write."""
+    terminated = False
+    with trio.open_signal_receiver(signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            async def watch() -> None:
+                nonlocal terminated
+                async for _ in signals:
+                    terminated = True
+                    nursery.cancel_scope.cancel()
+                    return
+
+            nursery.start_soon(watch)
+            await async_fn(*args)
+            nursery.cancel_scope.cancel()
+    if terminated:
+        raise _Terminated()
 #: what each exit code means (also in --help and the README)
 EXIT_CODES = {EXIT_OK: "done (--seconds elapsed after start-up, or the reader of stdout went away)",
               EXIT_ERROR: "the stream ended: crash loop or unexpected error",
@@ -205,17 +234,17 @@ def _run_unwrapped(args: argparse.Namespace, output: str) -> None:
             except ConfigError as exc:
                 args.subparser.error(str(exc))  # a bad flag: say so with the command's usage
             config = _config_from(args, _credentials_from_env(), endpoints)
-            trio.run(_run, config, output, args.seconds, args.start_timeout)
+            trio.run(_terminable, _run, config, output, args.seconds, args.start_timeout)
         elif args.command == "dashboard":
             from .dashboard import default_rows, run_dashboard
 
             rows = args.rows if args.rows is not None else default_rows()
-            trio.run(partial(run_dashboard, args.url, refresh=args.refresh, max_rows=rows, sort=args.sort,
-                             once=args.once))
+            trio.run(_terminable, partial(run_dashboard, args.url, refresh=args.refresh, max_rows=rows,
+                                          sort=args.sort, once=args.once))
         else:
             from .demo import run_demo
 
-            trio.run(run_demo, args, output)
+            trio.run(_terminable, run_demo, args, output)
     except BaseExceptionGroup as group:
         leaves = _leaves(group)
         if len(leaves) == 1:
@@ -241,6 +270,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("hybrid_actors: warning: 'run --demo' is deprecated; use 'run --demo-trading' (Bybit demo trading). "
               "The keyless simulator demo is the 'demo' command.", file=sys.stderr)
         args.demo_trading = True
+    if sys.stdout is None:  # started with stdout closed (`>&-`): nowhere to write the events
+        print("hybrid_actors: stdout is closed; give the events somewhere to go (a file, a pipe, "
+              "/dev/null)", file=sys.stderr)
+        return EXIT_USAGE
     _configure_logging(args.log_level)
     output = getattr(args, "output", None) or ("table" if sys.stdout.isatty() else "jsonl")
     try:
@@ -252,6 +285,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("hybrid_actors: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except _Terminated:
+        print("hybrid_actors: terminated (SIGTERM)", file=sys.stderr)
+        return EXIT_TERMINATED
     except BrokenPipeError:  # the reader of our stdout went away (e.g. `| head`)
         # Point stdout at /dev/null so the interpreter's final flush does not complain.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

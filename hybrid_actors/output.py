@@ -12,6 +12,7 @@ and falls back to plain text when stdout is not a terminal.
 from __future__ import annotations
 
 import os
+import select
 import stat
 import sys
 from collections.abc import AsyncIterator, Sequence
@@ -32,6 +33,8 @@ __all__ = ["JsonlWriter", "open_stdout", "position_table", "TableView", "consume
 TABLE_REFRESH = 0.5
 #: how long the JSON lines output may take to write the stream's last events after it failed
 FLUSH_TIMEOUT = 2.0
+#: bytes a pipe takes in one write all or nothing (POSIX: at least 512; 4,096 on Linux)
+PIPE_BUF = select.PIPE_BUF
 
 
 class ByteSink(Protocol):
@@ -50,6 +53,60 @@ class _BlockingFile:
             view = view[os.write(self._fd, view):]
 
 
+class _PollingSink:
+    """A pipe, terminal or socket written without blocking the actors: ``os.write`` on a
+    non-blocking descriptor, waiting for room when the reader lags.
+
+    The output must never end in half a JSON line, however the run ends (``--seconds``,
+    Ctrl-C, SIGTERM, a failure) while a slow reader keeps the pipe full. A batch (whole
+    lines) is written in chunks of whole lines of at most ``PIPE_BUF`` bytes, which a pipe
+    takes all or nothing: a cancel between chunks leaves whole lines. A chunk the
+    descriptor took in part (a terminal, a socket, a line longer than ``PIPE_BUF``) is
+    finished even when cancelled, shielded, within ``FLUSH_TIMEOUT``; if even that runs out
+    nothing more is written (``cut``): a later line glued to a fragment would be worse."""
+
+    def __init__(self, fd: int):
+        self._fd = fd
+        self.cut = False
+        self._left = memoryview(b"")  # what the chunk being written still has to put out
+
+    async def send_all(self, data: bytes) -> None:
+        if self.cut:
+            return
+        await trio.lowlevel.checkpoint_if_cancelled()
+        start, size, whole = 0, len(data), memoryview(data)
+        while start < size:
+            if size - start <= PIPE_BUF:
+                end = size
+            else:
+                end = data.rfind(b"\n", start, start + PIPE_BUF) + 1
+                if end <= start:  # one line longer than PIPE_BUF: up to its end, not atomic
+                    end = data.find(b"\n", start) + 1 or size
+            self._left = whole[start:end]
+            try:
+                await self._drain()
+            except trio.Cancelled:
+                if self._left and len(self._left) != end - start:  # part of a line is out: finish it
+                    with trio.move_on_after(FLUSH_TIMEOUT, shield=True):
+                        await self._drain()
+                    self.cut = bool(self._left)
+                raise
+            start = end
+        await trio.lowlevel.cancel_shielded_checkpoint()
+
+    async def _drain(self) -> None:
+        fd = self._fd
+        while self._left:
+            try:
+                written = os.write(fd, self._left)
+            except BlockingIOError:
+                await trio.lowlevel.wait_writable(fd)
+                continue
+            except (BrokenPipeError, ConnectionResetError) as exc:
+                raise trio.BrokenResourceError("the reader of our output went away") from exc
+            self._left = self._left[written:]
+
+
 @asynccontextmanager
 async def open_stdout() -> AsyncIterator[ByteSink]:
     """stdout as a byte sink: asynchronous on a pipe, socket or terminal; plain writes on a
@@ -62,13 +119,25 @@ async def open_stdout() -> AsyncIterator[ByteSink]:
         finally:
             os.close(fd)
         return
-    stream = trio.lowlevel.FdStream(fd)  # sets O_NONBLOCK on the shared open file
+    # A private open file description of the same pipe or terminal: O_NONBLOCK set on it
+    # leaves stderr alone when it shares stdout's (`2>&1 | consumer`, a terminal), where
+    # log lines would otherwise be lost to EAGAIN whenever the reader lags. A socket cannot
+    # be reopened: its shared description is made non-blocking, and restored after.
+    shared = False
     try:
-        yield stream
+        private = os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        private, shared = fd, True
+        os.set_blocking(fd, False)
+    else:
+        os.close(fd)
+    try:
+        yield _PollingSink(private)
     finally:
-        with suppress(OSError):
-            os.set_blocking(sys.stdout.fileno(), True)  # leave stdout as we found it
-        await stream.aclose()
+        if shared:
+            with suppress(OSError):
+                os.set_blocking(private, True)  # leave stdout as we found it
+        os.close(private)
 
 
 class JsonlWriter:

@@ -230,6 +230,94 @@ async def test_ctrl_c_exits_130():
     assert proc.returncode == 130
 
 
+async def test_sigterm_exits_143_after_the_last_whole_line():
+    # docker stop / systemd / kill: the run ends like --seconds (its last batch written whole,
+    # stdout left as found), not killed mid-write
+    async with trio.open_nursery() as nursery:
+        proc = await start_cli(nursery, "demo", "--output", "jsonl", "--log-level", "error", "--symbols", "200",
+                               "--positions", "150", "--rate", "20", env=cli_env(None, None))
+        reader = LineReader(proc.stdout)
+        with trio.fail_after(30):
+            assert await reader.readline()  # running
+            await trio.sleep(1)  # a busy stream: a batch is likely being written
+            proc.send_signal(signal.SIGTERM)
+            lines = await reader.lines()
+            await proc.wait()
+            errors = await proc.stderr.receive_some(65536)  # type: ignore[union-attr]
+    assert proc.returncode == 143
+    assert b"terminated (SIGTERM)" in errors
+    assert lines
+    for line in lines:  # a line cut in half would not parse
+        check_contract(line)
+
+
+def _demo_into_an_unread_pipe(seconds: str) -> tuple[int, bytes]:
+    """The demo, busy, writing into a pipe nobody reads until it has exited: the pipe is full
+    when --seconds ends it. Its exit code and everything it wrote."""
+    import os
+
+    read_end, write_end = os.pipe()
+    proc = subprocess.Popen([PYTHON, "-m", "hybrid_actors", "demo", "--symbols", "200", "--positions", "150",
+                             "--rate", "20", "--seconds", seconds, "--output", "jsonl", "--log-level", "critical"],
+                            stdout=write_end, stderr=subprocess.DEVNULL, env=cli_env(None, None))
+    os.close(write_end)
+    try:
+        code = proc.wait(timeout=60)
+        data = b""
+        while chunk := os.read(read_end, 1 << 16):
+            data += chunk
+    finally:
+        os.close(read_end)
+        proc.kill()
+    return code, data
+
+
+async def test_a_run_ending_while_its_reader_lags_leaves_only_whole_lines():
+    # the last batch's write was under way (the pipe full) when --seconds ended the run: it
+    # used to be cut in half, leaving a fragment a line-by-line consumer cannot parse
+    code, data = await trio.to_thread.run_sync(_demo_into_an_unread_pipe, "2")
+    assert code == 0
+    assert len(data) >= 65536 // 2  # the pipe did fill up
+    assert data.endswith(b"\n")
+    for line in data.splitlines():
+        check_contract(line)
+
+
+SHARED_STDERR = ("import os, sys, trio\n"
+                 "from hybrid_actors.output import open_stdout\n"
+                 "async def main():\n"
+                 "    async with open_stdout() as sink:\n"
+                 "        await sink.send_all(b'{}\\n')\n"
+                 "        sys.exit(0 if os.get_blocking(2) else 5)\n"
+                 "trio.run(main)\n")
+
+
+async def test_the_output_leaves_a_stderr_sharing_stdouts_pipe_blocking():
+    # `2>&1 | consumer`, or a terminal: stdout and stderr share one open file. Setting
+    # O_NONBLOCK on it made log lines vanish (EAGAIN) whenever the reader lagged.
+    import os
+
+    read_end, write_end = os.pipe()
+    try:
+        with trio.fail_after(30):
+            done = await trio.run_process([PYTHON, "-c", SHARED_STDERR], stdout=write_end, stderr=write_end,
+                                          check=False, env=cli_env(None, None))
+    finally:
+        os.close(write_end)
+        os.close(read_end)
+    assert done.returncode == 0
+
+
+async def test_a_closed_stdout_is_a_usage_error():
+    import os
+
+    with trio.fail_after(30):
+        done = await trio.run_process([PYTHON, "-m", "hybrid_actors", "demo", "--seconds", "1"],
+                                      preexec_fn=lambda: os.close(1), capture_stderr=True, check=False,
+                                      env=cli_env(None, None))
+    assert done.returncode == 2 and b"stdout is closed" in done.stderr
+
+
 CRASHING_PUBLIC_ACTOR = ("import sys\n"
                          "from hybrid_actors.actors import public_ws\n"
                          "async def crash(self, *, task_status=None):\n"
