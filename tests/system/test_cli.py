@@ -148,6 +148,25 @@ async def test_a_reader_that_goes_away_ends_the_run_quietly():
     assert proc.returncode == 0
 
 
+@pytest.mark.parametrize("command", [
+    ("demo", "--seconds", "20", "--output", "table"),
+    # no stream behind the port: the dashboard draws its "retrying" line every refresh
+    ("dashboard", "--url", "http://127.0.0.1:{port}", "--refresh", "0.2"),
+], ids=["demo-table", "dashboard"])
+async def test_a_reader_that_goes_away_from_the_table_ends_the_run_quietly_too(command):
+    """`--output table | head -1` exits 0 like jsonl (rich alone would exit 1)."""
+    args = [arg.format(port=free_port()) for arg in command]
+    async with trio.open_nursery() as nursery:
+        proc = await start_cli(nursery, *args, "--log-level", "ERROR", env=cli_env(None, None))
+        reader = LineReader(proc.stdout)
+        with trio.fail_after(30):
+            assert await reader.readline()
+            await proc.stdout.aclose()  # like `| head -1`
+            await proc.wait()
+            err = await proc.stderr.receive_some(1 << 16)
+    assert proc.returncode == 0, err.decode()[-2000:]
+
+
 async def sim_control(sim: dict, method: str, **kwargs) -> None:
     import httpx
 
