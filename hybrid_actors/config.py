@@ -7,6 +7,7 @@ characters. ``attrs.asdict()`` would still include the secret: never log it.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any, Final, Literal
 from urllib.parse import urlsplit
@@ -111,6 +112,10 @@ class Endpoints:
             _check_url(rest_url, ("http", "https"), spell["rest_url"])
             base = attrs.evolve(base, rest_url=rest_url.rstrip("/"))
         return base
+
+
+#: a settle coin as Bybit spells it (``USDT``, ``USDC``)
+_SETTLE_COIN: Final = re.compile(r"[A-Z0-9]{1,20}")
 
 
 def _check_url(url: str, schemes: tuple[str, ...], flag: str) -> None:
@@ -313,6 +318,20 @@ class StreamConfig:
                                   f"{', '.join(POSITION_CATEGORIES)}")
         if len(set(value)) != len(value):
             raise ConfigError(f"category listed twice in {value!r}")
+
+    @linear_settle_coins.validator
+    def _check_settle_coins(self, _attribute: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
+        # an empty list or a lowercase coin would leave the REST snapshot without the linear
+        # positions: the stream would start "live" with none of them, silently
+        if "linear" in self.categories and not value:
+            raise ConfigError("linear_settle_coins must name at least one settle coin (e.g. 'USDT') "
+                              "when 'linear' is among the categories; GET /v5/position/list needs one, got ()")
+        for coin in value:
+            if not (isinstance(coin, str) and _SETTLE_COIN.fullmatch(coin)):
+                raise ConfigError(f"linear_settle_coins: {coin!r} is not a settle coin: uppercase letters and "
+                                  f"digits, such as 'USDT' or 'USDC' (got {value!r})")
+        if len(set(value)) != len(value):
+            raise ConfigError(f"linear_settle_coins: a settle coin is listed twice in {value!r}")
 
     @pong_timeout.validator
     def _check_pong_timeout(self, attribute: attrs.Attribute[Any], value: float | None) -> None:

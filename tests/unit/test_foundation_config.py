@@ -204,6 +204,28 @@ def test_categories_accept_any_iterable_and_a_single_name():
         StreamConfig(CREDS, categories=5)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(("coins", "message"), [
+    ((), r"linear_settle_coins must name at least one settle coin .* got \(\)"),
+    (("usdt",), r"linear_settle_coins: 'usdt' is not a settle coin"),
+    (("USDT", " USDC"), r"linear_settle_coins: ' USDC' is not a settle coin"),
+    (("US-DT",), r"'US-DT' is not a settle coin"),
+    (("",), r"'' is not a settle coin"),
+    (("USDT", "USDT"), r"linear_settle_coins: a settle coin is listed twice in \('USDT', 'USDT'\)"),
+])
+def test_bad_linear_settle_coins(coins, message):
+    """An empty or misspelt list left the REST snapshot without linear positions: the stream
+    started 'live' with none of them, silently."""
+    with pytest.raises(ConfigError, match=message):
+        StreamConfig(CREDS, linear_settle_coins=coins)
+
+
+def test_settle_coins_are_needed_only_when_linear_is_followed():
+    assert StreamConfig(CREDS, categories=("inverse",), linear_settle_coins=()).linear_settle_coins == ()
+    assert StreamConfig(CREDS, linear_settle_coins=["USDC", "USDT"]).linear_settle_coins == ("USDC", "USDT")
+    with pytest.raises(ConfigError, match="at least one settle coin"):
+        StreamConfig(CREDS, categories=("inverse", "linear"), linear_settle_coins=[])
+
+
 @pytest.mark.parametrize("name", ["heartbeat_interval", "reconcile_interval", "connect_timeout", "auth_timeout",
                                   "rest_timeout"])
 @pytest.mark.parametrize("value", [0, -1, -0.5, math.nan, math.inf, "20", None, True])
