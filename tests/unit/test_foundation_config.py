@@ -8,6 +8,7 @@ import math
 
 import attrs
 import pytest
+import trio
 
 from hybrid_actors import errors
 from hybrid_actors.config import (DEFAULT_READ_COALESCE, Credentials, Endpoints, RestartPolicy, StreamConfig, SubscriptionPolicy, mask_key,
@@ -289,3 +290,16 @@ def test_read_coalesce_is_a_bounded_window_in_seconds(bad):
     assert StreamConfig(credentials, read_coalesce=0).read_coalesce == 0  # off
     with pytest.raises(ConfigError, match="read_coalesce must be between 0 \\(off\\) and 0.05 seconds"):
         StreamConfig(credentials, read_coalesce=bad)
+
+
+@pytest.mark.parametrize("value", [-1, 0, math.nan, math.inf, -math.inf, "30", True])
+async def test_a_bad_start_timeout_is_a_config_error_before_anything_opens(value):
+    """Not trio's ValueError from move_on_after (nor a start-up that could never time out);
+    nothing is contacted: the endpoints are unroutable on purpose."""
+    from hybrid_actors.supervisor import open_hybrid_stream
+
+    config = StreamConfig(CREDS, endpoints=Endpoints.local("ws://127.0.0.1:1", "http://127.0.0.1:1"))
+    with trio.fail_after(5), pytest.raises(ConfigError, match=r"start_timeout must be a positive number of "
+                                                               r"seconds or None, got "):
+        async with open_hybrid_stream(config, start_timeout=value):
+            pytest.fail("the stream started")
