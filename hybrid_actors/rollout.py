@@ -29,7 +29,7 @@ from .errors import ConfigError
 
 __all__ = ["Mode", "MODES", "parse_mode", "RolloutPolicy", "routes_hybrid", "Comparator",
            "divergence_ratio", "stale_symbols", "TriggerInputs", "rollback_reason", "ReturnGate",
-           "MODE_ENV", "resolve_mode", "next_check", "quiet_since", "silent_for", "latest"]
+           "MODE_ENV", "MAX_AUTO_RETURN", "resolve_mode", "next_check", "quiet_since", "silent_for", "latest"]
 
 Mode = Literal["rest", "canary", "parallel", "production"]
 MODES: Final[tuple[str, ...]] = get_args(Mode)
@@ -37,6 +37,8 @@ MODES: Final[tuple[str, ...]] = get_args(Mode)
 MODE_ENV: Final = "HYBRID_MODE"
 #: an auto-return waits at most this many times ``auto_return`` however many rollbacks came before
 RETURN_WAIT_CAP: Final = 64
+#: the longest ``auto_return`` (a day): its doubled waits stay within ``RETURN_WAIT_CAP`` days
+MAX_AUTO_RETURN: Final = 86_400.0
 Source = Literal["hybrid", "rest"]
 
 
@@ -81,6 +83,12 @@ def _seconds(_inst: object, attribute: attrs.Attribute[_Field], value: float) ->
 def _optional_seconds(_inst: object, attribute: attrs.Attribute[_Field], value: float | None) -> None:
     if value is not None:
         _seconds(_inst, attribute, value)
+
+
+def _auto_return(_inst: object, attribute: attrs.Attribute[_Field], value: float | None) -> None:
+    if value is not None and not (_number(value) and 0 < value <= MAX_AUTO_RETURN):
+        raise ConfigError(f"{attribute.name} must be a positive number of seconds up to {MAX_AUTO_RETURN:g} "
+                          f"(a day), or None: off; got {value!r}")
 
 
 def _percent(_inst: object, attribute: attrs.Attribute[_Field], value: float) -> None:
@@ -129,7 +137,7 @@ class RolloutPolicy:
     #: a crash loop of a hybrid actor rolls back (instead of ending the stream)
     rollback_on_crash_loop: bool = attrs.field(default=True)
     #: return to hybrid after this many seconds of healthy hybrid (None: stay on REST)
-    auto_return: float | None = attrs.field(default=None, validator=_optional_seconds)
+    auto_return: float | None = attrs.field(default=None, validator=_auto_return)
     #: each rollback within ``return_memory`` seconds of another doubles the healthy time
     #: the next return needs (at most ``RETURN_WAIT_CAP`` times ``auto_return``)
     return_memory: float = attrs.field(default=3600.0, validator=_seconds)
