@@ -126,9 +126,10 @@ def _check_url(url: str, schemes: tuple[str, ...], flag: str) -> None:
         parts.port  # noqa: B018 - urlsplit checks the port only when asked
     except ValueError:
         raise ConfigError(f"{flag} {url!r} has an invalid port") from None
-    if parts.query or parts.fragment:
-        # the paths are appended to this text: "ws://h?x=1" would become "ws://h?x=1/v5/private"
-        raise ConfigError(f"{flag} {url!r} must not have a query or fragment")
+    if "?" in url or "#" in url:
+        # the paths are appended to this text: "ws://h?x=1" would become "ws://h?x=1/v5/private";
+        # an empty query or fragment ("ws://h/?") is no better, though urlsplit reports none
+        raise ConfigError(f"{flag} {url!r} must not have a query or fragment ('?' or '#')")
     if parts.path not in ("", "/"):
         raise ConfigError(f"{flag} {url!r} must be a base URL without a path; "
                           "/v5/public/<category> and /v5/private are appended")

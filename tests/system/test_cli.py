@@ -94,6 +94,9 @@ async def test_missing_keys_and_bad_flags_exit_2_with_a_clear_message():
     assert result.returncode == 2 and b"BYBIT_API_KEY" in result.stderr
     result = await run_cli("run", "--stream-url", "http://127.0.0.1:1", env=cli_env("k", "s"))
     assert result.returncode == 2 and b"--stream-url" in result.stderr
+    for url in ("ws://127.0.0.1:1/?", "ws://127.0.0.1:1/#"):  # empty query/fragment: not a base URL either
+        result = await run_cli("run", "--stream-url", url, "--start-timeout", "2", env=cli_env("k", "s"))
+        assert result.returncode == 2 and b"--stream-url" in result.stderr and b"query or fragment" in result.stderr
     result = await run_cli("run", "--heartbeat-interval", "-5", env=cli_env("k", "s"))
     assert result.returncode == 2 and b"heartbeat-interval" in result.stderr
     result = await run_cli("run", "--category", "spot", env=cli_env("k", "s"))

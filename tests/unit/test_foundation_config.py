@@ -163,6 +163,12 @@ def test_stream_and_rest_urls_override():
     ("stream_url", "ws://127.0.0.1:8765/v5/public/linear", "without a path"),
     ("stream_url", "ws://127.0.0.1:8765?x=1", "query"),
     ("stream_url", "ws://127.0.0.1:8765/#top", "query"),
+    # empty ones: urlsplit reports no query or fragment, but the appended paths would follow them
+    ("stream_url", "ws://127.0.0.1:8765/?", r"must not have a query or fragment \('\?' or '#'\)"),
+    ("stream_url", "ws://127.0.0.1:8765/#", "query or fragment"),
+    ("stream_url", "ws://127.0.0.1:8765?", "query or fragment"),
+    ("rest_url", "http://127.0.0.1:8766/?", "query or fragment"),
+    ("rest_url", "http://127.0.0.1:8766#", "query or fragment"),
     ("stream_url", "ws://127.0.0.1:port", "port"),
     ("rest_url", "wss://api.bybit.com", "^rest_url "),
     ("rest_url", "https://api.bybit.com/v5", "without a path"),
