@@ -28,6 +28,9 @@ SPOT_MAX_ARGS_PER_REQUEST: Final = 10
 PUBLIC_ARGS_CHAR_BUDGET: Final = 21_000
 OPTION_MAX_ARGS_PER_CONNECTION: Final = 2_000
 DEFAULT_HEARTBEAT_INTERVAL: Final = 20.0
+#: the shortest heartbeat interval and pong timeout accepted: less is no heartbeat but a
+#: flood of pings, and a pong over the internet easily takes more ("no pong within 0.0001s")
+MIN_HEARTBEAT_INTERVAL: Final = 1.0
 DEFAULT_RECV_WINDOW_MS: Final = 5_000
 #: auth ``expires`` margin; the docs' +1 s fails on small clock skew (pybit #152)
 AUTH_EXPIRY_MARGIN_MS: Final = 10_000
@@ -142,6 +145,13 @@ def _is_number(value: object) -> bool:
 def _positive(_inst: object, attribute: attrs.Attribute[Any], value: float) -> None:
     if not (_is_number(value) and math.isfinite(value) and value > 0):
         raise ConfigError(f"{attribute.name} must be a positive number of seconds, got {value!r}")
+
+
+def _heartbeat_seconds(_inst: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    _positive(_inst, attribute, value)
+    if value < MIN_HEARTBEAT_INTERVAL:
+        raise ConfigError(f"{attribute.name} must be at least {MIN_HEARTBEAT_INTERVAL:g} second "
+                          f"(default {DEFAULT_HEARTBEAT_INTERVAL:g}), got {value!r}")
 
 
 def _non_negative(_inst: object, attribute: attrs.Attribute[Any], value: float) -> None:
@@ -267,7 +277,7 @@ class StreamConfig:
     credentials: Credentials
     endpoints: Endpoints = attrs.field(factory=Endpoints.mainnet)
     categories: tuple[str, ...] = attrs.field(default=("linear",), converter=_names)
-    heartbeat_interval: float = attrs.field(default=DEFAULT_HEARTBEAT_INTERVAL, validator=_positive)
+    heartbeat_interval: float = attrs.field(default=DEFAULT_HEARTBEAT_INTERVAL, validator=_heartbeat_seconds)
     #: a ping unanswered this long marks the socket dead; default: one interval
     pong_timeout: float | None = attrs.field(default=None)
     reconcile_interval: float = attrs.field(default=300.0, validator=_positive)
@@ -337,7 +347,7 @@ class StreamConfig:
     @pong_timeout.validator
     def _check_pong_timeout(self, attribute: attrs.Attribute[Any], value: float | None) -> None:
         if value is not None:
-            _positive(self, attribute, value)
+            _heartbeat_seconds(self, attribute, value)
 
     @max_active_time.validator
     def _check_max_active_time(self, _attribute: attrs.Attribute[Any], value: str | None) -> None:

@@ -248,6 +248,15 @@ def test_counts_must_be_positive_integers(name, value):
         StreamConfig(CREDS, **{name: value})
 
 
+@pytest.mark.parametrize("name", ["heartbeat_interval", "pong_timeout"])
+@pytest.mark.parametrize("value", [0.0001, 0.5, 0.999])
+def test_heartbeat_interval_and_pong_timeout_are_at_least_a_second(name, value):
+    """0.0001 was accepted and the run died on 'no pong within 0.0001s' (exit 4)."""
+    with pytest.raises(ConfigError, match=rf"^{name} must be at least 1 second \(default 20\), got {value!r}$"):
+        StreamConfig(CREDS, **{name: value})
+    assert getattr(StreamConfig(CREDS, **{name: 1}), name) == 1
+
+
 def test_pong_timeout():
     assert StreamConfig(CREDS, heartbeat_interval=5, pong_timeout=2.5).effective_pong_timeout == 2.5
     with pytest.raises(ConfigError, match="pong_timeout"):
