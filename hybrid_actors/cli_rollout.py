@@ -12,7 +12,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from .errors import ConfigError
-from .rollout import MODES, RolloutPolicy, resolve_mode
+from .rollout import MAX_AUTO_RETURN, MIN_POLL_INTERVAL, MODES, RolloutPolicy, resolve_mode
 
 __all__ = ["add_rollout_options", "rollout_settings"]
 
@@ -25,7 +25,8 @@ def add_rollout_options(parser: argparse.ArgumentParser) -> None:
                             "monitor-only; parallel: canary plus REST/WS mark comparison; production: the hybrid "
                             "stream (default: $HYBRID_MODE, else production)")
     group.add_argument("--rest-interval", type=float, default=5.0, metavar="SECONDS",
-                       help="position/list poll interval while REST feeds positions (default 5)")
+                       help=f"position/list poll interval while REST feeds positions (default 5, at least "
+                            f"{MIN_POLL_INTERVAL:g})")
     group.add_argument("--cutover-percent", type=float, default=100.0, metavar="P",
                        help="production: this stable, hash-chosen share of positions goes through the hybrid "
                             "stream, the rest through REST (default 100)")
@@ -48,7 +49,7 @@ def add_rollout_options(parser: argparse.ArgumentParser) -> None:
                        help="production: a crash-looping actor ends the stream instead of rolling back")
     group.add_argument("--auto-return", type=float, default=0.0, metavar="SECONDS",
                        help="production: return to the hybrid stream after this long of healthy hybrid "
-                            "(default 0: stay on REST after a rollback)")
+                            f"(at most {MAX_AUTO_RETURN:g}, a day; default 0: stay on REST after a rollback)")
 
 
 def _off_if_zero(args: argparse.Namespace, name: str) -> float | None:
@@ -76,6 +77,13 @@ def rollout_settings(args: argparse.Namespace) -> dict[str, Any]:
         raise ConfigError(f"--rollback-sub-failures must be >= 0 (0: off), got {args.rollback_sub_failures}")
     if not args.rest_interval > 0:
         raise ConfigError(f"--rest-interval must be a positive number of seconds, got {args.rest_interval!r}")
+    if not args.rest_interval >= MIN_POLL_INTERVAL:
+        raise ConfigError(f"--rest-interval must be at least {MIN_POLL_INTERVAL:g} second (faster polling runs "
+                          f"into Bybit's rate limit), got {args.rest_interval!r}")
+    auto_return = _off_if_zero(args, "auto_return")
+    if auto_return is not None and auto_return > MAX_AUTO_RETURN:
+        raise ConfigError(f"--auto-return must be at most {MAX_AUTO_RETURN:g} seconds (a day; 0: off), "
+                          f"got {args.auto_return!r}")
     if not 0 <= args.cutover_percent <= 100:
         raise ConfigError(f"--cutover-percent must be within 0..100, got {args.cutover_percent!r}")
     policy = RolloutPolicy(
@@ -85,5 +93,5 @@ def rollout_settings(args: argparse.Namespace) -> dict[str, Any]:
         rollback_after_silence=_off_if_zero(args, "rollback_after_silence"),
         rollback_sub_failures=args.rollback_sub_failures or None,
         rollback_on_crash_loop=not args.no_rollback_on_crash_loop,
-        auto_return=_off_if_zero(args, "auto_return"))
+        auto_return=auto_return)
     return {"mode": mode, "rollout": policy}

@@ -7,6 +7,7 @@ characters. ``attrs.asdict()`` would still include the secret: never log it.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any, Final, Literal
 from urllib.parse import urlsplit
@@ -27,6 +28,9 @@ SPOT_MAX_ARGS_PER_REQUEST: Final = 10
 PUBLIC_ARGS_CHAR_BUDGET: Final = 21_000
 OPTION_MAX_ARGS_PER_CONNECTION: Final = 2_000
 DEFAULT_HEARTBEAT_INTERVAL: Final = 20.0
+#: the shortest heartbeat interval and pong timeout accepted: less is no heartbeat but a
+#: flood of pings, and a pong over the internet easily takes more ("no pong within 0.0001s")
+MIN_HEARTBEAT_INTERVAL: Final = 1.0
 DEFAULT_RECV_WINDOW_MS: Final = 5_000
 #: auth ``expires`` margin; the docs' +1 s fails on small clock skew (pybit #152)
 AUTH_EXPIRY_MARGIN_MS: Final = 10_000
@@ -113,6 +117,10 @@ class Endpoints:
         return base
 
 
+#: a settle coin as Bybit spells it (``USDT``, ``USDC``)
+_SETTLE_COIN: Final = re.compile(r"[A-Z0-9]{1,20}")
+
+
 def _check_url(url: str, schemes: tuple[str, ...], flag: str) -> None:
     parts = urlsplit(url)
     if parts.scheme not in schemes or not parts.hostname:
@@ -121,9 +129,10 @@ def _check_url(url: str, schemes: tuple[str, ...], flag: str) -> None:
         parts.port  # noqa: B018 - urlsplit checks the port only when asked
     except ValueError:
         raise ConfigError(f"{flag} {url!r} has an invalid port") from None
-    if parts.query or parts.fragment:
-        # the paths are appended to this text: "ws://h?x=1" would become "ws://h?x=1/v5/private"
-        raise ConfigError(f"{flag} {url!r} must not have a query or fragment")
+    if "?" in url or "#" in url:
+        # the paths are appended to this text: "ws://h?x=1" would become "ws://h?x=1/v5/private";
+        # an empty query or fragment ("ws://h/?") is no better, though urlsplit reports none
+        raise ConfigError(f"{flag} {url!r} must not have a query or fragment ('?' or '#')")
     if parts.path not in ("", "/"):
         raise ConfigError(f"{flag} {url!r} must be a base URL without a path; "
                           "/v5/public/<category> and /v5/private are appended")
@@ -136,6 +145,13 @@ def _is_number(value: object) -> bool:
 def _positive(_inst: object, attribute: attrs.Attribute[Any], value: float) -> None:
     if not (_is_number(value) and math.isfinite(value) and value > 0):
         raise ConfigError(f"{attribute.name} must be a positive number of seconds, got {value!r}")
+
+
+def _heartbeat_seconds(_inst: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    _positive(_inst, attribute, value)
+    if value < MIN_HEARTBEAT_INTERVAL:
+        raise ConfigError(f"{attribute.name} must be at least {MIN_HEARTBEAT_INTERVAL:g} second "
+                          f"(default {DEFAULT_HEARTBEAT_INTERVAL:g}), got {value!r}")
 
 
 def _non_negative(_inst: object, attribute: attrs.Attribute[Any], value: float) -> None:
@@ -261,7 +277,7 @@ class StreamConfig:
     credentials: Credentials
     endpoints: Endpoints = attrs.field(factory=Endpoints.mainnet)
     categories: tuple[str, ...] = attrs.field(default=("linear",), converter=_names)
-    heartbeat_interval: float = attrs.field(default=DEFAULT_HEARTBEAT_INTERVAL, validator=_positive)
+    heartbeat_interval: float = attrs.field(default=DEFAULT_HEARTBEAT_INTERVAL, validator=_heartbeat_seconds)
     #: a ping unanswered this long marks the socket dead; default: one interval
     pong_timeout: float | None = attrs.field(default=None)
     reconcile_interval: float = attrs.field(default=300.0, validator=_positive)
@@ -314,10 +330,24 @@ class StreamConfig:
         if len(set(value)) != len(value):
             raise ConfigError(f"category listed twice in {value!r}")
 
+    @linear_settle_coins.validator
+    def _check_settle_coins(self, _attribute: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
+        # an empty list or a lowercase coin would leave the REST snapshot without the linear
+        # positions: the stream would start "live" with none of them, silently
+        if "linear" in self.categories and not value:
+            raise ConfigError("linear_settle_coins must name at least one settle coin (e.g. 'USDT') "
+                              "when 'linear' is among the categories; GET /v5/position/list needs one, got ()")
+        for coin in value:
+            if not (isinstance(coin, str) and _SETTLE_COIN.fullmatch(coin)):
+                raise ConfigError(f"linear_settle_coins: {coin!r} is not a settle coin: uppercase letters and "
+                                  f"digits, such as 'USDT' or 'USDC' (got {value!r})")
+        if len(set(value)) != len(value):
+            raise ConfigError(f"linear_settle_coins: a settle coin is listed twice in {value!r}")
+
     @pong_timeout.validator
     def _check_pong_timeout(self, attribute: attrs.Attribute[Any], value: float | None) -> None:
         if value is not None:
-            _positive(self, attribute, value)
+            _heartbeat_seconds(self, attribute, value)
 
     @max_active_time.validator
     def _check_max_active_time(self, _attribute: attrs.Attribute[Any], value: str | None) -> None:

@@ -15,6 +15,7 @@ sums up all of them (total uPnL, stale marks).
 
 from __future__ import annotations
 
+import errno
 import logging
 import sys
 import time
@@ -34,7 +35,7 @@ from .http_endpoint import HttpFetchError, fetch_json
 if TYPE_CHECKING:
     from rich.live import Live
 
-__all__ = ["render_dashboard", "position_table", "sparkline", "EventRate", "TableView", "run_dashboard", "SORTS",
+__all__ = ["render_dashboard", "position_table", "sparkline", "EventRate", "TableView", "PipeConsole", "run_dashboard", "SORTS",
            "STALE_MARK_S"]
 
 log = logging.getLogger(__name__)
@@ -272,14 +273,26 @@ def position_table(rows: Sequence[Mapping[str, Any]], *, max_rows: int = 25, sor
     return table
 
 
+class PipeConsole(Console):
+    """A rich console that lets a closed reader surface as :class:`BrokenPipeError`.
+
+    rich's default :meth:`Console.on_broken_pipe` raises ``SystemExit(1)``, so ``--output
+    table | head -1`` would end with exit 1; the CLI treats a reader that went away as done
+    (exit 0) when it sees ``BrokenPipeError``, as with ``--output jsonl``."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True  # nothing more is written (e.g. by Live on exit)
+        raise BrokenPipeError(errno.EPIPE, "the reader of the output went away")
+
+
 class TableView:
     """Redraws the dashboard: in place on a terminal, a fresh copy per refresh otherwise."""
 
     def __init__(self, console: Console | None = None):
         if console is None:
-            console = Console()
+            console = PipeConsole()
             if not console.is_terminal:  # piped: no width to detect; do not truncate columns
-                console = Console(width=160)
+                console = PipeConsole(width=160)
         self.console = console
         self._live: Live | None = None
 

@@ -29,7 +29,7 @@ from .errors import ConfigError
 
 __all__ = ["Mode", "MODES", "parse_mode", "RolloutPolicy", "routes_hybrid", "Comparator",
            "divergence_ratio", "stale_symbols", "TriggerInputs", "rollback_reason", "ReturnGate",
-           "MODE_ENV", "resolve_mode", "next_check", "quiet_since", "silent_for", "latest"]
+           "MODE_ENV", "MAX_AUTO_RETURN", "MIN_POLL_INTERVAL", "resolve_mode", "next_check", "quiet_since", "silent_for", "latest"]
 
 Mode = Literal["rest", "canary", "parallel", "production"]
 MODES: Final[tuple[str, ...]] = get_args(Mode)
@@ -37,6 +37,11 @@ MODES: Final[tuple[str, ...]] = get_args(Mode)
 MODE_ENV: Final = "HYBRID_MODE"
 #: an auto-return waits at most this many times ``auto_return`` however many rollbacks came before
 RETURN_WAIT_CAP: Final = 64
+#: the longest ``auto_return`` (a day): its doubled waits stay within ``RETURN_WAIT_CAP`` days
+MAX_AUTO_RETURN: Final = 86_400.0
+#: the shortest REST poll intervals (``rest_interval``, ``ticker_interval``): faster polling
+#: only runs into Bybit's rate limit (10006)
+MIN_POLL_INTERVAL: Final = 1.0
 Source = Literal["hybrid", "rest"]
 
 
@@ -78,9 +83,22 @@ def _seconds(_inst: object, attribute: attrs.Attribute[_Field], value: float) ->
         raise ConfigError(f"{attribute.name} must be a positive number of seconds, got {value!r}")
 
 
+def _poll_interval(_inst: object, attribute: attrs.Attribute[_Field], value: float) -> None:
+    _seconds(_inst, attribute, value)
+    if value < MIN_POLL_INTERVAL:
+        raise ConfigError(f"{attribute.name} must be at least {MIN_POLL_INTERVAL:g} second (faster REST polling "
+                          f"runs into Bybit's rate limit), got {value!r}")
+
+
 def _optional_seconds(_inst: object, attribute: attrs.Attribute[_Field], value: float | None) -> None:
     if value is not None:
         _seconds(_inst, attribute, value)
+
+
+def _auto_return(_inst: object, attribute: attrs.Attribute[_Field], value: float | None) -> None:
+    if value is not None and not (_number(value) and 0 < value <= MAX_AUTO_RETURN):
+        raise ConfigError(f"{attribute.name} must be a positive number of seconds up to {MAX_AUTO_RETURN:g} "
+                          f"(a day), or None: off; got {value!r}")
 
 
 def _percent(_inst: object, attribute: attrs.Attribute[_Field], value: float) -> None:
@@ -115,9 +133,9 @@ class RolloutPolicy:
     """
 
     #: position/list every this many seconds while REST feeds the consumer
-    rest_interval: float = attrs.field(default=5.0, validator=_seconds)
+    rest_interval: float = attrs.field(default=5.0, validator=_poll_interval)
     #: /v5/market/tickers (one call per category) every this many seconds
-    ticker_interval: float = attrs.field(default=1.0, validator=_seconds)
+    ticker_interval: float = attrs.field(default=1.0, validator=_poll_interval)
     divergence_threshold: Decimal = attrs.field(default=Decimal("0.01"), converter=_ratio)
     cutover_percent: float = attrs.field(default=100, validator=_percent)
     #: a live mark older than this is replaced by REST ticker marks (None: never)
@@ -129,7 +147,7 @@ class RolloutPolicy:
     #: a crash loop of a hybrid actor rolls back (instead of ending the stream)
     rollback_on_crash_loop: bool = attrs.field(default=True)
     #: return to hybrid after this many seconds of healthy hybrid (None: stay on REST)
-    auto_return: float | None = attrs.field(default=None, validator=_optional_seconds)
+    auto_return: float | None = attrs.field(default=None, validator=_auto_return)
     #: each rollback within ``return_memory`` seconds of another doubles the healthy time
     #: the next return needs (at most ``RETURN_WAIT_CAP`` times ``auto_return``)
     return_memory: float = attrs.field(default=3600.0, validator=_seconds)

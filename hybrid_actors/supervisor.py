@@ -57,8 +57,8 @@ from .actors.rest_poller import RestPollerActor
 from .actors.rollback import RollbackMonitor
 from .actors.subscriptions import SubscriptionManager
 from .config import StreamConfig
-from .errors import (AuthRejected, HybridActorsError, RestartIntensityExceeded, StartTimeout, SupervisorError,
-                     TransportError)
+from .errors import (AuthRejected, ConfigError, HybridActorsError, RestartIntensityExceeded, StartTimeout,
+                     SupervisorError, TransportError)
 from .health import HealthReport
 from .observability import serve_observability
 from .rest import open_rest_client
@@ -532,6 +532,10 @@ async def open_hybrid_stream(config: StreamConfig, *, wall_clock: Callable[[], f
     before the first start: with ``start_timeout`` (seconds), a stream that is not up by
     then raises :class:`~.errors.StartTimeout` naming what failed.
     """
+    if start_timeout is not None and (isinstance(start_timeout, bool) or not isinstance(start_timeout, (int, float))
+                                      or not math.isfinite(start_timeout) or start_timeout <= 0):
+        # not trio's ValueError from move_on_after (or a start-up that can never succeed)
+        raise ConfigError(f"start_timeout must be a positive number of seconds or None, got {start_timeout!r}")
     random_source = rng or random.Random()
     mode = resolve_mode(config.mode, os.environ)
     try:

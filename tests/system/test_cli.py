@@ -94,8 +94,15 @@ async def test_missing_keys_and_bad_flags_exit_2_with_a_clear_message():
     assert result.returncode == 2 and b"BYBIT_API_KEY" in result.stderr
     result = await run_cli("run", "--stream-url", "http://127.0.0.1:1", env=cli_env("k", "s"))
     assert result.returncode == 2 and b"--stream-url" in result.stderr
+    for url in ("ws://127.0.0.1:1/?", "ws://127.0.0.1:1/#"):  # empty query/fragment: not a base URL either
+        result = await run_cli("run", "--stream-url", url, "--start-timeout", "2", env=cli_env("k", "s"))
+        assert result.returncode == 2 and b"--stream-url" in result.stderr and b"query or fragment" in result.stderr
     result = await run_cli("run", "--heartbeat-interval", "-5", env=cli_env("k", "s"))
     assert result.returncode == 2 and b"heartbeat-interval" in result.stderr
+    # a positive but tiny interval: not a run that dies on "no pong within 0.0001s"
+    result = await run_cli("run", "--heartbeat-interval", "0.0001", "--stream-url", "ws://127.0.0.1:1",
+                           "--rest-url", "http://127.0.0.1:1", "--start-timeout", "2", env=cli_env("k", "s"))
+    assert result.returncode == 2 and b"heartbeat_interval must be at least 1 second" in result.stderr
     result = await run_cli("run", "--category", "spot", env=cli_env("k", "s"))
     assert result.returncode == 2
     result = await run_cli("run", "--read-coalesce-ms", "51", env=cli_env("k", "s"))
@@ -146,6 +153,25 @@ async def test_a_reader_that_goes_away_ends_the_run_quietly():
             await proc.stdout.aclose()  # like `| head -1`
             await proc.wait()
     assert proc.returncode == 0
+
+
+@pytest.mark.parametrize("command", [
+    ("demo", "--seconds", "20", "--output", "table"),
+    # no stream behind the port: the dashboard draws its "retrying" line every refresh
+    ("dashboard", "--url", "http://127.0.0.1:{port}", "--refresh", "0.2"),
+], ids=["demo-table", "dashboard"])
+async def test_a_reader_that_goes_away_from_the_table_ends_the_run_quietly_too(command):
+    """`--output table | head -1` exits 0 like jsonl (rich alone would exit 1)."""
+    args = [arg.format(port=free_port()) for arg in command]
+    async with trio.open_nursery() as nursery:
+        proc = await start_cli(nursery, *args, "--log-level", "ERROR", env=cli_env(None, None))
+        reader = LineReader(proc.stdout)
+        with trio.fail_after(30):
+            assert await reader.readline()
+            await proc.stdout.aclose()  # like `| head -1`
+            await proc.wait()
+            err = await proc.stderr.receive_some(1 << 16)
+    assert proc.returncode == 0, err.decode()[-2000:]
 
 
 async def sim_control(sim: dict, method: str, **kwargs) -> None:

@@ -51,7 +51,11 @@ async def test_hybrid_mode_from_the_environment_and_bad_rollout_flags_exit_2():
                          (["--stale-after", "-1"], b"--stale-after"),
                          (["--rollback-sub-failures", "-2"], b"--rollback-sub-failures"),
                          (["--rollback-after-silence", "nan"], b"--rollback-after-silence"),
-                         (["--auto-return", "soon"], b"--auto-return")):
+                         (["--auto-return", "soon"], b"--auto-return"),
+                         # not "backoff maximum must be a positive number of seconds, got inf"
+                         (["--auto-return", "1e308"], b"--auto-return must be at most 86400 seconds"),
+                         (["--auto-return", "inf"], b"--auto-return must be at most 86400 seconds"),
+                         (["--rest-interval", "0.0001"], b"--rest-interval must be at least 1 second")):
         result = await run_cli("run", *flags, env=cli_env("k", "s"))
         assert result.returncode == 2, (flags, result.stderr)
         assert words in result.stderr, (flags, result.stderr)

@@ -8,6 +8,7 @@ import math
 
 import attrs
 import pytest
+import trio
 
 from hybrid_actors import errors
 from hybrid_actors.config import (DEFAULT_READ_COALESCE, Credentials, Endpoints, RestartPolicy, StreamConfig, SubscriptionPolicy, mask_key,
@@ -162,6 +163,12 @@ def test_stream_and_rest_urls_override():
     ("stream_url", "ws://127.0.0.1:8765/v5/public/linear", "without a path"),
     ("stream_url", "ws://127.0.0.1:8765?x=1", "query"),
     ("stream_url", "ws://127.0.0.1:8765/#top", "query"),
+    # empty ones: urlsplit reports no query or fragment, but the appended paths would follow them
+    ("stream_url", "ws://127.0.0.1:8765/?", r"must not have a query or fragment \('\?' or '#'\)"),
+    ("stream_url", "ws://127.0.0.1:8765/#", "query or fragment"),
+    ("stream_url", "ws://127.0.0.1:8765?", "query or fragment"),
+    ("rest_url", "http://127.0.0.1:8766/?", "query or fragment"),
+    ("rest_url", "http://127.0.0.1:8766#", "query or fragment"),
     ("stream_url", "ws://127.0.0.1:port", "port"),
     ("rest_url", "wss://api.bybit.com", "^rest_url "),
     ("rest_url", "https://api.bybit.com/v5", "without a path"),
@@ -204,6 +211,28 @@ def test_categories_accept_any_iterable_and_a_single_name():
         StreamConfig(CREDS, categories=5)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(("coins", "message"), [
+    ((), r"linear_settle_coins must name at least one settle coin .* got \(\)"),
+    (("usdt",), r"linear_settle_coins: 'usdt' is not a settle coin"),
+    (("USDT", " USDC"), r"linear_settle_coins: ' USDC' is not a settle coin"),
+    (("US-DT",), r"'US-DT' is not a settle coin"),
+    (("",), r"'' is not a settle coin"),
+    (("USDT", "USDT"), r"linear_settle_coins: a settle coin is listed twice in \('USDT', 'USDT'\)"),
+])
+def test_bad_linear_settle_coins(coins, message):
+    """An empty or misspelt list left the REST snapshot without linear positions: the stream
+    started 'live' with none of them, silently."""
+    with pytest.raises(ConfigError, match=message):
+        StreamConfig(CREDS, linear_settle_coins=coins)
+
+
+def test_settle_coins_are_needed_only_when_linear_is_followed():
+    assert StreamConfig(CREDS, categories=("inverse",), linear_settle_coins=()).linear_settle_coins == ()
+    assert StreamConfig(CREDS, linear_settle_coins=["USDC", "USDT"]).linear_settle_coins == ("USDC", "USDT")
+    with pytest.raises(ConfigError, match="at least one settle coin"):
+        StreamConfig(CREDS, categories=("inverse", "linear"), linear_settle_coins=[])
+
+
 @pytest.mark.parametrize("name", ["heartbeat_interval", "reconcile_interval", "connect_timeout", "auth_timeout",
                                   "rest_timeout"])
 @pytest.mark.parametrize("value", [0, -1, -0.5, math.nan, math.inf, "20", None, True])
@@ -217,6 +246,15 @@ def test_durations_must_be_positive_numbers(name, value):
 def test_counts_must_be_positive_integers(name, value):
     with pytest.raises(ConfigError, match=f"{name} must be a positive integer"):
         StreamConfig(CREDS, **{name: value})
+
+
+@pytest.mark.parametrize("name", ["heartbeat_interval", "pong_timeout"])
+@pytest.mark.parametrize("value", [0.0001, 0.5, 0.999])
+def test_heartbeat_interval_and_pong_timeout_are_at_least_a_second(name, value):
+    """0.0001 was accepted and the run died on 'no pong within 0.0001s' (exit 4)."""
+    with pytest.raises(ConfigError, match=rf"^{name} must be at least 1 second \(default 20\), got {value!r}$"):
+        StreamConfig(CREDS, **{name: value})
+    assert getattr(StreamConfig(CREDS, **{name: 1}), name) == 1
 
 
 def test_pong_timeout():
@@ -267,3 +305,16 @@ def test_read_coalesce_is_a_bounded_window_in_seconds(bad):
     assert StreamConfig(credentials, read_coalesce=0).read_coalesce == 0  # off
     with pytest.raises(ConfigError, match="read_coalesce must be between 0 \\(off\\) and 0.05 seconds"):
         StreamConfig(credentials, read_coalesce=bad)
+
+
+@pytest.mark.parametrize("value", [-1, 0, math.nan, math.inf, -math.inf, "30", True])
+async def test_a_bad_start_timeout_is_a_config_error_before_anything_opens(value):
+    """Not trio's ValueError from move_on_after (nor a start-up that could never time out);
+    nothing is contacted: the endpoints are unroutable on purpose."""
+    from hybrid_actors.supervisor import open_hybrid_stream
+
+    config = StreamConfig(CREDS, endpoints=Endpoints.local("ws://127.0.0.1:1", "http://127.0.0.1:1"))
+    with trio.fail_after(5), pytest.raises(ConfigError, match=r"start_timeout must be a positive number of "
+                                                               r"seconds or None, got "):
+        async with open_hybrid_stream(config, start_timeout=value):
+            pytest.fail("the stream started")

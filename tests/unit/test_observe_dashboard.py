@@ -127,3 +127,27 @@ def test_event_rate_is_per_second_between_two_looks():
     assert rate.update(100, now=10.0) is None
     assert rate.update(350, now=12.0) == 125.0
     assert rate.update(350, now=13.0) == 0.0
+
+
+def test_a_closed_reader_is_a_broken_pipe_not_rich_s_exit_1(monkeypatch):
+    """rich's Console turns EPIPE into SystemExit(1); the CLI's exit 0 for a reader that went
+    away (``--output table | head -1``) needs the BrokenPipeError itself."""
+    import os
+
+    from rich.text import Text
+
+    from hybrid_actors.dashboard import TableView
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    with os.fdopen(write_end, "w") as closed:
+        monkeypatch.setattr("sys.stdout", closed)
+        view = TableView()
+        with pytest.raises(BrokenPipeError):
+            view.show(Text("x" * 100_000))
+        view.show(Text("more"))  # quiet from then on: nothing more to write
+        monkeypatch.undo()
+        try:
+            closed.close()
+        except BrokenPipeError:
+            pass

@@ -60,6 +60,23 @@ def test_bad_rollout_values_are_config_errors(field, value):
         RolloutPolicy(**{field: value})
 
 
+@pytest.mark.parametrize("field", ["rest_interval", "ticker_interval"])
+@pytest.mark.parametrize("value", [0.0001, 0.5])
+def test_rest_polling_is_at_most_once_a_second(field, value):
+    """rest_interval=0.0001 polled REST into Bybit's rate limit (10006)."""
+    with pytest.raises(ConfigError, match=rf"^{field} must be at least 1 second .*got {value!r}$"):
+        RolloutPolicy(**{field: value})
+    assert getattr(RolloutPolicy(**{field: 1}), field) == 1
+
+
+@pytest.mark.parametrize("value", [86_400.5, 1e308, math.inf, math.nan, -1.0])
+def test_auto_return_is_at_most_a_day(value):
+    """1e308 passed and then failed at run time as 'backoff maximum ... got inf' (64 x 1e308)."""
+    with pytest.raises(ConfigError, match=r"auto_return must be a positive number of seconds up to 86400 \(a day\)"):
+        RolloutPolicy(auto_return=value)
+    assert RolloutPolicy(auto_return=86_400).auto_return == 86_400
+
+
 def test_rollout_defaults_are_the_plans():
     policy = RolloutPolicy()
     assert (policy.rest_interval, policy.ticker_interval, policy.cutover_percent, policy.stale_after) == (5, 1, 100, 3)
