@@ -27,7 +27,7 @@ import trio
 
 from . import __version__
 from .cli_rollout import add_rollout_options, rollout_settings
-from .config import DEFAULT_READ_COALESCE, MAX_READ_COALESCE, POSITION_CATEGORIES, Credentials, Endpoints, StreamConfig
+from .config import DEFAULT_READ_COALESCE, MAX_READ_COALESCE, MIN_HEARTBEAT_INTERVAL, POSITION_CATEGORIES, Credentials, Endpoints, StreamConfig
 from .errors import AuthRejected, ConfigError, HybridActorsError, RestartIntensityExceeded, StartTimeout
 from .output import consume
 from .supervisor import exception_leaves, open_hybrid_stream
@@ -93,6 +93,9 @@ def _check_positive(parser: argparse.ArgumentParser, args: argparse.Namespace) -
         value = getattr(args, name, None)
         if value is not None and not value > 0:
             parser.error(f"--{name.replace('_', '-')} must be > 0, got {value}")
+    heartbeat = getattr(args, "heartbeat_interval", None)
+    if heartbeat is not None and heartbeat < MIN_HEARTBEAT_INTERVAL:  # every socket would be declared dead
+        parser.error(f"--heartbeat-interval must be at least {MIN_HEARTBEAT_INTERVAL:g} second, got {heartbeat}")
     coalesce = getattr(args, "read_coalesce_ms", None)
     if coalesce is not None and not 0 <= coalesce <= MAX_READ_COALESCE * 1000:
         parser.error(f"--read-coalesce-ms must be between 0 (off) and {MAX_READ_COALESCE * 1000:g}, got {coalesce}")

@@ -102,7 +102,7 @@ async def test_missing_keys_and_bad_flags_exit_2_with_a_clear_message():
     # a positive but tiny interval: not a run that dies on "no pong within 0.0001s"
     result = await run_cli("run", "--heartbeat-interval", "0.0001", "--stream-url", "ws://127.0.0.1:1",
                            "--rest-url", "http://127.0.0.1:1", "--start-timeout", "2", env=cli_env("k", "s"))
-    assert result.returncode == 2 and b"heartbeat_interval must be at least 1 second" in result.stderr
+    assert result.returncode == 2 and b"--heartbeat-interval must be at least 1 second" in result.stderr
     result = await run_cli("run", "--category", "spot", env=cli_env("k", "s"))
     assert result.returncode == 2
     result = await run_cli("run", "--read-coalesce-ms", "51", env=cli_env("k", "s"))
