@@ -183,13 +183,21 @@ class AlertEvaluator:
         """Silence with positions open. The hybrid stream is silent when it made no live event
         and no ticker frame of an open position's symbol came (``hybrid_quiet_s``): a quiet
         market still sends frames, a frozen feed does not, and a REST fallback mark is no sign
-        of life. In rest mode: no event handed to the consumer (``last_event_age_s``)."""
+        of life. In rest mode: no event handed to the consumer (``last_event_age_s``) and no
+        position list read from REST (``rollout.rest_positions_age_s``)."""
         policy = self.policy
         events = health.get("events") or {}
         positions = health.get("positions") or 0
         key = "last_event_age_s" if rest_only or "hybrid_quiet_s" not in events else "hybrid_quiet_s"
         quiet = number(events.get(key))
         what = "no event" if key == "last_event_age_s" else "no live event or ticker frame"
+        if rest_only:
+            # REST delivers nothing while no mark moves: a position list read is the sign of
+            # life there (a quiet market is not a dead source; a REST outage is)
+            polled = number((health.get("rollout") or {}).get("rest_positions_age_s"))
+            if polled is not None and (quiet is None or polled < quiet):
+                quiet = polled
+            what = "no event and no REST position list read"
         if quiet is None and positions:
             if self._quiet_seen is None:
                 self._quiet_seen = now

@@ -42,6 +42,7 @@ async def test_parallel_divergence_alert_fires_as_soon_as_the_comparator_counts_
 
 
 async def test_rest_mode_event_figures_and_no_events_follow_what_the_consumer_gets(loopback_clock):
+    loopback_clock.autojump_threshold = 0.002  # ~17 virtual minutes of 5 s polls: short jumps
     with trio.fail_after(1200):
         async with running(sim_config(positions=2), mode="rest") as s:
             await s.log.wait_until(lambda: len({e.symbol for e in s.log.events}) == 2)
@@ -56,6 +57,11 @@ async def test_rest_mode_event_figures_and_no_events_follow_what_the_consumer_ge
             assert events["last_event_age_s"] is not None and events["last_event_age_s"] <= 10.0
             assert events["hybrid_emitted"] == 0  # no hybrid stream runs in rest mode
             assert not fired(s, "no_events") and not health.alerts
-            # and when the consumer gets nothing for longer than the limit, it fires
+            # a quiet market (no mark moves, REST answering) is not silence: 6 minutes of it
+            await trio.sleep(360)
+            assert trio.current_time() - s.hub.delivered_at > 300.0 and not fired(s, "no_events")
+            # REST down too: nothing delivered and no list read for longer than the limit fires it
+            s.sim.control.rest_http_error(503, count=None)
+            down_at = trio.current_time()
             await s.log.wait_until(lambda: fired(s, "no_events"))
-            assert trio.current_time() - s.hub.delivered_at > 300.0
+            assert trio.current_time() - down_at > 300.0 - 5.0  # the last list read up to a poll before
