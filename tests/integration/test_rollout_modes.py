@@ -467,15 +467,21 @@ async def test_a_quiet_market_whose_ticker_frames_keep_coming_is_not_silent_but_
             assert await s.log.wait_until(lambda: [n.state for n in alert_notices(s, "no_events")] == ["firing"])
 
 
+async def open_then_freeze(s: Stack, symbol: str = "BTCUSDT") -> None:
+    """A position open with its ticker live, then the ticker frozen: every socket stays up,
+    no frame comes for it."""
+    s.sim.control.open_position(symbol, "Buy", "1")
+    await s.wait_subscriptions_match_positions()
+    await s.log.wait_for(lambda e: e.symbol == symbol)
+    s.sim.control.stop_ticker(symbol)
+
+
 async def test_rest_fallback_marks_do_not_hide_a_dead_ticker_feed(loopback_clock):
     policy = RolloutPolicy(rollback_after_silence=100.0)  # stale_after 3 s: REST marks stand in
     with trio.fail_after(LONG):
         async with running(sim_config(), rollout=policy) as s:
             ctl = s.sim.control
-            ctl.open_position("BTCUSDT", "Buy", "1")
-            await s.wait_subscriptions_match_positions()
-            await s.log.wait_for(lambda e: e.symbol == "BTCUSDT")
-            ctl.stop_ticker("BTCUSDT")
+            await open_then_freeze(s)
             await trio.sleep(0.1)
             last_frame = s.hub.activity["linear"]["BTCUSDT"]
             stopped = s.log.mark()
@@ -499,10 +505,7 @@ async def test_a_silence_rollback_returns_only_once_the_feed_is_back_and_does_no
     with trio.fail_after(LONG):
         async with running(sim_config(), rollout=policy) as s:
             ctl = s.sim.control
-            ctl.open_position("BTCUSDT", "Buy", "1")
-            await s.wait_subscriptions_match_positions()
-            await s.log.wait_for(lambda e: e.symbol == "BTCUSDT")
-            ctl.stop_ticker("BTCUSDT")  # frozen: every socket stays up, no frame comes
+            await open_then_freeze(s)
             await wait_rollback(s)
             assert "no events for" in rollout(s)["last_rollback_reason"]
             await trio.sleep(300)  # sockets up and actors running all along, but still silent
