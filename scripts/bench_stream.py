@@ -140,6 +140,7 @@ Usage: python scripts/bench_stream.py [--symbols 500] [--rate 10] [--seconds 8]
 from __future__ import annotations
 
 import argparse
+import array
 import importlib
 import importlib.util
 import json
@@ -522,10 +523,12 @@ class LatencyProbe:
     arrivals: dict[tuple[str, int], Token] = attrs.Factory(dict)
     #: per event matched to its frame (parallel lists, no object per event): its frame's token,
     #: event out (time.time_ns()), its exchange ts, its stage stamps (or None)
-    matched_tokens: list[Token] = attrs.Factory(list)
-    matched_out_ns: list[int] = attrs.Factory(list)
-    matched_ts: list[int] = attrs.Factory(list)
-    matched_stages: list[list[int] | None] = attrs.Factory(list)
+    #: (machine-int arrays: the garbage collector neither tracks nor traverses them)
+    matched_tokens: array.array[int] = attrs.Factory(partial(array.array, "q"))
+    matched_out_ns: array.array[int] = attrs.Factory(partial(array.array, "q"))
+    matched_ts: array.array[int] = attrs.Factory(partial(array.array, "q"))
+    #: per matched event: where its stage stamps start in ``stage_ns`` (-1: none)
+    matched_stages: array.array[int] = attrs.Factory(partial(array.array, "q"))
     #: per matched event: event out minus the kernel stamp of the slice holding the frame's last byte
     overhead_ms: list[float] = attrs.Factory(list)
     #: the same from the read's newest segment (the figure before per-frame stamps: a lower bound)
@@ -540,10 +543,14 @@ class LatencyProbe:
     #: ticker events whose frame was not seen decoded / whose frame got no arrival stamp
     unmatched: int = 0
     unstamped_events: int = 0
-    #: (symbol, frame ts) → [decoded, committed, taken, queued] time.time_ns() stamps
-    stages: dict[tuple[str, int], list[int]] = attrs.Factory(dict)
-    #: frames decoded since the reader last committed its marks
-    uncommitted: list[tuple[str, int]] = attrs.Factory(list)
+    #: (symbol, frame ts) → i: its decoded, committed, taken and queued time.time_ns() stamps
+    #: are stage_ns[i:i + 4] (flat machine ints: a list per frame, kept for the window, made
+    #: the garbage collector collect ~7 times a second in the window, pauses of ~1 ms the
+    #: uninstrumented stream does not have; a list of ints is traversed by each collection)
+    stages: dict[tuple[str, int], int] = attrs.Factory(dict)
+    stage_ns: array.array[int] = attrs.Factory(partial(array.array, "q"))
+    #: frames decoded since the reader last committed its marks (their index in stage_ns)
+    uncommitted: list[int] = attrs.Factory(list)
     #: per matched event, ms spent in each stage (see STAGES)
     stage_ms: dict[str, list[float]] = attrs.Factory(lambda: {name: [] for name in STAGES})
     gc: GcPauses = attrs.Factory(GcPauses)
@@ -613,36 +620,36 @@ class LatencyProbe:
             if stamps is not None and type(frame) is tuple and frame[3] is not None:  # TickerFields with a mark
                 key = (frame[0], frame[4])
                 probe.arrivals[key] = stamps
-                probe.stages[key] = [time.time_ns(), 0, 0, 0]
-                probe.uncommitted.append(key)
+                at = len(probe.stage_ns)
+                probe.stage_ns.extend((time.time_ns(), 0, 0, 0))
+                probe.stages[key] = at
+                probe.uncommitted.append(at)
             return frame
 
         def commit(self: LatestByKey[Any, Any]) -> None:
             if probe.uncommitted:
-                now = time.time_ns()
-                for key in probe.uncommitted:
-                    stage = probe.stages.get(key)
-                    if stage is not None:
-                        stage[1] = now
+                now, stage_ns = time.time_ns(), probe.stage_ns
+                for at in probe.uncommitted:
+                    stage_ns[at + 1] = now
                 probe.uncommitted.clear()
             marks_commit(self)
 
         async def take(self: LatestByKey[Any, Any]) -> dict[Any, Any]:
             batch = await marks_take(self)
-            now = time.time_ns()
+            now, stage_ns = time.time_ns(), probe.stage_ns
             for (_category, symbol), mark in batch.items():
-                stage = probe.stages.get((symbol, mark.exchange_ts))
-                if stage is not None:
-                    stage[2] = now
+                at = probe.stages.get((symbol, mark.exchange_ts))
+                if at is not None:
+                    stage_ns[at + 2] = now
             return batch
 
         def put(self: EventQueue, events: Iterable[StreamEvent]) -> None:
-            now = time.time_ns()
+            now, stage_ns = time.time_ns(), probe.stage_ns
             for event in events:  # a ticker event carries its frame's ts (the notices have no source)
                 if isinstance(event, PositionEvent) and event.source == "ticker" and event.exchange_ts is not None:
-                    stage = probe.stages.get((event.symbol, event.exchange_ts))
-                    if stage is not None:
-                        stage[3] = now
+                    at = probe.stages.get((event.symbol, event.exchange_ts))
+                    if at is not None:
+                        stage_ns[at + 3] = now
             queue_put(self, events)
 
         transport_module._WsTransport.receive_batch = receive_batch  # type: ignore[method-assign]
@@ -679,7 +686,7 @@ class LatencyProbe:
             self.matched_tokens.append(token)
             self.matched_out_ns.append(out_ns)
             self.matched_ts.append(event.exchange_ts)
-            self.matched_stages.append(self.stages.pop(key, None))
+            self.matched_stages.append(self.stages.pop(key, -1))
 
     def resolve(self) -> None:
         """After the window: each matched event's frame gets its arrival stamps; the figures."""
@@ -690,8 +697,10 @@ class LatencyProbe:
         resolved = [stamper.resolve() for stamper in self.stampers]
         self.resolve_ns = time.perf_counter_ns() - began
         mask = (1 << TOKEN_SHIFT) - 1
-        for token, out_ns, exchange_ts, stage in zip(self.matched_tokens, self.matched_out_ns, self.matched_ts,
-                                                     self.matched_stages):
+        stage_ns = self.stage_ns
+        for token, out_ns, exchange_ts, at in zip(self.matched_tokens, self.matched_out_ns, self.matched_ts,
+                                                  self.matched_stages):
+            stage = stage_ns[at:at + 4].tolist() if at >= 0 else None
             arrival = resolved[token >> TOKEN_SHIFT][token & mask]
             if arrival is None:
                 self.unstamped_events += 1

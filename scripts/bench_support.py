@@ -9,6 +9,7 @@ A script in ``scripts/`` imports it as ``bench_support`` (the script's folder is
 
 from __future__ import annotations
 
+import array
 import bisect
 import gc
 import json
@@ -18,6 +19,7 @@ import signal
 import subprocess
 import sys
 import time
+from functools import partial
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
@@ -326,7 +328,14 @@ class ReadStamper:
     #: search of every byte read)
     SYNC_TRIES: ClassVar[int] = 64
 
-    _reads: list[tuple[int, bytes | bytearray, Sequence[int], int]] = attrs.Factory(list)
+    #: per read, in parallel lists of ints and bytes (nothing the garbage collector tracks:
+    #: a container kept per read for the whole window would make it collect in the window)
+    _called: array.array[int] = attrs.Factory(partial(array.array, "q"))
+    _data: list[bytes | bytearray] = attrs.Factory(list)
+    _returned: array.array[int] = attrs.Factory(partial(array.array, "q"))
+    #: every read's slices, flat (see add_read), and where each read's run of them ends
+    _slices: array.array[int] = attrs.Factory(partial(array.array, "q"))
+    _slices_end: array.array[int] = attrs.Factory(partial(array.array, "q"))
     _delivered: list[str | bytes] = attrs.Factory(list)
     #: filled by resolve(), per read: when it was called, the time from the previous read's
     #: return to its call (ns; None for the first), its bytes, slices and the messages it
@@ -349,7 +358,11 @@ class ReadStamper:
         per recv, in order, three ints: its end offset in ``data``, its kernel stamp (0: none)
         and when the recv returned. (Flat ints, not a tuple per slice: objects kept for the
         whole window that the garbage collector tracks would make it collect more often.)"""
-        self._reads.append((called_ns, data, slices, returned_ns))
+        self._called.append(called_ns)
+        self._data.append(data)
+        self._returned.append(returned_ns)
+        self._slices.extend(slices)
+        self._slices_end.append(len(self._slices))
 
     def deliver(self, message: str | bytes) -> int:
         """The transport handed ``message`` over (the next in its order): its number."""
@@ -359,7 +372,10 @@ class ReadStamper:
     def resolve(self) -> list[Arrival | None]:
         """The arrival of every delivered message, by number (None: unknown); fills the
         per-read figures and the counters, and lets go of the bytes (call it once)."""
-        reads, delivered = self._reads, self._delivered
+        flat, bounds = self._slices, self._slices_end
+        reads = [(called, data, flat[start:end].tolist(), returned) for called, data, start, end, returned
+                 in zip(self._called, self._data, [0, *bounds], bounds, self._returned)]
+        delivered = self._delivered
         self.read_called_ns = [called for called, _, _, _ in reads]
         self.waits_ns = [None] + [called - previous[3] for previous, (called, *_) in zip(reads, reads[1:])]
         self.read_bytes = [len(data) for _, data, _, _ in reads]
@@ -410,7 +426,9 @@ class ReadStamper:
         self.read_frames = [None] * (sync_read + 1) + frames[sync_read + 1:]  # whole reads after the boundary's
         self.stamped = sum(a is not None for a in arrivals)
         self.unstamped = len(delivered) - self.stamped
-        self._reads, self._delivered = [], []  # the bytes are no longer needed
+        self._called, self._returned = array.array("q"), array.array("q")
+        self._slices, self._slices_end, self._data = array.array("q"), array.array("q"), []
+        self._delivered = []  # the bytes are no longer needed
         return arrivals
 
 

@@ -9,6 +9,7 @@ TCP socket."""
 
 from __future__ import annotations
 
+import gc
 import pathlib
 import sys
 
@@ -159,6 +160,29 @@ def test_gc_pauses_matched_to_latency_intervals():
     assert (summary["count"], summary["total_ms"], summary["max_ms"]) == (3, 8.0, 5.0)
     assert summary["by_generation"] == {"0": {"count": 2, "total_ms": 3.0, "max_ms": 2.0},
                                         "1": {"count": 1, "total_ms": 5.0, "max_ms": 5.0}}
+
+
+def test_the_stamper_keeps_no_object_the_garbage_collector_tracks_per_read(wire):
+    """A container kept per read (or per frame) for the whole latency window made the collector
+    run in the window (15 collections where the uninstrumented stream had 1), pauses that the
+    figure then blamed on the stream."""
+    data, _ends, messages = wire
+    stamper = ReadStamper()
+    stamper.add_read(0, data, [len(data), 1, 2], 3)  # the stamper's own storage exists from here
+    gc.collect()
+    gc.disable()
+    try:
+        before = len(gc.get_objects())
+        for number in range(2_000):
+            stamper.add_read(number, data, [100, number, number + 1, len(data), number + 2, number + 3], number + 4)
+            stamper.deliver(messages[number % len(messages)])
+        grown = len(gc.get_objects()) - before
+    finally:
+        gc.enable()
+    assert grown < 20, f"{grown} tracked objects for 2,000 reads"
+    got = stamper.resolve()  # and the reads are still all there
+    assert len(stamper.read_bytes) == 2_001 and stamper.read_slices == [1] + [2] * 2_000
+    assert len(got) == 2_000
 
 
 @pytest.fixture
