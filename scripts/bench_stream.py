@@ -85,7 +85,10 @@ endpoints. Everything is measured in the same run, on the real clock, in this or
    plus any coalescing wait), bytes, slices and frames per read. ``details.latency_gc``: the
    garbage collector's pauses in the window (``gc.callbacks``: count, total, longest, per
    generation), and how many events at or above the window's p99 (and of all events) had a
-   pause between their frame's arrival and their delivery, so a tail can be attributed.
+   pause between their frame's arrival and their delivery, so a tail can be attributed;
+   ``p99_tail_stage_medians_ms``: for the events at or above the p99, the median of each
+   stage, i.e. where the tail's time went. The probe keeps its stamps in machine-int arrays,
+   never a collected object per frame or read, so it adds no collection to the window.
    Every stream row (the coalesced ones too) reports all of this.
 
 5. **Public drop → fresh price** (``public_drop_to_fresh_price_s``), ``--drops`` times:
@@ -553,6 +556,8 @@ class LatencyProbe:
     uncommitted: list[int] = attrs.Factory(list)
     #: per matched event, ms spent in each stage (see STAGES)
     stage_ms: dict[str, list[float]] = attrs.Factory(lambda: {name: [] for name in STAGES})
+    #: per event of overhead_ms (same order): its stage spans in ms, None if not stamped at every stage
+    event_stages: list[list[float] | None] = attrs.Factory(list)
     gc: GcPauses = attrs.Factory(GcPauses)
     _wrapped: list[Any] = attrs.Factory(list)
     #: the stampers of every stream wrapped (one, unless the socket reconnected in the window)
@@ -708,8 +713,12 @@ class LatencyProbe:
             kernel_ns, newest_ns, sliced_ns, read_ns = arrival
             if stage is not None and all(stage):
                 points = (kernel_ns, read_ns, *stage, out_ns)
-                for name, start, end in zip(STAGES, points, points[1:]):
-                    self.stage_ms[name].append((end - start) / 1e6)
+                spans = [(end - start) / 1e6 for start, end in zip(points, points[1:])]
+                for name, span in zip(STAGES, spans):
+                    self.stage_ms[name].append(span)
+                self.event_stages.append(spans)
+            else:
+                self.event_stages.append(None)
             self.overhead_ms.append((out_ns - kernel_ns) / 1e6)
             self.newest_segment_ms.append((out_ns - newest_ns) / 1e6)
             self.from_read_ms.append((out_ns - read_ns) / 1e6)
@@ -756,6 +765,12 @@ class LatencyProbe:
             p99 = ordered[max(0, math.ceil(0.99 * len(ordered)) - 1)]  # nearest rank, as percentiles()
             tail = [interval for value, interval in zip(self.overhead_ms, self.intervals) if value >= p99]
             summary["p99_tail_events"] = len(tail)
+            # where the tail's time went: per stage, the median over the tail events
+            spans = [spans for value, spans in zip(self.overhead_ms, self.event_stages)
+                     if value >= p99 and spans is not None]
+            if spans:
+                summary["p99_tail_stage_medians_ms"] = {
+                    name: round(statistics.median(column), 3) for name, column in zip(STAGES, zip(*spans))}
             summary["p99_tail_events_during_gc"] = self.gc.overlapping(tail)
             summary["events_during_gc"] = self.gc.overlapping(self.intervals)
         return summary

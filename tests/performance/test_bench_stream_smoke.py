@@ -47,6 +47,11 @@ def assert_per_frame_latency(figures: dict) -> None:
     gc_pauses = figures["latency_gc"]
     assert isinstance(gc_pauses["count"], int) and is_number(gc_pauses["total_ms"])
     assert 0 <= gc_pauses["p99_tail_events_during_gc"] <= gc_pauses["p99_tail_events"] <= honest["samples"]
+    tail = gc_pauses["p99_tail_stage_medians_ms"]  # where the tail's time went, stage by stage
+    stages = figures["frame_to_event_stages_ms"]
+    assert tuple(tail) == tuple(stages)
+    for name, median in tail.items():  # a median over some of a stage's events: within its range
+        assert is_number(median) and 0 <= median <= stages[name]["max"], name
     instrumentation = figures["instrumentation"]
     assert is_number(instrumentation["stamping_us_per_frame"]) and instrumentation["stamping_us_per_frame"] > 0
     assert_distribution(instrumentation["slicing_delay_ms"], ("p50", "p99", "max"))
