@@ -500,6 +500,14 @@ class _StampingStream:
 Token = int
 TOKEN_SHIFT: Final = 40
 
+def _frame_key(symbol: str, ts: int) -> str:
+    """A ticker frame's key in the probe's tables: a string, which the garbage collector does
+    not track. (A (symbol, ts) tuple is tracked, and the entries of frames that end in no
+    event, a mark unchanged or conflated, stay for the whole window: their tuples alone made
+    the collector run once in every window, where the stream alone collects once a minute.)"""
+    return f"{symbol}@{ts}"
+
+
 #: the stages of one frame's way to the consumer (``details.frame_to_event_stages_ms``)
 STAGES: Final = (
     "kernel_to_read_return",       # in the socket buffer until the read holding its last byte returned
@@ -522,8 +530,8 @@ class LatencyProbe:
     resolve_ns: int = 0
     #: message text → (its stamper, its number there), until decoded
     read_of: dict[str | bytes, Token] = attrs.Factory(dict)
-    #: (symbol, frame ts) → its token, for ticker frames carrying a mark price
-    arrivals: dict[tuple[str, int], Token] = attrs.Factory(dict)
+    #: _frame_key(symbol, frame ts) → its token, for ticker frames carrying a mark price
+    arrivals: dict[str, Token] = attrs.Factory(dict)
     #: per event matched to its frame (parallel lists, no object per event): its frame's token,
     #: event out (time.time_ns()), its exchange ts, its stage stamps (or None)
     #: (machine-int arrays: the garbage collector neither tracks nor traverses them)
@@ -546,11 +554,11 @@ class LatencyProbe:
     #: ticker events whose frame was not seen decoded / whose frame got no arrival stamp
     unmatched: int = 0
     unstamped_events: int = 0
-    #: (symbol, frame ts) → i: its decoded, committed, taken and queued time.time_ns() stamps
+    #: _frame_key(symbol, frame ts) → i: its decoded, committed, taken and queued time.time_ns() stamps
     #: are stage_ns[i:i + 4] (flat machine ints: a list per frame, kept for the window, made
     #: the garbage collector collect ~7 times a second in the window, pauses of ~1 ms the
     #: uninstrumented stream does not have; a list of ints is traversed by each collection)
-    stages: dict[tuple[str, int], int] = attrs.Factory(dict)
+    stages: dict[str, int] = attrs.Factory(dict)
     stage_ns: array.array[int] = attrs.Factory(partial(array.array, "q"))
     #: frames decoded since the reader last committed its marks (their index in stage_ns)
     uncommitted: list[int] = attrs.Factory(list)
@@ -623,7 +631,7 @@ class LatencyProbe:
             frame = original_decode(data, category=category)
             stamps = probe.read_of.pop(data, None)
             if stamps is not None and type(frame) is tuple and frame[3] is not None:  # TickerFields with a mark
-                key = (frame[0], frame[4])
+                key = _frame_key(frame[0], frame[4])
                 probe.arrivals[key] = stamps
                 at = len(probe.stage_ns)
                 probe.stage_ns.extend((time.time_ns(), 0, 0, 0))
@@ -643,7 +651,7 @@ class LatencyProbe:
             batch = await marks_take(self)
             now, stage_ns = time.time_ns(), probe.stage_ns
             for (_category, symbol), mark in batch.items():
-                at = probe.stages.get((symbol, mark.exchange_ts))
+                at = probe.stages.get(_frame_key(symbol, mark.exchange_ts))
                 if at is not None:
                     stage_ns[at + 2] = now
             return batch
@@ -652,7 +660,7 @@ class LatencyProbe:
             now, stage_ns = time.time_ns(), probe.stage_ns
             for event in events:  # a ticker event carries its frame's ts (the notices have no source)
                 if isinstance(event, PositionEvent) and event.source == "ticker" and event.exchange_ts is not None:
-                    at = probe.stages.get((event.symbol, event.exchange_ts))
+                    at = probe.stages.get(_frame_key(event.symbol, event.exchange_ts))
                     if at is not None:
                         stage_ns[at + 3] = now
             queue_put(self, events)
@@ -683,7 +691,7 @@ class LatencyProbe:
         for event in events:
             if event.source != "ticker" or event.exchange_ts is None:
                 continue
-            key = (event.symbol, event.exchange_ts)
+            key = _frame_key(event.symbol, event.exchange_ts)
             token = self.arrivals.pop(key, None)
             if token is None:
                 self.unmatched += 1

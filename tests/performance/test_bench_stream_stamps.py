@@ -221,3 +221,11 @@ async def test_sliced_reads_on_a_loopback_socket_return_every_byte_with_a_stamp_
     await server.aclose()
     await client.aclose()
     await listener.aclose()
+
+
+def test_the_probe_keys_frames_by_objects_the_collector_does_not_track(bench):
+    """The probe's per-frame tables outlive frames that end in no event (a mark unchanged or
+    conflated); keyed by tuples, those entries alone made the collector run in every window."""
+    key = bench._frame_key("BTCUSDT", 1_700_000_000_123)
+    assert not gc.is_tracked(key)
+    assert key != bench._frame_key("BTCUSDT", 1_700_000_000_124) != bench._frame_key("BTCUSDC", 1_700_000_000_123)
