@@ -432,3 +432,13 @@ def test_every_vector_message_is_covered():
 @pytest.mark.parametrize(("name", "index"), sorted(CASES))
 def test_vector_message(name, index):
     CASES[(name, index)](load_vector(name)["messages"][index])
+
+
+def test_a_401_is_an_auth_error_with_bybits_code_and_otherwise_awaits_confirmation():
+    body = json.dumps(load_vector("rest_errors")["messages"][0])  # 10003 "API key is invalid."
+    with pytest.raises(RestAuthError, match="10003"):
+        parse_position_page(body, http_status=401)
+    for other in (b"<html><body><h1>401</h1></body></html>", b'{"retCode": 10001, "retMsg": "x"}', b"{}"):
+        with pytest.raises(RestUnavailable, match="HTTP 401") as caught:
+            parse_position_page(other, http_status=401)
+        assert caught.value.http_status == 401 and not isinstance(caught.value, AuthRejected)
