@@ -406,6 +406,7 @@ async def test_an_auth_answer_that_does_not_refuse_the_keys_is_retried_like_an_o
                 assert stream.hub.auth_refusals == 0 and stream.hub.auth_unanswered == 0
                 private = stream.health().actors["private"]
                 assert private["outages"] == 5 and private["crashes"] == 0
+                assert f"auth failed with {ret_msg!r} (not a refusal of the credentials)" in private["last_error"]
                 assert trio.current_time() < 60.0  # the outage backoff, not a ban's pace
     reported = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "auth" in r.getMessage()]
     assert any(f"{ret_msg!r}" in m and "not a refusal of the credentials" in m for m in reported), reported
