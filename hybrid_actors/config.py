@@ -119,6 +119,10 @@ class Endpoints:
 
 #: a settle coin as Bybit spells it (``USDT``, ``USDC``)
 _SETTLE_COIN: Final = re.compile(r"[A-Z0-9]{1,20}")
+#: the settle coins of Bybit's linear contracts (USDT and USDC perpetuals and futures,
+#: BYBIT_V5.md §1): ``position/list`` is asked once per coin listed, and a coin outside these
+#: would be asked for positions that cannot exist, while the real ones go unlisted
+LINEAR_SETTLE_COINS: Final = ("USDT", "USDC")
 
 
 def _check_url(url: str, schemes: tuple[str, ...], flag: str) -> None:
@@ -343,6 +347,11 @@ class StreamConfig:
                                   f"digits, such as 'USDT' or 'USDC' (got {value!r})")
         if len(set(value)) != len(value):
             raise ConfigError(f"linear_settle_coins: a settle coin is listed twice in {value!r}")
+        unknown = [coin for coin in value if coin not in LINEAR_SETTLE_COINS]
+        if unknown:
+            raise ConfigError(f"linear_settle_coins: {', '.join(map(repr, unknown))} is not a settle coin of Bybit's "
+                              f"linear contracts; choose from {', '.join(LINEAR_SETTLE_COINS)} (got {value!r}). "
+                              "Its positions would never be listed, and the stream would start without them")
 
     @pong_timeout.validator
     def _check_pong_timeout(self, attribute: attrs.Attribute[Any], value: float | None) -> None:

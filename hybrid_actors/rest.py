@@ -4,7 +4,9 @@ httpx runs on trio through anyio. Deadlines are trio cancel scopes. Retries, thr
 one backoff policy (:data:`REST_BACKOFF`, :mod:`hybrid_actors.backoff`), cover what an outage looks like: network errors,
 timeouts, HTTP 5xx/429/403, 10006/10018 rate limits (waiting for the reset header when
 given) and 10002 clock skew (after resyncing with ``/v5/market/time``). Credential
-errors (10003/10004/10005/10010) are raised at once: retrying cannot fix them. When the
+errors (10003/10004/10005/10010) are raised at once: retrying cannot fix them; an HTTP 401
+without one of those codes (a gateway's page) after one call signed anew with a measured
+clock. When the
 attempts run out the call raises :class:`~hybrid_actors.errors.RestUnavailable`, which
 the supervisor treats as an outage (retried forever, with backoff).
 """
@@ -300,7 +302,10 @@ class RestClient:
 
     async def _call(self, build: Callable[[], RestRequest], parse: _Parser[_R]) -> _R:
         last: RestError | None = None
-        for attempt in range(self.attempts):
+        attempts = self.attempts
+        unauthorized = False  # a signed request of this call got HTTP 401 without Bybit's auth code
+        attempt = -1
+        while (attempt := attempt + 1) < attempts:
             request = build()
             self._check_ban(request.path)
             pause = self._quota_pause(request.path)
@@ -330,6 +335,18 @@ class RestClient:
                 last = exc
                 delay = self.backoff.delay(attempt, self.rng, exc.retry_after)
             except RestUnavailable as exc:
+                if exc.http_status == 401 and request.signed:
+                    if unauthorized:
+                        raise self._rejected_by_401(exc) from exc
+                    # Bybit says 401 for missing or invalid auth headers; a gateway's page
+                    # leaves a doubt: sign anew with a measured clock, once, whatever the budget
+                    unauthorized = True
+                    attempts = max(attempts, attempt + 2)
+                    self.failures += 1
+                    log.warning("%s; measuring the clock and signing once more before calling the "
+                                "credentials rejected", exc)
+                    await self.sync_time()
+                    continue
                 last = exc
                 delay = self.backoff.delay(attempt, self.rng)
             except RestError as exc:
@@ -338,13 +355,21 @@ class RestClient:
                 last = exc  # an exchange-side error (10000, 10016, ...): an outage, retried
                 delay = self.backoff.delay(attempt, self.rng)
             self.failures += 1
-            if attempt + 1 < self.attempts:
-                log.warning("%s; retrying in %.2fs (attempt %d/%d)", last, delay, attempt + 1, self.attempts)
+            if attempt + 1 < attempts:
+                log.warning("%s; retrying in %.2fs (attempt %d/%d)", last, delay, attempt + 1, attempts)
                 await trio.sleep(delay)
         assert last is not None
         raise RestUnavailable(f"{last} (gave up after {self.attempts} attempts)", ret_code=last.ret_code,
                               ret_msg=last.ret_msg, path=last.path, http_status=last.http_status,
                               retry_after=last.retry_after) from last
+
+    def _rejected_by_401(self, exc: RestError) -> RestAuthError:
+        key = self.credentials.key_hint if self.credentials is not None else "?"
+        return RestAuthError(
+            f"{exc.path and 'GET ' + exc.path or 'REST'} rejected credentials: HTTP 401 twice, the second "
+            f"time signed anew with a freshly measured clock ({exc}). Check the API key {key} and its "
+            "secret, and that the key was made for this environment (mainnet / testnet / demo)",
+            ret_msg=exc.ret_msg, path=exc.path, http_status=401)
 
     async def _send(self, request: RestRequest) -> tuple[int, bytes, float | None]:
         """One HTTP GET within the deadline: ``(status, body, seconds until the rate-limit

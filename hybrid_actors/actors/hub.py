@@ -186,8 +186,8 @@ class Hub:
     #: consecutive private auth refusals (the first is retried after a clock resync):
     #: written by the private actor only
     auth_refusals: int = 0
-    #: private auth requests sent in a row that got no answer (the socket closed or stayed
-    #: silent): written by the private actor only
+    #: private auth requests sent in a row that got no verdict: no answer (the socket closed
+    #: or stayed silent) or a failure not about the credentials: written by the private actor only
     auth_unanswered: int = 0
     #: see :meth:`socket_waiting`; the supervisor installs its handler
     _on_socket_waiting: Callable[[str, str], None] = lambda name, why: None

@@ -9,8 +9,11 @@ queued. Pushes that arrive meanwhile are forwarded at once; the combiner holds t
 the first snapshot is applied (the latest per position), then the book's version rule
 keeps whichever is newer.
 
-A rejected auth raises :class:`~hybrid_actors.errors.AuthRejected`, which ends the
-stream: retrying bad credentials only risks an IP ban.
+A rejected auth (``Params Error``, or a text naming the key, signature or expiry: see
+:attr:`~hybrid_actors.protocol.frames.AuthResult.refuses_credentials`) is retried once after
+the clock is measured, then raises :class:`~hybrid_actors.errors.AuthRejected`, which ends
+the stream: retrying bad credentials only risks an IP ban. A ``success:false`` with any other
+text (a server error, a rate limit) is no verdict on the keys: retried like an outage.
 """
 
 from __future__ import annotations
@@ -37,7 +40,8 @@ __all__ = ["PrivateStreamActor"]
 
 log = logging.getLogger(__name__)
 NAME = "private"
-#: auth requests in a row without an answer before the credentials are checked on REST
+#: auth requests in a row without a verdict (no answer, or a failure that is not about the
+#: credentials) before the credentials are checked on REST
 UNANSWERED_AUTHS_BEFORE_CHECK: Final = 2
 
 
@@ -75,8 +79,17 @@ class PrivateStreamActor:
             conn.link.offer(self._session.auth(credentials.api_key, credentials.api_secret, expires))
             hub.auth_unanswered += 1
             await self._wait(self._authed, config.auth_timeout, "an answer to auth")
-            hub.auth_unanswered = 0
             assert self._auth is not None
+            if not self._auth.success and not self._auth.refuses_credentials:
+                # A server error, a rate limit, a text nobody documented: no verdict on the
+                # keys, so an outage (retried with backoff), not a refusal. It counts like an
+                # unanswered auth: two in a row and one signed REST call checks the keys.
+                log.warning("private stream: auth answered %r, which is not a refusal of the credentials; "
+                            "retrying like an outage (%d such answer(s) or silences in a row)",
+                            self._auth.ret_msg, hub.auth_unanswered)
+                raise ConnectionLost(f"private stream: auth failed with {self._auth.ret_msg!r} (not a refusal "
+                                     "of the credentials); retrying like an outage")
+            hub.auth_unanswered = 0
             if not self._auth.success and not clock_measured:
                 # The docs' 'Params Error' covers bad keys and an expired `expires` alike: resync
                 # the clock (next incarnation) and try again before calling the keys bad. Only
@@ -123,8 +136,9 @@ class PrivateStreamActor:
         return True
 
     async def _check_credentials(self) -> None:
-        """Auth requests in a row got no answer: some gateways close the socket instead of
-        refusing bad keys. One signed REST call tells: rejected credentials end the stream
+        """Auth requests in a row got no answer, or one that was no verdict on the keys
+        (``success:false`` with a server-error text): some gateways close the socket instead
+        of refusing bad keys. One signed REST call tells: rejected credentials end the stream
         (:class:`AuthRejected`, at once, not after hours of bad signatures); any other answer,
         or none, and the socket is tried again as after an outage."""
         hub = self.hub
@@ -135,10 +149,10 @@ class PrivateStreamActor:
         except AuthRejected:
             raise
         except RestError as exc:
-            log.warning("private stream: %d auth requests in a row got no answer; REST could not check "
+            log.warning("private stream: %d auth requests in a row got no verdict; REST could not check "
                         "the credentials either (%s)", hub.auth_unanswered, exc)
             return
-        log.warning("private stream: %d auth requests in a row got no answer; the credentials work on "
+        log.warning("private stream: %d auth requests in a row got no verdict; the credentials work on "
                     "REST, so the private endpoint is treated as down", hub.auth_unanswered)
         hub.auth_unanswered = 0
 

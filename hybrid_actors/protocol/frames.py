@@ -28,7 +28,7 @@ from .fields import FieldError, dec, opt_dec, opt_int, opt_str, req_dec, req_int
 __all__ = [
     "AuthResult", "SubscribeResult", "Pong", "Position", "PositionPush", "TickerFrame",
     "TickerSnapshot", "TickerDelta", "UnknownFrame", "MalformedFrame", "Frame", "decode",
-    "SubscribeFailure", "classify_failure", "SIDES", "TickerFields", "decode_hot",
+    "SubscribeFailure", "classify_failure", "SIDES", "TickerFields", "decode_hot", "CREDENTIAL_REFUSAL_WORDS",
 ]
 
 SIDES: Final = ("Buy", "Sell", "")
@@ -56,6 +56,24 @@ class AuthResult:
     ret_msg: str
     conn_id: str | None = None
     req_id: str | None = None
+
+    @property
+    def refuses_credentials(self) -> bool:
+        """A refusal that is about the key, the signature or ``expires`` (see
+        :data:`CREDENTIAL_REFUSAL_WORDS`); False for a success and for any other text (a
+        server error, a rate limit, an empty or undocumented text): those are no verdict
+        on the keys."""
+        if self.success:
+            return False
+        text = self.ret_msg.lower()
+        return any(word in text for word in CREDENTIAL_REFUSAL_WORDS)
+
+
+#: words of an auth refusal that is about the credentials. Bybit v5's one text on record is
+#: ``Params Error``, for bad keys and an expired ``expires`` alike (BYBIT_V5.md §2); the
+#: others cover wordings that name the key, the signature or the expiry (older sockets said
+#: ``error:request expired``). Matched case-insensitively as substrings.
+CREDENTIAL_REFUSAL_WORDS: Final = ("params error", "key", "sign", "expire", "permission")
 
 
 @attrs.frozen

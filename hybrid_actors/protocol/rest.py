@@ -6,7 +6,8 @@ The I/O lives in :mod:`hybrid_actors.rest`; this module only builds and parses.
 
 Errors come back with HTTP 200 and ``retCode != 0``; they are mapped to the small tree
 in :mod:`hybrid_actors.errors`. A body we cannot parse is treated as the exchange being
-unavailable (a proxy's HTML error page looks exactly like that) and is retried.
+unavailable (a proxy's HTML error page looks exactly like that) and is retried, except
+under HTTP 401 (refused authentication headers), which the client confirms once.
 """
 
 from __future__ import annotations
@@ -161,6 +162,28 @@ def _redact(ret_msg: str) -> str:
     return ret_msg.split("origin_string", 1)[0].strip() if "origin_string" in ret_msg else ret_msg
 
 
+def _unauthorized(body: bytes | str, path: str) -> None:
+    """HTTP 401: Bybit's answer to missing or invalid authentication headers. With one of
+    its auth retCodes it is that error (:class:`RestAuthError`); otherwise (a gateway's HTML
+    page, another code) :class:`RestUnavailable` with ``http_status`` 401, which the client
+    confirms with one freshly signed call before calling the credentials rejected."""
+    try:
+        obj = loads(body)
+    except ValueError:
+        obj = None
+    ret_code: int | None = None
+    if isinstance(obj, dict):
+        try:
+            ret_code = to_int(obj.get("retCode"), "retCode")
+        except FieldError:
+            ret_code = None
+        if ret_code in AUTH_CODES:
+            raise error_for(ret_code, str(obj.get("retMsg", "")), path=path, http_status=401)
+    what = "a non-JSON body" if obj is None else "no Bybit envelope" if ret_code is None else f"retCode {ret_code}"
+    raise RestUnavailable(f"GET {path}: HTTP 401 with {what}: the authentication headers were refused",
+                          path=path, http_status=401)
+
+
 @attrs.frozen
 class Envelope:
     result: Mapping[str, Any] = attrs.field(repr=False)
@@ -170,6 +193,8 @@ class Envelope:
 def parse_envelope(body: bytes | str, *, path: str, http_status: int = 200) -> Envelope:
     """``result`` and ``time`` of a successful call; raises the matching :class:`RestError`
     otherwise."""
+    if http_status == 401:
+        _unauthorized(body, path)
     if http_status == 403:
         raise RestRateLimited(f"GET {path}: HTTP 403 (IP rate limit or restricted region); "
                               "back off for several minutes", path=path, http_status=403)

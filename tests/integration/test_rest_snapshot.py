@@ -15,9 +15,11 @@ import attrs
 import pytest
 import trio
 
-from hybrid_actors.errors import RestUnavailable
+from hybrid_actors import AuthRejected, StreamConfig
+from hybrid_actors.errors import RestAuthError, RestUnavailable
 from hybrid_actors.rest import IP_BAN_COOLDOWN, MAX_REQUESTS_PER_SNAPSHOT, UNSUPPORTED_RECHECK, RestClient, \
     open_rest_client
+from hybrid_actors.supervisor import open_hybrid_stream
 from hybrid_actors.testing.simulator import Simulator, open_simulator, trio_wall_clock
 from stack import TEST_TIMEOUT, sim_config
 
@@ -195,3 +197,68 @@ async def test_a_scope_cut_short_with_an_unusable_record_reports_both(loopback_c
             assert snapshot.truncated == (("linear", "USDT"),) and snapshot.coverage == ()
             problem = rest.paging_problems[("linear", "USDT")]
             assert "bound of 50 requests" in problem and "1 record(s) unusable" in problem, problem
+
+
+# --- HTTP 401: Bybit's answer to missing or invalid authentication headers (BYBIT_V5.md §8) ---
+
+async def test_a_401_with_a_gateway_page_twice_is_rejected_credentials_not_an_endless_outage(loopback_clock):
+    """A 401 whose body is not Bybit's envelope (a gateway's HTML page) used to be retried as
+    an outage forever. It is one signed call away from the verdict: signed anew with a freshly
+    measured clock, a second 401 means the exchange refuses our headers, like 10003/10004."""
+    with trio.fail_after(TEST_TIMEOUT):
+        async with rest_against_sim() as (sim, rest):
+            await rest.sync_time()
+            sim.control.rest_http_error(401, count=None, path=LIST)
+            start = trio.current_time()
+            with pytest.raises(RestAuthError) as caught:
+                await rest.positions(["linear"])
+            assert isinstance(caught.value, AuthRejected) and caught.value.http_status == 401
+            assert "HTTP 401" in str(caught.value) and "API key" in str(caught.value)
+            assert sim.credentials.api_secret not in str(caught.value)
+            assert list_calls(sim) == 2  # the call and its one confirmation
+            assert len(sim.observe.rest_calls("/v5/market/time")) == 2  # the clock measured before confirming
+            assert trio.current_time() - start < 1.0
+
+
+async def test_a_401_with_bybits_auth_code_is_rejected_at_once(loopback_clock):
+    with trio.fail_after(TEST_TIMEOUT):
+        async with rest_against_sim() as (sim, rest):
+            await rest.sync_time()
+            await rest.positions(["linear"])
+            before = list_calls(sim)
+            sim.control.rest_error(10003, "API key is invalid.", count=None, path=LIST)
+            with pytest.raises(RestAuthError, match="10003"):
+                await rest.positions(["linear"])
+            assert list_calls(sim) == before + 1
+
+
+async def test_a_single_401_is_confirmed_once_and_the_snapshot_goes_on(loopback_clock):
+    with trio.fail_after(TEST_TIMEOUT):
+        async with rest_against_sim(coins=("USDT",)) as (sim, rest):
+            sim.control.open_position("BTCUSDT", "Buy", "1")
+            sim.control.rest_http_error(401, count=1, path=LIST)
+            snapshot = await rest.positions(["linear"])
+            assert [p.symbol for p in snapshot.positions] == ["BTCUSDT"]
+            assert [c.status for c in sim.observe.rest_calls(LIST)] == [401, 200]
+
+
+async def test_a_401_on_a_public_endpoint_is_an_outage_not_a_verdict_on_the_keys(loopback_clock):
+    # /v5/market/time carries no credentials: whatever refused it, it was not our keys
+    with trio.fail_after(TEST_TIMEOUT):
+        async with rest_against_sim() as (sim, rest):
+            sim.control.rest_http_error(401, count=None, path="/v5/market/time")
+            with pytest.raises(RestUnavailable, match="401"):
+                await rest.sync_time()
+            assert len(sim.observe.rest_calls("/v5/market/time")) == rest.attempts
+
+
+async def test_a_401_gateway_page_ends_the_stream_loudly_instead_of_retrying_forever(loopback_clock):
+    wall = trio_wall_clock()
+    with trio.fail_after(TEST_TIMEOUT):
+        async with open_simulator(sim_config(wall_clock=wall)) as sim:
+            sim.control.rest_http_error(401, count=None, path=LIST)
+            config = StreamConfig(credentials=sim.credentials, endpoints=sim.endpoints)
+            with pytest.raises(AuthRejected, match="HTTP 401"):
+                async with open_hybrid_stream(config, wall_clock=wall):
+                    pytest.fail("the stream must not start")
+            assert trio.current_time() < 10.0

@@ -151,3 +151,28 @@ async def test_paging_that_never_ends_costs_a_bounded_snapshot_and_shows_in_heal
             await eventually(lambda: s.stream.health().events["reconciliations"] >= 2)
             assert len(sim.observe.rest_calls("/v5/position/list")) - before == 2
             assert s.stream.health().rest["paging_problems"] == {}
+
+
+@pytest.mark.parametrize("coins", [("USTD",), ("USDT", "USDCC")])
+async def test_a_misspelt_settle_coin_is_a_config_error_not_a_stream_without_those_positions(loopback_clock, coins):
+    """``linear_settle_coins=("USTD",)`` is well-formed, so it was accepted: position/list was
+    asked for USTD (the simulator answers an empty page; what Bybit answers is not on record,
+    so the check must not depend on it), and the stream came up 'live' without the account's
+    USDT positions."""
+    from hybrid_actors import ConfigError, StreamConfig
+    from hybrid_actors.supervisor import open_hybrid_stream
+    from hybrid_actors.testing.simulator import open_simulator, trio_wall_clock
+
+    wall = trio_wall_clock()
+    with trio.fail_after(TEST_TIMEOUT):
+        async with open_simulator(sim_config(wall_clock=wall)) as sim:
+            sim.control.open_position("BTCUSDT", "Buy", "1")
+            with pytest.raises(ConfigError) as caught:
+                config = StreamConfig(credentials=sim.credentials, endpoints=sim.endpoints,
+                                      linear_settle_coins=coins)
+                async with open_hybrid_stream(config, wall_clock=wall) as stream:
+                    pytest.fail(f"started with positions {[p.symbol for p in stream.positions()]}")
+            bad = coins[-1]
+            assert f"{bad!r} is not a settle coin of Bybit's linear contracts" in str(caught.value)
+            assert "USDT, USDC" in str(caught.value)
+            assert sim.observe.rest_calls("/v5/position/list") == []  # refused before asking anything

@@ -390,6 +390,42 @@ async def test_a_second_refusal_while_the_clock_cannot_be_measured_is_retried_no
                     assert stream.hub.auth_refusals == 0
 
 
+@pytest.mark.parametrize("ret_msg", ["Internal server error", "Too many visits!", "system busy; retry later", ""])
+async def test_an_auth_answer_that_does_not_refuse_the_keys_is_retried_like_an_outage(loopback_clock, caplog, ret_msg):
+    # Only 'Params Error' (or a text naming the key, signature or expiry) says the keys are
+    # bad; a server error or rate-limit text with success:false is an outage: retried and
+    # reported, never "credentials rejected" (two of them used to end the stream).
+    wall = trio_wall_clock()
+    with trio.fail_after(TEST_TIMEOUT * 10):
+        async with open_simulator(sim_config(wall_clock=wall)) as sim:
+            sim.control.fail_auth(5, ret_msg=ret_msg)
+            config = StreamConfig(credentials=sim.credentials, endpoints=sim.endpoints)
+            async with open_hybrid_stream(config, wall_clock=wall, rng=random.Random(3)) as stream:
+                assert len(sim.observe.auth_attempts(ok=False)) == 5
+                assert len(sim.observe.auth_attempts(ok=True)) == 1
+                assert stream.hub.auth_refusals == 0 and stream.hub.auth_unanswered == 0
+                private = stream.health().actors["private"]
+                assert private["outages"] == 5 and private["crashes"] == 0
+                assert f"auth failed with {ret_msg!r} (not a refusal of the credentials)" in private["last_error"]
+                assert trio.current_time() < 60.0  # the outage backoff, not a ban's pace
+    reported = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and "auth" in r.getMessage()]
+    assert any(f"{ret_msg!r}" in m and "not a refusal of the credentials" in m for m in reported), reported
+
+
+@pytest.mark.parametrize("ret_msg", ["Params Error", "Invalid api_key", "error sign!", "error:request expired"])
+async def test_an_auth_refusal_naming_the_credentials_still_ends_the_stream(loopback_clock, ret_msg):
+    wall = trio_wall_clock()
+    with trio.fail_after(TEST_TIMEOUT):
+        async with open_simulator(sim_config(wall_clock=wall)) as sim:
+            sim.control.fail_auth(None, ret_msg=ret_msg)
+            config = StreamConfig(credentials=sim.credentials, endpoints=sim.endpoints)
+            with pytest.raises(AuthRejected) as caught:
+                async with open_hybrid_stream(config, wall_clock=wall):
+                    pytest.fail("the stream must not start")
+            assert repr(ret_msg) in str(caught.value)
+            assert len(sim.observe.auth_attempts()) == 2  # one retry after a measured clock
+
+
 @pytest.mark.parametrize("keys", ["bad", "good"])
 async def test_a_gateway_that_closes_instead_of_refusing_auth(loopback_clock, keys):
     # Bybit's docs do not say whether a failed auth is answered or the socket closed. Closed:

@@ -218,6 +218,9 @@ def test_categories_accept_any_iterable_and_a_single_name():
     (("US-DT",), r"'US-DT' is not a settle coin"),
     (("",), r"'' is not a settle coin"),
     (("USDT", "USDT"), r"linear_settle_coins: a settle coin is listed twice in \('USDT', 'USDT'\)"),
+    (("USTD",), r"linear_settle_coins: 'USTD' is not a settle coin of Bybit's linear contracts; "
+                r"choose from USDT, USDC"),
+    (("USDC", "BTC"), r"'BTC' is not a settle coin of Bybit's linear contracts"),
 ])
 def test_bad_linear_settle_coins(coins, message):
     """An empty or misspelt list left the REST snapshot without linear positions: the stream

@@ -104,6 +104,19 @@ expect_failure(6, None, conn_id="x", req_id=None, ret_msg="Request not authorize
                kind="not_authorized", topics=())
 
 
+def test_every_recorded_auth_refusal_is_about_the_credentials_and_other_texts_are_not():
+    for message in load_vector("auth_fail")["messages"]:
+        refusal = decode(json.dumps(message))
+        assert isinstance(refusal, AuthResult) and refusal.refuses_credentials
+    for message in load_vector("auth_ok")["messages"]:
+        ok = decode(json.dumps(message))
+        assert isinstance(ok, AuthResult) and not ok.refuses_credentials
+    for text in ("Invalid api_key", "error sign!", "error:request expired", "PARAMS ERROR"):
+        assert AuthResult(False, text).refuses_credentials, text
+    for text in ("", "Internal server error", "Too many visits!", "system busy", "error:invalid op"):
+        assert not AuthResult(False, text).refuses_credentials, text
+
+
 def test_the_existing_subscribe_success_acks_have_no_failure():
     for message in load_vector("subscribe_ok")["messages"]:
         frame = decode(json.dumps(message))
@@ -419,3 +432,13 @@ def test_every_vector_message_is_covered():
 @pytest.mark.parametrize(("name", "index"), sorted(CASES))
 def test_vector_message(name, index):
     CASES[(name, index)](load_vector(name)["messages"][index])
+
+
+def test_a_401_is_an_auth_error_with_bybits_code_and_otherwise_awaits_confirmation():
+    body = json.dumps(load_vector("rest_errors")["messages"][0])  # 10003 "API key is invalid."
+    with pytest.raises(RestAuthError, match="10003"):
+        parse_position_page(body, http_status=401)
+    for other in (b"<html><body><h1>401</h1></body></html>", b'{"retCode": 10001, "retMsg": "x"}', b"{}"):
+        with pytest.raises(RestUnavailable, match="HTTP 401") as caught:
+            parse_position_page(other, http_status=401)
+        assert caught.value.http_status == 401 and not isinstance(caught.value, AuthRejected)

@@ -192,9 +192,12 @@ class Control:
         self._ex.faults.reject_subscribes(category, symbol, count, ret_msg)
         self._ex.changed()
 
-    def fail_auth(self, count: int | None = 1) -> None:
-        """The next ``count`` auth attempts fail with ``Params Error`` however correct (None: all of them)."""
-        self._ex.faults.fail_auth(count)
+    def fail_auth(self, count: int | None = 1, *, ret_msg: str = "Params Error") -> None:
+        """The next ``count`` auth attempts fail with ``ret_msg`` however correct (None: all of
+        them). ``Params Error`` is the only v5 refusal text on record (bad keys and an expired
+        ``expires`` alike); another text stands for an answer that is not about the keys (a
+        server error, a rate limit) or one nobody has documented."""
+        self._ex.faults.fail_auth(count, ret_msg)
         self._ex.changed()
 
     def close_on_failed_auth(self, enabled: bool = True) -> None:

@@ -148,6 +148,8 @@ class Faults:
     connection_window: float
     connection_limit_status: int
     auth_failures: Counted = attrs.Factory(lambda: Counted(0))
+    #: the ``ret_msg`` of a forced auth failure (Bybit's documented text by default)
+    auth_failure_msg: str = "Params Error"
     #: a refused auth gets no answer: the socket is closed (1008) instead (some gateways)
     failed_auth_closes: bool = False
     subscribe_rejections: dict[tuple[str, str], SubscribeRejection] = attrs.Factory(dict)
@@ -160,11 +162,13 @@ class Faults:
     _accepted: dict[str, deque[float]] = attrs.Factory(dict)
 
     # --- arming -------------------------------------------------------------------------------
-    def fail_auth(self, count: int | None) -> None:
+    def fail_auth(self, count: int | None, ret_msg: str = "Params Error") -> None:
         self.auth_failures = _count(count)
+        self.auth_failure_msg = ret_msg
 
     def clear_auth_failures(self) -> None:
         self.auth_failures = Counted(0)
+        self.auth_failure_msg = "Params Error"
 
     def reject_subscribes(self, category: str, symbol: str, count: int | None, ret_msg: str) -> None:
         self.subscribe_rejections[(category, symbol)] = SubscribeRejection(_count(count), ret_msg)
@@ -184,6 +188,7 @@ class Faults:
 
     def clear(self) -> None:
         self.auth_failures = Counted(0)
+        self.auth_failure_msg = "Params Error"
         self.failed_auth_closes = False
         self.subscribe_rejections.clear()
         self.rest_records.clear()

@@ -66,8 +66,10 @@ def check_auth(ex: Exchange, args: Any) -> str:
 
 def _auth(ex: Exchange, conn: Connection, args: Any, req_id: Any) -> None:
     reason = check_auth(ex, args)
+    ret_msg = "Params Error"
     if reason == "ok" and ex.faults.take_auth_failure():
         reason = "forced failure"
+        ret_msg = ex.faults.auth_failure_msg
     ok = reason == "ok"
     if ok:
         conn.authenticated = True
@@ -75,7 +77,7 @@ def _auth(ex: Exchange, conn: Connection, args: Any, req_id: Any) -> None:
     if not ok and ex.faults.failed_auth_closes:
         conn.request_drop(DropMode.CLOSE, code=1008, reason="", cause="auth refused")
         return
-    conn.push(wire.auth_reply(conn.conn_id, success=ok, req_id=req_id))
+    conn.push(wire.auth_reply(conn.conn_id, success=ok, req_id=req_id, ret_msg=ret_msg))
 
 
 def _request(ex: Exchange, conn: Connection, op: str, raw_args: Any, req_id: Any) -> None:

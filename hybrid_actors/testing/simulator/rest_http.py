@@ -13,7 +13,7 @@ import trio
 log = logging.getLogger(__name__)
 
 MAX_BODY: Final = 1 << 20
-_REASONS: Final = {200: b"OK", 400: b"Bad Request", 403: b"Forbidden", 404: b"Not Found",
+_REASONS: Final = {200: b"OK", 400: b"Bad Request", 401: b"Unauthorized", 403: b"Forbidden", 404: b"Not Found",
                    413: b"Payload Too Large", 429: b"Too Many Requests", 500: b"Internal Server Error",
                    502: b"Bad Gateway", 503: b"Service Unavailable", 504: b"Gateway Timeout"}
 

@@ -98,9 +98,9 @@ def ack(kind: str, conn_id: str, op: str, *, success: bool, ret_msg: str = "",
                   "req_id": "" if req_id is None else req_id, "op": op})
 
 
-def auth_reply(conn_id: str, *, success: bool, req_id: Any = None) -> str:
+def auth_reply(conn_id: str, *, success: bool, req_id: Any = None, ret_msg: str = "Params Error") -> str:
     body: dict[str, Any] = {} if req_id is None else {"req_id": req_id}
-    body.update(success=success, ret_msg="" if success else "Params Error", op="auth", conn_id=conn_id)
+    body.update(success=success, ret_msg="" if success else ret_msg, op="auth", conn_id=conn_id)
     return dumps(body)
 
 
