@@ -533,3 +533,48 @@ async def test_the_live_table_on_a_terminal_prints_log_lines_above_it_whole():
     headers = [row for row in screen if row.startswith("hybrid_actors  ")]
     assert len(headers) == 1, headers  # one table, redrawn in place: no stale copies of it
     assert any("BTCUSDT" in row or "USDT" in row for row in screen[screen.index(headers[0]):])
+
+
+# --- the "failed" line reaches a reader that lags ------------------------------------------------------------
+
+async def test_a_reader_lagging_when_the_stream_fails_still_gets_the_failed_line_last():
+    # the pipe full and its reader seconds behind when the credentials are revoked: the
+    # "failed" line used to be given up on after 2 s, so a consumer parsing stdout never saw
+    # why the stream ended (only stderr and the exit code said it)
+    read_end, write_end = os.pipe()
+    try:
+        async with simulator("--positions", "100", "--symbols", "120", "--rate", "20", "--seed", "3") as sim:
+            async with trio.open_nursery() as nursery:
+                proc = await start_cli(nursery, "run", "--stream-url", sim["ws_url"], "--rest-url", sim["rest_url"],
+                                       "--output", "jsonl", "--log-level", "INFO", stdout=write_end,
+                                       env=cli_env(sim["api_key"], sim["api_secret"]))
+                os.close(write_end)
+                write_end = -1
+                errors = LineReader(proc.stderr)
+                with trio.fail_after(30):
+                    while b"stream live" not in (await errors.readline() or b"stream live"):
+                        pass
+                    await trio.sleep(0.5)  # nobody reads: the pipe fills up
+                    await sim_control(sim, "fail_auth", count=None)
+                    await sim_control(sim, "drop_private")
+                    while b"stream failed" not in (await errors.readline() or b"stream failed"):
+                        pass
+                    await trio.sleep(3)  # the reader is 3 s behind when the stream has failed
+                    data = b""
+                    while True:
+                        await trio.lowlevel.wait_readable(read_end)
+                        if not (chunk := os.read(read_end, 1 << 16)):
+                            break
+                        data += chunk
+                    await proc.wait()
+                    rest = b"".join(await errors.lines())
+    finally:
+        os.close(read_end)
+        if write_end != -1:
+            os.close(write_end)
+    assert proc.returncode == 3, rest.decode()[-2000:]
+    assert len(data) >= 65536 // 2  # the pipe did fill up
+    lines = [check_contract(line) for line in data.splitlines()]
+    assert data.endswith(b"\n")
+    assert lines[-1]["event"] == "stream.state" and lines[-1]["state"] == "failed", lines[-3:]
+    assert lines[-1]["reason"].startswith("AuthRejected: ")
