@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal, InvalidOperation
@@ -286,7 +288,13 @@ class PipeConsole(Console):
 
 
 class TableView:
-    """Redraws the dashboard: in place on a terminal, a fresh copy per refresh otherwise."""
+    """Redraws the dashboard: in place on a terminal, a fresh copy per refresh otherwise.
+
+    While it redraws in place, log records that would go to the same terminal (stderr on the
+    terminal the table is on) are printed through its console instead, above the table: a
+    line written straight to the terminal landed inside the table and the next redraw, which
+    moves up over as many lines as the table had, erased it (or left a stale copy of the
+    table's top behind). Redirected stderr (``2>log``) keeps its plain handler."""
 
     def __init__(self, console: Console | None = None):
         if console is None:
@@ -295,6 +303,9 @@ class TableView:
                 console = PipeConsole(width=160)
         self.console = console
         self._live: Live | None = None
+        #: one drawing at a time: the table is drawn in a worker thread, logs come from any
+        self._drawing = threading.RLock()
+        self._moved: list[tuple[logging.Logger, logging.Handler, logging.Handler]] = []
 
     def __enter__(self) -> TableView:
         if self.console.is_terminal:
@@ -302,19 +313,70 @@ class TableView:
 
             self._live = Live(console=self.console, auto_refresh=False, transient=False)
             self._live.__enter__()
+            self._log_above()
         return self
 
     def __exit__(self, *exc: object) -> None:
+        for logger, plain, above in reversed(self._moved):
+            logger.removeHandler(above)
+            logger.addHandler(plain)
+        self._moved.clear()
         if self._live is not None:
-            self._live.__exit__(None, None, None)
+            with self._drawing:
+                self._live.__exit__(None, None, None)
             self._live = None
+
+    def _log_above(self) -> None:
+        """Swap the root logger's handlers that write to this terminal for one printing
+        through the console (same level and format)."""
+        root = logging.getLogger()
+        for handler in list(root.handlers):
+            if type(handler) is logging.StreamHandler and _same_terminal(handler.stream, self.console.file):
+                above = _ConsoleLogHandler(self.console, self._drawing)
+                above.setLevel(handler.level)
+                above.setFormatter(handler.formatter)
+                root.removeHandler(handler)
+                root.addHandler(above)
+                self._moved.append((root, handler, above))
 
     def show(self, renderable: RenderableType) -> None:
         if self._live is not None:
-            self._live.update(renderable, refresh=True)
+            with self._drawing:
+                self._live.update(renderable, refresh=True)
         else:
             self.console.print(renderable)
             self.console.file.flush()
+
+
+def _same_terminal(stream: Any, other: Any) -> bool:
+    """Both streams write to one terminal (the same tty device)."""
+    try:
+        fd, other_fd = stream.fileno(), other.fileno()
+        if not (os.isatty(fd) and os.isatty(other_fd)):
+            return False
+        mine, theirs = os.fstat(fd), os.fstat(other_fd)
+    except (AttributeError, OSError, ValueError):  # no descriptor (a StringIO, a closed stream)
+        return False
+    return (mine.st_rdev, mine.st_dev, mine.st_ino) == (theirs.st_rdev, theirs.st_dev, theirs.st_ino)
+
+
+class _ConsoleLogHandler(logging.Handler):
+    """Prints each record, formatted as the handler it replaces did, through a rich console
+    with a live display: rich puts it above the display and redraws the display below.
+    One unwrapped line per record (the terminal wraps it), not rich's markup or highlighting."""
+
+    def __init__(self, console: Console, drawing: threading.RLock):
+        super().__init__()
+        self._console = console
+        self._drawing = drawing
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = Text(self.format(record))
+            with self._drawing:
+                self._console.print(line, soft_wrap=True, highlight=False, markup=False, emoji=False)
+        except Exception:  # noqa: BLE001 - logging's contract: report, never raise
+            self.handleError(record)
 
 
 # --- the `dashboard` command ------------------------------------------------------------

@@ -31,18 +31,29 @@ if TYPE_CHECKING:
 __all__ = ["JsonlWriter", "open_stdout", "position_table", "TableView", "consume"]
 
 TABLE_REFRESH = 0.5
-#: how long the JSON lines output may take to write the stream's last events after it failed
+#: how long a line already under way may take to finish when the run is cancelled
 FLUSH_TIMEOUT = 2.0
+#: how long the JSON lines output waits for a lagging reader to take the stream's last events
+#: (the ``failed`` line that says why it ended included) after an error ended it
+FAILED_FLUSH_TIMEOUT = 10.0
 #: bytes a pipe takes in one write all or nothing (POSIX: at least 512; 4,096 on Linux)
 PIPE_BUF = select.PIPE_BUF
 
 
 class ByteSink(Protocol):
+    #: what a cancelled ``send_all`` left unwritten: whole lines, the rest of its data
+    unsent: bytes
+    #: a line was left unfinished: nothing more is written
+    cut: bool
+
     async def send_all(self, data: bytes) -> None: ...
 
 
 class _BlockingFile:
     """A regular file never makes a write wait for a reader (and cannot be polled)."""
+
+    unsent = b""
+    cut = False
 
     def __init__(self, fd: int):
         self._fd = fd
@@ -63,11 +74,13 @@ class _PollingSink:
     takes all or nothing: a cancel between chunks leaves whole lines. A chunk the
     descriptor took in part (a terminal, a socket, a line longer than ``PIPE_BUF``) is
     finished even when cancelled, shielded, within ``FLUSH_TIMEOUT``; if even that runs out
-    nothing more is written (``cut``): a later line glued to a fragment would be worse."""
+    nothing more is written (``cut``): a later line glued to a fragment would be worse.
+    The whole lines a cancel left unwritten are kept in ``unsent``."""
 
     def __init__(self, fd: int):
         self._fd = fd
         self.cut = False
+        self.unsent = b""
         self._left = memoryview(b"")  # what the chunk being written still has to put out
 
     async def send_all(self, data: bytes) -> None:
@@ -86,10 +99,15 @@ class _PollingSink:
             try:
                 await self._drain()
             except trio.Cancelled:
+                rest = start
                 if self._left and len(self._left) != end - start:  # part of a line is out: finish it
                     with trio.move_on_after(FLUSH_TIMEOUT, shield=True):
                         await self._drain()
                     self.cut = bool(self._left)
+                    rest = end
+                elif not self._left:
+                    rest = end
+                self.unsent = b"" if self.cut else data[rest:]
                 raise
             start = end
         await trio.lowlevel.cancel_shielded_checkpoint()
@@ -159,6 +177,30 @@ class JsonlWriter:
             raise BrokenPipeError("the reader of our output went away") from exc
         self.lines += len(events)
 
+    async def write_last(self, events: Sequence[StreamEvent], timeout: float = FAILED_FLUSH_TIMEOUT) -> None:
+        """After an error ended the stream: what the cancelled write left, then ``events`` (its
+        last ones, the ``failed`` line last), waiting up to ``timeout`` seconds for a reader
+        that lags, even while cancelled. If the reader is gone or takes none of it in time,
+        stderr says what was not written (the exit code and the error follow anyway)."""
+        dumps, newline = orjson.dumps, orjson.OPT_APPEND_NEWLINE
+        payload = self._sink.unsent + b"".join([dumps(event.to_json(), option=newline) for event in events])
+        self._sink.unsent = b""
+        if not payload:
+            return
+        why = ""
+        with trio.move_on_after(timeout, shield=True) as waited:
+            try:
+                await self._sink.send_all(payload)
+            except trio.BrokenResourceError:
+                why = "the reader of stdout went away"
+        if waited.cancelled_caught or self._sink.cut:
+            why = f"the reader of stdout did not take them within {timeout:g}s"
+        if why:
+            print(f"hybrid_actors: {why}: the stream's last lines (the 'failed' line that says why it ended "
+                  f"included) were not written to stdout", file=sys.stderr, flush=True)
+        else:
+            self.lines += payload.count(b"\n")
+
 
 async def consume(stream: HybridStream, output: str) -> None:
     """Write the stream's events to stdout until it ends (or the caller's deadline)."""
@@ -175,8 +217,7 @@ async def consume(stream: HybridStream, output: str) -> None:
                     await writer.write_batch(batch)
             finally:
                 if stream.ended:  # print its last events, the "failed" line that says why included
-                    with trio.move_on_after(FLUSH_TIMEOUT, shield=True):
-                        await writer.write_batch([*last, *stream.unread()])
+                    await writer.write_last([*last, *stream.unread()])
         # only an error that ended the stream gets here: it is about to cancel us (and then
         # comes out of open_hybrid_stream); wait for that instead of drawing a table
         with trio.move_on_after(FLUSH_TIMEOUT):

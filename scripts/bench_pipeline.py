@@ -498,7 +498,10 @@ class CountingMailbox(LatestByKey[tuple[str, str], Mark]):
 
 
 class NullSink:
-    """Where the CLI's JSON lines go here: counted, then dropped."""
+    """Where the CLI's JSON lines go here: counted, then dropped (never cancelled mid-write)."""
+
+    unsent = b""
+    cut = False
 
     def __init__(self) -> None:
         self.bytes = 0

@@ -3,8 +3,11 @@ events around them, through ``async for``, ``batches()`` and the JSON lines writ
 
 from __future__ import annotations
 
+import contextlib
+import os
 import random
 
+import attrs
 import orjson
 import pytest
 import trio
@@ -13,7 +16,7 @@ from hybrid_actors import AuthRejected, RestartIntensityExceeded, RestartPolicy,
 from hybrid_actors.actors import public_ws
 from hybrid_actors.errors import StartTimeout
 from hybrid_actors.notices import StreamAlert, StreamRollback, StreamState
-from hybrid_actors.output import JsonlWriter
+from hybrid_actors.output import FAILED_FLUSH_TIMEOUT, JsonlWriter, _PollingSink
 from hybrid_actors.rollout import RolloutPolicy
 from hybrid_actors.state import PositionUpdate
 from hybrid_actors.supervisor import open_hybrid_stream
@@ -24,6 +27,9 @@ pytestmark = pytest.mark.integration
 
 
 class Sink:
+    unsent = b""
+    cut = False
+
     def __init__(self) -> None:
         self.data = b""
 
@@ -182,3 +188,67 @@ async def test_a_crash_loop_is_failed_too(loopback_clock, monkeypatch):
     assert s.log.states()[-1] == "failed" and s.log.everything[-1] is s.log.notices[-1]
     assert s.log.notices[-1].reason.startswith("RestartIntensityExceeded: ")
     assert "public:linear is down" in s.log.notices[-2].reason  # degraded on the way
+
+
+# --- the last lines after a failure, to a reader that lags or has gone ---------------------------------------
+
+FAILED = StreamState("failed", "AuthRejected: auth rejected for key 'abcd…'", {"private": False}, 1)
+
+
+def full_pipe() -> tuple[int, int]:
+    """A pipe whose write end is non-blocking and full: nobody reads it."""
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    with contextlib.suppress(BlockingIOError):
+        while True:
+            os.write(write_end, b"x" * 4096)
+    return read_end, write_end
+
+
+async def test_the_last_lines_wait_for_a_stuck_reader_a_bounded_time_and_stderr_says_they_were_not_written(
+        autojump_clock, capsys):
+    read_end, write_end = full_pipe()
+    try:
+        writer = JsonlWriter(_PollingSink(write_end))
+        with trio.CancelScope() as scope:
+            scope.cancel()  # the failure cancels the consumer: the last lines are written anyway
+            await writer.write_last([FAILED])
+        assert trio.current_time() == FAILED_FLUSH_TIMEOUT
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    err = capsys.readouterr().err
+    assert "did not take them within 10s" in err and "'failed' line" in err and "abcd" not in err
+
+
+async def test_the_last_lines_follow_what_the_cancelled_write_left_once_the_reader_catches_up(autojump_clock):
+    read_end, write_end = full_pipe()
+    try:
+        writer = JsonlWriter(_PollingSink(write_end))
+        batch = [FAILED] * 40  # more than one chunk of PIPE_BUF bytes
+        with trio.move_on_after(1):
+            await writer.write_batch(batch)  # the pipe is full: cancelled before any of it is out
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(writer.write_last, [attrs.evolve(FAILED, ts=2)])
+            await trio.sleep(5)  # the reader lags 5 s, then reads everything
+            os.set_blocking(read_end, False)
+            data = b""
+            while not data.endswith(b'"ts":2}\n'):
+                with contextlib.suppress(BlockingIOError):
+                    data += os.read(read_end, 1 << 16)
+                await trio.sleep(0.01)
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    lines = data.lstrip(b"x").splitlines()
+    assert len(lines) == 41 and [orjson.loads(line)["ts"] for line in lines] == [1] * 40 + [2]
+
+
+async def test_the_last_lines_to_a_reader_that_went_away_are_reported_on_stderr(autojump_clock, capsys):
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        await JsonlWriter(_PollingSink(write_end)).write_last([FAILED])
+    finally:
+        os.close(write_end)
+    assert "the reader of stdout went away" in capsys.readouterr().err

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import re
 import signal
+import struct
 import subprocess
+import termios
+from collections.abc import Callable
 from decimal import Decimal
+from functools import partial
 
 import pytest
 import trio
@@ -417,3 +424,157 @@ async def test_demo_positions_open_in_the_categories_followed_and_a_repeated_cat
         assert len({e["symbol"] for e in snapshot}) == count
         assert {e["category"] for e in snapshot} == {categories[0]}
         assert f"streaming {count} open position(s)".encode() in result.stderr
+
+
+# --- the live table on a terminal, with logs on the same terminal ------------------------------------------
+
+LOG_LINE = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (?:DEBUG|INFO|WARNING|ERROR|CRITICAL) +\S+: .*")
+CSI = re.compile(r"\x1b\[([?0-9;]*)([A-Za-z])")
+
+
+def terminal_screen(output: str) -> list[str]:
+    """What a terminal shows (scrollback included) after ``output``: the subset of VT100 rich's
+    live display uses (cursor up/down/column, erase line, colours ignored), no line wrapping
+    (the pty is wider than any line here)."""
+    rows: list[list[str]] = [[]]
+    row = col = 0
+    i = 0
+    while i < len(output):
+        char = output[i]
+        if char == "\x1b":
+            match = CSI.match(output, i)
+            if match is None:  # not a CSI sequence rich writes: skip the escape byte
+                i += 1
+                continue
+            params, final = match.groups()
+            count = int(params) if params.isdigit() else 1
+            if final == "A":
+                row = max(0, row - count)
+            elif final == "B":
+                row += count
+            elif final == "G":
+                col = count - 1
+            elif final == "K":
+                line = rows[row] if row < len(rows) else []
+                if params == "2":
+                    line.clear()
+                elif params in ("", "0"):
+                    del line[col:]
+            i = match.end()
+            continue
+        if char == "\r":
+            col = 0
+        elif char == "\n":
+            row += 1
+        elif char >= " ":
+            while len(rows) <= row:
+                rows.append([])
+            line = rows[row]
+            line.extend(" " * (col + 1 - len(line)))
+            line[col] = char
+            col += 1
+        i += 1
+        while len(rows) <= row:
+            rows.append([])
+    return ["".join(line).rstrip() for line in rows]
+
+
+async def read_pty(master: int, until: Callable[[bytes], bool]) -> bytes:
+    """Bytes from a pty's master end until ``until(all so far)`` or the other end closes."""
+    data = b""
+    while not until(data):
+        await trio.lowlevel.wait_readable(master)
+        try:
+            chunk = os.read(master, 1 << 16)
+        except OSError:  # EIO: every process holding the terminal has exited
+            break
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+async def test_the_live_table_on_a_terminal_prints_log_lines_above_it_whole():
+    # stdout and stderr on one terminal: log lines written straight to stderr while rich redrew
+    # the table in place landed inside it and were erased by the next redraw (or left a stale
+    # copy of the table's top behind); they now go through the table's console, above it
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 100, 220, 0, 0))
+    env = {k: v for k, v in cli_env(None, None).items() if k not in ("COLUMNS", "LINES")}
+    env["TERM"] = "xterm-256color"
+    try:
+        async with simulator("--positions", "2", "--rate", "5", "--seed", "3") as sim:
+            env.update(cli_env(sim["api_key"], sim["api_secret"]))
+            async with trio.open_nursery() as nursery:
+                proc = await nursery.start(partial(
+                    trio.run_process, [PYTHON, "-m", "hybrid_actors", "run", "--stream-url", sim["ws_url"],
+                                       "--rest-url", sim["rest_url"], "--output", "table", "--seconds", "4",
+                                       "--log-level", "INFO"],
+                    stdin=slave, stdout=slave, stderr=slave, check=False, env=env))
+                os.close(slave)
+                slave = -1
+                with trio.fail_after(30):
+                    data = await read_pty(master, lambda seen: b"mark age" in seen)  # the table is up
+                    await sim_control(sim, "drop_private")  # logs while it is shown: lost, reconnecting, back
+                    data += await read_pty(master, lambda seen: False)
+                    await proc.wait()
+    finally:
+        os.close(master)
+        if slave != -1:
+            os.close(slave)
+    assert proc.returncode == 0
+    text = data.decode(errors="replace")
+    table_start = text.index("mark age")
+    logged = [line for line in LOG_LINE.findall(CSI.sub("", text[table_start:]).replace("\r", ""))]
+    assert any("private" in line for line in logged), logged  # the drop was logged while the table was up
+    screen = terminal_screen(text)
+    for line in logged:
+        assert line.rstrip() in screen, f"log line not on screen whole: {line!r}"
+    headers = [row for row in screen if row.startswith("hybrid_actors  ")]
+    assert len(headers) == 1, headers  # one table, redrawn in place: no stale copies of it
+    assert any("BTCUSDT" in row or "USDT" in row for row in screen[screen.index(headers[0]):])
+
+
+# --- the "failed" line reaches a reader that lags ------------------------------------------------------------
+
+async def test_a_reader_lagging_when_the_stream_fails_still_gets_the_failed_line_last():
+    # the pipe full and its reader seconds behind when the credentials are revoked: the
+    # "failed" line used to be given up on after 2 s, so a consumer parsing stdout never saw
+    # why the stream ended (only stderr and the exit code said it)
+    read_end, write_end = os.pipe()
+    try:
+        async with simulator("--positions", "100", "--symbols", "120", "--rate", "20", "--seed", "3") as sim:
+            async with trio.open_nursery() as nursery:
+                proc = await start_cli(nursery, "run", "--stream-url", sim["ws_url"], "--rest-url", sim["rest_url"],
+                                       "--output", "jsonl", "--log-level", "INFO", stdout=write_end,
+                                       env=cli_env(sim["api_key"], sim["api_secret"]))
+                os.close(write_end)
+                write_end = -1
+                errors = LineReader(proc.stderr)
+                with trio.fail_after(30):
+                    while b"stream live" not in (await errors.readline() or b"stream live"):
+                        pass
+                    await trio.sleep(0.5)  # nobody reads: the pipe fills up
+                    await sim_control(sim, "fail_auth", count=None)
+                    await sim_control(sim, "drop_private")
+                    while b"stream failed" not in (await errors.readline() or b"stream failed"):
+                        pass
+                    await trio.sleep(3)  # the reader is 3 s behind when the stream has failed
+                    data = b""
+                    while True:
+                        await trio.lowlevel.wait_readable(read_end)
+                        if not (chunk := os.read(read_end, 1 << 16)):
+                            break
+                        data += chunk
+                    await proc.wait()
+                    rest = b"".join(await errors.lines())
+    finally:
+        os.close(read_end)
+        if write_end != -1:
+            os.close(write_end)
+    assert proc.returncode == 3, rest.decode()[-2000:]
+    assert len(data) >= 65536 // 2  # the pipe did fill up
+    lines = [check_contract(line) for line in data.splitlines()]
+    assert data.endswith(b"\n")
+    assert lines[-1]["event"] == "stream.state" and lines[-1]["state"] == "failed", lines[-3:]
+    assert lines[-1]["reason"].startswith("AuthRejected: ")
