@@ -40,7 +40,11 @@ __all__ = ["BybitHybridStream", "MAX_BATCH", "SUPPORTED_MODES", "State"]
 
 log = logging.getLogger("hybrid_actors.bridge")
 
-State = Literal["new", "starting", "running", "failed", "stopped"]
+#: ``new`` -> ``starting`` -> ``running`` -> ``stopping`` (``stop()`` is under way: the trio
+#: side is being or has been shut down, handler calls in progress may still finish) ->
+#: ``stopped``; ``failed`` when the stream ended by itself with an error (``error`` holds it;
+#: ``stop()`` then takes it to ``stopped``, keeping ``error``). Only ``running`` is up.
+State = Literal["new", "starting", "running", "stopping", "failed", "stopped"]
 
 #: the rollout modes (see :mod:`hybrid_actors.rollout`); ``mode=None`` means ``HYBRID_MODE``
 #: from the environment, else production
@@ -173,6 +177,8 @@ class BybitHybridStream:
 
     @property
     def state(self) -> State:
+        """Where the stream is in its life (see :data:`State`). Safe from any thread: one
+        attribute read; it says ``stopping`` from the moment ``stop()`` is called."""
         return self._state
 
     @property
@@ -240,7 +246,9 @@ class BybitHybridStream:
 
         Once the stream's loop is gone (``asyncio.run(main())`` ended without ``stop()``, and
         the bot's shutdown path calls ``stop()`` in a new loop) the stream is stopped already:
-        ``stop()`` then only ends what is left on this side and returns, from any loop."""
+        ``stop()`` then only ends what is left on this side and returns, from any loop.
+
+        ``state`` is ``stopping`` while it runs and ``stopped`` once it returns."""
         if self._state == "new":
             self._state = "stopped"
             return
@@ -251,6 +259,8 @@ class BybitHybridStream:
             self._stop_after_loop(loop)
             return
         if self._stopping is None:
+            if self._state in ("starting", "running"):
+                self._state = "stopping"  # health() reports the stream down from here on too
             self._stopping = loop.create_task(self._stop(), name="hybrid_actors bridge stop")
         caller = asyncio.current_task()
         if caller is not None:
@@ -322,7 +332,7 @@ class BybitHybridStream:
         beyond ``event_buffer`` of them waiting here the stream holds back new events, for the
         handler and the other iterators too, so close an iterator you stop reading
         (``aclose()``, or ``contextlib.aclosing``)."""
-        if self._state not in ("starting", "running") or self._loop is None or self._dispatcher is None:
+        if self._state not in ("starting", "running", "stopping") or self._loop is None or self._dispatcher is None:
             raise RuntimeError(f"events() needs a started stream (it is {self._state})")
         dispatcher = self._dispatcher
         feed = Feed(self._loop, self._records if records is None else records, dispatcher.feed_room)
@@ -365,10 +375,11 @@ class BybitHybridStream:
             except RuntimeError:  # the trio run is gone (it is ending)
                 report = None
         if report is None:
+            state, error = self._state, self._error  # one read each: another thread may be asking
             problem = {"new": "the stream has not been started", "starting": "the stream is starting",
-                       "running": "the stream's trio side has ended"}.get(self._state)
+                       "running": "the stream's trio side has ended", "stopping": "the stream is stopping"}.get(state)
             if problem is None:
-                problem = f"the stream failed: {self._error}" if self._error is not None else "the stream is stopped"
+                problem = f"the stream failed: {error}" if error is not None else "the stream is stopped"
             report = HealthReport("down", {}, {}, {}, {}, 0, (problem,))
         stats = self._stats
         dispatcher = self._dispatcher
@@ -477,7 +488,7 @@ class BybitHybridStream:
             raise asyncio.CancelledError
 
     def _on_started(self, stream: HybridStream) -> None:
-        if self._started is None or self._started.done() or self._stop_requested:
+        if self._started is None or self._started.done() or self._stop_requested or self._state != "starting":
             return
         self._stream = stream
         stats = self._stats

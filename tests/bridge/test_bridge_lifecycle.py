@@ -391,3 +391,37 @@ def test_stream_state_reaches_the_handler_live_degraded_recovered_then_failed_on
         assert handler.notices[-1][1] is failed  # nothing after failed
 
     run_on(host, main)
+
+
+@pytest.mark.parametrize("host", HOSTS)
+def test_state_says_stopping_while_stop_runs_and_agrees_with_health(host, simulator, caplog):
+    """stop() waits up to stop_timeout for a handler call in progress; meanwhile the trio side
+    is down, health() says so, and ``state`` must not still claim ``running``. A plain stop
+    logs no error and leaves ``error`` None."""
+    sim = simulator(rate=20)
+    caplog.set_level(logging.INFO)
+
+    async def main() -> None:
+        await open_linear_positions(sim, ["BTCUSDT"])
+        entered, release = asyncio.Event(), asyncio.Event()
+
+        async def handler(name: str, data: dict) -> None:
+            if name == "position.update" and not entered.is_set():
+                entered.set()
+                await release.wait()  # a handler call in progress when stop() comes
+
+        stream = BybitHybridStream(sim.api_key, sim.api_secret, handler, **sim.stream_kwargs())
+        await stream.start()
+        await asyncio.wait_for(entered.wait(), 10)
+        stopping = asyncio.create_task(stream.stop())
+        await wait_until(lambda: stream.health().status == "down", what="health() to report the stream down")
+        assert not stopping.done()
+        assert stream.state == "stopping" and not stream.running
+        assert "stopping" in stream.health().problems[0] and "stopping" in repr(stream)
+        release.set()
+        await stopping
+        assert stream.state == "stopped" and stream.error is None
+        assert stream.health().problems == ("the stream is stopped",)
+
+    run_on(host, main)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.records
