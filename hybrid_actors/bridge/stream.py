@@ -187,7 +187,9 @@ class BybitHybridStream:
 
     @property
     def error(self) -> BaseException | None:
-        """The error that ended the stream after it had started (None while fine or stopped by us)."""
+        """The error that ended the stream after it had started, also one raised on the trio
+        side while ``stop()`` was shutting it down (logged with its traceback either way);
+        None while fine or when stopped cleanly."""
         return self._error
 
     @property
@@ -248,7 +250,10 @@ class BybitHybridStream:
         the bot's shutdown path calls ``stop()`` in a new loop) the stream is stopped already:
         ``stop()`` then only ends what is left on this side and returns, from any loop.
 
-        ``state`` is ``stopping`` while it runs and ``stopped`` once it returns."""
+        ``state`` is ``stopping`` while it runs and ``stopped`` once it returns. It does not
+        raise the stream's error (it is a shutdown path): an error the trio side raises while
+        being stopped is logged with its traceback and kept in :attr:`error`, where
+        ``health()``, ``wait_closed()`` and ``async with`` report it."""
         if self._state == "new":
             self._state = "stopped"
             return
@@ -455,10 +460,19 @@ class BybitHybridStream:
             log.info("the hybrid stream was interrupted (%r); it is stopped", error)
             self._error = error
             self._state = "stopped"
-        elif error is not None and not self._stop_requested:
-            log.error("the hybrid stream has ended: %s: %s", type(error).__name__, error, exc_info=error)
+        elif error is not None:
+            # Also while stopping: a crash during shutdown (an actor failing as it is cancelled)
+            # is the bot's to know about. A plain cancellation never gets here (the trio side's
+            # own scope catches it, and a cancelled runner carries no error).
             self._error = error
-            self._state = "failed"
+            if not self._stop_requested:
+                log.error("the hybrid stream has ended: %s: %s", type(error).__name__, error, exc_info=error)
+                self._state = "failed"
+            else:
+                log.error("the hybrid stream failed while it was being stopped: %s: %s", type(error).__name__, error,
+                          exc_info=error)
+                if self._stopping is None:
+                    self._state = "stopped"  # the loop is ending without stop(); stop() sets it otherwise
         elif self._stopping is None:
             self._state = "stopped"  # the loop is ending without stop(): the trio side is down all the same
         self._closed.set()
