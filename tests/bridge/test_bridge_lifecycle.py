@@ -427,6 +427,11 @@ def test_an_error_raised_on_the_trio_side_while_stop_runs_is_logged_and_kept(hos
         with pytest.raises(LookupError, match="broke while stopping"):
             await stream.wait_closed()
         await stream.stop()  # still idempotent
+        again = BybitHybridStream(sim.api_key, sim.api_secret, handler, **sim.stream_kwargs())
+        with pytest.raises(LookupError, match="broke while stopping"):
+            async with again:  # a block that raised nothing gets the shutdown's error at its end
+                await handler.wait_for(lambda name, data: data["source"] == "ticker", after=handler.mark())
+        assert again.state == "stopped" and isinstance(again.error, LookupError)
         bridge_records = [r for r in caplog.records if r.name == "hybrid_actors.bridge"]
         kept.extend((r.levelno, r.getMessage(), r.exc_info is not None and r.exc_info[1] is stream.error)
                     for r in bridge_records)
