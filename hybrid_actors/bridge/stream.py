@@ -371,7 +371,10 @@ class BybitHybridStream:
 
         Safe from any thread (a metrics exporter's, say): it reads the trio run's clock
         object, never ``trio.current_time()``, and copies what it walks. While the loop's
-        thread is blocked the report says so (status ``degraded``)."""
+        thread is blocked the report says so (status ``degraded``). From the call of
+        ``stop()`` on (``state`` ``stopping``) the status is ``down``, whatever the trio side's
+        sockets still say: the stream is going away, whatever its last events still do."""
+        state, error = self._state, self._error  # one read each: another thread may be asking
         stream = self._stream
         report = None
         if stream is not None:
@@ -379,8 +382,9 @@ class BybitHybridStream:
                 report = stream.health()
             except RuntimeError:  # the trio run is gone (it is ending)
                 report = None
+        if report is not None and state == "stopping":
+            report = attrs.evolve(report, status="down", problems=("the stream is stopping", *report.problems))
         if report is None:
-            state, error = self._state, self._error  # one read each: another thread may be asking
             problem = {"new": "the stream has not been started", "starting": "the stream is starting",
                        "running": "the stream's trio side has ended", "stopping": "the stream is stopping"}.get(state)
             if problem is None:
@@ -399,7 +403,7 @@ class BybitHybridStream:
         watch = self._watch
         if watch is not None:
             events.update(watch.summary())
-            blocked = watch.blocked_for() if self._state == "running" else 0.0
+            blocked = watch.blocked_for() if state == "running" else 0.0
             if blocked:
                 problems = (*problems, f"the asyncio loop's thread has been blocked for {blocked:.3f}s: trio shares "
                                        "it, so the stream's sockets are not being read")

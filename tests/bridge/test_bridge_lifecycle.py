@@ -465,6 +465,10 @@ def test_state_says_stopping_while_stop_runs_and_agrees_with_health(host, simula
         await stream.start()
         await asyncio.wait_for(entered.wait(), 10)
         stopping = asyncio.create_task(stream.stop())
+        await asyncio.sleep(0)  # stop() has begun; its trio side may well be up still
+        health = stream.health()
+        assert stream.state == "stopping" and health.status == "down", (stream.state, health.status)
+        assert health.problems[0] == "the stream is stopping", health.problems
         await wait_until(lambda: stream.health().status == "down", what="health() to report the stream down")
         assert not stopping.done()
         assert stream.state == "stopping" and not stream.running
