@@ -70,7 +70,9 @@ Shutdown
 token, which wakes the run), waits for it to close its sockets and return, waits for the
 guest run to finish if this was its last stream, then drops the events not yet handed to
 the handler and gives handler calls in progress ``stop_timeout`` seconds before cancelling
-them. If the loop shuts down without ``stop()`` (``asyncio.run`` cancels every task), the
+them. ``state`` is ``stopping`` from the call until it returns. An error the trio side raises
+while being stopped is logged with its traceback and kept as ``error`` (``stop()`` returns;
+``wait_closed()`` raises it); a plain cancellation stays quiet. If the loop shuts down without ``stop()`` (``asyncio.run`` cancels every task), the
 host task runs the same trio shutdown before it lets the cancellation through, and the
 delivery task's cancellation closes the lanes (no handler error, no restart). If the loop
 is closed without ``stop()``, the guest run's close hook runs ``stop()`` first (see

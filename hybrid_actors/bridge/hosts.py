@@ -89,6 +89,19 @@ class GuestRun:
     run finish; otherwise trio's run state would stay behind in this thread and every later
     ``trio.run`` here would fail. A loop that does not allow this (no instance attributes)
     is warned about once.
+
+    Stopping the streams there means running the loop again (``run_until_complete``): our
+    host and delivery tasks, the guest run's own callbacks and handler calls in progress
+    only advance on it, and asyncio's public API cannot run some ready callbacks and not
+    others. So while ``close()`` stops the streams (milliseconds: close frames are sent, not
+    waited for; up to ``stop_timeout`` with a handler call in progress) the bot's own
+    pending tasks run as well: a task whose sleep ends or whose future completes then
+    resumes, after the bot's ``main()`` has returned. Plain ``close()`` would run nothing.
+    Driving trio without the loop would not help: our asyncio tasks would be left pending
+    (and destroyed with "Task was destroyed but it is pending!"), handler calls in progress
+    dropped. The hook is the fallback; bots call ``stop()`` before closing the loop (or use
+    ``asyncio.run``, which cancels their tasks first). Pinned by
+    ``test_closing_the_loop_without_stop_runs_the_loop_so_the_bots_pending_tasks_resume``.
     """
 
     loop: asyncio.AbstractEventLoop
@@ -180,7 +193,8 @@ class GuestRun:
         if self.done.done() or loop.is_running() or loop.is_closed():
             return  # nothing to do, or close() is about to refuse anyway
         log.warning("the asyncio loop is being closed with %d BybitHybridStream(s) still running; stopping them "
-                    "first (call stop() before closing the loop)", len(self.stoppers))
+                    "first, which runs the loop (and the program's own pending tasks) until they are down; call "
+                    "stop() before closing the loop", len(self.stoppers))
 
         async def stop_all() -> None:
             await asyncio.gather(*(stop() for stop in list(self.stoppers.values())), return_exceptions=True)

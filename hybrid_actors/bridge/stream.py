@@ -40,7 +40,11 @@ __all__ = ["BybitHybridStream", "MAX_BATCH", "SUPPORTED_MODES", "State"]
 
 log = logging.getLogger("hybrid_actors.bridge")
 
-State = Literal["new", "starting", "running", "failed", "stopped"]
+#: ``new`` -> ``starting`` -> ``running`` -> ``stopping`` (``stop()`` is under way: the trio
+#: side is being or has been shut down, handler calls in progress may still finish) ->
+#: ``stopped``; ``failed`` when the stream ended by itself with an error (``error`` holds it;
+#: ``stop()`` then takes it to ``stopped``, keeping ``error``). Only ``running`` is up.
+State = Literal["new", "starting", "running", "stopping", "failed", "stopped"]
 
 #: the rollout modes (see :mod:`hybrid_actors.rollout`); ``mode=None`` means ``HYBRID_MODE``
 #: from the environment, else production
@@ -173,6 +177,8 @@ class BybitHybridStream:
 
     @property
     def state(self) -> State:
+        """Where the stream is in its life (see :data:`State`). Safe from any thread: one
+        attribute read; it says ``stopping`` from the moment ``stop()`` is called."""
         return self._state
 
     @property
@@ -181,7 +187,9 @@ class BybitHybridStream:
 
     @property
     def error(self) -> BaseException | None:
-        """The error that ended the stream after it had started (None while fine or stopped by us)."""
+        """The error that ended the stream after it had started, also one raised on the trio
+        side while ``stop()`` was shutting it down (logged with its traceback either way);
+        None while fine or when stopped cleanly."""
         return self._error
 
     @property
@@ -240,7 +248,12 @@ class BybitHybridStream:
 
         Once the stream's loop is gone (``asyncio.run(main())`` ended without ``stop()``, and
         the bot's shutdown path calls ``stop()`` in a new loop) the stream is stopped already:
-        ``stop()`` then only ends what is left on this side and returns, from any loop."""
+        ``stop()`` then only ends what is left on this side and returns, from any loop.
+
+        ``state`` is ``stopping`` while it runs and ``stopped`` once it returns. It does not
+        raise the stream's error (it is a shutdown path): an error the trio side raises while
+        being stopped is logged with its traceback and kept in :attr:`error`, where
+        ``health()``, ``wait_closed()`` and ``async with`` report it."""
         if self._state == "new":
             self._state = "stopped"
             return
@@ -251,6 +264,8 @@ class BybitHybridStream:
             self._stop_after_loop(loop)
             return
         if self._stopping is None:
+            if self._state in ("starting", "running"):
+                self._state = "stopping"  # health() reports the stream down from here on too
             self._stopping = loop.create_task(self._stop(), name="hybrid_actors bridge stop")
         caller = asyncio.current_task()
         if caller is not None:
@@ -322,7 +337,7 @@ class BybitHybridStream:
         beyond ``event_buffer`` of them waiting here the stream holds back new events, for the
         handler and the other iterators too, so close an iterator you stop reading
         (``aclose()``, or ``contextlib.aclosing``)."""
-        if self._state not in ("starting", "running") or self._loop is None or self._dispatcher is None:
+        if self._state not in ("starting", "running", "stopping") or self._loop is None or self._dispatcher is None:
             raise RuntimeError(f"events() needs a started stream (it is {self._state})")
         dispatcher = self._dispatcher
         feed = Feed(self._loop, self._records if records is None else records, dispatcher.feed_room)
@@ -356,7 +371,10 @@ class BybitHybridStream:
 
         Safe from any thread (a metrics exporter's, say): it reads the trio run's clock
         object, never ``trio.current_time()``, and copies what it walks. While the loop's
-        thread is blocked the report says so (status ``degraded``)."""
+        thread is blocked the report says so (status ``degraded``). From the call of
+        ``stop()`` on (``state`` ``stopping``) the status is ``down``, whatever the trio side's
+        sockets still say: the stream is going away, whatever its last events still do."""
+        state, error = self._state, self._error  # one read each: another thread may be asking
         stream = self._stream
         report = None
         if stream is not None:
@@ -364,11 +382,13 @@ class BybitHybridStream:
                 report = stream.health()
             except RuntimeError:  # the trio run is gone (it is ending)
                 report = None
+        if report is not None and state == "stopping":
+            report = attrs.evolve(report, status="down", problems=("the stream is stopping", *report.problems))
         if report is None:
             problem = {"new": "the stream has not been started", "starting": "the stream is starting",
-                       "running": "the stream's trio side has ended"}.get(self._state)
+                       "running": "the stream's trio side has ended", "stopping": "the stream is stopping"}.get(state)
             if problem is None:
-                problem = f"the stream failed: {self._error}" if self._error is not None else "the stream is stopped"
+                problem = f"the stream failed: {error}" if error is not None else "the stream is stopped"
             report = HealthReport("down", {}, {}, {}, {}, 0, (problem,))
         stats = self._stats
         dispatcher = self._dispatcher
@@ -383,7 +403,7 @@ class BybitHybridStream:
         watch = self._watch
         if watch is not None:
             events.update(watch.summary())
-            blocked = watch.blocked_for() if self._state == "running" else 0.0
+            blocked = watch.blocked_for() if state == "running" else 0.0
             if blocked:
                 problems = (*problems, f"the asyncio loop's thread has been blocked for {blocked:.3f}s: trio shares "
                                        "it, so the stream's sockets are not being read")
@@ -444,10 +464,19 @@ class BybitHybridStream:
             log.info("the hybrid stream was interrupted (%r); it is stopped", error)
             self._error = error
             self._state = "stopped"
-        elif error is not None and not self._stop_requested:
-            log.error("the hybrid stream has ended: %s: %s", type(error).__name__, error, exc_info=error)
+        elif error is not None:
+            # Also while stopping: a crash during shutdown (an actor failing as it is cancelled)
+            # is the bot's to know about. A plain cancellation never gets here (the trio side's
+            # own scope catches it, and a cancelled runner carries no error).
             self._error = error
-            self._state = "failed"
+            if not self._stop_requested:
+                log.error("the hybrid stream has ended: %s: %s", type(error).__name__, error, exc_info=error)
+                self._state = "failed"
+            else:
+                log.error("the hybrid stream failed while it was being stopped: %s: %s", type(error).__name__, error,
+                          exc_info=error)
+                if self._stopping is None:
+                    self._state = "stopped"  # the loop is ending without stop(); stop() sets it otherwise
         elif self._stopping is None:
             self._state = "stopped"  # the loop is ending without stop(): the trio side is down all the same
         self._closed.set()
@@ -477,7 +506,7 @@ class BybitHybridStream:
             raise asyncio.CancelledError
 
     def _on_started(self, stream: HybridStream) -> None:
-        if self._started is None or self._started.done() or self._stop_requested:
+        if self._started is None or self._started.done() or self._stop_requested or self._state != "starting":
             return
         self._stream = stream
         stats = self._stats

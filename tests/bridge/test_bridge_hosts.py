@@ -125,3 +125,46 @@ def test_asyncio_run_ending_without_stop_blames_no_handler_and_leaves_no_task(ho
     messages = [(r.name, r.levelno, r.getMessage()) for r in caplog.records]
     assert not [m for m in messages if m[1] >= logging.ERROR], messages
     assert not [m for m in messages if "Task was destroyed" in m[2] or "restarting" in m[2]], messages
+
+
+def test_closing_the_loop_without_stop_runs_the_loop_so_the_bots_pending_tasks_resume(simulator, caplog):
+    """What the close hook costs, pinned (documented in docs/embedding.md): stopping the
+    streams needs the loop to run (our host and delivery tasks, handler calls in progress
+    only advance on it, and asyncio has no public way to run some ready callbacks but not
+    others), so while ``loop.close()`` stops them the bot's own pending tasks run too. A
+    plain asyncio ``close()`` runs nothing: with the stream stopped first, the bot's task
+    takes at most the one step already due when ``main()`` returned."""
+    sim = simulator(rate=20)
+    caplog.set_level(logging.INFO)
+
+    run_on("asyncio", lambda: open_linear_positions(sim, ["BTCUSDT"]))
+
+    def close_after_main(stop_first: bool) -> tuple[int, int, BybitHybridStream]:
+        loop = asyncio.SelectorEventLoop()
+        steps = [0]
+        handler = Recorder()
+        stream = BybitHybridStream(sim.api_key, sim.api_secret, handler, **sim.stream_kwargs())
+
+        async def bot_task() -> None:  # e.g. a bot's own reconciler, pending when main() ends
+            while True:
+                await asyncio.sleep(0)
+                steps[0] += 1
+
+        async def main() -> None:
+            await stream.start()
+            loop.create_task(bot_task())
+            await handler.wait_for(lambda n, d: d["source"] == "ticker")
+            if stop_first:
+                await stream.stop()
+
+        loop.run_until_complete(asyncio.wait_for(main(), 30))
+        at_end = steps[0]
+        loop.close()
+        return at_end, steps[0], stream
+
+    at_end, after_close, stream = close_after_main(stop_first=True)
+    assert after_close - at_end <= 1, (at_end, after_close)  # asyncio's own close() runs nothing
+    at_end, after_close, stream = close_after_main(stop_first=False)
+    assert stream.state == "stopped" and stream.error is None
+    assert after_close - at_end > 1, (at_end, after_close)  # the close hook ran the loop: the bot's task resumed
+    gc.collect()  # the bot's task is still pending, as asyncio leaves it ("Task was destroyed...")

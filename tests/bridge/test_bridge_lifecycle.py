@@ -391,3 +391,92 @@ def test_stream_state_reaches_the_handler_live_degraded_recovered_then_failed_on
         assert handler.notices[-1][1] is failed  # nothing after failed
 
     run_on(host, main)
+
+
+@pytest.mark.parametrize("host", HOSTS)
+def test_an_error_raised_on_the_trio_side_while_stop_runs_is_logged_and_kept(host, simulator, caplog, monkeypatch):
+    """A crash during shutdown (here the stream's event queue failing as stop() closes it)
+    must not vanish: it is logged with its traceback, kept in ``stream.error``, named by
+    ``health()`` and raised by ``wait_closed()``; ``stop()`` itself still returns (it is a
+    shutdown path) and the state is ``stopped``."""
+    from hybrid_actors.actors.mailboxes import EventQueue
+
+    close = EventQueue.close
+
+    def breaks_when_closed_by_stop(self: EventQueue, error: BaseException | None = None) -> None:
+        close(self, error)
+        if error is None:  # open_hybrid_stream's own close on the way out, i.e. stop()
+            raise LookupError("the event queue broke while stopping")
+
+    monkeypatch.setattr(EventQueue, "close", breaks_when_closed_by_stop)
+    sim = simulator(rate=20)
+    caplog.set_level(logging.INFO)
+
+    async def main() -> None:
+        await open_linear_positions(sim, ["BTCUSDT"])
+        before = Leftovers.take()
+        handler = Recorder()
+        stream = BybitHybridStream(sim.api_key, sim.api_secret, handler, **sim.stream_kwargs())
+        await stream.start()
+        await handler.wait_for(lambda name, data: data["source"] == "ticker")
+        await stream.stop()
+        assert stream.state == "stopped" and not stream.running
+        assert isinstance(stream.error, LookupError), stream.error
+        health = stream.health()
+        assert health.status == "down" and "broke while stopping" in health.problems[0], health.problems
+        with pytest.raises(LookupError, match="broke while stopping"):
+            await stream.wait_closed()
+        await stream.stop()  # still idempotent
+        again = BybitHybridStream(sim.api_key, sim.api_secret, handler, **sim.stream_kwargs())
+        with pytest.raises(LookupError, match="broke while stopping"):
+            async with again:  # a block that raised nothing gets the shutdown's error at its end
+                await handler.wait_for(lambda name, data: data["source"] == "ticker", after=handler.mark())
+        assert again.state == "stopped" and isinstance(again.error, LookupError)
+        bridge_records = [r for r in caplog.records if r.name == "hybrid_actors.bridge"]
+        kept.extend((r.levelno, r.getMessage(), r.exc_info is not None and r.exc_info[1] is stream.error)
+                    for r in bridge_records)
+        forget_captured_log_records()
+        await assert_nothing_left(before, host, collect_garbage=True)
+
+    kept: list[tuple[int, str, bool]] = []
+    run_on(host, main)
+    assert any(level >= logging.ERROR and "while stopping" in message and with_traceback
+               for level, message, with_traceback in kept), kept
+
+
+@pytest.mark.parametrize("host", HOSTS)
+def test_state_says_stopping_while_stop_runs_and_agrees_with_health(host, simulator, caplog):
+    """stop() waits up to stop_timeout for a handler call in progress; meanwhile the trio side
+    is down, health() says so, and ``state`` must not still claim ``running``. A plain stop
+    logs no error and leaves ``error`` None."""
+    sim = simulator(rate=20)
+    caplog.set_level(logging.INFO)
+
+    async def main() -> None:
+        await open_linear_positions(sim, ["BTCUSDT"])
+        entered, release = asyncio.Event(), asyncio.Event()
+
+        async def handler(name: str, data: dict) -> None:
+            if name == "position.update" and not entered.is_set():
+                entered.set()
+                await release.wait()  # a handler call in progress when stop() comes
+
+        stream = BybitHybridStream(sim.api_key, sim.api_secret, handler, **sim.stream_kwargs())
+        await stream.start()
+        await asyncio.wait_for(entered.wait(), 10)
+        stopping = asyncio.create_task(stream.stop())
+        await asyncio.sleep(0)  # stop() has begun; its trio side may well be up still
+        health = stream.health()
+        assert stream.state == "stopping" and health.status == "down", (stream.state, health.status)
+        assert health.problems[0] == "the stream is stopping", health.problems
+        await wait_until(lambda: stream.health().status == "down", what="health() to report the stream down")
+        assert not stopping.done()
+        assert stream.state == "stopping" and not stream.running
+        assert "stopping" in stream.health().problems[0] and "stopping" in repr(stream)
+        release.set()
+        await stopping
+        assert stream.state == "stopped" and stream.error is None
+        assert stream.health().problems == ("the stream is stopped",)
+
+    run_on(host, main)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.records
