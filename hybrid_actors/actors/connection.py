@@ -47,7 +47,7 @@ class Connection:
 
 
 async def _pump_outbox(transport: Transport, outbox: trio.MemoryReceiveChannel[str]) -> None:
-    async with outbox:
+    with outbox:  # closed synchronously: see CombinerActor.run
         async for text in outbox:
             await transport.send(text)
 

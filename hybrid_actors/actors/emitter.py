@@ -78,12 +78,15 @@ class CombinerActor:
             # that was being applied from REST at once.
             self._emit(hub.combiner.resync(hub.wall_ms(), commit=False))
             hub.request_reconcile()
-        async with hub.lifecycle_recv.clone() as inbox, trio.open_nursery() as nursery:
-            nursery.start_soon(self._lifecycle, inbox)
-            nursery.start_soon(self._prices)
-            nursery.start_soon(self._fallback_prices)
-            nursery.start_soon(self._follow_ups)
-            task_status.started()
+        # a memory channel closes synchronously (``with``): ``async with`` would await a
+        # checkpoint on the way out, whose Cancelled, during a stop, masks the block's error
+        with hub.lifecycle_recv.clone() as inbox:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._lifecycle, inbox)
+                nursery.start_soon(self._prices)
+                nursery.start_soon(self._fallback_prices)
+                nursery.start_soon(self._follow_ups)
+                task_status.started()
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _lifecycle(self, inbox: trio.MemoryReceiveChannel[Lifecycle]) -> NoReturn:

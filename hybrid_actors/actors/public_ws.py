@@ -62,19 +62,21 @@ class PublicStreamActor:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> NoReturn:
         hub = self.hub
         url = hub.config.endpoints.public_url(self.category)
-        async with open_link(hub, self.name, url) as conn, hub.subs_send.clone() as manager:
-            link = conn.link
-            book = TickerBook(self.category, fields=False)  # only the marks are read
-            forget_activity(hub, self.category)
-            await manager.send(LinkUp(self.category, link))
-            try:
-                task_status.started()
-                await self._read(conn.transport, link, book, manager)
-            finally:
-                hub.health.link(self.name).tickers = 0  # the merged state goes with the connection
-                # best effort: the manager also notices the new generation on the next LinkUp
-                with suppress(trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
-                    manager.send_nowait(LinkDown(self.category, link.generation))
+        # the channel closes synchronously (``with``): see CombinerActor.run
+        async with open_link(hub, self.name, url) as conn:
+            with hub.subs_send.clone() as manager:
+                link = conn.link
+                book = TickerBook(self.category, fields=False)  # only the marks are read
+                forget_activity(hub, self.category)
+                await manager.send(LinkUp(self.category, link))
+                try:
+                    task_status.started()
+                    await self._read(conn.transport, link, book, manager)
+                finally:
+                    hub.health.link(self.name).tickers = 0  # the merged state goes with the connection
+                    # best effort: the manager also notices the new generation on the next LinkUp
+                    with suppress(trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+                        manager.send_nowait(LinkDown(self.category, link.generation))
 
     async def _read(self, transport: Transport, link: Link, book: TickerBook,
                     manager: trio.MemorySendChannel[SubscriptionMessage]) -> NoReturn:

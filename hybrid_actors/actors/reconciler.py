@@ -38,7 +38,7 @@ class ReconcilerActor:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> NoReturn:
         hub = self.hub
         config = hub.config
-        async with hub.lifecycle_send.clone() as lifecycle:
+        with hub.lifecycle_send.clone() as lifecycle:  # closed synchronously: see CombinerActor.run
             task_status.started()
             last = trio.current_time()
             while True:

@@ -92,17 +92,18 @@ class SubscriptionManager:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> NoReturn:
         hub = self.hub
-        async with hub.subs_recv.clone() as inbox, trio.open_nursery() as nursery:
-            nursery.start_soon(self._receive, inbox)
-            nursery.start_soon(self._watch_desired)
-            task_status.started()
-            while True:
-                self._wake = trio.Event()
-                now = trio.current_time()
-                # Whatever was due has just been done; never spin on a deadline already passed.
-                due = max(self.reconcile(now), now + MIN_WAIT)
-                with trio.move_on_at(due):
-                    await self._wake.wait()
+        with hub.subs_recv.clone() as inbox:  # closed synchronously: see CombinerActor.run
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._receive, inbox)
+                nursery.start_soon(self._watch_desired)
+                task_status.started()
+                while True:
+                    self._wake = trio.Event()
+                    now = trio.current_time()
+                    # Whatever was due has just been done; never spin on a deadline already passed.
+                    due = max(self.reconcile(now), now + MIN_WAIT)
+                    with trio.move_on_at(due):
+                        await self._wake.wait()
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _receive(self, inbox: trio.MemoryReceiveChannel[SubscriptionMessage]) -> None:
