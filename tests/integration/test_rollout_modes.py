@@ -161,6 +161,27 @@ async def test_parallel_comparator_flags_a_two_percent_divergence_and_not_a_tent
                 assert Decimal(health["divergence_max_ratio"]) < Decimal("0.0015")
 
 
+async def test_parallel_comparator_compares_a_hedged_symbol_once_per_round(loopback_clock):
+    """Marks are per symbol: the two legs of a hedge-mode symbol (positionIdx 1 and 2) are
+    one comparison per REST ticker round, not two (which doubled its divergence count)."""
+    with trio.fail_after(TEST_TIMEOUT):
+        async with running(sim_config(), mode="parallel") as s:
+            sim = s.sim
+            sim.control.open_position("BTCUSDT", "Buy", "1", position_idx=1)
+            sim.control.open_position("BTCUSDT", "Sell", "2", position_idx=2)
+            sim.control.open_position("ETHUSDT", "Buy", "1")
+            await s.wait_subscriptions_match_positions()
+            await eventually(lambda: len(s.hub.combiner.book) == 3 and rollout(s)["comparisons"] >= 4)
+            sim.control.set_rest_divergence("2", symbol="BTCUSDT")
+            before = rollout(s)
+            await eventually(lambda: rollout(s)["rest_ticker_polls"] >= before["rest_ticker_polls"] + 10)
+            after = rollout(s)
+            rounds = after["rest_ticker_polls"] - before["rest_ticker_polls"]
+            assert after["comparisons"] - before["comparisons"] == 2 * rounds  # BTCUSDT and ETHUSDT
+            divergent = after["divergences"] - before["divergences"]
+            assert rounds - 1 <= divergent <= rounds  # BTCUSDT once a round (the first may predate the skew)
+
+
 # --- production: never a stale price -----------------------------------------------------------------------
 
 async def test_stale_marks_come_from_rest_while_the_public_endpoint_refuses_then_live_ticks_return(loopback_clock):
