@@ -88,7 +88,7 @@ async def test_metrics_parse_and_carry_every_family_of_the_running_stream(loopba
             assert sample(fams, "hybrid_connected", socket="public:linear") == 1
             assert sample(fams, "hybrid_open_positions", category="linear") == 2
             assert sample(fams, "hybrid_subscriptions", category="linear") == 2
-            by_kind = s.hub.health.events_by_kind
+            by_kind = s.hub.switch.by_kind  # what the consumer was handed
             assert sample(fams, "hybrid_events_total", event="position.update", source="ticker") \
                 == by_kind[("position.update", "ticker")]
             assert sample(fams, "hybrid_event_latency_seconds_count") == s.hub.latency.exchange_to_event.count > 0
