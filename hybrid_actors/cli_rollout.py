@@ -43,8 +43,8 @@ def add_rollout_options(parser: argparse.ArgumentParser) -> None:
                        help="production: roll back when no event came for this long with positions open "
                             "(default 300; 0: never)")
     group.add_argument("--rollback-sub-failures", type=int, default=10, metavar="N",
-                       help="production: roll back after more than N subscription failures within an hour "
-                            "(default 10; 0: never)")
+                       help="production: roll back after more than N subscription failures within an hour, "
+                            "or while more than half of the held symbols are refused (default 10; 0: never)")
     group.add_argument("--no-rollback-on-crash-loop", action="store_true",
                        help="production: a crash-looping actor ends the stream instead of rolling back")
     group.add_argument("--auto-return", type=float, default=0.0, metavar="SECONDS",

@@ -90,7 +90,8 @@ class Health:
     #: events the hybrid combiner made (the combiner writes it; in canary and parallel they
     #: are monitored, not handed to the consumer: the switch counts what it hands over)
     events_emitted: int = 0
-    #: (event name, source) -> events handed over (the combiner writes it)
+    #: (event name, source) -> events the hybrid combiner made (the combiner writes it;
+    #: ``hybrid_by_event``): what the consumer was handed is the switch's ``by_kind``
     events_by_kind: dict[tuple[str, str], int] = attrs.Factory(dict)
     notices_emitted: int = 0
     #: the hybrid combiner's last event of any kind: epoch ms stamp and trio time (the combiner's)

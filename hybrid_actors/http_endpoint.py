@@ -6,7 +6,9 @@ stream's nursery: a request is answered in the trio thread between two actor ste
 the same state the actors write (one writer, no locks, no torn reads), and it stops with
 the stream. It cannot stall the actors: each connection is its own task, reading and
 writing never block the loop, a slow or silent client hits a deadline, requests are
-capped in size and connections in number, and a render is a few milliseconds of work
+capped in size and connections in number (when full, the connection that has waited
+longest for a request is closed to make room, so idle or dribbling clients cannot lock
+the scraper out), and a render is a few milliseconds of work
 (``scripts/bench_observe.py``).
 
 Only ``GET`` and ``HEAD`` of the routes given; keep-alive as HTTP/1.1 says (Prometheus
@@ -62,35 +64,77 @@ class HttpFetchError(HybridActorsError):
     """The endpoint could not be reached or did not answer 200 with JSON."""
 
 
+@attrs.define(eq=False)
+class _Slot:
+    """One admitted connection: its eviction scope while it waits for a request."""
+
+    waiting: trio.CancelScope | None = None
+    held: bool = True
+
+
+@attrs.define(eq=False)
+class _Slots:
+    """At most ``limit`` connections; when full, a newcomer takes the slot of the connection
+    that has waited longest for its next request (idle, or sending one slowly), so one
+    client holding every slot cannot lock the scraper out. Only connections busy answering
+    (a render is instant; only a send can take long, within ``SEND_TIMEOUT``) are never
+    evicted: with all of them busy, the newcomer is refused."""
+
+    limit: int
+    open: int = 0
+    #: the connections waiting for a request, longest first (a dict keeps insertion order)
+    waiting: dict[_Slot, None] = attrs.Factory(dict)
+
+    def take(self) -> _Slot | None:
+        if self.open < self.limit:
+            self.open += 1
+            return _Slot()
+        if not self.waiting:
+            return None
+        oldest = next(iter(self.waiting))
+        del self.waiting[oldest]
+        oldest.held = False  # its slot passes to the newcomer
+        if oldest.waiting is not None:
+            oldest.waiting.cancel()
+        return _Slot()
+
+    def release(self, slot: _Slot) -> None:
+        self.waiting.pop(slot, None)
+        if slot.held:
+            slot.held = False
+            self.open -= 1
+
+
 async def serve_http(routes: Mapping[str, Route], *, host: str = "127.0.0.1", port: int = 0,
-                     name: str = "http", task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED
+                     name: str = "http", max_connections: int = MAX_CONNECTIONS,
+                     task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED
                      ) -> NoReturn:
     """Serve ``routes`` (path -> handler, called in this thread) until cancelled. Reports the
     bound ``(host, port)`` through ``task_status``; a port that cannot be bound is a
-    :class:`~hybrid_actors.errors.ConfigError`."""
+    :class:`~hybrid_actors.errors.ConfigError`. At most ``max_connections`` at once; when
+    full, the connection idle longest makes room (:class:`_Slots`)."""
     try:
         listeners = await trio.open_tcp_listeners(port, host=host)
     except OSError as exc:
         raise ConfigError(f"{name}: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    limiter = trio.CapacityLimiter(MAX_CONNECTIONS)
+    slots = _Slots(max_connections)
     bound = listeners[0].socket.getsockname()
     task_status.started((bound[0], bound[1]))
 
     async def handle(stream: trio.SocketStream) -> None:
         async with stream:
-            try:
-                limiter.acquire_nowait()
-            except trio.WouldBlock:
+            slot = slots.take()
+            if slot is None:
                 await _refuse_busy(stream)
                 return
             try:
-                await _serve_connection(stream, routes, name)
+                await _serve_connection(stream, routes, name, slots, slot)
             except _PEER_GONE:
                 return  # the client's problem (went away, too slow, spoke nonsense), not ours
             except Exception as exc:  # noqa: BLE001 - one connection's bug must not end the stream
                 log.error("%s: a connection failed", name, exc_info=exc)
             finally:
-                limiter.release()
+                slots.release(slot)
 
     await trio.serve_listeners(handle, listeners)
     raise AssertionError("unreachable")  # pragma: no cover
@@ -118,16 +162,27 @@ async def _discard_until_eof(stream: trio.SocketStream) -> int:
     return discarded
 
 
-async def _serve_connection(stream: trio.SocketStream, routes: Mapping[str, Route], name: str) -> None:
+async def _serve_connection(stream: trio.SocketStream, routes: Mapping[str, Route], name: str,
+                            slots: _Slots, slot: _Slot) -> None:
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST)
     while True:
         with trio.move_on_after(REQUEST_TIMEOUT) as scope:
-            try:
-                request = await _next_request(conn, stream)
-            except h11.RemoteProtocolError as exc:
-                if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-                    await _send(conn, stream, Response.text(exc.error_status_hint, f"bad request: {exc}\n"))
-                return
+            with trio.CancelScope() as evicted:
+                slot.waiting = evicted
+                slots.waiting[slot] = None  # evictable until the request is whole
+                try:
+                    request = await _next_request(conn, stream)
+                except h11.RemoteProtocolError as exc:
+                    slots.waiting.pop(slot, None)
+                    if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+                        await _send(conn, stream, Response.text(exc.error_status_hint, f"bad request: {exc}\n"))
+                    return
+                finally:
+                    slots.waiting.pop(slot, None)
+                    slot.waiting = None
+        if evicted.cancelled_caught:
+            log.debug("%s: closed a connection waiting for a request to make room for a new one", name)
+            return
         if scope.cancelled_caught or request is None:
             return  # idle too long, or the client closed
         response = _answer(request, routes, name)

@@ -28,7 +28,7 @@ from .backoff import Backoff
 from .errors import ConfigError
 
 __all__ = ["Mode", "MODES", "parse_mode", "RolloutPolicy", "routes_hybrid", "Comparator",
-           "divergence_ratio", "stale_symbols", "TriggerInputs", "rollback_reason", "ReturnGate",
+           "divergence_ratio", "stale_symbols", "TriggerInputs", "rollback_reason", "refused_share_beyond", "ReturnGate",
            "MODE_ENV", "MAX_AUTO_RETURN", "MIN_POLL_INTERVAL", "resolve_mode", "next_check", "quiet_since", "silent_for", "latest"]
 
 Mode = Literal["rest", "canary", "parallel", "production"]
@@ -246,6 +246,17 @@ class TriggerInputs:
     #: the latest ticker frame of a symbol with an open position (None: none yet); a frame
     #: with an unchanged mark makes no event but shows the feed is alive
     last_frame_at: float | None = None
+    #: symbols with an open position (every category), and how many of them the exchange
+    #: refuses a ticker subscription now (refused for good, retried periodically)
+    held_symbols: int = 0
+    refused_symbols: int = 0
+
+
+def refused_share_beyond(inputs: TriggerInputs) -> bool:
+    """More than half of the held symbols refused a ticker subscription (the subscription
+    trigger's second figure: a refused symbol counts once while held, so an account holding
+    at most ``rollback_sub_failures`` symbols could never pass the count)."""
+    return inputs.held_symbols > 0 and 2 * inputs.refused_symbols > inputs.held_symbols
 
 
 def all_down_since(sockets_down_since: Mapping[str, float | None]) -> float | None:
@@ -260,7 +271,10 @@ def rollback_reason(policy: RolloutPolicy, inputs: TriggerInputs, *, counting_si
 
     A trigger fires when its figure is strictly beyond its threshold. Subscription failures
     count only those after ``counting_since`` (the last return to hybrid), so failures that
-    caused a rollback cannot cause the next one."""
+    caused a rollback cannot cause the next one. The same trigger (off with
+    ``rollback_sub_failures=None``) also fires while more than half of the held symbols are
+    refused (:func:`refused_share_beyond`): a current state, which the return gate waits
+    out too."""
     now = inputs.now
     if inputs.crash_loop is not None and policy.rollback_on_crash_loop:
         return f"crash loop: actor {inputs.crash_loop} keeps crashing"
@@ -279,6 +293,9 @@ def rollback_reason(policy: RolloutPolicy, inputs: TriggerInputs, *, counting_si
         failures = sum(1 for at in inputs.subscription_failures if start < at <= now)
         if failures > count_limit:
             return f"{failures} subscription failures within an hour (limit {count_limit})"
+        if refused_share_beyond(inputs):
+            return (f"{inputs.refused_symbols} of {inputs.held_symbols} held symbols refused a ticker "
+                    "subscription (limit: half)")
     return None
 
 

@@ -415,7 +415,8 @@ def build_health_report(hub: Hub, *, now: float | None = None, rows: bool = True
               "hybrid_quiet_s": _age(now, hybrid_quiet_since),
               "subscription_failures_1h": health.failures_within(now, 3600.0),
               "reconciliations": health.reconciliations, "reconcile_corrections": health.reconcile_corrections,
-              "by_event": _by_event(health.events_by_kind, hub.switch.rest_by_kind), "last_event_ms": hub.delivered_ms,
+              "by_event": _by_event(hub.switch.by_kind), "hybrid_by_event": _by_event(health.events_by_kind),
+              "last_event_ms": hub.delivered_ms,
               "subscription_failures_total": health.subscription_failures_total,
               "handler_errors": health.handler_errors(), **health.loop_stalls()}
     rest = hub.rest
@@ -481,14 +482,12 @@ def _age(now: float, at: float | None) -> float | None:
     return round(now - at, 3) if at is not None else None
 
 
-def _by_event(*counts: dict[tuple[str, str], int]) -> dict[str, dict[str, int]]:
-    """Event counts by name and source, summed over the tables (the hybrid combiner's and
-    the REST path's: each has its own writer)."""
+def _by_event(counts: dict[tuple[str, str], int]) -> dict[str, dict[str, int]]:
+    """Event counts by name and source, from one table (one writer each: the switch's, of
+    what the consumer was handed, or the hybrid combiner's own)."""
     out: dict[str, dict[str, int]] = {}
-    for table in counts:
-        for (name, source), count in tuple(table.items()):
-            by_source = out.setdefault(name, {})
-            by_source[source] = by_source.get(source, 0) + count
+    for (name, source), count in tuple(counts.items()):
+        out.setdefault(name, {})[source] = count
     return out
 
 

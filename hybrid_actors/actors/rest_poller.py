@@ -224,13 +224,17 @@ class RestPollerActor:
         return tuple(rows)
 
     def _compare(self, category: str, marks: dict[str, Mark]) -> None:
-        """Each hybrid position's mark at this moment against the REST sample."""
+        """Each held symbol's hybrid mark at this moment against the REST sample: once per
+        symbol, as marks are per symbol (the two legs of a hedge-mode symbol carry the same
+        mark; comparing each leg counted its divergences twice)."""
         hub = self.hub
         comparator = hub.rollout.comparator
         assert comparator is not None
+        compared: set[str] = set()
         for view in hub.combiner.current():
-            if view.category != category or view.mark_price is None:
+            if view.category != category or view.mark_price is None or view.symbol in compared:
                 continue
+            compared.add(view.symbol)
             sample = marks.get(view.symbol)
             if sample is None:
                 continue

@@ -22,7 +22,7 @@ import attrs
 import trio
 
 from ..notices import StreamReturn, StreamRollback
-from ..rollout import ReturnGate, TriggerInputs, next_check, rollback_reason, silent_for
+from ..rollout import ReturnGate, TriggerInputs, next_check, refused_share_beyond, rollback_reason, silent_for
 from .hub import Hub
 
 __all__ = ["RollbackMonitor", "CHECK_INTERVAL"]
@@ -80,11 +80,18 @@ class RollbackMonitor:
             state.open_since = now
         crash = state.crash_loop
         state.crash_loop = None
+        held = refused = 0
+        for category, symbols in list(hub.desired.value.items()):
+            held += len(symbols)
+            subs = hub.subscriptions.get(category)
+            if subs is not None:
+                refused += sum(1 for symbol in list(subs.failed) if symbol in symbols)
         return TriggerInputs(now=now, sockets_down_since=self.sockets_down_since(),
                              last_event_at=hub.health.last_live_event_at, open_positions=open_positions,
                              positions_open_since=state.open_since,
                              subscription_failures=tuple(at for at, *_ in hub.health.subscription_failures),
-                             crash_loop=crash, last_frame_at=hub.held_frame_at())
+                             crash_loop=crash, last_frame_at=hub.held_frame_at(),
+                             held_symbols=held, refused_symbols=refused)
 
     _last_check: float = attrs.field(default=-math.inf, init=False)
 
@@ -133,13 +140,16 @@ class RollbackMonitor:
 
     def hybrid_healthy(self, inputs: TriggerInputs, since: float) -> bool:
         """Every socket up, every hybrid actor running, no subscription failure since the last
-        check, and not silent: with positions open, a live event or ticker frame within the
-        silence limit (so a return after a silence rollback waits for the feed to come back
-        instead of rolling back again at once)."""
+        check, not more than half of the held symbols refused, and not silent: with positions
+        open, a live event or ticker frame within the silence limit (so a return after a
+        silence or refusal rollback waits for the feed to come back instead of rolling back
+        again at once)."""
         hub = self.hub
         if any(v is not None for v in inputs.sockets_down_since.values()):
             return False
         if silent_for(hub.config.rollout, inputs) is not None:
+            return False
+        if hub.config.rollout.rollback_sub_failures is not None and refused_share_beyond(inputs):
             return False
         for name, stats in hub.health.actors.items():
             if name in ("rest", "alerts", self.name):  # not part of the hybrid stream

@@ -65,9 +65,10 @@ class SourceSwitch:
     #: position events handed to the consumer per source: the consumer-facing event counts
     #: (``health()['events']['emitted']``, events/s), whichever source fed it
     delivered: dict[str, int] = attrs.Factory(lambda: {"hybrid": 0, "rest": 0})
-    #: (event name, "rest") -> count of the events the REST path handed to the consumer
-    #: (``hybrid_events_total`` adds them to the combiner's own counts)
-    rest_by_kind: dict[tuple[str, str], int] = attrs.Factory(dict)
+    #: (event name, event source) -> events handed to the consumer, from either path:
+    #: ``health()['events']['by_event']`` and ``hybrid_events_total`` (the combiner's own
+    #: counts, which in canary and parallel never reach the consumer, are ``hybrid_by_event``)
+    by_kind: dict[tuple[str, str], int] = attrs.Factory(dict)
     rollbacks: int = 0
     returns: int = 0
     last_rollback_reason: str | None = None
@@ -205,11 +206,10 @@ class SourceSwitch:
             return
         self.queue.put_many(events)
         self.delivered[source] += len(events)
-        if source == "rest":
-            by_kind = self.rest_by_kind
-            for event in events:
-                kind = (event.name, "rest")
-                by_kind[kind] = by_kind.get(kind, 0) + 1
+        by_kind = self.by_kind
+        for event in events:
+            kind = (event.name, event.source)
+            by_kind[kind] = by_kind.get(kind, 0) + 1
         self.on_delivered(events)
 
     # --- rollback and return ---------------------------------------------------------------------

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from contextlib import suppress
+from functools import partial
 from decimal import Decimal
 from typing import Any
 
@@ -12,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from hybrid_actors import Credentials, StreamConfig
 from hybrid_actors.errors import ConfigError
-from hybrid_actors.http_endpoint import MAX_CONNECTIONS, HttpFetchError, Response, fetch_json, serve_http
+from hybrid_actors.http_endpoint import MAX_CONNECTIONS, REQUEST_TIMEOUT, HttpFetchError, Response, fetch_json, serve_http
 from hybrid_actors.supervisor import build_health_report
 from hybrid_actors.metrics import FAMILIES
 from hybrid_actors.observability import health_json
@@ -88,7 +90,7 @@ async def test_metrics_parse_and_carry_every_family_of_the_running_stream(loopba
             assert sample(fams, "hybrid_connected", socket="public:linear") == 1
             assert sample(fams, "hybrid_open_positions", category="linear") == 2
             assert sample(fams, "hybrid_subscriptions", category="linear") == 2
-            by_kind = s.hub.health.events_by_kind
+            by_kind = s.hub.switch.by_kind  # what the consumer was handed
             assert sample(fams, "hybrid_events_total", event="position.update", source="ticker") \
                 == by_kind[("position.update", "ticker")]
             assert sample(fams, "hybrid_event_latency_seconds_count") == s.hub.latency.exchange_to_event.count > 0
@@ -204,28 +206,73 @@ async def test_the_server_answers_errors_and_keeps_serving():
             nursery.cancel_scope.cancel()
 
 
-async def test_silent_clients_time_out_and_the_connection_cap_answers_503(loopback_clock):
+async def test_idle_and_dribbling_clients_cannot_starve_a_real_request(loopback_clock):
+    """One local client holding every slot (connections left idle, or sending a request a
+    byte at a time) must not lock the scraper out: a new connection takes the slot of the
+    one that has waited longest for its request, and is answered at once."""
     def ok() -> Response:
         return Response(200, "text/plain", b"fine")
 
     async with trio.open_nursery() as nursery:
         host, port = await nursery.start(serve_http, {"/ok": ok})
-        idle = [await trio.open_tcp_stream(host, port) for _ in range(MAX_CONNECTIONS)]
+        url = f"http://{host}:{port}"
+        idle = [await trio.open_tcp_stream(host, port) for _ in range(MAX_CONNECTIONS // 2)]
+        dribbling = [await trio.open_tcp_stream(host, port) for _ in range(MAX_CONNECTIONS - len(idle))]
+        for stream in dribbling:
+            await stream.send_all(b"G")
         await trio.testing.wait_all_tasks_blocked()
-        status, _, body = await http_get(f"http://{host}:{port}", "/ok")
+        for n in range(3 * MAX_CONNECTIONS):  # more scrapes than slots: each evicts a squatter
+            if n % 4 == 0:
+                for stream in dribbling:  # they keep sending (a byte each)
+                    with suppress(trio.BrokenResourceError):
+                        await stream.send_all(b"E")
+            asked_at = trio.current_time()
+            with trio.fail_after(1):
+                status, _, body = await http_get(url, "/ok")
+            assert (status, body) == (200, b"fine"), n
+            assert trio.current_time() - asked_at < 0.5
+            idle.append(await trio.open_tcp_stream(host, port))  # the squatter takes the slot back
+            await trio.testing.wait_all_tasks_blocked()
+        await trio.sleep(REQUEST_TIMEOUT + 1)
+        for stream in idle + dribbling:  # evicted to make room, or closed at the request deadline
+            with trio.fail_after(1):
+                assert await stream.receive_some(10) == b""
+            await stream.aclose()
+        nursery.cancel_scope.cancel()
+
+
+async def test_silent_clients_time_out_and_a_cap_of_busy_connections_answers_503(loopback_clock):
+    def ok() -> Response:
+        return Response(200, "text/plain", b"fine")
+
+    big = Response(200, "application/octet-stream", bytes(32 * 1024 * 1024))  # more than the socket buffers
+    loopback_clock.autojump_threshold = CUSHION_AUTOJUMP  # megabytes through loopback: see conftest
+    async with trio.open_nursery() as nursery:
+        host, port = await nursery.start(partial(serve_http, {"/ok": ok, "/big": lambda: big}, max_connections=2))
+        url = f"http://{host}:{port}"
+        # a silent client is closed at the request deadline
+        silent = await trio.open_tcp_stream(host, port)
+        await trio.sleep(11)
+        assert await silent.receive_some(10) == b""
+        await silent.aclose()
+        # two clients that ask for a large answer and never read it: both slots are busy
+        # sending, none waits for a request, so a newcomer is refused rather than evicting
+        stuck = [await trio.open_tcp_stream(host, port) for _ in range(2)]
+        for stream in stuck:
+            await stream.send_all(f"GET /big HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        await trio.testing.wait_all_tasks_blocked()
+        status, _, body = await http_get(url, "/ok")
         assert (status, body) == (503, b"too many connections\n")
         # A request the refusal leaves unread (a body larger than the socket buffers) still
         # gets its answer: the server drains it instead of resetting the connection.
-        loopback_clock.autojump_threshold = CUSHION_AUTOJUMP  # megabytes through loopback: see conftest
-        big = 8 * 1024 * 1024
-        raw = f"POST /ok HTTP/1.1\r\nHost: {host}\r\nContent-Length: {big}\r\n\r\n".encode() + bytes(big)
-        status, _, body = await http_get(f"http://{host}:{port}", "/ok", raw=raw)
+        size = 8 * 1024 * 1024
+        raw = f"POST /ok HTTP/1.1\r\nHost: {host}\r\nContent-Length: {size}\r\n\r\n".encode() + bytes(size)
+        status, _, body = await http_get(url, "/ok", raw=raw)
         assert (status, body) == (503, b"too many connections\n")
-        await trio.sleep(11)  # the silent ones hit the request deadline and are closed
-        for stream in idle:
-            assert await stream.receive_some(10) == b""
+        for stream in stuck:
             await stream.aclose()
-        assert (await http_get(f"http://{host}:{port}", "/ok"))[0] == 200
+        await trio.sleep(11)  # their sends hit the send deadline and free the slots
+        assert (await http_get(url, "/ok"))[0] == 200
         nursery.cancel_scope.cancel()
 
 

@@ -98,6 +98,39 @@ async def test_canary_and_parallel_feed_rest_while_hybrid_runs_beside_it(loopbac
             assert s.stream.health().connections["private"]["connected"]
 
 
+@pytest.mark.parametrize("mode,cutover", [("canary", 100), ("parallel", 100), ("production", 50)])
+async def test_consumer_event_counts_are_what_the_consumer_was_handed(loopback_clock, mode, cutover):
+    """``events.by_event`` (and so ``hybrid_events_total``) counts the events handed to the
+    consumer, whichever source fed it; the hybrid combiner's own counts, which in canary and
+    parallel it only monitors, are ``hybrid_by_event`` beside them, never added in."""
+    symbols = ["BTCUSDT", "ETHUSDT", "SOLUSDT", "XRPUSDT"]
+    with trio.fail_after(TEST_TIMEOUT):
+        async with running(sim_config(), mode=mode, rollout=RolloutPolicy(cutover_percent=cutover)) as s:
+            sim = s.sim
+            for symbol in symbols:
+                sim.control.open_position(symbol, "Buy", "1")
+            await s.wait_subscriptions_match_positions()
+            await eventually(lambda: {e.symbol for e in s.log.events} == set(symbols))
+            for n in range(3):
+                for symbol in symbols:
+                    sim.control.set_mark_price(symbol, sim.observe.mark_price("linear", symbol) + n + 1)
+                await trio.sleep(2)
+            sim.control.close_position("BTCUSDT")
+            await s.log.wait_for(lambda e: isinstance(e, PositionClosed))
+            await eventually(lambda: s.stream.health().events["emitted"] == len(s.log.events))
+            events = s.stream.health().events
+            delivered: dict[str, dict[str, int]] = {}
+            for e in s.log.events:
+                by_source = delivered.setdefault(e.name, {})
+                by_source[e.source] = by_source.get(e.source, 0) + 1
+            assert events["by_event"] == delivered
+            assert sum(sum(v.values()) for v in events["by_event"].values()) == events["emitted"]
+            hybrid = events["hybrid_by_event"]
+            assert sum(sum(v.values()) for v in hybrid.values()) == events["hybrid_emitted"] > 0
+            if mode != "production":
+                assert set(sources(s)) == {"rest"}
+
+
 async def test_production_cutover_sends_the_hashed_share_through_hybrid_and_the_rest_through_rest(loopback_clock):
     symbols = ["BTCUSDT", "ETHUSDT", "SOLUSDT", "XRPUSDT", "DOGEUSDT", "SYM001USDT", "SYM002USDT", "SYM003USDT"]
     hybrid = {s for s in symbols if routes_hybrid(("linear", s, 0), 50)}
@@ -159,6 +192,27 @@ async def test_parallel_comparator_flags_a_two_percent_divergence_and_not_a_tent
             else:
                 assert health["divergences"] == 0
                 assert Decimal(health["divergence_max_ratio"]) < Decimal("0.0015")
+
+
+async def test_parallel_comparator_compares_a_hedged_symbol_once_per_round(loopback_clock):
+    """Marks are per symbol: the two legs of a hedge-mode symbol (positionIdx 1 and 2) are
+    one comparison per REST ticker round, not two (which doubled its divergence count)."""
+    with trio.fail_after(TEST_TIMEOUT):
+        async with running(sim_config(), mode="parallel") as s:
+            sim = s.sim
+            sim.control.open_position("BTCUSDT", "Buy", "1", position_idx=1)
+            sim.control.open_position("BTCUSDT", "Sell", "2", position_idx=2)
+            sim.control.open_position("ETHUSDT", "Buy", "1")
+            await s.wait_subscriptions_match_positions()
+            await eventually(lambda: len(s.hub.combiner.book) == 3 and rollout(s)["comparisons"] >= 4)
+            sim.control.set_rest_divergence("2", symbol="BTCUSDT")
+            before = rollout(s)
+            await eventually(lambda: rollout(s)["rest_ticker_polls"] >= before["rest_ticker_polls"] + 10)
+            after = rollout(s)
+            rounds = after["rest_ticker_polls"] - before["rest_ticker_polls"]
+            assert after["comparisons"] - before["comparisons"] == 2 * rounds  # BTCUSDT and ETHUSDT
+            divergent = after["divergences"] - before["divergences"]
+            assert rounds - 1 <= divergent <= rounds  # BTCUSDT once a round (the first may predate the skew)
 
 
 # --- production: never a stale price -----------------------------------------------------------------------

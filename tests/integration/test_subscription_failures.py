@@ -36,9 +36,13 @@ def fast_clock() -> trio.testing.MockClock:
     return trio.testing.MockClock(autojump_threshold=0)
 
 
+#: ``stream_holding(refuse=ALL)``: every held symbol refused
+ALL = "*"
+
+
 @asynccontextmanager
-async def stream_holding(count: int, *, refuse: str | None = None,
-                         retry: float = 300.0) -> AsyncIterator[tuple[Simulator, HybridStream]]:
+async def stream_holding(count: int, *, refuse: str | None = None, retry: float = 300.0,
+                         rollout: RolloutPolicy = ONLY_SUBSCRIPTION_FAILURES) -> AsyncIterator[tuple[Simulator, HybridStream]]:
     """``count`` linear positions open before the stream starts (so their tickers go out
     together, in one subscribe frame), ``refuse`` refused with ``handler not found`` for
     good; production mode, whose rollback trigger counts subscription failures."""
@@ -47,10 +51,10 @@ async def stream_holding(count: int, *, refuse: str | None = None,
         symbols = sim.symbols("linear")[:count]
         for symbol in symbols:
             sim.control.open_position(symbol, "Buy", "1")
-        if refuse is not None:
-            sim.control.reject_subscribes(refuse, None, ret_msg=HANDLER_NOT_FOUND)
+        for refused in (symbols if refuse == ALL else [refuse] if refuse is not None else []):
+            sim.control.reject_subscribes(refused, None, ret_msg=HANDLER_NOT_FOUND)
         config = StreamConfig(credentials=sim.credentials, endpoints=sim.endpoints, heartbeat_interval=20.0,
-                              mode="production", rollout=ONLY_SUBSCRIPTION_FAILURES,
+                              mode="production", rollout=rollout,
                               subscriptions=SubscriptionPolicy(unknown_symbol_retry=retry))
         async with open_hybrid_stream(config, wall_clock=wall, rng=random.Random(5)) as stream:
             yield sim, stream
@@ -150,3 +154,28 @@ async def test_a_ticker_with_no_clear_answer_is_unsubscribed_after_a_crash_too(l
             await eventually(lambda: hub.health.actors["subscriptions"].crashes == 1)
             await sim.observe.wait_unsubscribed("linear", ["BTCUSDT"])
             await eventually(lambda: "BTCUSDT" not in subs.confirmed and "BTCUSDT" not in subs.retry_at)
+
+
+async def test_a_small_account_whose_every_ticker_is_refused_rolls_back(fast_clock):
+    """Four held symbols, each refused for good: 4 failures, counted once each while wanted,
+    can never be more than 10 an hour, so the count alone never rolled a small account back
+    however useless its hybrid stream was. More than half of the held symbols refused now
+    rolls back as well (one refused of twelve does not: the test above)."""
+    with trio.fail_after(2 * 3600):  # before the share, two hours passed without a rollback
+        policy = attrs.evolve(ONLY_SUBSCRIPTION_FAILURES, auto_return=60.0)
+        async with stream_holding(4, refuse=ALL, retry=120.0, rollout=policy) as (sim, stream):
+            hub = stream.hub
+            subs = hub.subscriptions["linear"]
+            await eventually(lambda: len(subs.failed) == 4)
+            assert not subs.confirmed
+            await eventually(lambda: hub.switch.rolled_back, max_step=60.0)
+            assert failures_1h(stream) == 4  # never more than 10: the count alone could not fire
+            reason = stream.health().rollout["last_rollback_reason"]
+            assert reason == "3 of 4 held symbols refused a ticker subscription (limit: half)"  # the third did
+            # still refused: no return however healthy the sockets (it would roll back at once)
+            await trio.sleep(600)
+            assert hub.switch.rolled_back and hub.switch.returns == 0
+            sim.control.clear_faults()  # served again: the periodic retries confirm them
+            await eventually(lambda: len(subs.confirmed) == 4, max_step=10.0)
+            await eventually(lambda: not hub.switch.rolled_back, max_step=10.0)
+            assert (hub.switch.returns, hub.switch.rollbacks) == (1, 1)

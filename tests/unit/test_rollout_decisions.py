@@ -189,6 +189,22 @@ def test_subscription_failure_trigger_is_more_than_n_within_an_hour_since_the_la
     assert rollback_reason(policy, inputs(200.0, subscription_failures=eleven), counting_since=120.0) is None
 
 
+def test_subscription_trigger_also_fires_past_half_of_the_held_symbols_refused():
+    """A refused symbol counts once while held: an account holding at most N symbols could
+    never pass the count, every ticker refused or not. The share covers it."""
+    policy = RolloutPolicy(rollback_sub_failures=10)
+    four = tuple(float(t) for t in range(100, 104))
+    assert rollback_reason(policy, inputs(200.0, subscription_failures=four, held_symbols=4, refused_symbols=2)) is None
+    assert rollback_reason(policy, inputs(200.0, subscription_failures=four, held_symbols=4, refused_symbols=3)) == \
+        "3 of 4 held symbols refused a ticker subscription (limit: half)"
+    one = inputs(9000.0, subscription_failures=(100.0,), held_symbols=1, refused_symbols=1)  # a current state:
+    assert rollback_reason(policy, one) is not None  # no hour ages it out, no return resets it
+    assert rollback_reason(policy, one, counting_since=8000.0) is not None
+    assert rollback_reason(policy, inputs(200.0, held_symbols=12, refused_symbols=1)) is None
+    assert rollback_reason(policy, inputs(200.0)) is None  # nothing held
+    assert rollback_reason(RolloutPolicy(rollback_sub_failures=None), one) is None  # off with the count
+
+
 def test_crash_loop_trigger_and_its_switch():
     assert "crash loop: actor private" in rollback_reason(RolloutPolicy(), inputs(1.0, crash_loop="private"))
     assert rollback_reason(RolloutPolicy(rollback_on_crash_loop=False), inputs(1.0, crash_loop="private")) is None
