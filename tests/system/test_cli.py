@@ -505,6 +505,8 @@ async def test_the_live_table_on_a_terminal_prints_log_lines_above_it_whole():
     try:
         async with simulator("--positions", "2", "--rate", "5", "--seed", "3") as sim:
             env.update(cli_env(sim["api_key"], sim["api_secret"]))
+            for size in ("COLUMNS", "LINES"):  # the terminal's own size (pytest-xdist's workers set both)
+                env.pop(size, None)
             async with trio.open_nursery() as nursery:
                 proc = await nursery.start(partial(
                     trio.run_process, [PYTHON, "-m", "hybrid_actors", "run", "--stream-url", sim["ws_url"],
