@@ -82,7 +82,12 @@ endpoints. Everything is measured in the same run, on the real clock, in this or
    stream's own mailbox and queue only through the frames they stamp.
    ``details.public_reads``, per read of the public socket in the window: the wait before it
    (``wait_before_read_ms``: the previous read's return → this read's call, i.e. processing
-   plus any coalescing wait), bytes, slices and frames per read. ``details.latency_gc``: the
+   plus any coalescing wait), bytes, slices and frames per read; ``longest_waits``: the
+   longest of those waits with the CPU this process used in each (``time.process_time_ns``
+   at every read's call and return) and the frames of the read that followed, so a long gap
+   is told apart: our own work (CPU ~ the wait), a coalescing sleep (the wait minus its CPU,
+   at most the window rounded up to epoll's whole milliseconds), or time the process did
+   not run at all (more than that). ``details.latency_gc``: the
    garbage collector's pauses in the window (``gc.callbacks``: count, total, longest, per
    generation), and how many events at or above the window's p99 (and of all events) had a
    pause between their frame's arrival and their delivery, so a tail can be attributed;
@@ -195,6 +200,8 @@ POLL: Final = 0.005
 #: after its end (about two ~245-byte ticker frames); smaller slices cost more recv calls, in
 #: the path of every later frame of the read (``--slice-bytes``)
 SLICE_BYTES: Final = 512
+#: how many of the latency window's longest waits between two reads ``public_reads`` lists
+LONGEST_WAITS: Final = 5
 #: ``--transport`` choices: the public sockets' transport
 TRANSPORTS: Final[dict[str, Callable[..., Any]]] = {
     "trio-websocket": transport_module.open_transport,
@@ -450,11 +457,13 @@ class _StampingStream:
     async def _receive_some(self, max_bytes: int | None) -> bytes | bytearray:
         stamper, probe = self.stamper, self._probe
         called = time.time_ns()
+        cpu_called = time.process_time_ns()
         raw = self._raw
         if raw is None or self._trio_socket.fileno() < 0:  # type: ignore[union-attr]
             data: bytes | bytearray = await self._inner.receive_some(max_bytes)
             now = time.time_ns()
-            stamper.add_read(called, data, [len(data), 0, now] if data else [], now)
+            stamper.add_read(called, data, [len(data), 0, now] if data else [], now, cpu_called,
+                             time.process_time_ns())
             return data
         await trio.lowlevel.checkpoint_if_cancelled()
         limit = max_bytes or 65536
@@ -486,7 +495,7 @@ class _StampingStream:
             except OSError:  # BlockingIOError: the socket is empty; else the next read reports it
                 break
         chunk = b"".join(parts)
-        stamper.add_read(called, chunk, slices, wall())
+        stamper.add_read(called, chunk, slices, wall(), cpu_called, time.process_time_ns())
         probe.instrument_ns += time.perf_counter_ns() - began
         await trio.lowlevel.cancel_shielded_checkpoint()
         return chunk
@@ -740,16 +749,19 @@ class LatencyProbe:
         its bytes, slices and the messages it completed; how the messages were stamped."""
         self.resolve()
         waits: list[float] = []
+        gaps: list[tuple[float, float | None, int | None]] = []  # (wait, CPU in it, frames of the read after it)
         sizes: list[float] = []
         frames: list[float] = []
         slices: list[float] = []
         for stamper in self.stampers:
-            for called, wait, size, count, sliced in zip(stamper.read_called_ns, stamper.waits_ns,
-                                                         stamper.read_bytes, stamper.read_frames, stamper.read_slices):
+            for called, wait, cpu, size, count, sliced in zip(
+                    stamper.read_called_ns, stamper.waits_ns, stamper.cpu_waits_ns, stamper.read_bytes,
+                    stamper.read_frames, stamper.read_slices):
                 if called < self.window_start_ns:
                     continue  # a read between the wrap and the window
                 if wait is not None:
                     waits.append(wait / 1e6)
+                    gaps.append((wait / 1e6, cpu / 1e6 if cpu is not None else None, count))
                 if count is not None:
                     frames.append(float(count))
                 sizes.append(float(size))
@@ -757,6 +769,12 @@ class LatencyProbe:
         return {"reads": len(sizes), "slice_bytes": self.slice_bytes,
                 "kernel_stamped_slices": sum(s.kernel_stamped for s in self.stampers),
                 "wait_before_read_ms": percentiles(waits),
+                # the LONGEST_WAITS longest waits, with the CPU this process used in each: a wait
+                # far longer than its CPU plus the coalescing window is time the process did not
+                # run (its vCPU descheduled, or asleep past its deadline), not work of ours
+                "longest_waits": [{"wait_ms": round(wait, 3), "cpu_ms": None if cpu is None else round(cpu, 3),
+                                   "frames_of_next_read": count}
+                                  for wait, cpu, count in sorted(gaps, key=lambda g: g[0], reverse=True)[:LONGEST_WAITS]],
                 "bytes_per_read": percentiles(sizes, 0),
                 "frames_per_read": percentiles(frames, 0),
                 "slices_per_read": percentiles(slices, 0),

@@ -336,6 +336,9 @@ class ReadStamper:
     #: every read's slices, flat (see add_read), and where each read's run of them ends
     _slices: array.array[int] = attrs.Factory(partial(array.array, "q"))
     _slices_end: array.array[int] = attrs.Factory(partial(array.array, "q"))
+    #: this process's CPU time (``time.process_time_ns``) at each read's call and return (0: not taken)
+    _cpu_called: array.array[int] = attrs.Factory(partial(array.array, "q"))
+    _cpu_returned: array.array[int] = attrs.Factory(partial(array.array, "q"))
     _delivered: list[str | bytes] = attrs.Factory(list)
     #: filled by resolve(), per read: when it was called, the time from the previous read's
     #: return to its call (ns; None for the first), its bytes, slices and the messages it
@@ -345,6 +348,10 @@ class ReadStamper:
     read_bytes: list[int] = attrs.Factory(list)
     read_slices: list[int] = attrs.Factory(list)
     read_frames: list[int | None] = attrs.Factory(list)
+    #: per read, the CPU this process used from the previous read's return to this read's
+    #: call (ns; None for the first, or where a stamp was not taken): a long wait with little
+    #: CPU in it is time the process did not run (asleep, or its vCPU not scheduled)
+    cpu_waits_ns: list[int | None] = attrs.Factory(list)
     #: delivered messages with an arrival / without (completed before the wrap, or not found)
     stamped: int = 0
     unstamped: int = 0
@@ -353,11 +360,15 @@ class ReadStamper:
     #: slices that carried a kernel stamp
     kernel_stamped: int = 0
 
-    def add_read(self, called_ns: int, data: bytes | bytearray, slices: Sequence[int], returned_ns: int) -> None:
+    def add_read(self, called_ns: int, data: bytes | bytearray, slices: Sequence[int], returned_ns: int,
+                 cpu_called_ns: int = 0, cpu_returned_ns: int = 0) -> None:
         """One read: called at ``called_ns``, returned ``data`` at ``returned_ns``; ``slices``:
         per recv, in order, three ints: its end offset in ``data``, its kernel stamp (0: none)
         and when the recv returned. (Flat ints, not a tuple per slice: objects kept for the
-        whole window that the garbage collector tracks would make it collect more often.)"""
+        whole window that the garbage collector tracks would make it collect more often.)
+        ``cpu_called_ns`` / ``cpu_returned_ns``: the process's CPU time then (0: not taken)."""
+        self._cpu_called.append(cpu_called_ns)
+        self._cpu_returned.append(cpu_returned_ns)
         self._called.append(called_ns)
         self._data.append(data)
         self._returned.append(returned_ns)
@@ -378,6 +389,9 @@ class ReadStamper:
         delivered = self._delivered
         self.read_called_ns = [called for called, _, _, _ in reads]
         self.waits_ns = [None] + [called - previous[3] for previous, (called, *_) in zip(reads, reads[1:])]
+        cpu_called, cpu_returned = self._cpu_called, self._cpu_returned
+        self.cpu_waits_ns = [None] + [called - returned if called and returned else None
+                                      for returned, called in zip(cpu_returned, cpu_called[1:])]
         self.read_bytes = [len(data) for _, data, _, _ in reads]
         self.read_slices = [len(slices) // 3 for _, _, slices, _ in reads]
         raw = b"".join(data for _, data, _, _ in reads)

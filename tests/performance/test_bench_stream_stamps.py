@@ -118,6 +118,23 @@ def test_each_message_gets_the_stamp_of_the_slice_holding_its_last_byte(wire):
     assert stamper.read_called_ns == [0, 10, 20] and stamper.read_bytes == [len(r) for r in reads]
 
 
+def test_the_cpu_used_between_two_reads_is_kept_per_read(wire):
+    """A long wait between reads is attributed: the CPU this process used in it (the
+    difference of its CPU clock at the previous read's return and this read's call); a read
+    without CPU stamps has none."""
+    data, _ends, _messages = wire
+    stamper = ReadStamper()
+    stamper.add_read(0, data[:100], [100, 0, 5], 5, cpu_called_ns=1_000, cpu_returned_ns=1_400)
+    stamper.add_read(9_000_000, data[100:200], [100, 0, 9_000_005], 9_000_005, cpu_called_ns=1_700,
+                     cpu_returned_ns=2_000)
+    stamper.add_read(9_500_000, data[200:300], [100, 0, 9_500_005], 9_500_005)  # no CPU stamps
+    stamper.add_read(9_600_000, data[300:400], [100, 0, 9_600_005], 9_600_005, cpu_called_ns=2_600,
+                     cpu_returned_ns=2_700)
+    stamper.resolve()
+    assert stamper.waits_ns == [None, 9_000_000 - 5, 9_500_000 - 9_000_005, 9_600_000 - 9_500_005]
+    assert stamper.cpu_waits_ns == [None, 1_700 - 1_400, None, None]
+
+
 def test_messages_delivered_later_than_read_keep_their_own_slices(wire):
     """trio-websocket's reader task reads ahead of the consumer: the messages of several reads
     are handed over after all of them; each still maps to its own read and slice."""
