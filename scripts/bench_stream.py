@@ -53,11 +53,13 @@ endpoints. Everything is measured in the same run, on the real clock, in this or
    So it covers, per frame: waiting in the socket buffer from the moment its last segment
    arrived (the whole coalescing wait included: a frame that arrives at the start of a wait is
    counted from then), frame parsing, queue hand-over (trio-websocket), decode, merge,
-   combiner, output queue and scheduling. It is pessimistic by two things, both reported:
+   combiner, output queue and scheduling. It is off in two ways, in opposite directions:
    a slice's stamp is the last segment it touched, so a frame whose slice goes on into the
    next frame(s) is stamped as late as those (at most ``SLICE_BYTES`` - 1 bytes later, about
-   two ticker frames); and the slicing costs CPU, in the path of every frame after it in the
-   read (``details.instrumentation``: ``stamping_us_per_frame``, the wall time of the sliced
+   two ticker frames): its figure is short by the time between its segment and theirs (tens of
+   µs in a burst; up to stop 18 this was wrongly called pessimistic); and the slicing costs
+   CPU, in the path of every frame after it in the read, which makes the figure long
+   (``details.instrumentation``: ``stamping_us_per_frame``, the wall time of the sliced
    reads' loops and of numbering the delivered messages, per stamped frame; the latency
    window's CPU per frame minus the throughput window's; ``slicing_delay_ms``, per frame its
    read's return minus its slice's return, the delay an unsliced read would not have had;

@@ -322,7 +322,7 @@ class ReadStamper:
     end belonging to the n-th message delivered after it. Messages delivered before it
     (completed by reads before the wrap) are ``unstamped``. A slice's stamp is that of the
     last segment it touched, so a message whose slice goes on into later messages' bytes is
-    stamped as late as those (pessimistic)."""
+    stamped as late as those (optimistic for it: it is counted from a later segment)."""
 
     #: how many of the first delivered messages are looked for in the bytes (each miss is a
     #: search of every byte read)
