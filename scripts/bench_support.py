@@ -390,8 +390,10 @@ class ReadStamper:
         self.read_called_ns = [called for called, _, _, _ in reads]
         self.waits_ns = [None] + [called - previous[3] for previous, (called, *_) in zip(reads, reads[1:])]
         cpu_called, cpu_returned = self._cpu_called, self._cpu_returned
-        self.cpu_waits_ns = [None] + [called - returned if called and returned else None
-                                      for returned, called in zip(cpu_returned, cpu_called[1:])]
+        cpu_waits: list[int | None] = [None]
+        cpu_waits += [called - returned if called and returned else None
+                      for returned, called in zip(cpu_returned, cpu_called[1:])]
+        self.cpu_waits_ns = cpu_waits
         self.read_bytes = [len(data) for _, data, _, _ in reads]
         self.read_slices = [len(slices) // 3 for _, _, slices, _ in reads]
         raw = b"".join(data for _, data, _, _ in reads)
