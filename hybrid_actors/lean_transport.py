@@ -166,8 +166,8 @@ class _LeanTransport:
         A socket quiet for longer than the window, or one whose last read measured a rate
         under two frames per gathering time, reads at once. A busy one asks the kernel
         (``SO_RCVLOWAT``) to wake the reader once the bytes that arrive in
-        ``GATHER_SHARE`` of the window, at the last read's rate, are queued; the mark is set
-        for that wait only: during a burst
+        ``GATHER_SHARE`` of the window, at the last read's rate (rounded down to a power of
+        two), are queued; the mark is set for that wait only: during a burst
         each frame waits about that long (0.75 ms for the 1 ms default),
         not the whole window. The window bounds the wait when fewer bytes come (the end of a
         burst); epoll's timeout is in whole milliseconds, so in practice that bound is at least
@@ -179,11 +179,8 @@ class _LeanTransport:
         want = min(MAX_LOW_WATER, int(self._rate * self._coalesce * GATHER_SHARE))
         if want < MIN_LOW_WATER or trio.current_time() >= deadline:
             return
-        # the mark is the target itself. Rounded down to a power of two (up to stop 18), it
-        # gathered as little as half the target when the rate sat just under a power of two.
-        # 10 interleaved bench rounds, 500 x 10 Hz: frames per CPU-second +14% at the median
-        # (higher in 8 of 10 rounds), frame -> event p99 the same within the rounds' noise
-        if not self._set_low_water(sock, want):
+        # a power of two: the mark moves in steps, not with every read's jitter
+        if not self._set_low_water(sock, 1 << (want.bit_length() - 1)):
             return
         try:
             with trio.move_on_at(deadline), suppress(*_IO_ERRORS):  # the read that follows reports one

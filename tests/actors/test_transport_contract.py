@@ -465,39 +465,6 @@ async def test_coalescing_wakes_once_enough_bytes_are_queued_not_at_the_windows_
                 transport.abandon()
 
 
-async def test_a_coalescing_read_gathers_its_whole_target_not_a_power_of_two_below_it(loopback_clock):
-    """The low-water mark is the gather target itself. Up to stop 18 it was rounded down to a
-    power of two, so a target of ~6 KB woke the reader at 4 KB: as little as half the frames
-    per read, up to twice the wake-ups a burst costs."""
-    from hybrid_actors.lean_transport import GATHER_SHARE, MAX_LOW_WATER, open_lean_transport
-
-    first = text("x" * 796)  # 800 bytes 0.1 s after the handshake: a target of ~6 KB at a 1 s window
-    target = len(first) / 0.1 * GATHER_SHARE
-    assert 4096 * 1.3 < target < MAX_LOW_WATER
-    some = [f'{{"n":{i},"pad":"{"x" * 200}"}}' for i in range(20)]  # ~4.5 KB: past 4096, short of the target
-    rest = [f'{{"m":{i},"pad":"{"y" * 200}"}}' for i in range(10)]  # past the target
-    assert 4096 < sum(len(text(m)) for m in some) < target < sum(len(text(m)) for m in some + rest)
-
-    async def script(peer):
-        await peer.handshake()
-        await trio.sleep(0.1)
-        await peer.stream.send_all(first)
-        await trio.sleep(0.1)
-        await peer.stream.send_all(b"".join(text(m) for m in some))
-        await trio.sleep(0.3)
-        await peer.stream.send_all(b"".join(text(m) for m in rest))
-        await trio.sleep_forever()
-
-    with trio.fail_after(30):
-        async with raw_server(script) as url:
-            async with open_lean_transport(url, coalesce=1.0) as transport:
-                assert await transport.receive_batch() == ["x" * 796]  # no rate known yet: at once
-                start = trio.current_time()
-                assert await transport.receive_batch() == some + rest  # one read: the mark was the target
-                assert 0.35 <= trio.current_time() - start < 0.5  # woken by the bytes, before the window's end
-                transport.abandon()
-
-
 async def test_a_coalescing_read_leaves_no_low_water_mark_behind_for_the_close_handshake(loopback_clock):
     """The kernel's low-water mark is in force only while a coalescing read waits: the peer's
     few-byte close echo (and any read the TLS layer makes on its own) must not wait for a
