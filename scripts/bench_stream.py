@@ -119,6 +119,13 @@ endpoints. Everything is measured in the same run, on the real clock, in this or
 7. **Latest prices delivered** (``latest_prices``): the simulator's market is stopped
    (``set_rate 0``), and after ``SETTLE_S`` every position's mark in ``stream.positions()``
    is compared with the simulator's current mark (REST tickers): must be all of them.
+Every CPU window also reports ``others_cpu_s``: the CPU the rest of the machine used
+meanwhile (``/proc/stat``'s busy time minus this process's and the simulator's). On this VM
+another process keeping a vCPU busy makes ours run faster (README, Benchmarks), so the
+windows where others used more than ``BUSY_MACHINE_SHARE`` of a CPU are listed in
+``machine.busy_windows`` (CPU-seconds per second) and named on stderr: such a run is not
+comparable with one on a quiet machine.
+
 8. **Comparison** (``comparison``, one row per client on the same simulator stream): the
    bare client of step 1; the stream of steps 3-4 (its defaults: the lean transport with
    ``StreamConfig.read_coalesce``'s adaptive coalescing); the stream again on the lean
@@ -178,8 +185,8 @@ import trio_websocket
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # bench_support, also when loaded by path
 from bench_support import (GcPauses, ReadStamper, Sample, SimProcess, Window,  # noqa: E402
-                           counting_window, median_max, percentiles, rates, self_cpu_seconds, simulator_process,
-                           subscribe_tickers)
+                           busy_windows, counting_window, median_max, percentiles, rates, self_cpu_seconds,
+                           simulator_process, subscribe_tickers)
 from hybrid_actors import lean_transport  # noqa: E402
 from hybrid_actors import transport as transport_module
 from hybrid_actors.actors import connection, public_ws
@@ -511,6 +518,10 @@ class _StampingStream:
 Token = int
 TOKEN_SHIFT: Final = 40
 
+def _first(row: tuple[float, float | None, int | None]) -> float:
+    return row[0]
+
+
 def _frame_key(symbol: str, ts: int) -> str:
     """A ticker frame's key in the probe's tables: a string, which the garbage collector does
     not track. (A (symbol, ts) tuple is tracked, and the entries of frames that end in no
@@ -776,7 +787,7 @@ class LatencyProbe:
                 # run (its vCPU descheduled, or asleep past its deadline), not work of ours
                 "longest_waits": [{"wait_ms": round(wait, 3), "cpu_ms": None if cpu is None else round(cpu, 3),
                                    "frames_of_next_read": count}
-                                  for wait, cpu, count in sorted(gaps, key=lambda g: g[0], reverse=True)[:LONGEST_WAITS]],
+                                  for wait, cpu, count in sorted(gaps, key=_first, reverse=True)[:LONGEST_WAITS]],
                 "bytes_per_read": percentiles(sizes, 0),
                 "frames_per_read": percentiles(frames, 0),
                 "slices_per_read": percentiles(slices, 0),
@@ -1109,13 +1120,17 @@ async def measure_pairs(sim: SimProcess, symbols: list[str], opts: Options) -> d
     compares two windows a minute apart; these show how far such a ratio moves."""
     window = attrs.evolve(opts, seconds=opts.pair_seconds)
     rows: list[dict[str, Any]] = []
+    windows: list[dict[str, dict[str, Any]]] = []  # per pair, what busy_windows reads of each window
     for _ in range(opts.pairs):
-        bare = (await measure_raw_ceiling(sim, symbols, window))["msgs_per_cpu_s"]
-        streamed = (await measure_stream_cpu(sim, symbols, window))["msgs_per_cpu_s"]
+        bare_window = await measure_raw_ceiling(sim, symbols, window)
+        stream_window = await measure_stream_cpu(sim, symbols, window)
+        bare, streamed = bare_window["msgs_per_cpu_s"], stream_window["msgs_per_cpu_s"]
         rows.append({"bare": bare, "stream": streamed,
                      "ratio": round(streamed / bare, 3) if bare and streamed else None})
+        windows.append({side: {key: measured.get(key) for key in ("duration_s", "others_cpu_s")}
+                        for side, measured in (("bare", bare_window), ("stream", stream_window))})
     ratios = sorted(r["ratio"] for r in rows if r["ratio"] is not None)
-    return {"pairs": rows, "seconds_each": opts.pair_seconds,
+    return {"pairs": rows, "windows": windows, "seconds_each": opts.pair_seconds,
             "ratio_median": round(statistics.median(ratios), 3) if ratios else None,
             "ratio_min": ratios[0] if ratios else None, "ratio_max": ratios[-1] if ratios else None}
 
@@ -1288,6 +1303,13 @@ async def _run_benchmark(opts: Options, open_public: Callable[..., Any]) -> dict
     ceiling = raw["msgs_per_cpu_s"]
     streamed = throughput["msgs_per_cpu_s"]
     figures = probe.figures(latency_window, throughput)
+    busy = busy_windows({"raw": raw, "stream": throughput, "latency": latency_window,
+                         **{f"pair_{i}_{side}": window for i, pair in enumerate(paired.get("windows", ()))
+                            for side, window in pair.items()}})
+    if busy:
+        print(f"bench_stream: other processes used CPU during these windows (CPU-seconds per second): "
+              f"{busy}; on this VM that makes the figures faster than on a quiet machine, so they "
+              "are not comparable with a quiet run (README, Benchmarks)", file=sys.stderr)
     overhead = figures["frame_to_event_ms"]
     raw_lag = raw["tick_to_receive_ms"]
     tick_to_event = figures["tick_to_event_ms"]
@@ -1335,7 +1357,7 @@ async def _run_benchmark(opts: Options, open_public: Callable[..., Any]) -> dict
         "totals": {**totals, "client_cpu_s": round(self_cpu_seconds() - cpu_start, 3),
                    "sim_cpu_s": round(sim_cpu_total, 3)},
         "durations_s": {k: round(v, 2) for k, v in {**durations, "total_s": total}.items()},
-        "machine": {"cpu_count": os.cpu_count(), "python": platform.python_version(),
+        "machine": {"busy_windows": busy, "cpu_count": os.cpu_count(), "python": platform.python_version(),
                     "implementation": platform.python_implementation(), "platform": platform.platform(),
                     "loadavg_at_start": [round(x, 2) for x in load_start],
                     "loadavg_at_end": [round(x, 2) for x in os.getloadavg()]},

@@ -63,28 +63,67 @@ def _runqueue_wait() -> float | None:
         return None
 
 
+def machine_busy_seconds(stat: str = "/proc/stat") -> float | None:
+    """CPU time the whole machine spent busy, all CPUs (``/proc/stat``'s first line: user,
+    nice, system, irq and softirq; not idle, iowait or steal), in seconds; None without it."""
+    try:
+        with open(stat, encoding="ascii") as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    if len(fields) < 8 or fields[0] != "cpu":
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq = (int(v) for v in fields[1:8])
+    return (user + nice + system + irq + softirq) / CLK_TCK
+
+
 @attrs.frozen
 class Sample:
-    """CPU, wall and scheduler counters of this process (and the simulator's CPU) at one moment."""
+    """CPU, wall and scheduler counters of this process (and the simulator's CPU, and the
+    whole machine's busy time) at one moment."""
 
     wall: float
     cpu: float
     sim_cpu: float
     runqueue_wait: float | None
     involuntary_switches: int
+    machine_busy: float | None = None
 
     @classmethod
     def take(cls, sim_pid: int) -> Sample:
         usage = resource.getrusage(resource.RUSAGE_SELF)
         return cls(time.perf_counter(), usage.ru_utime + usage.ru_stime, process_cpu_seconds(sim_pid),
-                   _runqueue_wait(), usage.ru_nivcsw)
+                   _runqueue_wait(), usage.ru_nivcsw, machine_busy_seconds())
 
     def since(self, start: Sample) -> dict[str, Any]:
+        """The window's counters. ``others_cpu_s``: CPU the rest of the machine used meanwhile
+        (its busy time minus this process's and the simulator's; ±1 clock tick per CPU): on this
+        VM a process that keeps a vCPU busy makes ours run faster (README, Benchmarks), so a
+        window with others_cpu_s well above 0 is not comparable with one on a quiet machine."""
         waited = (None if self.runqueue_wait is None or start.runqueue_wait is None
                   else round((self.runqueue_wait - start.runqueue_wait) * 1000, 1))
-        return {"duration_s": round(self.wall - start.wall, 3), "client_cpu_s": round(self.cpu - start.cpu, 3),
-                "sim_cpu_s": round(self.sim_cpu - start.sim_cpu, 3), "client_runqueue_wait_ms": waited,
+        cpu, sim_cpu = self.cpu - start.cpu, self.sim_cpu - start.sim_cpu
+        others = (None if self.machine_busy is None or start.machine_busy is None
+                  else round(self.machine_busy - start.machine_busy - cpu - sim_cpu, 2))
+        return {"duration_s": round(self.wall - start.wall, 3), "client_cpu_s": round(cpu, 3),
+                "sim_cpu_s": round(sim_cpu, 3), "others_cpu_s": others, "client_runqueue_wait_ms": waited,
                 "client_involuntary_switches": self.involuntary_switches - start.involuntary_switches}
+
+
+#: a window whose other processes used more than this share of one CPU is flagged (see
+#: Sample.since): a stray busy loop shows as ~1.0, a quiet machine as ~0.0-0.05
+BUSY_MACHINE_SHARE: Final = 0.2
+
+
+def busy_windows(windows: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """The windows (name → a ``Sample.since`` dict) in which other processes used more than
+    BUSY_MACHINE_SHARE of a CPU: name → their CPU-seconds per second."""
+    out: dict[str, float] = {}
+    for name, window in windows.items():
+        others, duration = window.get("others_cpu_s"), window.get("duration_s")
+        if others is not None and duration and others / duration > BUSY_MACHINE_SHARE:
+            out[name] = round(others / duration, 2)
+    return out
 
 
 def rates(frames: int, start: Sample, end: Sample) -> dict[str, Any]:

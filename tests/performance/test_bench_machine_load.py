@@ -1,0 +1,41 @@
+"""The benchmarks name windows in which other processes used CPU: on this VM another busy
+process makes ours run faster, so such a run is not comparable with a quiet one (README,
+Benchmarks). Pure bookkeeping, on a fake /proc/stat and made-up samples."""
+
+from __future__ import annotations
+
+import pytest
+
+from script_loading import load_script
+
+pytestmark = pytest.mark.performance
+
+
+@pytest.fixture(scope="module")
+def support():  # type: ignore[no-untyped-def]
+    return load_script("bench_support")
+
+
+def test_machine_busy_time_is_user_nice_system_irq_softirq_not_idle_iowait_or_steal(support, tmp_path):
+    stat = tmp_path / "stat"
+    # user nice system idle iowait irq softirq steal guest guest_nice
+    stat.write_text("cpu  100 50 25 9000 7 3 2 400 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n", encoding="ascii")
+    assert support.machine_busy_seconds(str(stat)) == pytest.approx((100 + 50 + 25 + 3 + 2) / support.CLK_TCK)
+    stat.write_text("intr 1 2 3\n", encoding="ascii")
+    assert support.machine_busy_seconds(str(stat)) is None
+    assert support.machine_busy_seconds(str(tmp_path / "missing")) is None
+
+
+def test_a_window_reports_the_cpu_others_used_and_busy_ones_are_named(support):
+    start = support.Sample(wall=10.0, cpu=1.0, sim_cpu=2.0, runqueue_wait=None, involuntary_switches=0,
+                           machine_busy=100.0)
+    # 4 s: this process used 0.5 s, the simulator 1.0 s, the machine 5.5 s in all: others 4.0 s
+    busy_end = support.Sample(wall=14.0, cpu=1.5, sim_cpu=3.0, runqueue_wait=None, involuntary_switches=0,
+                              machine_busy=105.5)
+    quiet_end = support.Sample(wall=14.0, cpu=1.5, sim_cpu=3.0, runqueue_wait=None, involuntary_switches=0,
+                               machine_busy=101.6)
+    busy, quiet = busy_end.since(start), quiet_end.since(start)
+    assert busy["others_cpu_s"] == 4.0 and quiet["others_cpu_s"] == 0.1
+    unknown = support.Sample(wall=14.0, cpu=1.5, sim_cpu=3.0, runqueue_wait=None, involuntary_switches=0).since(start)
+    assert unknown["others_cpu_s"] is None
+    assert support.busy_windows({"stream": busy, "raw": quiet, "pair": unknown}) == {"stream": 1.0}
