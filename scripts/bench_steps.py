@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import sys
 import time
 from collections import defaultdict
@@ -31,8 +30,6 @@ from typing import Any
 
 import attrs
 import trio
-
-from hybrid_actors import open_hybrid_stream
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # bench_stream, also when loaded by path
 import bench_stream as bench  # noqa: E402
@@ -91,20 +88,15 @@ async def run(opts: argparse.Namespace) -> dict[str, Any]:
         symbols = (await sim.symbols(bench.CATEGORY))[:opts.symbols]
         for symbol in symbols:
             await sim.control("open_position", symbol=symbol, side="Buy", size="1")
-        async with open_hybrid_stream(bench.stream_config(sim), rng=random.Random(opts.seed)) as stream:
-            consumer = bench.Consumer(stream)
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(consumer.run)
-                await bench.wait_until(lambda: len(stream.hub.subscriptions[bench.CATEGORY].confirmed) >= len(symbols),
-                                       "the initial subscriptions", limit=60)
-                await trio.sleep(opts.warmup)
-                link = stream.hub.health.link(bench.PUBLIC_LINK)  # a counter (health() is a step of its own)
-                frames0 = link.frames
-                watch.on = True
-                await trio.sleep(opts.seconds)
-                watch.on = False
-                frames = link.frames - frames0
-                nursery.cancel_scope.cancel()
+        # bench_stream's stream with its consumer, once every ticker is confirmed
+        async with bench.consuming_stream(sim, symbols, bench.Options(seed=opts.seed)) as (stream, _consumer):
+            await trio.sleep(opts.warmup)
+            link = stream.hub.health.link(bench.PUBLIC_LINK)  # a counter (health() is a step of its own)
+            frames0 = link.frames
+            watch.on = True
+            await trio.sleep(opts.seconds)
+            watch.on = False
+            frames = link.frames - frames0
     return {"symbols": opts.symbols, "rate": opts.rate, "seconds": opts.seconds, "public_frames": frames,
             **watch.figures(opts.top)}
 
