@@ -25,7 +25,7 @@ from .protocol.rest import Scope
 
 __all__ = ["Key", "BookDiff", "settle_coin_hint", "LINEAR_SETTLE_COINS", "PositionBook", "TickerBook", "Mark",
            "PositionUpdate", "PositionClosed", "PositionEvent", "Event", "Combiner", "unrealized_pnl", "pnl_entry",
-           "Source"]
+           "Source", "plain_decimal"]
 
 Key = tuple[str, str, int]
 Source = Literal["ticker", "position", "rest"]
@@ -438,7 +438,7 @@ def pnl_entry(position: Position) -> Decimal | None:
     return position.session_avg_price if position.session_avg_price is not None else position.entry_price
 
 
-def _plain(value: Decimal | None) -> str | None:
+def plain_decimal(value: Decimal | None) -> str | None:
     """Decimal → JSON string without exponent (``1E-7`` → ``0.0000001``): ``format(value, "f")``.
     ``str`` spells it the same whenever it has no exponent (prices and sizes as Bybit sends
     them) at a third of the cost; a property test holds the two equal."""
@@ -514,13 +514,13 @@ class PositionEvent:
     def to_json(self) -> dict[str, Any]:
         """The JSON contract: decimals as strings, timestamps as integer ms."""
         return {"event": self.name, "symbol": self.symbol, "category": self.category, "side": self.side,
-                "size": _plain(self.size), "entry_price": _plain(self.entry_price),
-                "mark_price": _plain(self.mark_price), "unrealized_pnl": _plain(self.unrealized_pnl),
+                "size": plain_decimal(self.size), "entry_price": plain_decimal(self.entry_price),
+                "mark_price": plain_decimal(self.mark_price), "unrealized_pnl": plain_decimal(self.unrealized_pnl),
                 "position_idx": self.position_idx, "source": self.source,
                 "exchange_ts": self.exchange_ts, "received_ts": self.received_ts,
-                "leverage": _plain(self.leverage), "liq_price": _plain(self.liq_price),
-                "take_profit": _plain(self.take_profit), "stop_loss": _plain(self.stop_loss),
-                "trailing_stop": _plain(self.trailing_stop), "cum_realised_pnl": _plain(self.cum_realised_pnl),
+                "leverage": plain_decimal(self.leverage), "liq_price": plain_decimal(self.liq_price),
+                "take_profit": plain_decimal(self.take_profit), "stop_loss": plain_decimal(self.stop_loss),
+                "trailing_stop": plain_decimal(self.trailing_stop), "cum_realised_pnl": plain_decimal(self.cum_realised_pnl),
                 "created_time": self.created_time, "updated_time": self.updated_time,
                 "mark_age_ms": self.mark_age_ms}
 

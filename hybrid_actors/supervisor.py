@@ -38,7 +38,6 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from functools import partial
-from decimal import Decimal
 from typing import Any, Literal, NoReturn, Protocol
 
 import attrs
@@ -64,7 +63,7 @@ from .observability import serve_observability
 from .rest import open_rest_client
 from .notices import StateTracker, StreamEvent, StreamState
 from .rollout import latest, resolve_mode
-from .state import PositionUpdate
+from .state import PositionUpdate, plain_decimal
 
 __all__ = ["Supervisor", "HybridStream", "open_hybrid_stream", "ChildSpec"]
 
@@ -492,23 +491,24 @@ def _by_event(counts: dict[tuple[str, str], int]) -> dict[str, dict[str, int]]:
 
 
 def position_rows(hub: Hub) -> tuple[dict[str, Any], ...]:
-    """Every open position as the consumer last saw it, JSON-ready (decimals as strings)."""
+    """Every open position as the consumer last saw it, JSON-ready (decimals as strings).
+    O(positions) and called from any thread (a bot's, an exporter's), where it holds the GIL
+    for its whole run: kept lean (``scripts/bench_health.py``)."""
     wall_ms = hub.wall_ms()
-    marks = hub.combiner.marks
-    rows = []
+    mark_of = hub.combiner.marks.get
     views = hub.combiner.current() if hub.switch.all_hybrid else tuple(hub.switch.seen.values())
+    rows: list[dict[str, Any]] = []
+    append = rows.append
     for view in views:
-        mark = marks.get((view.category, view.symbol))
-        seen_ms = mark.received_ts if mark is not None and mark.price == view.mark_price else view.received_ts
-        rows.append({"symbol": view.symbol, "category": view.category, "position_idx": view.position_idx,
-                     "side": view.side, "size": _plain(view.size), "entry_price": _plain(view.entry_price),
-                     "mark_price": _plain(view.mark_price), "unrealized_pnl": _plain(view.unrealized_pnl),
-                     "mark_age_s": round(max(0, wall_ms - seen_ms) / 1000, 3), "source": view.source})
+        mark = mark_of((view.category, view.symbol))
+        mark_price = view.mark_price
+        seen_ms = (mark.received_ts if mark is not None and (mark.price is mark_price or mark.price == mark_price)
+                   else view.received_ts)
+        append({"symbol": view.symbol, "category": view.category, "position_idx": view.position_idx,
+                "side": view.side, "size": plain_decimal(view.size), "entry_price": plain_decimal(view.entry_price),
+                "mark_price": plain_decimal(mark_price), "unrealized_pnl": plain_decimal(view.unrealized_pnl),
+                "mark_age_s": round(max(0, wall_ms - seen_ms) / 1000, 3), "source": view.source})
     return tuple(rows)
-
-
-def _plain(value: Decimal | None) -> str | None:
-    return None if value is None else format(value, "f")
 
 
 def _scope_name(scope: tuple[str, str | None]) -> str:

@@ -6,7 +6,7 @@ give exactly what the general paths give.
   the symbol): the same events, field by field with Decimal spelling, the same staged and
   shown state, with and without REST fallback marks, hedge mode, stale and missing marks.
 - ``SourceSwitch.offer_hybrid``'s inlined admission against ``_admit`` per event.
-- ``_plain`` (``str`` unless it has an exponent) against ``format(value, "f")``.
+- ``plain_decimal`` (``str`` unless it has an exponent) against ``format(value, "f")``.
 - ``EventQueue``: a producer waiting for lifecycle room is woken by the drain that makes room,
   also when notices took the queue past its capacity.
 """
@@ -29,7 +29,7 @@ from hybrid_actors.actors.switch import SourceSwitch
 from hybrid_actors.notices import StreamState
 from hybrid_actors.protocol.frames import Position
 from hybrid_actors.rollout import RolloutPolicy
-from hybrid_actors.state import Combiner, Event, Mark, PositionClosed, PositionUpdate, _plain
+from hybrid_actors.state import Combiner, Event, Mark, PositionClosed, PositionUpdate, plain_decimal
 from test_foundation_properties import FEWER, SETTINGS
 
 pytestmark = pytest.mark.unit
@@ -158,8 +158,8 @@ SPECIAL = ["0", "-0", "0E-12", "1E+2", "-1E-7", "123.4500", "NaN", "-Infinity", 
 @FEWER
 @given(st.decimals(allow_nan=True, allow_infinity=True) | st.sampled_from(SPECIAL).map(Decimal))
 def test_plain_is_format_f(value):
-    assert _plain(value) == format(value, "f")
-    assert _plain(None) is None
+    assert plain_decimal(value) == format(value, "f")
+    assert plain_decimal(None) is None
 
 
 async def test_a_producer_waiting_for_room_wakes_when_a_drain_makes_room():
