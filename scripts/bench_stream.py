@@ -94,7 +94,11 @@ endpoints. Everything is measured in the same run, on the real clock, in this or
    generation), and how many events at or above the window's p99 (and of all events) had a
    pause between their frame's arrival and their delivery, so a tail can be attributed;
    ``p99_tail_stage_medians_ms``: for the events at or above the p99, the median of each
-   stage, i.e. where the tail's time went. The probe keeps its stamps in machine-int arrays,
+   stage, i.e. where the tail's time went. ``details.latency_by_burst``: the simulator sends
+   every tick as one burst of all symbols (500 frames over ~10-25 ms every 100 ms); the
+   events of each burst in five parts by arrival, the p50/p99 of each part and where the
+   events at or above the p99 sit (in the last parts: the reader fell behind during the
+   burst and caught up after it), with each burst's arrival span. The probe keeps its stamps in machine-int arrays,
    never a collected object per frame or read, so it adds no collection to the window.
    Every stream row (the coalesced ones too) reports all of this.
 
@@ -185,8 +189,8 @@ import trio_websocket
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # bench_support, also when loaded by path
 from bench_support import (GcPauses, ReadStamper, Sample, SimProcess, Window,  # noqa: E402
-                           busy_windows, counting_window, median_max, percentiles, rates, self_cpu_seconds,
-                           simulator_process, subscribe_tickers)
+                           burst_profile, busy_windows, counting_window, median_max, percentiles, rates,
+                           self_cpu_seconds, simulator_process, subscribe_tickers)
 from hybrid_actors import lean_transport  # noqa: E402
 from hybrid_actors import transport as transport_module
 from hybrid_actors.actors import connection, public_ws
@@ -834,6 +838,7 @@ class LatencyProbe:
             "latency_window": window,
             "public_reads": self.reads(),
             "latency_gc": self.gc_pauses(),
+            "latency_by_burst": burst_profile(self.intervals),
             "instrumentation": {
                 "stamping_us_per_frame": round(self.instrument_ns / stamped / 1e3, 2) if stamped else None,
                 "resolve_after_window_ms": round(self.resolve_ns / 1e6, 1),

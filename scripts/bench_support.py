@@ -156,6 +156,51 @@ def median_max(values: Sequence[float], digits: int = 3) -> dict[str, Any]:
             "samples": [round(v, digits) for v in values]}
 
 
+#: two frames whose kernel stamps are further apart than this belong to different bursts
+#: (the simulator sends every symbol's tick in one burst per 1/rate s: 100 ms at 10 Hz)
+BURST_GAP_NS: Final = 20_000_000
+#: a burst's frames in this many parts, in arrival order, for ``burst_profile``
+BURST_PARTS: Final = 5
+
+
+def burst_profile(intervals: Sequence[tuple[int, int]], gap_ns: int = BURST_GAP_NS) -> dict[str, Any]:
+    """Where in a burst a frame's latency is made. ``intervals``: per event, its frame's
+    kernel stamp and the event's delivery (ns). Events are grouped into bursts (a gap of more
+    than ``gap_ns`` between two kernel stamps starts a new one), and each burst cut into
+    ``BURST_PARTS`` parts in arrival order: ``frame_to_event_ms_by_part`` (p50/p99 of each
+    part), ``tail_events_by_part`` (where the events at or above the overall p99 sit: in the
+    last parts when the reader falls behind during a burst and catches up after it),
+    ``arrival_span_ms`` (first to last frame of a burst) and ``events_per_burst``."""
+    ordered = sorted(intervals)
+    if not ordered:
+        return {"bursts": 0, "events_per_burst": percentiles([]), "arrival_span_ms": percentiles([]),
+                "frame_to_event_ms_by_part": [], "tail_events_by_part": []}
+    latency = [(out - kernel) / 1e6 for kernel, out in ordered]
+    p99 = percentiles(latency)["p99"]
+    bursts: list[tuple[int, int]] = []  # (first index, end index)
+    first = 0
+    for index in range(1, len(ordered)):
+        if ordered[index][0] - ordered[index - 1][0] > gap_ns:
+            bursts.append((first, index))
+            first = index
+    bursts.append((first, len(ordered)))
+    parts: list[list[float]] = [[] for _ in range(BURST_PARTS)]
+    tail = [0] * BURST_PARTS
+    for first, end in bursts:
+        size = end - first
+        for offset in range(size):
+            part = offset * BURST_PARTS // size
+            value = latency[first + offset]
+            parts[part].append(value)
+            if p99 is not None and value >= p99:
+                tail[part] += 1
+    return {"bursts": len(bursts), "events_per_burst": percentiles([end - first for first, end in bursts], 0),
+            "arrival_span_ms": percentiles([(ordered[end - 1][0] - ordered[first][0]) / 1e6 for first, end in bursts], 2),
+            "frame_to_event_ms_by_part": [{"p50": percentiles(values)["p50"], "p99": percentiles(values)["p99"]}
+                                          for values in parts],
+            "tail_events_by_part": tail}
+
+
 # --- the simulator in a subprocess ------------------------------------------------------------
 
 @attrs.define(eq=False)

@@ -23,7 +23,7 @@ SCRIPTS = pathlib.Path(__file__).resolve().parents[2] / "scripts"
 if str(SCRIPTS) not in sys.path:
     sys.path.insert(0, str(SCRIPTS))
 
-from bench_support import FrameEnds, GcPauses, ReadStamper  # noqa: E402
+from bench_support import FrameEnds, GcPauses, ReadStamper, burst_profile  # noqa: E402
 
 TEXT, CONT, PING = 0x1, 0x0, 0x9
 
@@ -164,6 +164,30 @@ def test_frame_ends_across_chunks_of_every_size():
         scanner = FrameEnds()
         found = [end for i in range(0, len(data), step) for end in scanner.feed(data[i:i + step])]
         assert found == want, step
+
+
+def test_burst_profile_places_the_tail_in_its_burst():
+    ms = 1_000_000
+    # two bursts 100 ms apart, 10 events each over 9 ms; latency 1 ms, except the last two
+    # events of the second burst (backlog: 5 ms) and, unsorted, the first of the first (2 ms)
+    intervals = []
+    for start in (0, 100 * ms):
+        for k in range(10):
+            kernel = start + k * ms
+            late = 5 * ms if start and k >= 8 else 2 * ms if not start and k == 0 else ms
+            intervals.append((kernel, kernel + late))
+    profile = burst_profile(list(reversed(intervals)))
+    assert profile["bursts"] == 2
+    assert profile["events_per_burst"]["p50"] == 10 and profile["arrival_span_ms"]["max"] == 9.0
+    # 20 events: the p99 is the largest (5 ms), both in the last fifth of their burst
+    assert profile["tail_events_by_part"] == [0, 0, 0, 0, 2]
+    parts = profile["frame_to_event_ms_by_part"]
+    assert [part["p99"] for part in parts] == [2.0, 1.0, 1.0, 1.0, 5.0]
+    assert parts[0]["p50"] == 1.0
+    # a gap of exactly 20 ms does not split a burst; more does
+    assert burst_profile([(0, ms), (20 * ms, 21 * ms)])["bursts"] == 1
+    assert burst_profile([(0, ms), (20 * ms + 1, 21 * ms)])["bursts"] == 2
+    assert burst_profile([])["bursts"] == 0
 
 
 def test_gc_pauses_matched_to_latency_intervals():
