@@ -188,7 +188,7 @@ import trio
 import trio_websocket
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # bench_support, also when loaded by path
-from bench_support import (GcPauses, ReadStamper, Sample, SimProcess, Window,  # noqa: E402
+from bench_support import (BURST_GAP_NS, GcPauses, ReadStamper, Sample, SimProcess, Window,  # noqa: E402
                            burst_profile, busy_windows, counting_window, median_max, percentiles, rates,
                            self_cpu_seconds, simulator_process, subscribe_tickers)
 from hybrid_actors import lean_transport  # noqa: E402
@@ -549,6 +549,8 @@ STAGES: Final = (
 class LatencyProbe:
     #: bytes per recvmsg of a stamped read
     slice_bytes: int = SLICE_BYTES
+    #: a gap between two frames' kernel stamps that starts a new burst (``latency_by_burst``)
+    burst_gap_ns: int = BURST_GAP_NS
     #: ns spent stamping in the frames' path: the sliced reads' loops after their first slice,
     #: and noting each delivered message (wall time of synchronous code: CPU, unless preempted)
     instrument_ns: int = 0
@@ -838,7 +840,7 @@ class LatencyProbe:
             "latency_window": window,
             "public_reads": self.reads(),
             "latency_gc": self.gc_pauses(),
-            "latency_by_burst": burst_profile(self.intervals),
+            "latency_by_burst": burst_profile(self.intervals, self.burst_gap_ns),
             "instrumentation": {
                 "stamping_us_per_frame": round(self.instrument_ns / stamped / 1e3, 2) if stamped else None,
                 "resolve_after_window_ms": round(self.resolve_ns / 1e6, 1),
@@ -850,7 +852,8 @@ class LatencyProbe:
 
 
 async def measure_latency(consumer: Consumer, sim: SimProcess, opts: Options) -> tuple[LatencyProbe, dict[str, Any]]:
-    probe = LatencyProbe(slice_bytes=opts.slice_bytes)
+    # a fifth of the simulator's tick interval (20 ms at 10 Hz): bursts stay apart at any rate
+    probe = LatencyProbe(slice_bytes=opts.slice_bytes, burst_gap_ns=min(BURST_GAP_NS, int(0.2e9 / opts.rate)))
     link = consumer.stream.hub.health.link(PUBLIC_LINK)
     with probe.installed():
         await trio.sleep(min(0.5, opts.latency_seconds / 4))  # the socket gets wrapped on its next batch

@@ -13,6 +13,7 @@ import array
 import bisect
 import gc
 import json
+import math
 import os
 import resource
 import signal
@@ -166,7 +167,8 @@ BURST_PARTS: Final = 5
 def burst_profile(intervals: Sequence[tuple[int, int]], gap_ns: int = BURST_GAP_NS) -> dict[str, Any]:
     """Where in a burst a frame's latency is made. ``intervals``: per event, its frame's
     kernel stamp and the event's delivery (ns). Events are grouped into bursts (a gap of more
-    than ``gap_ns`` between two kernel stamps starts a new one), and each burst cut into
+    than ``gap_ns`` between two kernel stamps starts a new one: keep it well under the
+    simulator's tick interval), and each burst cut into
     ``BURST_PARTS`` parts in arrival order: ``frame_to_event_ms_by_part`` (p50/p99 of each
     part), ``tail_events_by_part`` (where the events at or above the overall p99 sit: in the
     last parts when the reader falls behind during a burst and catches up after it),
@@ -176,7 +178,10 @@ def burst_profile(intervals: Sequence[tuple[int, int]], gap_ns: int = BURST_GAP_
         return {"bursts": 0, "events_per_burst": percentiles([]), "arrival_span_ms": percentiles([]),
                 "frame_to_event_ms_by_part": [], "tail_events_by_part": []}
     latency = [(out - kernel) / 1e6 for kernel, out in ordered]
-    p99 = percentiles(latency)["p99"]
+    ranked = sorted(latency)
+    # the nearest-rank p99, unrounded (``percentiles`` rounds): the events at or above it are
+    # those ``latency_gc.p99_tail_events`` counts
+    p99 = ranked[max(0, math.ceil(0.99 * len(ranked)) - 1)]
     bursts: list[tuple[int, int]] = []  # (first index, end index)
     first = 0
     for index in range(1, len(ordered)):
@@ -192,12 +197,13 @@ def burst_profile(intervals: Sequence[tuple[int, int]], gap_ns: int = BURST_GAP_
             part = offset * BURST_PARTS // size
             value = latency[first + offset]
             parts[part].append(value)
-            if p99 is not None and value >= p99:
+            if value >= p99:
                 tail[part] += 1
     return {"bursts": len(bursts), "events_per_burst": percentiles([end - first for first, end in bursts], 0),
-            "arrival_span_ms": percentiles([(ordered[end - 1][0] - ordered[first][0]) / 1e6 for first, end in bursts], 2),
-            "frame_to_event_ms_by_part": [{"p50": percentiles(values)["p50"], "p99": percentiles(values)["p99"]}
-                                          for values in parts],
+            "arrival_span_ms": percentiles([(ordered[end - 1][0] - ordered[first][0]) / 1e6
+                                            for first, end in bursts], 2),
+            "frame_to_event_ms_by_part": [{key: figures[key] for key in ("p50", "p99")}
+                                          for figures in map(percentiles, parts)],
             "tail_events_by_part": tail}
 
 

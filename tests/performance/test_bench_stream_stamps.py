@@ -169,7 +169,7 @@ def test_frame_ends_across_chunks_of_every_size():
 def test_burst_profile_places_the_tail_in_its_burst():
     ms = 1_000_000
     # two bursts 100 ms apart, 10 events each over 9 ms; latency 1 ms, except the last two
-    # events of the second burst (backlog: 5 ms) and, unsorted, the first of the first (2 ms)
+    # events of the second burst (backlog: 5 ms each) and, unsorted, the first of the first (2 ms)
     intervals = []
     for start in (0, 100 * ms):
         for k in range(10):
@@ -184,6 +184,12 @@ def test_burst_profile_places_the_tail_in_its_burst():
     parts = profile["frame_to_event_ms_by_part"]
     assert [part["p99"] for part in parts] == [2.0, 1.0, 1.0, 1.0, 5.0]
     assert parts[0]["p50"] == 1.0
+    # the p99 is compared unrounded: 5.0006 ms is the only event at or above it (rounded to
+    # 5.001 ms it would have none; 5.0004 rounded to 5.0 would count both)
+    for last in (5_000_600, 5_000_400):
+        kernel = intervals[-1][0]
+        skewed = [*intervals[:-1], (kernel, kernel + last)]
+        assert burst_profile(skewed)["tail_events_by_part"] == [0, 0, 0, 0, 1]
     # a gap of exactly 20 ms does not split a burst; more does
     assert burst_profile([(0, ms), (20 * ms, 21 * ms)])["bursts"] == 1
     assert burst_profile([(0, ms), (20 * ms + 1, 21 * ms)])["bursts"] == 2
