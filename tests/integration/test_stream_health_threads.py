@@ -75,8 +75,10 @@ async def test_health_and_positions_from_a_worker_thread(loopback_clock):
 
 
 async def test_position_rows_say_how_old_the_mark_is(loopback_clock):
-    """A row's ``mark_age_s`` counts from the receipt of the ticker mark the row shows, in
-    plain decimal strings, whether the report is built on trio's thread or another."""
+    """A row's ``mark_age_s`` counts from the receipt of the ticker mark the row shows, not
+    from the row's last event (here a private push a second later, carrying the same mark),
+    in decimal strings as the exchange spelt them, whether the report is built on trio's
+    thread or another."""
     with trio.fail_after(TEST_TIMEOUT):
         async with running() as s:
             s.sim.control.open_position("BTCUSDT", "Buy", "0.001")
@@ -84,11 +86,14 @@ async def test_position_rows_say_how_old_the_mark_is(loopback_clock):
             s.sim.control.set_mark_price("BTCUSDT", "60001.5")
             await s.log.wait_for(lambda e: e.symbol == "BTCUSDT" and e.mark_price == Decimal("60001.5"))
             s.sim.control.stop_ticker("BTCUSDT")  # no frame after this one: the mark only ages
-            await trio.sleep(2)  # under stale_after (3 s): no REST fallback mark stands in yet
+            await trio.sleep(1)
+            s.sim.control.modify_position("BTCUSDT", take_profit="70000")
+            await s.log.wait_for(lambda e: e.symbol == "BTCUSDT" and e.take_profit == Decimal("70000"))
+            await trio.sleep(1)  # 2 s in all: under stale_after (3 s), no REST fallback mark yet
             loopback_clock.autojump_threshold = CUSHION_AUTOJUMP  # a worker thread runs below
             for report in (s.stream.health(), await trio.to_thread.run_sync(s.stream.health)):
                 (row,) = report.open_positions
                 assert (row["symbol"], row["side"], row["size"], row["mark_price"]) == ("BTCUSDT", "Buy", "0.001",
                                                                                        "60001.50")
-                assert row["source"] == "ticker" and type(row["unrealized_pnl"]) is str
-                assert 2.0 <= row["mark_age_s"] < 2.5, row
+                assert row["source"] == "position" and type(row["unrealized_pnl"]) is str
+                assert 2.0 <= row["mark_age_s"] < 2.5, row  # 1.0 if counted from the push
