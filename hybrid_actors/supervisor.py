@@ -492,8 +492,10 @@ def _by_event(counts: dict[tuple[str, str], int]) -> dict[str, dict[str, int]]:
 
 def position_rows(hub: Hub) -> tuple[dict[str, Any], ...]:
     """Every open position as the consumer last saw it, JSON-ready (decimals as strings).
-    O(positions) and called from any thread (a bot's, an exporter's), where it holds the GIL
-    for its whole run: kept lean (``scripts/bench_health.py``)."""
+    O(positions) and called from any thread (a bot's, an exporter's), where it keeps the
+    stream's thread waiting for the GIL for up to CPython's switch interval (5 ms) at a time,
+    so for the whole of a 2-3 ms call: kept lean (``scripts/bench_health.py``). Safe all the
+    same: views and marks are frozen, and each dict read is one C call."""
     wall_ms = hub.wall_ms()
     mark_of = hub.combiner.marks.get
     views = hub.combiner.current() if hub.switch.all_hybrid else tuple(hub.switch.seen.values())

@@ -2,8 +2,9 @@
 """What ``health()`` and ``positions()`` cost a bot at N open positions; print ONE JSON object.
 
 Both are safe from any thread, and a bot (or a metrics exporter) often calls them from its
-own. A call holds the GIL from start to end, so the stream's one trio thread, which reads
-every ticker, cannot run meanwhile: the call's length is a stall of the stream. This
+own. The calling thread gives the GIL up only when another has waited CPython's switch
+interval (5 ms), so the stream's one trio thread, which reads every ticker, cannot run
+during a call of a few ms: its length is a stall of the stream. This
 benchmark runs the stream with every actor against the simulator in a subprocess
 (``bench_stream``'s: ``--symbols`` positions, ``--rate`` tickers a second each) and reports:
 
