@@ -520,7 +520,8 @@ class PositionEvent:
                 "exchange_ts": self.exchange_ts, "received_ts": self.received_ts,
                 "leverage": plain_decimal(self.leverage), "liq_price": plain_decimal(self.liq_price),
                 "take_profit": plain_decimal(self.take_profit), "stop_loss": plain_decimal(self.stop_loss),
-                "trailing_stop": plain_decimal(self.trailing_stop), "cum_realised_pnl": plain_decimal(self.cum_realised_pnl),
+                "trailing_stop": plain_decimal(self.trailing_stop),
+                "cum_realised_pnl": plain_decimal(self.cum_realised_pnl),
                 "created_time": self.created_time, "updated_time": self.updated_time,
                 "mark_age_ms": self.mark_age_ms}
 
