@@ -36,7 +36,7 @@ import trio
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # bench_stream, also when loaded by path
 import bench_stream as bench  # noqa: E402
-from bench_support import percentiles, simulator_process  # noqa: E402
+from bench_support import percentiles  # noqa: E402
 
 from hybrid_actors.supervisor import HybridStream, build_health_report  # noqa: E402
 
@@ -74,41 +74,31 @@ def poll(stream: HybridStream, hz: float, stop: threading.Event, spans: list[flo
 
 
 async def run(opts: argparse.Namespace) -> dict[str, Any]:
-    async with simulator_process(opts.symbols, opts.rate, opts.seed) as sim:
-        symbols = (await sim.symbols(bench.CATEGORY))[:opts.symbols]
-        for symbol in symbols:
-            await sim.control("open_position", symbol=symbol, side="Buy", size="1")
-        async with bench.consuming_stream(sim, symbols, bench.Options(seed=opts.seed)) as (stream, _consumer):
-            await trio.sleep(opts.warmup)
-            positions = len(stream.positions())
-            calls = {"health": await call_ms(stream.health, opts.calls),
-                     "health_without_rows": await call_ms(lambda: build_health_report(stream.hub, rows=False),
-                                                          opts.calls),
-                     "positions": await call_ms(stream.positions, opts.calls)}
-            quiet = await lateness_ms(opts.seconds)
-            stop = threading.Event()
-            spans: list[float] = []
-            async with trio.open_nursery() as nursery:
-                # a bot's own thread, as the bridge's users have (trio.to_thread: joined on exit)
-                nursery.start_soon(trio.to_thread.run_sync, poll, stream, opts.poll_hz, stop, spans)
-                try:
-                    polled = await lateness_ms(opts.seconds)
-                finally:
-                    stop.set()
+    async with bench.stream_on_positions(opts) as stream:
+        positions = len(stream.positions())
+        calls = {"health": await call_ms(stream.health, opts.calls),
+                 "health_without_rows": await call_ms(lambda: build_health_report(stream.hub, rows=False),
+                                                      opts.calls),
+                 "positions": await call_ms(stream.positions, opts.calls)}
+        quiet = await lateness_ms(opts.seconds)
+        stop = threading.Event()
+        spans: list[float] = []
+        async with trio.open_nursery() as nursery:
+            # a bot's own thread, as the bridge's users have (trio.to_thread: joined on exit)
+            nursery.start_soon(trio.to_thread.run_sync, poll, stream, opts.poll_hz, stop, spans)
+            try:
+                polled = await lateness_ms(opts.seconds)
+            finally:
+                stop.set()
     return {"symbols": opts.symbols, "rate": opts.rate, "open_positions": positions, "call_ms": calls,
             "stall_ms": {"quiet": percentiles(quiet), "polled": percentiles(polled)},
             "polled_calls": {"hz": opts.poll_hz, **percentiles(spans)}}
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--symbols", type=int, default=500)
-    parser.add_argument("--rate", type=float, default=10.0)
+    parser = bench.stream_bench_parser(__doc__, seconds=10.0)
     parser.add_argument("--calls", type=int, default=30)
-    parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--poll-hz", type=float, default=10.0)
-    parser.add_argument("--warmup", type=float, default=3.0)
-    parser.add_argument("--seed", type=int, default=1)
     opts = parser.parse_args()
     print(json.dumps(trio.run(run, opts)), flush=True)
     return 0

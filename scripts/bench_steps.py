@@ -33,7 +33,6 @@ import trio
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # bench_stream, also when loaded by path
 import bench_stream as bench  # noqa: E402
-from bench_support import simulator_process  # noqa: E402
 
 #: a step longer than this (wall time) is counted in ``steps_over_1ms``
 LONG_STEP_NS = 1_000_000
@@ -84,31 +83,21 @@ class StepWatch(trio.abc.Instrument):
 async def run(opts: argparse.Namespace) -> dict[str, Any]:
     watch = StepWatch()
     trio.lowlevel.add_instrument(watch)
-    async with simulator_process(opts.symbols, opts.rate, opts.seed) as sim:
-        symbols = (await sim.symbols(bench.CATEGORY))[:opts.symbols]
-        for symbol in symbols:
-            await sim.control("open_position", symbol=symbol, side="Buy", size="1")
-        # bench_stream's stream with its consumer, once every ticker is confirmed
-        async with bench.consuming_stream(sim, symbols, bench.Options(seed=opts.seed)) as (stream, _consumer):
-            await trio.sleep(opts.warmup)
-            link = stream.hub.health.link(bench.PUBLIC_LINK)  # a counter (health() is a step of its own)
-            frames0 = link.frames
-            watch.on = True
-            await trio.sleep(opts.seconds)
-            watch.on = False
-            frames = link.frames - frames0
+    # bench_stream's stream with its consumer, once every ticker is confirmed
+    async with bench.stream_on_positions(opts) as stream:
+        link = stream.hub.health.link(bench.PUBLIC_LINK)  # a counter (health() is a step of its own)
+        frames0 = link.frames
+        watch.on = True
+        await trio.sleep(opts.seconds)
+        watch.on = False
+        frames = link.frames - frames0
     return {"symbols": opts.symbols, "rate": opts.rate, "seconds": opts.seconds, "public_frames": frames,
             **watch.figures(opts.top)}
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--symbols", type=int, default=500)
-    parser.add_argument("--rate", type=float, default=10.0)
-    parser.add_argument("--seconds", type=float, default=20.0)
-    parser.add_argument("--warmup", type=float, default=3.0)
+    parser = bench.stream_bench_parser(__doc__, seconds=20.0)
     parser.add_argument("--top", type=int, default=10)
-    parser.add_argument("--seed", type=int, default=1)
     opts = parser.parse_args()
     print(json.dumps(trio.run(run, opts)), flush=True)
     return 0

@@ -1088,6 +1088,38 @@ PYBIT_ATTEMPTS: Final = 3
 PYBIT_START_LIMIT: Final = 8.0
 
 
+# --- the set-up the smaller stream benchmarks share (bench_steps, bench_health) -------------------
+
+async def open_positions(sim: SimProcess, symbols: Iterable[str]) -> None:
+    """A position on each symbol, so the stream subscribes all of their tickers."""
+    for symbol in symbols:
+        await sim.control("open_position", symbol=symbol, side="Buy", size="1")
+
+
+@asynccontextmanager
+async def stream_on_positions(opts: argparse.Namespace) -> AsyncIterator[HybridStream]:
+    """The simulator in a subprocess (``opts.symbols`` positions, ``opts.rate`` tickers a
+    second each, ``opts.seed``) and the stream with its consumer, ``opts.warmup`` s after
+    every ticker is confirmed."""
+    async with simulator_process(opts.symbols, opts.rate, opts.seed) as sim:
+        symbols = (await sim.symbols(CATEGORY))[:opts.symbols]
+        await open_positions(sim, symbols)
+        async with consuming_stream(sim, symbols, Options(seed=opts.seed)) as (stream, _consumer):
+            await trio.sleep(opts.warmup)
+            yield stream
+
+
+def stream_bench_parser(doc: str, *, seconds: float) -> argparse.ArgumentParser:
+    """The options of :func:`stream_on_positions`, and ``--seconds`` of measurement."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--symbols", type=int, default=500)
+    parser.add_argument("--rate", type=float, default=10.0)
+    parser.add_argument("--seconds", type=float, default=seconds)
+    parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--seed", type=int, default=1)
+    return parser
+
+
 # --- a second stream on another public transport (throughput, latency, latest prices) ----------
 
 @asynccontextmanager
@@ -1254,8 +1286,7 @@ async def _run_benchmark(opts: Options, open_public: Callable[..., Any]) -> dict
         read_floor = await measure_read_floor(sim, symbols, opts)
         durations["read_floor_phase_s"] = time.perf_counter() - mark
         mark = time.perf_counter()
-        for symbol in symbols:
-            await sim.control("open_position", symbol=symbol, side="Buy", size="1")
+        await open_positions(sim, symbols)
         durations["open_positions_s"] = time.perf_counter() - mark
 
         mark = time.perf_counter()
