@@ -21,10 +21,12 @@ def test_bench_health_reports_call_costs_and_stalls():
     assert figures["open_positions"] == 5
     for name in ("health", "health_without_rows", "positions"):
         call = figures["call_ms"][name]
-        assert call["samples"] == 3 and 0 <= call["p50"] <= call["max"], (name, call)
+        assert call["samples"] == 3 and call["p50"] > 0, (name, call)  # each call was timed
     for window in ("quiet", "polled"):
         stall = figures["stall_ms"][window]
-        # one sample per 1 ms sleep: a 0.5 s window holds at most ~500 of them, and some
-        assert 0 < stall["samples"] <= 500 and stall["p50"] <= stall["p99"] <= stall["max"], (window, stall)
+        # one sample per 1 ms sleep: a 0.5 s window holds at most ~500 of them, and some;
+        # trio never wakes a sleep early, so no lateness is negative
+        assert 0 < stall["samples"] <= 500 and stall["p50"] >= 0, (window, stall)
     polled = figures["polled_calls"]
-    assert polled["hz"] == 20.0 and polled["samples"] >= 1 and polled["p50"] > 0, polled
+    # the thread called health() while the polled window ran, at most poll_hz times a second
+    assert 1 <= polled["samples"] <= opts.seconds * opts.poll_hz and polled["p50"] > 0, polled
