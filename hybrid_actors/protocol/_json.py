@@ -6,15 +6,16 @@ a JSON float where we expect a decimal is reported as a malformed field instead.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Final
 
 import orjson
 
 JSONDecodeError = orjson.JSONDecodeError
 
-
-def loads(data: str | bytes) -> Any:
-    return orjson.loads(data)
+#: orjson's own function, not a wrapper: it runs once per ticker frame, where one more
+#: Python call is ~1% of the public reader's CPU
+loads: Final[Callable[[str | bytes], Any]] = orjson.loads
 
 
 def dumps(obj: Any) -> str:
