@@ -128,7 +128,11 @@ meanwhile (``/proc/stat``'s busy time minus this process's and the simulator's).
 another process keeping a vCPU busy makes ours run faster (README, Benchmarks), so the
 windows where others used more than ``BUSY_MACHINE_SHARE`` of a CPU are listed in
 ``machine.busy_windows`` (CPU-seconds per second) and named on stderr: such a run is not
-comparable with one on a quiet machine.
+comparable with one on a quiet machine. Each window also reports ``steal_ms``, the time
+the hypervisor gave this VM's vCPUs to someone else (``/proc/stat``'s steal); the windows
+where it took more than ``STOLEN_SHARE`` of a vCPU are listed in ``machine.steal_windows``
+(ms per second) and named on stderr: a frame that arrives while its vCPU is taken waits for
+it, so such a window's latency tail is partly the host's.
 
 8. **Comparison** (``comparison``, one row per client on the same simulator stream): the
    bare client of step 1; the stream of steps 3-4 (its defaults: the lean transport with
@@ -190,7 +194,7 @@ import trio_websocket
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # bench_support, also when loaded by path
 from bench_support import (BURST_GAP_NS, GcPauses, ReadStamper, Sample, SimProcess, Window,  # noqa: E402
                            burst_profile, busy_windows, counting_window, median_max, percentiles, rates,
-                           self_cpu_seconds, simulator_process, subscribe_tickers)
+                           self_cpu_seconds, simulator_process, stolen_windows, subscribe_tickers)
 from hybrid_actors import lean_transport  # noqa: E402
 from hybrid_actors import transport as transport_module
 from hybrid_actors.actors import connection, public_ws
@@ -1342,13 +1346,21 @@ async def _run_benchmark(opts: Options, open_public: Callable[..., Any]) -> dict
     ceiling = raw["msgs_per_cpu_s"]
     streamed = throughput["msgs_per_cpu_s"]
     figures = probe.figures(latency_window, throughput)
-    busy = busy_windows({"raw": raw, "stream": throughput, "latency": latency_window,
-                         **{f"pair_{i}_{side}": window for i, pair in enumerate(paired.get("windows", ()))
-                            for side, window in pair.items()}})
+    windows = {"raw": raw, "stream": throughput, "latency": latency_window,
+               **{f"pair_{i}_{side}": window for i, pair in enumerate(paired.get("windows", ()))
+                  for side, window in pair.items()}}
+    busy = busy_windows(windows)
+    stolen = stolen_windows({**windows, **{f"coalesce_{ms}ms_{kind}": row[key] for ms, row in coalesced.items()
+                                           for kind, key in (("stream", "stream"), ("latency", "latency_window"))
+                                           if key in row}})
     if busy:
         print(f"bench_stream: other processes used CPU during these windows (CPU-seconds per second): "
               f"{busy}; on this VM that makes the figures faster than on a quiet machine, so they "
               "are not comparable with a quiet run (README, Benchmarks)", file=sys.stderr)
+    if stolen:
+        print(f"bench_stream: the hypervisor took CPU time from this VM during these windows (ms per "
+              f"second): {stolen}; frames that arrived then waited for it (a latency tail that is not "
+              "ours), so they are not comparable with a quiet run (README, Benchmarks)", file=sys.stderr)
     overhead = figures["frame_to_event_ms"]
     raw_lag = raw["tick_to_receive_ms"]
     tick_to_event = figures["tick_to_event_ms"]
@@ -1396,7 +1408,7 @@ async def _run_benchmark(opts: Options, open_public: Callable[..., Any]) -> dict
         "totals": {**totals, "client_cpu_s": round(self_cpu_seconds() - cpu_start, 3),
                    "sim_cpu_s": round(sim_cpu_total, 3)},
         "durations_s": {k: round(v, 2) for k, v in {**durations, "total_s": total}.items()},
-        "machine": {"busy_windows": busy, "cpu_count": os.cpu_count(), "python": platform.python_version(),
+        "machine": {"busy_windows": busy, "steal_windows": stolen, "cpu_count": os.cpu_count(), "python": platform.python_version(),
                     "implementation": platform.python_implementation(), "platform": platform.platform(),
                     "loadavg_at_start": [round(x, 2) for x in load_start],
                     "loadavg_at_end": [round(x, 2) for x in os.getloadavg()]},

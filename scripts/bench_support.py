@@ -64,9 +64,9 @@ def _runqueue_wait() -> float | None:
         return None
 
 
-def machine_busy_seconds(stat: str = "/proc/stat") -> float | None:
-    """CPU time the whole machine spent busy, all CPUs (``/proc/stat``'s first line: user,
-    nice, system, irq and softirq; not idle, iowait or steal), in seconds; None without it."""
+def _machine_times(stat: str) -> list[int] | None:
+    """``/proc/stat``'s first line (all CPUs, clock ticks): user, nice, system, idle, iowait,
+    irq, softirq[, steal, ...]; None without it."""
     try:
         with open(stat, encoding="ascii") as f:
             fields = f.readline().split()
@@ -74,8 +74,24 @@ def machine_busy_seconds(stat: str = "/proc/stat") -> float | None:
         return None
     if len(fields) < 8 or fields[0] != "cpu":
         return None
-    user, nice, system, _idle, _iowait, irq, softirq = (int(v) for v in fields[1:8])
+    return [int(v) for v in fields[1:]]
+
+
+def machine_busy_seconds(stat: str = "/proc/stat") -> float | None:
+    """CPU time the whole machine spent busy, all CPUs (``/proc/stat``'s first line: user,
+    nice, system, irq and softirq; not idle, iowait or steal), in seconds; None without it."""
+    times = _machine_times(stat)
+    if times is None:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq = times[:7]
     return (user + nice + system + irq + softirq) / CLK_TCK
+
+
+def machine_steal_seconds(stat: str = "/proc/stat") -> float | None:
+    """Time the hypervisor ran something else while this VM's vCPUs wanted to run, all
+    vCPUs (``/proc/stat``'s steal field), in seconds; None where the kernel does not say."""
+    times = _machine_times(stat)
+    return None if times is None or len(times) < 8 else times[7] / CLK_TCK
 
 
 @attrs.frozen
@@ -89,25 +105,32 @@ class Sample:
     runqueue_wait: float | None
     involuntary_switches: int
     machine_busy: float | None = None
+    machine_steal: float | None = None
 
     @classmethod
     def take(cls, sim_pid: int) -> Sample:
         usage = resource.getrusage(resource.RUSAGE_SELF)
         return cls(time.perf_counter(), usage.ru_utime + usage.ru_stime, process_cpu_seconds(sim_pid),
-                   _runqueue_wait(), usage.ru_nivcsw, machine_busy_seconds())
+                   _runqueue_wait(), usage.ru_nivcsw, machine_busy_seconds(), machine_steal_seconds())
 
     def since(self, start: Sample) -> dict[str, Any]:
         """The window's counters. ``others_cpu_s``: CPU the rest of the machine used meanwhile
         (its busy time minus this process's and the simulator's; ±1 clock tick per CPU): on this
         VM a process that keeps a vCPU busy makes ours run faster (README, Benchmarks), so a
-        window with others_cpu_s well above 0 is not comparable with one on a quiet machine."""
+        window with others_cpu_s well above 0 is not comparable with one on a quiet machine.
+        ``steal_ms``: time the hypervisor gave this VM's vCPUs to someone else meanwhile (all
+        vCPUs; 10 ms clock ticks): a frame that arrives then waits for it, so it lands in a
+        latency tail that is not ours."""
         waited = (None if self.runqueue_wait is None or start.runqueue_wait is None
                   else round((self.runqueue_wait - start.runqueue_wait) * 1000, 1))
         cpu, sim_cpu = self.cpu - start.cpu, self.sim_cpu - start.sim_cpu
         others = (None if self.machine_busy is None or start.machine_busy is None
                   else round(self.machine_busy - start.machine_busy - cpu - sim_cpu, 2))
+        steal = (None if self.machine_steal is None or start.machine_steal is None
+                 else round((self.machine_steal - start.machine_steal) * 1000))
         return {"duration_s": round(self.wall - start.wall, 3), "client_cpu_s": round(cpu, 3),
-                "sim_cpu_s": round(sim_cpu, 3), "others_cpu_s": others, "client_runqueue_wait_ms": waited,
+                "sim_cpu_s": round(sim_cpu, 3), "others_cpu_s": others, "steal_ms": steal,
+                "client_runqueue_wait_ms": waited,
                 "client_involuntary_switches": self.involuntary_switches - start.involuntary_switches}
 
 
@@ -124,6 +147,22 @@ def busy_windows(windows: dict[str, dict[str, Any]]) -> dict[str, float]:
         others, duration = window.get("others_cpu_s"), window.get("duration_s")
         if others is not None and duration and others / duration > BUSY_MACHINE_SHARE:
             out[name] = round(others / duration, 2)
+    return out
+
+
+#: a window in which the hypervisor took more than this share of one vCPU is flagged (see
+#: Sample.since): 0-2 ms a second on a quiet host, 15-30 on a busy one (stop 21)
+STOLEN_SHARE: Final = 0.005
+
+
+def stolen_windows(windows: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """The windows (name → a ``Sample.since`` dict) in which the hypervisor took more than
+    STOLEN_SHARE of a vCPU from this VM: name → ms stolen per second."""
+    out: dict[str, float] = {}
+    for name, window in windows.items():
+        steal, duration = window.get("steal_ms"), window.get("duration_s")
+        if steal is not None and duration and steal / 1000 / duration > STOLEN_SHARE:
+            out[name] = round(steal / duration, 1)
     return out
 
 

@@ -39,3 +39,26 @@ def test_a_window_reports_the_cpu_others_used_and_busy_ones_are_named(support):
     unknown = support.Sample(wall=14.0, cpu=1.5, sim_cpu=3.0, runqueue_wait=None, involuntary_switches=0).since(start)
     assert unknown["others_cpu_s"] is None
     assert support.busy_windows({"stream": busy, "raw": quiet, "pair": unknown}) == {"stream": 1.0}
+
+
+def test_steal_is_the_eighth_field_and_absent_on_kernels_that_do_not_give_it(support, tmp_path):
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  100 50 25 9000 7 3 2 400 0 0\n", encoding="ascii")
+    assert support.machine_steal_seconds(str(stat)) == pytest.approx(400 / support.CLK_TCK)
+    stat.write_text("cpu  100 50 25 9000 7 3 2\n", encoding="ascii")  # before Linux 2.6.11
+    assert support.machine_steal_seconds(str(stat)) is None
+    assert support.machine_busy_seconds(str(stat)) == pytest.approx(180 / support.CLK_TCK)
+    assert support.machine_steal_seconds(str(tmp_path / "missing")) is None
+
+
+def test_a_window_reports_the_time_stolen_from_the_vm_and_names_the_windows_it_hurt(support):
+    start = support.Sample(wall=10.0, cpu=1.0, sim_cpu=2.0, runqueue_wait=None, involuntary_switches=0,
+                           machine_steal=3.0)
+    # 4 s: 0.12 s stolen (30 ms a second, a busy host) against 0.01 s (2.5 ms a second)
+    stolen = support.Sample(wall=14.0, cpu=1.5, sim_cpu=3.0, runqueue_wait=None, involuntary_switches=0,
+                            machine_steal=3.12).since(start)
+    quiet = support.Sample(wall=14.0, cpu=1.5, sim_cpu=3.0, runqueue_wait=None, involuntary_switches=0,
+                           machine_steal=3.01).since(start)
+    unknown = support.Sample(wall=14.0, cpu=1.5, sim_cpu=3.0, runqueue_wait=None, involuntary_switches=0).since(start)
+    assert (stolen["steal_ms"], quiet["steal_ms"], unknown["steal_ms"]) == (120, 10, None)
+    assert support.stolen_windows({"latency": stolen, "raw": quiet, "pair": unknown}) == {"latency": 30.0}
