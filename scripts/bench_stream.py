@@ -1164,14 +1164,14 @@ async def measure_pairs(sim: SimProcess, symbols: list[str], opts: Options) -> d
     compares two windows a minute apart; these show how far such a ratio moves."""
     window = attrs.evolve(opts, seconds=opts.pair_seconds)
     rows: list[dict[str, Any]] = []
-    windows: list[dict[str, dict[str, Any]]] = []  # per pair, what busy_windows reads of each window
+    windows: list[dict[str, dict[str, Any]]] = []  # per pair, what busy_windows and stolen_windows read
     for _ in range(opts.pairs):
         bare_window = await measure_raw_ceiling(sim, symbols, window)
         stream_window = await measure_stream_cpu(sim, symbols, window)
         bare, streamed = bare_window["msgs_per_cpu_s"], stream_window["msgs_per_cpu_s"]
         rows.append({"bare": bare, "stream": streamed,
                      "ratio": round(streamed / bare, 3) if bare and streamed else None})
-        windows.append({side: {key: measured.get(key) for key in ("duration_s", "others_cpu_s")}
+        windows.append({side: {key: measured.get(key) for key in ("duration_s", "others_cpu_s", "steal_ms")}
                         for side, measured in (("bare", bare_window), ("stream", stream_window))})
     ratios = sorted(r["ratio"] for r in rows if r["ratio"] is not None)
     return {"pairs": rows, "windows": windows, "seconds_each": opts.pair_seconds,
@@ -1180,6 +1180,23 @@ async def measure_pairs(sim: SimProcess, symbols: list[str], opts: Options) -> d
 
 
 # --- the whole run --------------------------------------------------------------------------
+
+def measured_windows(raw: dict[str, Any], transport: dict[str, Any], read_floor: dict[str, Any],
+                     stream: dict[str, Any], latency: dict[str, Any], paired: dict[str, Any],
+                     coalesced: dict[str, Any], pybit: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every measuring window of the run by name (``Sample.since`` dicts, or the pairs' excerpt
+    of them), for the machine checks (``busy_windows``, ``stolen_windows``)."""
+    windows = {"raw": raw, "transport": transport, "read_floor": read_floor, "stream": stream, "latency": latency}
+    for i, pair in enumerate(paired.get("windows", ())):
+        windows.update({f"pair_{i}_{side}": window for side, window in pair.items()})
+    for ms, row in coalesced.items():
+        windows.update({f"coalesce_{ms}ms_{kind}": row[key] for kind, key in (("stream", "stream"),
+                                                                              ("latency", "latency_window"))
+                        if key in row})
+    if "duration_s" in pybit:
+        windows["pybit"] = pybit
+    return windows
+
 
 def comparison(raw: dict[str, Any], stream: dict[str, Any], figures: dict[str, Any], latest: dict[str, Any],
                name: str, pybit: dict[str, Any], coalesced: dict[str, Any]) -> dict[str, Any]:
@@ -1346,21 +1363,18 @@ async def _run_benchmark(opts: Options, open_public: Callable[..., Any]) -> dict
     ceiling = raw["msgs_per_cpu_s"]
     streamed = throughput["msgs_per_cpu_s"]
     figures = probe.figures(latency_window, throughput)
-    windows = {"raw": raw, "stream": throughput, "latency": latency_window,
-               **{f"pair_{i}_{side}": window for i, pair in enumerate(paired.get("windows", ()))
-                  for side, window in pair.items()}}
-    busy = busy_windows(windows)
-    stolen = stolen_windows({**windows, **{f"coalesce_{ms}ms_{kind}": row[key] for ms, row in coalesced.items()
-                                           for kind, key in (("stream", "stream"), ("latency", "latency_window"))
-                                           if key in row}})
+    windows = measured_windows(raw, transport, read_floor, throughput, latency_window, paired, coalesced,
+                               pybit)
+    busy, stolen = busy_windows(windows), stolen_windows(windows)
     if busy:
         print(f"bench_stream: other processes used CPU during these windows (CPU-seconds per second): "
               f"{busy}; on this VM that makes the figures faster than on a quiet machine, so they "
               "are not comparable with a quiet run (README, Benchmarks)", file=sys.stderr)
     if stolen:
         print(f"bench_stream: the hypervisor took CPU time from this VM during these windows (ms per "
-              f"second): {stolen}; frames that arrived then waited for it (a latency tail that is not "
-              "ours), so they are not comparable with a quiet run (README, Benchmarks)", file=sys.stderr)
+              f"second): {stolen}; a frame that arrived then waited for it (in a latency window, a tail "
+              "that is not ours), so they are not comparable with a quiet run (README, Benchmarks)",
+              file=sys.stderr)
     overhead = figures["frame_to_event_ms"]
     raw_lag = raw["tick_to_receive_ms"]
     tick_to_event = figures["tick_to_event_ms"]

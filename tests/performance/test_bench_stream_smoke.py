@@ -128,7 +128,22 @@ async def test_a_tiny_run_produces_every_figure(transport, compare):
     assert totals["public_connects"] == 2  # the first connection and one after the drop
     assert is_number(totals["client_cpu_s"]) and is_number(totals["sim_cpu_s"])
     assert result["machine"]["cpu_count"] >= 1 and result["machine"]["python"]
-    # every window says how much the hypervisor took (this VM's kernel gives steal); flagged ones are named
-    assert all(isinstance(details[w]["steal_ms"], int) for w in ("raw", "transport", "stream"))
+    # every window says how much the hypervisor took (None where the kernel does not say), the
+    # pairs' and the other coalescing windows' too; the flagged ones are named from the same set
+    support = load_scripts_module("bench_support")
+    kinds = (int,) if support.machine_steal_seconds() is not None else (type(None),)
+    windows = bench.measured_windows(details["raw"], details["transport"], details["read_floor"],
+                                     details["stream"], details["latency_window"],
+                                     result["ratio_to_ceiling_interleaved_pairs"], details["coalesced_streams"],
+                                     details["pybit"])
+    expected = {"raw", "transport", "read_floor", "stream", "latency"}
+    if compare:
+        expected |= {"pair_0_bare", "pair_0_stream", "pair_1_bare", "pair_1_stream",
+                     "coalesce_0ms_stream", "coalesce_0ms_latency"}
+        if "duration_s" in details["pybit"]:  # measured (the bench extra)
+            expected.add("pybit")
+    assert expected <= set(windows)
+    assert all(isinstance(window["steal_ms"], kinds) for window in windows.values()), windows
+    assert set(result["machine"]["steal_windows"]) <= set(windows)
     assert all(is_number(v) for v in result["machine"]["steal_windows"].values())
     assert all(is_number(v) for v in result["durations_s"].values())
