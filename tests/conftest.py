@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 import pathlib
+import signal
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 import trio.testing
+
+# A command started in the background by a shell without job control (``cmd &`` in a script,
+# ``bash -c '... &'``) inherits SIGINT ignored, and so does every process it starts: Python
+# then installs no KeyboardInterrupt handler, and the Ctrl-C tests (the CLI's exit 130, every
+# asyncio host's interrupt) would wait for an interrupt that never comes. What those tests
+# check is our handling of Ctrl-C, not how the suite was launched: take SIGINT back, here and
+# so in every child process the tests start (an ignored signal stays ignored across exec, a
+# handled one is reset to its default).
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 #: verbatim copies of ../shared/bybit-vectors (sources inside each file; see vectors/README.md)
 VECTORS = pathlib.Path(__file__).resolve().parent / "vectors"
