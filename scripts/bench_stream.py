@@ -170,7 +170,6 @@ import importlib
 import importlib.util
 import json
 import logging
-import math
 import os
 import platform
 import random
@@ -193,7 +192,7 @@ import trio_websocket
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # bench_support, also when loaded by path
 from bench_support import (BURST_GAP_NS, GcPauses, ReadStamper, Sample, SimProcess, Window,  # noqa: E402
-                           burst_profile, busy_windows, counting_window, median_max, percentiles, rates,
+                           burst_profile, busy_windows, counting_window, median_max, nearest_rank, percentiles, rates,
                            self_cpu_seconds, simulator_process, stolen_windows, subscribe_tickers)
 from hybrid_actors import lean_transport  # noqa: E402
 from hybrid_actors import transport as transport_module
@@ -810,8 +809,7 @@ class LatencyProbe:
         ``frame_to_event_ms`` had a pause between their frame's arrival and their delivery."""
         summary = self.gc.summary()
         if self.overhead_ms:
-            ordered = sorted(self.overhead_ms)
-            p99 = ordered[max(0, math.ceil(0.99 * len(ordered)) - 1)]  # nearest rank, as percentiles()
+            p99 = nearest_rank(sorted(self.overhead_ms), 0.99)  # unrounded, as burst_profile's
             tail = [interval for value, interval in zip(self.overhead_ms, self.intervals) if value >= p99]
             summary["p99_tail_events"] = len(tail)
             # where the tail's time went: per stage, the median over the tail events

@@ -139,15 +139,22 @@ class Sample:
 BUSY_MACHINE_SHARE: Final = 0.2
 
 
-def busy_windows(windows: dict[str, dict[str, Any]]) -> dict[str, float]:
-    """The windows (name → a ``Sample.since`` dict) in which other processes used more than
-    BUSY_MACHINE_SHARE of a CPU: name → their CPU-seconds per second."""
+def _flagged(windows: dict[str, dict[str, Any]], key: str, unit: float, share: float,
+             digits: int) -> dict[str, float]:
+    """The windows (name → a ``Sample.since`` dict) whose ``key`` (in ``unit`` seconds) was
+    more than ``share`` of one CPU: name → ``key`` per second."""
     out: dict[str, float] = {}
     for name, window in windows.items():
-        others, duration = window.get("others_cpu_s"), window.get("duration_s")
-        if others is not None and duration and others / duration > BUSY_MACHINE_SHARE:
-            out[name] = round(others / duration, 2)
+        value, duration = window.get(key), window.get("duration_s")
+        if value is not None and duration and value * unit / duration > share:
+            out[name] = round(value / duration, digits)
     return out
+
+
+def busy_windows(windows: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """The windows in which other processes used more than BUSY_MACHINE_SHARE of a CPU:
+    name → their CPU-seconds per second."""
+    return _flagged(windows, "others_cpu_s", 1.0, BUSY_MACHINE_SHARE, 2)
 
 
 #: a window in which the hypervisor took more than this share of one vCPU is flagged (see
@@ -156,14 +163,9 @@ STOLEN_SHARE: Final = 0.005
 
 
 def stolen_windows(windows: dict[str, dict[str, Any]]) -> dict[str, float]:
-    """The windows (name → a ``Sample.since`` dict) in which the hypervisor took more than
-    STOLEN_SHARE of a vCPU from this VM: name → ms stolen per second."""
-    out: dict[str, float] = {}
-    for name, window in windows.items():
-        steal, duration = window.get("steal_ms"), window.get("duration_s")
-        if steal is not None and duration and steal / 1000 / duration > STOLEN_SHARE:
-            out[name] = round(steal / duration, 1)
-    return out
+    """The windows in which the hypervisor took more than STOLEN_SHARE of a vCPU from this
+    VM: name → ms stolen per second."""
+    return _flagged(windows, "steal_ms", 1e-3, STOLEN_SHARE, 1)
 
 
 def rates(frames: int, start: Sample, end: Sample) -> dict[str, Any]:
@@ -178,12 +180,15 @@ def percentiles(values: Sequence[float], digits: int = 3) -> dict[str, float | i
     if not values:
         return {"p50": None, "p99": None, "max": None, "samples": 0}
     ordered = sorted(values)
+    return {"p50": round(nearest_rank(ordered, 0.50), digits), "p99": round(nearest_rank(ordered, 0.99), digits),
+            "max": round(ordered[-1], digits), "samples": len(ordered)}
+
+
+def nearest_rank(ordered: Sequence[float], p: float) -> float:
+    """The nearest-rank ``p`` quantile of ``ordered`` (sorted, not empty), unrounded: the one
+    definition behind ``percentiles`` and every count of the events at or above a p99."""
     n = len(ordered)
-
-    def rank(p: float) -> float:
-        return round(ordered[min(n - 1, max(0, int(p * n + 0.999999) - 1))], digits)
-
-    return {"p50": rank(0.50), "p99": rank(0.99), "max": round(ordered[-1], digits), "samples": n}
+    return ordered[min(n - 1, max(0, math.ceil(p * n - 1e-9) - 1))]
 
 
 def median_max(values: Sequence[float], digits: int = 3) -> dict[str, Any]:
@@ -217,10 +222,9 @@ def burst_profile(intervals: Sequence[tuple[int, int]], gap_ns: int = BURST_GAP_
         return {"bursts": 0, "events_per_burst": percentiles([]), "arrival_span_ms": percentiles([]),
                 "frame_to_event_ms_by_part": [], "tail_events_by_part": []}
     latency = [(out - kernel) / 1e6 for kernel, out in ordered]
-    ranked = sorted(latency)
-    # the nearest-rank p99, unrounded (``percentiles`` rounds): the events at or above it are
-    # those ``latency_gc.p99_tail_events`` counts
-    p99 = ranked[max(0, math.ceil(0.99 * len(ranked)) - 1)]
+    # unrounded (``percentiles`` rounds): the events at or above it are those
+    # ``latency_gc.p99_tail_events`` counts
+    p99 = nearest_rank(sorted(latency), 0.99)
     bursts: list[tuple[int, int]] = []  # (first index, end index)
     first = 0
     for index in range(1, len(ordered)):
