@@ -25,9 +25,24 @@ endpoints. Everything is measured in the same run, on the real clock, in this or
    (the private socket keeps its own); one consumer task drains ``stream.batches()``
    and counts events. Public frames received (the public link's frame counter) per
    CPU-second of this process, measured the same way, with no instrumentation installed.
-4. **Frame-to-event latency** (``frame_to_event_overhead_ms``), a separate window of
-   ``--latency-seconds`` with benchmark-only instrumentation patched in by this script
-   (production code is not changed and pays nothing outside this window):
+4. **Frame-to-event latency**, in two windows of ``--latency-seconds`` each:
+
+   a. **Send-stamped** (``frame_to_event_overhead_ms``, the figure ``targets`` reads;
+      ``details.send_stamped``): nothing in this process is wrapped or patched. The
+      simulator stamps each frame just before it goes to the socket (``/control/stamp_sends``),
+      the consumer notes each ticker event's symbol, frame ts and out time, and after the
+      window the two are matched on ``(symbol, ts)`` (see ``measure_send_stamped_latency``).
+      It covers everything from the frame leaving the simulator to the event leaving
+      ``stream.batches()``: the socket buffer, any coalescing wait, a vCPU waking up,
+      parsing, decode, merge, combiner, queue and scheduling. ``first_of_burst_ms`` is the
+      same for the first frame of each burst, which arrives after ~80 ms of quiet.
+      Why a second window: the instrumentation of (b) costs ~4-6 µs of CPU per frame in the
+      frames' own path (``details.instrumentation``), a fifth of the stream's whole cost, and
+      the tail it measures is made where the reader falls behind a burst, so (b) lengthens
+      the very tail it reports; (a) pays ~0.1 µs per event, after the event is out.
+   b. **Instrumented** (``details.frame_to_event_instrumented_ms`` and every breakdown below),
+      with benchmark-only instrumentation patched in by this script (production code is not
+      changed and pays nothing outside this window):
 
    - the live public socket's byte stream is wrapped: each read takes the socket in slices
      (``recvmsg`` of at most ``--slice-bytes``, default ``SLICE_BYTES``, with
@@ -142,8 +157,9 @@ it, so such a window's latency tail is partly the host's.
    (``details.pybit``; the ``bench`` extra; see ``PYBIT_NOTE`` for how it is pointed at the
    simulator). ``details.read_floor`` is the CPU of a bare read (``receive_some`` with
    nothing parsed), the floor under every per-read design. A stream row's
-   ``frame_to_event_ms`` is step 4's per-frame figure (as is ``targets``' p99), next to the
-   newest-segment lower bound, frames per read and the wait before each read.
+   ``frame_to_event_ms`` is step 4a's send-stamped figure (as is ``targets``' p99), next to
+   step 4b's instrumented one, its newest-segment lower bound, frames per read and the wait
+   before each read.
 9. **Interleaved pairs** (``ratio_to_ceiling_interleaved_pairs``): ``--pairs`` times (default
    3), the bare client of step 1 and then the stream with its defaults, each over
    ``--pair-seconds`` after the warm-up, one right after the other: per pair the ratio, and
@@ -405,6 +421,77 @@ async def measure_stream_throughput(stream: HybridStream, consumer: Consumer, si
             "batches": batches, "frames_per_batch": round(frames / batches, 2) if batches else None,
             "events": consumer.events - events0, "conflated": hub.events.conflated - conflated0,
             "gc": pauses.summary()}
+
+
+# --- 4a. frame-to-event latency, nothing instrumented in this process ------------------------
+
+#: the most frames the simulator stamps in one window (bounded memory there: 5 s at 500 x 10 Hz
+#: is 25,000)
+SEND_STAMP_LIMIT: Final = 200_000
+#: after the window, how long the events of frames sent in it are still awaited (far longer
+#: than any figure measured here)
+SEND_STAMP_GRACE_S: Final = 0.3
+
+
+async def measure_send_stamped_latency(consumer: Consumer, sim: SimProcess, opts: Options) -> dict[str, Any]:
+    """Frame → event with nothing in this process's path but the consumer noting each event.
+
+    The simulator stamps each frame (``time.time_ns()``) just before it goes to the socket
+    (``/control/stamp_sends``); the consumer's watcher notes, per ticker event, its symbol,
+    frame ts and ``time.time_ns()`` when ``stream.batches()`` returned it (plain strings and
+    machine ints: no collected object per event). After the window the stamps are fetched
+    (``/control/ticker_send_stamps``) and matched on ``(symbol, ts)``: the figure is the
+    event's out-stamp minus its frame's send stamp, for the frames sent within the window
+    (their events are awaited ``SEND_STAMP_GRACE_S`` past its end, so a late one is not left
+    out). A send stamp is taken before the kernel has the frame, so it is pessimistic by the
+    simulator's own send call (µs), and it includes every wait on this side: the socket
+    buffer, any coalescing wait, a vCPU waking up. ``first_of_burst_ms``: the same for the
+    first frame of each burst (a send after more than ``BURST_GAP_NS`` of quiet), which finds
+    this process asleep."""
+    symbols: list[str] = []
+    exchange_ts, out_ns = array.array("q"), array.array("q")
+
+    def watcher(events: list[Event], stamp: int) -> None:
+        now = time.time_ns()
+        for event in events:
+            if event.source == "ticker" and event.exchange_ts is not None:
+                symbols.append(event.symbol)
+                exchange_ts.append(event.exchange_ts)
+                out_ns.append(now)
+
+    link = consumer.stream.hub.health.link(PUBLIC_LINK)
+    await sim.control("stamp_sends", limit=SEND_STAMP_LIMIT)
+    try:
+        with consumer.watching(watcher):
+            start_ns = time.time_ns()
+            frames0 = link.frames
+            start = Sample.take(sim.pid)
+            await trio.sleep(opts.latency_seconds)
+            end = Sample.take(sim.pid)
+            frames = link.frames - frames0
+            end_ns = time.time_ns()
+            await trio.sleep(SEND_STAMP_GRACE_S)
+        stamps = await sim.control("ticker_send_stamps", category=CATEGORY)
+    finally:
+        await sim.control("stamp_sends", limit=0)
+    sent = {(symbol, ts): sent_ns for symbol, ts, sent_ns in stamps if start_ns <= sent_ns <= end_ns}
+    in_order = sorted(sent.values())
+    first_of_burst = {sent_ns for previous, sent_ns in zip(in_order, in_order[1:]) if sent_ns - previous > BURST_GAP_NS}
+    latencies: list[float] = []
+    first: list[float] = []
+    unmatched = 0
+    for symbol, ts, out in zip(symbols, exchange_ts, out_ns):
+        sent_ns = sent.get((symbol, ts))
+        if sent_ns is None:  # its frame was sent before the window opened (or after it closed)
+            unmatched += 1
+            continue
+        latencies.append((out - sent_ns) / 1e6)
+        if sent_ns in first_of_burst:
+            first.append((out - sent_ns) / 1e6)
+    return {"frame_to_event_ms": percentiles(latencies), "first_of_burst_ms": percentiles(first),
+            "frames_stamped": len(sent), "events_outside_window": unmatched,
+            "stamp_limit_reached": len(stamps) >= SEND_STAMP_LIMIT,
+            "window": {**end.since(start), "frames": frames}}
 
 
 # --- 4. frame-to-event latency (benchmark-only instrumentation) -----------------------------
@@ -1142,9 +1229,22 @@ async def measure_stream_on(choice: str, sim: SimProcess, symbols: list[str], op
     with public_transport(choice):
         async with consuming_stream(sim, symbols, opts) as (stream, consumer):
             throughput = await measure_stream_throughput(stream, consumer, sim, opts)
+            send_stamped = await measure_send_stamped_latency(consumer, sim, opts)
             probe, window = await measure_latency(consumer, sim, opts)
             latest = await measure_latest_prices(stream, sim, symbols, opts)
-    return {"stream": throughput, **probe.figures(window, throughput), "latest_prices": latest}
+    return {"stream": throughput, **latency_figures(send_stamped, probe.figures(window, throughput)),
+            "latest_prices": latest}
+
+
+def latency_figures(send_stamped: dict[str, Any], instrumented: dict[str, Any]) -> dict[str, Any]:
+    """One stream's latency figures: ``frame_to_event_ms`` is the send-stamped window's (step
+    4a, nothing instrumented here), the instrumented window's (step 4b) is
+    ``frame_to_event_instrumented_ms`` beside its breakdowns."""
+    figures = {key: value for key, value in instrumented.items() if key != "frame_to_event_ms"}
+    return {"frame_to_event_ms": send_stamped["frame_to_event_ms"],
+            "frame_to_event_instrumented_ms": instrumented["frame_to_event_ms"],
+            "send_stamped": {key: value for key, value in send_stamped.items() if key != "frame_to_event_ms"},
+            **figures}
 
 
 # --- 9. interleaved pairs: the ratio's spread --------------------------------------------------
@@ -1180,17 +1280,19 @@ async def measure_pairs(sim: SimProcess, symbols: list[str], opts: Options) -> d
 # --- the whole run --------------------------------------------------------------------------
 
 def measured_windows(raw: dict[str, Any], transport: dict[str, Any], read_floor: dict[str, Any],
-                     stream: dict[str, Any], latency: dict[str, Any], paired: dict[str, Any],
-                     coalesced: dict[str, Any], pybit: dict[str, Any]) -> dict[str, dict[str, Any]]:
+                     stream: dict[str, Any], send_stamped: dict[str, Any], latency: dict[str, Any],
+                     paired: dict[str, Any], coalesced: dict[str, Any],
+                     pybit: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Every measuring window of the run by name (``Sample.since`` dicts, or the pairs' excerpt
     of them), for the machine checks (``busy_windows``, ``stolen_windows``)."""
-    windows = {"raw": raw, "transport": transport, "read_floor": read_floor, "stream": stream, "latency": latency}
+    windows = {"raw": raw, "transport": transport, "read_floor": read_floor, "stream": stream,
+               "send_stamped": send_stamped, "latency": latency}
     for i, pair in enumerate(paired.get("windows", ())):
         windows.update({f"pair_{i}_{side}": window for side, window in pair.items()})
     for ms, row in coalesced.items():
-        windows.update({f"coalesce_{ms}ms_{kind}": row[key] for kind, key in (("stream", "stream"),
-                                                                              ("latency", "latency_window"))
-                        if key in row})
+        windows.update({f"coalesce_{ms}ms_{kind}": window for kind, window in (
+            ("stream", row.get("stream")), ("send_stamped", row.get("send_stamped", {}).get("window")),
+            ("latency", row.get("latency_window"))) if window is not None})
     if "duration_s" in pybit:
         windows["pybit"] = pybit
     return windows
@@ -1201,11 +1303,14 @@ def comparison(raw: dict[str, Any], stream: dict[str, Any], figures: dict[str, A
     """One row per client on the same simulator stream: frames per CPU-second (and the ratio to
     the bare client), and receive latency. ``tick_to_*`` is wall time at receipt minus the
     frame's ``ts`` (ms resolution, includes the simulator's send spread), comparable across
-    rows; ``frame_to_event_ms`` (streams only) is the kernel's receive stamp of the segment
-    holding the frame's last byte → event out, any coalescing wait included;
-    ``frame_to_event_newest_segment_lower_bound_ms`` the same from the newest segment of the
-    read (the figure before per-frame stamps); ``frames_per_read`` and ``wait_before_read_ms``
-    (the previous read's return → this read's start) describe the reads."""
+    rows; ``frame_to_event_ms`` (streams only) is the simulator's send stamp of the frame →
+    event out, with nothing instrumented in this process (step 4a);
+    ``frame_to_event_instrumented_ms`` is the kernel's receive stamp of the segment holding the
+    frame's last byte → event out, in the instrumented window (step 4b), any coalescing wait
+    included; ``frame_to_event_newest_segment_lower_bound_ms`` the same from the newest segment
+    of the read (the figure before per-frame stamps); ``frames_per_read`` and
+    ``wait_before_read_ms`` (the previous read's return → this read's start, step 4b) describe
+    the reads."""
     bare = raw["msgs_per_cpu_s"]
 
     def ratio(value: Any) -> float | None:
@@ -1220,6 +1325,7 @@ def comparison(raw: dict[str, Any], stream: dict[str, Any], figures: dict[str, A
                 "frames_per_batch": throughput["frames_per_batch"],
                 "tick_to_event_ms": latency(latencies["tick_to_event_ms"]),
                 "frame_to_event_ms": latency(latencies["frame_to_event_ms"]),
+                "frame_to_event_instrumented_ms": latency(latencies["frame_to_event_instrumented_ms"]),
                 "frame_to_event_newest_segment_lower_bound_ms":
                     latency(latencies["frame_to_event_newest_segment_lower_bound_ms"]),
                 "frames_per_read": latency(reads["frames_per_read"]),
@@ -1323,6 +1429,10 @@ async def _run_benchmark(opts: Options, open_public: Callable[..., Any]) -> dict
                 durations["stream_phase_s"] = time.perf_counter() - mark
 
                 mark = time.perf_counter()
+                send_stamped = await measure_send_stamped_latency(consumer, sim, opts)
+                durations["send_stamped_latency_phase_s"] = time.perf_counter() - mark
+
+                mark = time.perf_counter()
                 probe, latency_window = await measure_latency(consumer, sim, opts)
                 durations["latency_phase_s"] = time.perf_counter() - mark
 
@@ -1360,9 +1470,9 @@ async def _run_benchmark(opts: Options, open_public: Callable[..., Any]) -> dict
 
     ceiling = raw["msgs_per_cpu_s"]
     streamed = throughput["msgs_per_cpu_s"]
-    figures = probe.figures(latency_window, throughput)
-    windows = measured_windows(raw, transport, read_floor, throughput, latency_window, paired, coalesced,
-                               pybit)
+    figures = latency_figures(send_stamped, probe.figures(latency_window, throughput))
+    windows = measured_windows(raw, transport, read_floor, throughput, send_stamped["window"], latency_window,
+                               paired, coalesced, pybit)
     busy, stolen = busy_windows(windows), stolen_windows(windows)
     if busy:
         print(f"bench_stream: other processes used CPU during these windows (CPU-seconds per second): "

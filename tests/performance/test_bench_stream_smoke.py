@@ -35,7 +35,7 @@ def assert_per_frame_latency(figures: dict) -> None:
     """One stream's latency window: every matched frame has its own slice stamp, the old
     newest-segment figure is a lower bound of it, and reads, GC and the instrumentation's cost
     are reported."""
-    honest, lower = figures["frame_to_event_ms"], figures["frame_to_event_newest_segment_lower_bound_ms"]
+    honest, lower = figures["frame_to_event_instrumented_ms"], figures["frame_to_event_newest_segment_lower_bound_ms"]
     assert_distribution(honest, ("p50", "p99", "max"))
     assert lower["samples"] == honest["samples"]
     for key in ("p50", "p99", "max"):  # per frame, its slice's stamp is never newer than the read's newest
@@ -56,6 +56,19 @@ def assert_per_frame_latency(figures: dict) -> None:
     instrumentation = figures["instrumentation"]
     assert is_number(instrumentation["stamping_us_per_frame"]) and instrumentation["stamping_us_per_frame"] > 0
     assert_distribution(instrumentation["slicing_delay_ms"], ("p50", "p99", "max"))
+
+
+def assert_send_stamped_latency(figures: dict) -> None:
+    """One stream's send-stamped window: its figure is the row's ``frame_to_event_ms``, from
+    frames the simulator stamped within the window, with the first frames of bursts apart."""
+    assert_distribution(figures["frame_to_event_ms"], ("p50", "p99", "max"))
+    stamped = figures["send_stamped"]
+    assert stamped["frames_stamped"] >= figures["frame_to_event_ms"]["samples"]
+    assert stamped["stamp_limit_reached"] is False and isinstance(stamped["events_outside_window"], int)
+    first = stamped["first_of_burst_ms"]  # 20 Hz: bursts 50 ms apart, so a 1 s window has several
+    assert_distribution(first, ("p50", "p99", "max"))
+    assert first["samples"] <= figures["frame_to_event_ms"]["samples"]
+    assert stamped["window"]["frames"] > 0 and is_number(stamped["window"]["client_cpu_s"])
 
 
 @pytest.mark.parametrize(("transport", "compare"), [(None, True), ("trio-websocket", False)])
@@ -91,6 +104,7 @@ async def test_a_tiny_run_produces_every_figure(transport, compare, monkeypatch)
     if compare:
         coalesced = rows["stream (lean, no coalescing)"]
         assert is_number(coalesced["frames_per_cpu_s"]) and is_number(coalesced["frame_to_event_ms"]["p99"])
+        assert is_number(coalesced["frame_to_event_instrumented_ms"]["p99"])
         assert result["details"]["read_floor"]["reads"] > 0
         pytest.importorskip("pybit")  # (a module is always true: it is no part of the assertion)
         assert rows["pybit WebSocket.ticker_stream"]["frames_per_cpu_s"] > 0
@@ -113,16 +127,20 @@ async def test_a_tiny_run_produces_every_figure(transport, compare, monkeypatch)
     streams = [{**details, "frame_to_event_ms": result["frame_to_event_overhead_ms"]},
                *details["coalesced_streams"].values()]
     assert len(streams) == (2 if compare else 1)
-    for figures in streams:  # every stream row: per-frame stamps, per-read figures, GC pauses
+    for figures in streams:  # every stream row: both latency windows, per-read figures, GC pauses
         assert_per_frame_latency(figures)
+        assert_send_stamped_latency(figures)
     for name, row in rows.items():
         if name.startswith("stream"):
-            for key in ("frame_to_event_ms", "frame_to_event_newest_segment_lower_bound_ms",
-                        "frames_per_read", "wait_before_read_ms"):
+            for key in ("frame_to_event_ms", "frame_to_event_instrumented_ms",
+                        "frame_to_event_newest_segment_lower_bound_ms", "frames_per_read", "wait_before_read_ms"):
                 assert is_number(row[key]["p99"]), (name, key)
-            assert row["frame_to_event_ms"]["p50"] >= row["frame_to_event_newest_segment_lower_bound_ms"]["p50"]
+            assert (row["frame_to_event_instrumented_ms"]["p50"]
+                    >= row["frame_to_event_newest_segment_lower_bound_ms"]["p50"])
     assert result["frame_to_event_overhead_ms"]["p99"] == rows[f"stream ({transport or 'lean'} transport{default})"][
         "frame_to_event_ms"]["p99"]
+    # the target reads the send-stamped window's p99, not the instrumented one's
+    assert result["targets"]["frame_to_event_p99<3ms"] == (result["frame_to_event_overhead_ms"]["p99"] < 3.0)
     for window in ("raw", "transport", "stream"):
         assert details[window]["frames"] > 0 and details[window]["client_cpu_s"] > 0, window
         assert is_number(details[window]["sim_cpu_s"])
@@ -138,13 +156,13 @@ async def test_a_tiny_run_produces_every_figure(transport, compare, monkeypatch)
     # pairs' and the other coalescing windows' too; the flagged ones are named from the same set
     kinds = (int,) if support.machine_steal_seconds() is not None else (type(None),)
     windows = bench.measured_windows(details["raw"], details["transport"], details["read_floor"],
-                                     details["stream"], details["latency_window"],
+                                     details["stream"], details["send_stamped"]["window"], details["latency_window"],
                                      result["ratio_to_ceiling_interleaved_pairs"], details["coalesced_streams"],
                                      details["pybit"])
-    expected = {"raw", "transport", "read_floor", "stream", "latency"}
+    expected = {"raw", "transport", "read_floor", "stream", "send_stamped", "latency"}
     if compare:
         expected |= {"pair_0_bare", "pair_0_stream", "pair_1_bare", "pair_1_stream",
-                     "coalesce_0ms_stream", "coalesce_0ms_latency"}
+                     "coalesce_0ms_stream", "coalesce_0ms_send_stamped", "coalesce_0ms_latency"}
         if "duration_s" in details["pybit"]:  # measured (the bench extra)
             expected.add("pybit")
     assert expected <= set(windows)

@@ -94,6 +94,50 @@ async def test_sent_frames_are_logged_with_timestamps_when_asked(loopback_clock)
             assert sim.observe.frames_sent() == []
 
 
+async def test_send_stamps_name_each_ticker_frame_and_stay_bounded(loopback_clock):
+    """``stamp_sends``: each frame stamped as it goes to its socket, at most ``limit``;
+    ``ticker_send_stamps`` (over HTTP, as bench_stream uses it) names the ticker frames of one
+    category by (symbol, ts), in send order, and nothing else (acks, other categories)."""
+    def key(message: dict) -> tuple[str, int]:
+        return message["topic"][len("tickers."):], message["ts"]
+
+    with trio.fail_after(TEST_TIMEOUT):
+        async with open_simulator(config()) as sim:
+            async with httpx.AsyncClient(base_url=sim.rest_url) as client:
+                async def stamps(category: str = "linear") -> list[tuple[str, int]]:
+                    answer = await client.post("/control/ticker_send_stamps", json={"category": category})
+                    assert answer.status_code == 200, answer.text
+                    result = answer.json()["result"]
+                    assert [ns for *_key, ns in result] == sorted(ns for *_key, ns in result)  # send order
+                    assert all(ns > 0 for *_key, ns in result)
+                    return [(symbol, ts) for symbol, ts, _ns in result]
+
+                assert (await client.post("/control/stamp_sends", json={"limit": 100})).status_code == 200
+                async with connect(sim.url("linear")) as ws:
+                    await send(ws, {"op": "subscribe", "args": ["tickers.BTCUSDT", "tickers.ETHUSDT"]})
+                    assert "topic" not in await recv(ws)  # the ack
+                    linear = [await recv(ws), await recv(ws)]
+                    async with connect(sim.url("inverse")) as other:
+                        await send(other, {"op": "subscribe", "args": ["tickers.BTCUSD"]})
+                        assert "topic" not in await recv(other)
+                        inverse = [await recv(other)]
+                        await sim.control.tick()
+                        linear += [await recv(ws), await recv(ws)]
+                        inverse.append(await recv(other))
+                    assert [m["type"] for m in linear] == ["snapshot", "snapshot", "delta", "delta"]
+                    assert await stamps() == [key(m) for m in linear]  # no ack, no inverse frame
+                    assert await stamps("inverse") == [key(m) for m in inverse]
+
+                    await client.post("/control/stamp_sends", json={"limit": 2})  # afresh, and bounded
+                    await sim.control.tick()
+                    await sim.control.tick()
+                    later = [await recv(ws) for _ in range(4)]
+                    assert await stamps() == [key(m) for m in later[:2]]
+                    assert len(sim.observe.send_stamps or ()) == 2
+                assert (await client.post("/control/stamp_sends", json={"limit": 0})).status_code == 200
+                assert await stamps() == [] and sim.observe.send_stamps is None
+
+
 async def test_scenario_opens_resizes_and_closes_positions_over_time(loopback_clock):
     with trio.fail_after(TEST_TIMEOUT * 10):
         scenario = ScenarioConfig(seed=3, min_interval=1.0, max_interval=2.0, max_open=4,

@@ -13,6 +13,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Callable, Iterable, TypeVar
 
 import attrs
+import orjson
 import trio
 
 from .positions import Position
@@ -123,6 +124,11 @@ class Observer:
     _requests: deque[RequestRecord] = attrs.field(init=False)
     _rest: deque[RestCall] = attrs.field(init=False)
     _frames: deque[SentFrame] | None = None
+    #: while stamping (see :meth:`stamp_sends`): (connection kind, frame, ``time.time_ns()``
+    #: just before the frame went to its socket), in send order; None when off
+    send_stamps: list[tuple[str, str, int]] | None = None
+    #: frames stamped at most (the log stops growing there: bounded memory)
+    send_stamp_limit: int = 0
     _opened: Counter[str] = attrs.Factory(Counter)
     _internal_errors: deque[str] = attrs.Factory(lambda: deque(maxlen=100))
     #: bumped on every subscription change (public or private)
@@ -141,6 +147,26 @@ class Observer:
     def record_frames(self, limit: int) -> None:
         """Start (limit > 0, keeping the last ``limit`` frames) or stop (0) the sent-frame log."""
         self._frames = deque(maxlen=limit) if limit > 0 else None
+
+    def stamp_sends(self, limit: int) -> None:
+        """Start (limit > 0: at most ``limit`` frames, from now) or stop (0) stamping the frames
+        the sockets send. Leaner than :meth:`record_frames` (one tuple per frame, nothing woken),
+        so the send pace it measures stays the simulator's own."""
+        self.send_stamps = [] if limit > 0 else None
+        self.send_stamp_limit = limit
+
+    def ticker_send_stamps(self, category: str) -> list[tuple[str, int, int]]:
+        """``(symbol, frame ts, send time_ns)`` of each stamped ticker frame of ``category``'s
+        public sockets, in send order (parsed here, after the fact, not as the frames go)."""
+        stamped: list[tuple[str, int, int]] = []
+        for kind, text, sent_ns in self.send_stamps or ():
+            if kind != category:
+                continue
+            frame = orjson.loads(text)
+            topic = frame.get("topic") if isinstance(frame, dict) else None
+            if isinstance(topic, str) and topic.startswith("tickers."):
+                stamped.append((topic[len("tickers."):], int(frame["ts"]), sent_ns))
+        return stamped
 
     @property
     def recording_frames(self) -> bool:

@@ -15,6 +15,7 @@ import itertools
 import logging
 import socket
 import struct
+import time
 import traceback
 from typing import Final
 from urllib.parse import parse_qs
@@ -233,6 +234,9 @@ class WsServer:
                 frame = await conn.next_frame()
                 if observer.recording_frames and isinstance(frame, str):
                     observer.frame_sent(conn, frame)
+                stamps = observer.send_stamps
+                if stamps is not None and isinstance(frame, str) and len(stamps) < observer.send_stamp_limit:
+                    stamps.append((conn.kind, frame, time.time_ns()))
                 await ws.send_message(frame)
         except ConnectionClosed:
             scope.cancel()
