@@ -95,8 +95,14 @@ async def test_a_tiny_run_produces_every_figure(transport, compare, monkeypatch)
             assert is_number(pair["bare"]) and is_number(pair["stream"])
             assert pair["ratio"] == round(pair["stream"] / pair["bare"], 3)
         assert paired["ratio_min"] <= paired["ratio_median"] <= paired["ratio_max"]
+        assert [pair["first"] for pair in paired["pairs"]] == ["bare", "stream"]  # in turns
+        assert result["ratio_to_ceiling"] == paired["ratio_median"]  # what the target reads
     else:
         assert paired == {"skipped": "--pairs 0"}
+        assert result["ratio_to_ceiling"] == result["ratio_to_ceiling_single_windows"]
+    assert result["ratio_to_ceiling_single_windows"] == round(
+        result["stream_msgs_per_cpu_s"] / result["raw_ceiling_msgs_per_cpu_s"], 3)
+    assert result["targets"]["ratio_to_ceiling>=1.5"] == (result["ratio_to_ceiling"] >= 1.5)
     rows = result["comparison"]
     assert rows["bare trio-websocket + orjson"]["ratio_to_bare"] == 1.0
     default = ", default: adaptive coalescing <= 1 ms" if transport is None else ""
