@@ -1467,7 +1467,7 @@ async def _run_benchmark(opts: Options, open_public: Callable[..., Any]) -> dict
             coalesced[f"{ms:g}"] = await measure_stream_on(coalescing(ms), sim, symbols, opts)
             durations[f"coalesce_{ms:g}ms_stream_phase_s"] = time.perf_counter() - mark
         mark = time.perf_counter()
-        paired = await measure_pairs(sim, symbols, opts) if opts.pairs else {"skipped": "--pairs 0"}
+        paired: dict[str, Any] = await measure_pairs(sim, symbols, opts) if opts.pairs else {"skipped": "--pairs 0"}
         durations["pairs_phase_s"] = time.perf_counter() - mark
         mark = time.perf_counter()
         pybit = await measure_pybit(sim, symbols, opts) if opts.pybit else {"skipped": "--no-pybit"}
