@@ -128,6 +128,13 @@ async def test_send_stamps_name_each_ticker_frame_and_stay_bounded(loopback_cloc
                     assert await stamps() == [key(m) for m in linear]  # no ack, no inverse frame
                     assert await stamps("inverse") == [key(m) for m in inverse]
 
+                    # garbage on the socket is stamped too, but names no ticker frame
+                    for garbage in ("malformed", "non_json", "unknown_topic"):
+                        sim.control.inject(garbage, "linear")
+                        await ws.get_message()
+                    assert await stamps() == [key(m) for m in linear]
+                    assert len(sim.observe.send_stamps or ()) == 2 + 4 + 2 + 3  # 2 acks, 4 + 2 tickers, garbage
+
                     await client.post("/control/stamp_sends", json={"limit": 2})  # afresh, and bounded
                     await sim.control.tick()
                     await sim.control.tick()

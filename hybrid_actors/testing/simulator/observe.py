@@ -157,15 +157,20 @@ class Observer:
 
     def ticker_send_stamps(self, category: str) -> list[tuple[str, int, int]]:
         """``(symbol, frame ts, send time_ns)`` of each stamped ticker frame of ``category``'s
-        public sockets, in send order (parsed here, after the fact, not as the frames go)."""
+        public sockets, in send order (parsed here, after the fact, not as the frames go).
+        Anything else is left out: acks, pongs, and injected garbage (not JSON, no ``ts``)."""
         stamped: list[tuple[str, int, int]] = []
         for kind, text, sent_ns in self.send_stamps or ():
             if kind != category:
                 continue
-            frame = orjson.loads(text)
+            try:
+                frame = orjson.loads(text)
+            except orjson.JSONDecodeError:
+                continue
             topic = frame.get("topic") if isinstance(frame, dict) else None
-            if isinstance(topic, str) and topic.startswith("tickers."):
-                stamped.append((topic[len("tickers."):], int(frame["ts"]), sent_ns))
+            ts = frame.get("ts") if isinstance(frame, dict) else None
+            if isinstance(topic, str) and topic.startswith("tickers.") and type(ts) is int:
+                stamped.append((topic[len("tickers."):], ts, sent_ns))
         return stamped
 
     @property
