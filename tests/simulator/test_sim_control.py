@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import pytest
 import trio
@@ -136,12 +138,16 @@ async def test_send_stamps_name_each_ticker_frame_and_stay_bounded(loopback_cloc
                     assert len(sim.observe.send_stamps or ()) == 2 + 4 + 2 + 3  # 2 acks, 4 + 2 tickers, garbage
 
                     await client.post("/control/stamp_sends", json={"limit": 2})  # afresh, and bounded
+                    before = time.time_ns()  # the stamps' clock is the wall clock another process reads
                     await sim.control.tick()
                     await sim.control.tick()
                     later = [await recv(ws) for _ in range(4)]
+                    after = time.time_ns()
                     assert await stamps() == [key(m) for m in later[:2]]
+                    assert all(before <= ns <= after for *_key, ns in sim.observe.send_stamps or ())
                     assert len(sim.observe.send_stamps or ()) == 2
-                assert (await client.post("/control/stamp_sends", json={"limit": 0})).status_code == 200
+                stopped = await client.post("/control/stamp_sends", json={"limit": 0})
+                assert stopped.json()["result"] == 2  # what the log it ended had stamped
                 assert await stamps() == [] and sim.observe.send_stamps is None
 
 

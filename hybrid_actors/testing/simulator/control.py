@@ -282,11 +282,12 @@ class Control:
         """Keep the last ``limit`` sent frames with timestamps (0 stops recording)."""
         self._ex.observer.record_frames(limit)
 
-    def stamp_sends(self, limit: int) -> None:
+    def stamp_sends(self, limit: int) -> int:
         """Stamp (``time.time_ns()``) each frame just before it goes to its socket, at most
         ``limit`` frames from now (0 stops and forgets): another process's frame-to-event
-        latency without instrumenting its reads (``scripts/bench_stream.py``)."""
-        self._ex.observer.stamp_sends(limit)
+        latency without instrumenting its reads (``scripts/bench_stream.py``). Returns how many
+        frames the log this call ends had stamped."""
+        return self._ex.observer.stamp_sends(limit)
 
     def ticker_send_stamps(self, category: str = "linear") -> list[tuple[str, int, int]]:
         """The stamped ticker frames of ``category``: ``[symbol, ts, send time_ns]`` each."""

@@ -148,12 +148,16 @@ class Observer:
         """Start (limit > 0, keeping the last ``limit`` frames) or stop (0) the sent-frame log."""
         self._frames = deque(maxlen=limit) if limit > 0 else None
 
-    def stamp_sends(self, limit: int) -> None:
+    def stamp_sends(self, limit: int) -> int:
         """Start (limit > 0: at most ``limit`` frames, from now) or stop (0) stamping the frames
-        the sockets send. Leaner than :meth:`record_frames` (one tuple per frame, nothing woken),
-        so the send pace it measures stays the simulator's own."""
+        the sockets send; how many frames (of any kind) the log this ends had stamped. Leaner
+        than :meth:`record_frames` (one tuple per frame, nothing woken), so the send pace it
+        measures stays the simulator's own; each entry keeps its frame's text until the next
+        call."""
+        stamped = len(self.send_stamps) if self.send_stamps is not None else 0
         self.send_stamps = [] if limit > 0 else None
         self.send_stamp_limit = limit
+        return stamped
 
     def ticker_send_stamps(self, category: str) -> list[tuple[str, int, int]]:
         """``(symbol, frame ts, send time_ns)`` of each stamped ticker frame of ``category``'s
