@@ -151,6 +151,30 @@ async def test_send_stamps_name_each_ticker_frame_and_stay_bounded(loopback_cloc
                 assert await stamps() == [] and sim.observe.send_stamps is None
 
 
+async def test_a_send_stamp_is_taken_by_the_write_that_carries_the_frame(loopback_clock):
+    """The stamp is the start of the frame's own write: not when the writer took the frame
+    (trio-websocket's send lock yields before the write, and another task may run for
+    milliseconds then), and not a pong's write that got the lock first."""
+    from hybrid_actors.testing.simulator.server import SimStream
+
+    with trio.fail_after(TEST_TIMEOUT):
+        left, right = trio.socket.socketpair()
+        stream = SimStream(trio.SocketStream(left), "t1", ("127.0.0.1", 1))
+        log: list[tuple[str, str, int]] = []
+        frame = '{"topic":"tickers.BTCUSDT","ts":1}'
+        stream.stamp_next = (log, "linear", frame, frame.encode())
+        await stream.send_all(b"\x8a\x04pong")  # another frame's write: no stamp taken
+        assert log == [] and stream.stamp_next is not None
+        before = time.time_ns()
+        await stream.send_all(b"\x81\x23" + frame.encode())
+        assert [(kind, text) for kind, text, _ns in log] == [("linear", frame)] and stream.stamp_next is None
+        assert before <= log[0][2] <= time.time_ns()
+        await stream.send_all(b"\x81\x23" + frame.encode())  # taken once
+        assert len(log) == 1
+        await stream.aclose()
+        right.close()
+
+
 async def test_scenario_opens_resizes_and_closes_positions_over_time(loopback_clock):
     with trio.fail_after(TEST_TIMEOUT * 10):
         scenario = ScenarioConfig(seed=3, min_interval=1.0, max_interval=2.0, max_open=4,

@@ -125,7 +125,7 @@ class Observer:
     _rest: deque[RestCall] = attrs.field(init=False)
     _frames: deque[SentFrame] | None = None
     #: while stamping (see :meth:`stamp_sends`): (connection kind, frame, ``time.time_ns()``
-    #: just before the frame went to its socket), in send order; None when off
+    #: as the write of the frame to its socket starts), in send order; None when off
     send_stamps: list[tuple[str, str, int]] | None = None
     #: frames stamped at most (the log stops growing there: bounded memory)
     send_stamp_limit: int = 0

@@ -47,6 +47,10 @@ class SimStream(trio.abc.HalfCloseableStream):
         self.peer = peer
         self._frozen = False
         self._closed = trio.Event()
+        #: (log, connection kind, frame, its UTF-8): the frame to stamp as its write starts (see
+        #: ``Observer.stamp_sends``); set by the writer, taken by the write that carries it (a
+        #: pong written first, while the writer waits for the send lock, leaves it)
+        self.stamp_next: tuple[list[tuple[str, str, int]], str, str, bytes] | None = None
 
     def __repr__(self) -> str:
         return self.token
@@ -55,6 +59,12 @@ class SimStream(trio.abc.HalfCloseableStream):
         if self._frozen:  # into the void: the peer is "gone" without a word
             await trio.lowlevel.checkpoint()
             return
+        stamp = self.stamp_next
+        # here, not when the writer took the frame: the WebSocket's send lock yields first, and
+        # the market task may run for milliseconds then
+        if stamp is not None and bytes(data[-len(stamp[3]):]) == stamp[3]:
+            self.stamp_next = None
+            stamp[0].append((stamp[1], stamp[2], time.time_ns()))
         await self.inner.send_all(data)
 
     async def wait_send_all_might_not_block(self) -> None:
@@ -236,7 +246,10 @@ class WsServer:
                     observer.frame_sent(conn, frame)
                 stamps = observer.send_stamps
                 if stamps is not None and isinstance(frame, str) and len(stamps) < observer.send_stamp_limit:
-                    stamps.append((conn.kind, frame, time.time_ns()))
+                    if isinstance(conn.transport, SimStream):  # stamped by the write itself
+                        conn.transport.stamp_next = (stamps, conn.kind, frame, frame.encode())
+                    else:
+                        stamps.append((conn.kind, frame, time.time_ns()))
                 await ws.send_message(frame)
         except ConnectionClosed:
             scope.cancel()
