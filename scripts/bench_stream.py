@@ -40,9 +40,8 @@ endpoints. Everything is measured in the same run, on the real clock, in this or
       frames' own path (``details.instrumentation``), a sixth of the stream's whole cost, so
       (b) measures a slower stream than the one the throughput window runs; (a) pays ~0.1 µs
       per event in the consumer, once the batch is out (``send_stamped.cpu_per_frame_us`` is
-      its window's CPU per frame, to set beside the throughput window's). In seven runs of
-      stop 22, (a)'s p99 was 2.23-2.46 ms and (b)'s 1.64-2.83 ms: (a) is the steadier
-      figure, not a lower one.
+      its window's CPU per frame, to set beside the throughput window's). In four runs of
+      stop 22, (a)'s p99 was 1.57-2.58 ms and (b)'s 2.02-3.13 ms.
    b. **Instrumented** (``details.frame_to_event_instrumented_ms`` and every breakdown below),
       with benchmark-only instrumentation patched in by this script (production code is not
       changed and pays nothing outside this window):
