@@ -1329,7 +1329,8 @@ def measured_windows(raw: dict[str, Any], transport: dict[str, Any], read_floor:
 def comparison(raw: dict[str, Any], stream: dict[str, Any], figures: dict[str, Any], latest: dict[str, Any],
                name: str, pybit: dict[str, Any], coalesced: dict[str, Any]) -> dict[str, Any]:
     """One row per client on the same simulator stream: frames per CPU-second (and the ratio to
-    the bare client), and receive latency. ``tick_to_*`` is wall time at receipt minus the
+    the bare client's window of step 1: a single-window ratio, for every row alike; the target
+    reads the pairs of step 9), and receive latency. ``tick_to_*`` is wall time at receipt minus the
     frame's ``ts`` (ms resolution, includes the simulator's send spread), comparable across
     rows; ``frame_to_event_ms`` (streams only) is the simulator's send stamp of the frame →
     event out, with nothing instrumented in this process (step 4a);
