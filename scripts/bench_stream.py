@@ -81,9 +81,9 @@ endpoints. Everything is measured in the same run, on the real clock, in this or
    window's CPU per frame minus the throughput window's; ``slicing_delay_ms``, per frame its
    read's return minus its slice's return, the delay an unsliced read would not have had;
    ``frame_to_event_less_slicing_delay_ms``, the figure minus that delay, an estimate; and
-   ``resolve_after_window_ms``, the mapping done after the window). The instrumentation also
-   keeps objects alive through the window, so the collector runs more often than without it:
-   ``details.stream.gc`` has the throughput window's pauses (no instrumentation) to compare.
+   ``resolve_after_window_ms``, the mapping done after the window). The window's collector
+   pauses are reported (``details.latency_gc``), and ``details.stream.gc`` has the throughput
+   window's (no instrumentation) to compare.
    ``frame_to_event_newest_segment_lower_bound_ms`` is the figure this benchmark reported
    before per-frame stamps: from the kernel stamp of the newest segment of the read that
    completed the frame, a lower bound for every frame that is not the newest of its read (it

@@ -127,7 +127,8 @@ class Observer:
     #: while stamping (see :meth:`stamp_sends`): (connection kind, frame, ``time.time_ns()``
     #: as the write of the frame to its socket starts), in send order; None when off
     send_stamps: list[tuple[str, str, int]] | None = None
-    #: frames stamped at most (the log stops growing there: bounded memory)
+    #: frames stamped at most (the log stops growing there: bounded memory; a write already
+    #: under way on each other socket may still add its one)
     send_stamp_limit: int = 0
     _opened: Counter[str] = attrs.Factory(Counter)
     _internal_errors: deque[str] = attrs.Factory(lambda: deque(maxlen=100))
