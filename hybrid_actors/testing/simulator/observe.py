@@ -106,7 +106,9 @@ class SentFrame:
     conn_id: str
     kind: str
     text: str
-    #: trio.current_time() and time.time_ns() just before the frame went to the socket
+    #: trio.current_time() and time.time_ns() when the socket's writer took the frame (its write
+    #: follows once trio-websocket's send lock is taken, a yield later: other tasks may run
+    #: first; :meth:`Observer.stamp_sends` stamps the write itself)
     at: float
     time_ns: int
 
