@@ -440,6 +440,12 @@ SEND_STAMP_LIMIT: Final = 200_000
 SEND_STAMP_GRACE_S: Final = 0.3
 
 
+def burst_gap_ns(opts: Options) -> int:
+    """The quiet that starts a new burst in both latency windows: a fifth of the simulator's
+    tick interval, at most ``BURST_GAP_NS`` (20 ms at 10 Hz), so bursts stay apart at any rate."""
+    return min(BURST_GAP_NS, int(0.2e9 / opts.rate))
+
+
 async def measure_send_stamped_latency(consumer: Consumer, sim: SimProcess, opts: Options) -> dict[str, Any]:
     """Frame → event with nothing in this process's path but the consumer noting each event.
 
@@ -492,7 +498,7 @@ async def measure_send_stamped_latency(consumer: Consumer, sim: SimProcess, opts
     in_window = [(symbol, ts, sent_ns) for symbol, ts, sent_ns in stamps if start_ns <= sent_ns <= end_ns]
     sent = {(symbol, ts): sent_ns for symbol, ts, sent_ns in in_window}
     in_order = sorted(sent.values())
-    gap = min(BURST_GAP_NS, int(0.2e9 / opts.rate))  # as the instrumented window's bursts
+    gap = burst_gap_ns(opts)
     first_of_burst = {sent_ns for previous, sent_ns in zip(in_order, in_order[1:]) if sent_ns - previous > gap}
     latencies: list[float] = []
     first: list[float] = []
@@ -965,8 +971,7 @@ class LatencyProbe:
 
 
 async def measure_latency(consumer: Consumer, sim: SimProcess, opts: Options) -> tuple[LatencyProbe, dict[str, Any]]:
-    # a fifth of the simulator's tick interval (20 ms at 10 Hz): bursts stay apart at any rate
-    probe = LatencyProbe(slice_bytes=opts.slice_bytes, burst_gap_ns=min(BURST_GAP_NS, int(0.2e9 / opts.rate)))
+    probe = LatencyProbe(slice_bytes=opts.slice_bytes, burst_gap_ns=burst_gap_ns(opts))
     link = consumer.stream.hub.health.link(PUBLIC_LINK)
     with probe.installed():
         await trio.sleep(min(0.5, opts.latency_seconds / 4))  # the socket gets wrapped on its next batch
