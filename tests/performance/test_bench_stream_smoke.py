@@ -72,7 +72,6 @@ def assert_send_stamped_latency(figures: dict) -> None:
     assert stamped["stamp_limit_reached"] is False
     first = stamped["first_of_burst_ms"]  # 20 Hz: bursts 50 ms apart, so a 1 s window has several
     assert_distribution(first, ("p50", "p99", "max"))
-    assert first["max"] <= figure["max"]
     assert stamped["window"]["frames"] > 0 and is_number(stamped["cpu_per_frame_us"])
 
 
