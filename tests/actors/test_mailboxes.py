@@ -30,6 +30,28 @@ async def test_price_updates_conflate_per_position_latest_wins():
     assert q.conflated == 2
 
 
+async def test_a_price_update_after_its_slot_was_handed_over_is_queued_not_merged_into_it():
+    """Once a price update has been read, the next one for the same position is news: it
+    must get a slot of its own, not overwrite the one already handed over (and be lost).
+    Also after a partial read (``max_items``), for the slots read and those left."""
+    q = EventQueue(capacity=10)
+    q.put(ev("BTC", "101"))
+    assert [e.mark_price for e in await q.get_batch()] == [Decimal("101")]
+    q.put(ev("BTC", "102"))
+    assert len(q) == 1
+    assert [e.mark_price for e in await q.get_batch()] == [Decimal("102")]
+
+    q.put(ev("BTC", "103"))
+    q.put(ev("ETH", "201"))
+    assert [e.symbol for e in await q.get_batch(1)] == ["BTC"]
+    q.put(ev("BTC", "104"))  # BTC's slot was read: a new one, behind ETH's
+    q.put(ev("ETH", "202"))  # ETH's slot is still queued: merged into it
+    assert [(e.symbol, e.mark_price) for e in await q.get_batch()] == [("ETH", Decimal("202")),
+                                                                      ("BTC", Decimal("104"))]
+    assert q.conflated == 1
+    assert q.delivered == 5
+
+
 async def test_lifecycle_events_are_never_merged_nor_overtaken():
     q = EventQueue(capacity=10)
     q.put(ev("BTC", "101"))
