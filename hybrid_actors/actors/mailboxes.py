@@ -80,6 +80,9 @@ class LatestByKey(Generic[K, V]):
 @attrs.define(eq=False, slots=True)
 class _Slot:
     event: StreamEvent
+    #: the position key of a price-only update's slot (its entry in ``_price_slots``);
+    #: None for a lifecycle event (never merged): ``_pop`` reads this, not the event's properties
+    key: Key | None = None
 
 
 @attrs.define(eq=False)
@@ -127,7 +130,7 @@ class EventQueue:
                     slots.clear()
                 else:
                     slots.pop(key, None)
-                queue.append(_Slot(event))
+                queue.append(_Slot(event))  # key None: lifecycle
                 self._lifecycle += 1
             else:  # a price-only update (notices are all lifecycle)
                 key = event.key
@@ -136,7 +139,7 @@ class EventQueue:
                     slot.event = event
                     self.conflated += 1
                     continue
-                slot = slots[key] = _Slot(event)
+                slot = slots[key] = _Slot(event, key)
                 queue.append(slot)
         if queue:
             self._readable.set()
@@ -180,14 +183,12 @@ class EventQueue:
         lifecycle = 0
         for _ in range(count):
             slot = popleft()
-            event = slot.event
-            if event.is_lifecycle:
+            key = slot.key
+            if key is None:
                 lifecycle += 1
-            else:
-                key = event.key
-                if slots.get(key) is slot:
-                    del slots[key]
-            out.append(event)
+            elif slots.get(key) is slot:
+                del slots[key]
+            out.append(slot.event)
         self._lifecycle -= lifecycle
         if not self._queue and self._closed is None:
             self._readable = trio.Event()
