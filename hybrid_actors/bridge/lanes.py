@@ -29,8 +29,10 @@ __all__ = ["DELIVERY_SLICE_NS", "Dispatcher", "EventHandler"]
 
 log = logging.getLogger("hybrid_actors.bridge")
 
-#: ``async def handler(event_name: str, data: dict) -> None``
-EventHandler = Callable[[str, dict[str, Any]], Awaitable[object]]
+#: ``async def handler(event_name: str, data: dict) -> None``, or a plain ``def`` (whatever
+#: it returns that is not awaitable means "done"); ``data`` is a dict, or the event record
+#: itself with ``records=True``: so any return type, and ``data`` as the handler declares it
+EventHandler = Callable[[str, Any], object]
 #: the delivery task yields to the loop after this long of back-to-back handler calls, so
 #: a backlog (or handlers with slow synchronous parts) holds up the bot's other tasks, and
 #: trio's, for at most about this long

@@ -54,9 +54,20 @@ async def on_event(name: str, data: dict[str, Any]) -> None:
         print(Decimal(data["take_profit"]) - data["mark_price"])
 
 
+def on_event_sync(name: str, data: dict[str, Any]) -> None:  # a plain ``def`` handler (documented)
+    print(name, data["symbol"])
+
+
+def on_record(name: str, data: PositionUpdate | PositionClosed) -> bool:  # records=True: the record itself
+    return data.mark_price is not None
+
+
 async def asyncio_bot(key: str, secret: str) -> None:
     stream = BybitHybridStream(key, secret, on_event, testnet=True)
     assert_type(stream, hybrid_actors.BybitHybridStream)
+    BybitHybridStream(key, secret, on_event_sync, testnet=True)
+    BybitHybridStream(key, secret, on_record, records=True)
+    BybitHybridStream(key, secret, None)
     await stream.start()
     try:
         report: HealthReport = stream.health()
