@@ -150,6 +150,9 @@ the hypervisor gave this VM's vCPUs to someone else (``/proc/stat``'s steal); th
 where it took more than ``STOLEN_SHARE`` of a vCPU are listed in ``machine.steal_windows``
 (ms per second) and named on stderr: a frame that arrives while its vCPU is taken waits for
 it, so such a window's latency tail is partly the host's.
+``machine.idle`` says what an idle vCPU does here (``bench_support.idle_settings``: the cpuidle
+driver and governor, ``guest_halt_poll_ns``): where it halts at once, every wake-up between two
+reads costs more, so runs on differently set machines are not comparable.
 
 8. **Comparison** (``comparison``, one row per client on the same simulator stream): the
    bare client of step 1; the stream of steps 3-4 (its defaults: the lean transport with
@@ -215,7 +218,7 @@ import trio_websocket
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # bench_support, also when loaded by path
 from bench_support import (BURST_GAP_NS, GcPauses, ReadStamper, Sample, SimProcess, Window,  # noqa: E402
                            burst_profile, busy_windows, counting_window, median_max, nearest_rank, percentiles, rates,
-                           self_cpu_seconds, simulator_process, stolen_windows, subscribe_tickers)
+                           idle_settings, self_cpu_seconds, simulator_process, stolen_windows, subscribe_tickers)
 from hybrid_actors import lean_transport  # noqa: E402
 from hybrid_actors import transport as transport_module
 from hybrid_actors.actors import connection, public_ws
@@ -1571,6 +1574,7 @@ async def _run_benchmark(opts: Options, open_public: Callable[..., Any]) -> dict
                    "sim_cpu_s": round(sim_cpu_total, 3)},
         "durations_s": {k: round(v, 2) for k, v in {**durations, "total_s": total}.items()},
         "machine": {"busy_windows": busy, "steal_windows": stolen, "cpu_count": os.cpu_count(),
+                    "idle": idle_settings(),
                     "python": platform.python_version(),
                     "implementation": platform.python_implementation(), "platform": platform.platform(),
                     "loadavg_at_start": [round(x, 2) for x in load_start],

@@ -22,7 +22,7 @@ import sys
 import time
 from functools import partial
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any, ClassVar, Final
 
@@ -92,6 +92,30 @@ def machine_steal_seconds(stat: str = "/proc/stat") -> float | None:
     vCPUs (``/proc/stat``'s steal field), in seconds; None where the kernel does not say."""
     times = _machine_times(stat)
     return None if times is None or len(times) < 8 else times[7] / CLK_TCK
+
+
+#: the kernel settings that decide what an idle vCPU does between reads (``idle_settings``)
+IDLE_SETTINGS: Final = {
+    "cpuidle_driver": "/sys/devices/system/cpu/cpuidle/current_driver",
+    "cpuidle_governor": "/sys/devices/system/cpu/cpuidle/current_governor_ro",
+    "guest_halt_poll_ns": "/sys/module/haltpoll/parameters/guest_halt_poll_ns",
+}
+
+
+def idle_settings(paths: Mapping[str, str] = IDLE_SETTINGS) -> dict[str, str | None]:
+    """What this machine's idle vCPU does, as the kernel says (None where it does not): the
+    cpuidle driver and governor, and the guest's halt-poll time. On a VM whose idle vCPU halts
+    at once (``haltpoll`` with ``guest_halt_poll_ns`` 0) every wake-up between two reads costs
+    more than where it polls first, so runs on differently set machines are not comparable
+    (stop 21's VM polled for up to 50 µs before halting, stop 20's and stop 23's not at all)."""
+    settings: dict[str, str | None] = {}
+    for name, path in paths.items():
+        try:
+            with open(path, encoding="ascii") as f:
+                settings[name] = f.read().strip() or None
+        except (OSError, UnicodeDecodeError):
+            settings[name] = None
+    return settings
 
 
 @attrs.frozen

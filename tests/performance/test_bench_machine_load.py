@@ -62,3 +62,16 @@ def test_a_window_reports_the_time_stolen_from_the_vm_and_names_the_windows_it_h
     unknown = support.Sample(wall=14.0, cpu=1.5, sim_cpu=3.0, runqueue_wait=None, involuntary_switches=0).since(start)
     assert (stolen["steal_ms"], quiet["steal_ms"], unknown["steal_ms"]) == (120, 10, None)
     assert support.stolen_windows({"latency": stolen, "raw": quiet, "pair": unknown}) == {"latency": 30.0}
+
+
+def test_the_idle_settings_are_the_kernels_words_or_none(support, tmp_path):
+    """Runs on machines whose idle vCPU halts at once and on ones where it polls first are not
+    comparable, so bench_stream records what the kernel says (on fake sysfs files here)."""
+    (tmp_path / "driver").write_text("haltpoll\n", encoding="ascii")
+    (tmp_path / "poll").write_text("50000\n", encoding="ascii")
+    (tmp_path / "empty").write_text("\n", encoding="ascii")
+    paths = {"cpuidle_driver": str(tmp_path / "driver"), "guest_halt_poll_ns": str(tmp_path / "poll"),
+             "cpuidle_governor": str(tmp_path / "missing"), "blank": str(tmp_path / "empty")}
+    assert support.idle_settings(paths) == {"cpuidle_driver": "haltpoll", "guest_halt_poll_ns": "50000",
+                                            "cpuidle_governor": None, "blank": None}
+    assert set(support.idle_settings()) == {"cpuidle_driver", "cpuidle_governor", "guest_halt_poll_ns"}

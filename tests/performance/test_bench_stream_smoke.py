@@ -171,6 +171,7 @@ async def test_a_tiny_run_produces_every_figure(transport, compare, monkeypatch)
     assert totals["public_connects"] == 2  # the first connection and one after the drop
     assert is_number(totals["client_cpu_s"]) and is_number(totals["sim_cpu_s"])
     assert result["machine"]["cpu_count"] >= 1 and result["machine"]["python"]
+    assert result["machine"]["idle"] == support.idle_settings()  # the kernel's own words, or None where it has none
     # every window says how much the hypervisor took (None where the kernel does not say), the
     # pairs' and the other coalescing windows' too; the flagged ones are named from the same set
     kinds = (int,) if support.machine_steal_seconds() is not None else (type(None),)
