@@ -207,3 +207,85 @@ async def test_drain_after_close_hands_over_what_is_left_in_order():
     assert q.drain() == [] and q.closed
     with pytest.raises(RuntimeError, match="ended"):
         await q.get_batch()
+
+
+class _Steps(trio.abc.Instrument):
+    """Counts how often each task was scheduled (a task waiting on an event is not)."""
+
+    def __init__(self) -> None:
+        self.steps: dict[trio.lowlevel.Task, int] = {}
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        self.steps[task] = self.steps.get(task, 0) + 1
+
+
+async def _returned_within(fn, checkpoints: int = 20) -> bool:
+    """Whether ``fn()`` returns while this task passes ``checkpoints`` scheduling points (a
+    bound that holds also when ``fn`` spins on an event that stays set; cancelled if not)."""
+    done = False
+
+    async def run() -> None:
+        nonlocal done
+        await fn()
+        done = True
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(run)
+        for _ in range(checkpoints):
+            if done:
+                break
+            await trio.lowlevel.checkpoint()
+        nursery.cancel_scope.cancel()
+    return done
+
+
+async def test_close_releases_a_producer_waiting_for_room_and_the_ones_after_it():
+    """A producer waiting for lifecycle room when the stream ends must not wait for ever (its
+    task would keep the stream's shutdown waiting): ``close`` wakes it, and a producer that
+    asks for room on a closed, still full queue is not kept waiting either."""
+    q = EventQueue(capacity=1)
+    q.put(ev("A", "1", source="position"))
+    released = trio.Event()
+
+    async def producer():
+        await q.wait_for_space()
+        released.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(producer)
+        await trio.testing.wait_all_tasks_blocked()
+        assert not released.is_set()
+        q.close()
+        assert await _returned_within(released.wait)
+        nursery.cancel_scope.cancel()  # (only reached if the assertion failed)
+    assert q.lifecycle_queued == 1  # still full: nothing was read
+    assert await _returned_within(q.wait_for_space)
+
+
+async def test_a_producer_waiting_for_room_a_second_time_sleeps_instead_of_spinning():
+    """The wake-up a drain gives is used once: the next time the queue is full, producers
+    wait on a fresh event. Left set, every later wait would return at once and a producer
+    facing a full queue would spin, scheduled over and over, instead of sleeping."""
+    q = EventQueue(capacity=1)
+    q.put(ev("A", "1", source="position"))
+
+    async def producer():
+        await q.wait_for_space()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(producer)
+        await trio.testing.wait_all_tasks_blocked()
+        await q.get_batch()  # room: the producer is woken and returns
+    q.put(ev("A", "2", source="position"))  # full again
+    counter = _Steps()
+    trio.lowlevel.add_instrument(counter)
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(q.wait_for_space, name="producer")
+            for _ in range(20):
+                await trio.lowlevel.checkpoint()
+            steps = [n for task, n in counter.steps.items() if task.name == "producer"]
+            nursery.cancel_scope.cancel()
+    finally:
+        trio.lowlevel.remove_instrument(counter)
+    assert steps == [1]  # scheduled once, to start waiting, and not since
