@@ -715,3 +715,77 @@ def test_events_carry_the_records_fields_and_the_marks_age():
     assert pushed.mark_age_ms == 150  # the ticker mark (exchange 1500, received 1600) is fresher than the push's
     closed = only(combiner.apply_push([flat(ut=1800, created_time=500)], received_ts=1900))
     assert (closed.created_time, closed.updated_time, closed.leverage, closed.mark_age_ms) == (500, 1800, D(10), 300)
+
+
+# --- found by a mutation sweep: behaviour no other test pinned ----------------------------
+
+@pytest.mark.parametrize("field", ["leverage", "liq_price", "take_profit", "stop_loss", "trailing_stop",
+                                   "cum_realised_pnl"])
+def test_a_push_that_changes_only_one_record_field_is_news(field):
+    """Every record field an event carries is part of what the consumer sees: a push that
+    changes only it (a funding fee moves ``cumRealisedPnl`` alone, added margin the liq.
+    price alone) is emitted, or the consumer keeps the old value until something else moves."""
+    combiner = Combiner()
+    combiner.apply_push([pos(ut=1000, **{field: D("1")})], received_ts=1)  # type: ignore[arg-type]
+    changed = only(combiner.apply_push([pos(ut=1001, seq=2, **{field: D("2")})], received_ts=2))  # type: ignore[arg-type]
+    assert (getattr(changed, field), changed.source, changed.size, changed.mark_price) == (D(2), "position", D(2),
+                                                                                           D(110))
+
+
+def test_a_rest_fallback_mark_that_moves_the_price_is_emitted_and_an_unchanged_one_is_not():
+    """While the live mark is stale, the REST ticker poll is the only price the consumer gets:
+    each fallback mark that moves it is an event (``source="rest"``) with its PnL; one at the
+    price the consumer already has is no news, but is what ``current()`` shows from then on."""
+    combiner = Combiner()
+    combiner.apply_push([pos(size="2", entry="100", mark="110", ut=1000)], received_ts=1000)
+    moved = only(combiner.apply_fallback_marks("linear", {"BTCUSDT": Mark(D("120"), 2000, 2100)}))
+    assert (moved.source, moved.mark_price, moved.unrealized_pnl, moved.mark_age_ms) == ("rest", D(120), D(40), 0)
+    moved = only(combiner.apply_fallback_marks("linear", {"BTCUSDT": Mark(D("90"), 3000, 3100)}))
+    assert (moved.mark_price, moved.unrealized_pnl) == (D(90), D(-20))
+    assert combiner.apply_fallback_marks("linear", {"BTCUSDT": Mark(D("90.0"), 4000, 4100)}) == []
+    (view,) = combiner.current()
+    assert (view.mark_price, view.received_ts, view.mark_age_ms) == (D("90.0"), 4100, 0)
+
+
+def test_a_live_tick_as_new_as_the_rest_fallback_mark_wins_over_it():
+    """A fallback mark wins over the live one only when the exchange stamped it later: a tick
+    of the same moment is the ticker stream covering the position again (news at the same
+    price: the mark is live again and its age counts from the tick)."""
+    combiner = Combiner()
+    combiner.apply_push([pos(size="2", entry="100", mark="100", ut=1000)], received_ts=1000)
+    rest = only(combiner.apply_fallback_marks("linear", {"BTCUSDT": Mark(D("105"), 2000, 2100)}))
+    assert (rest.source, rest.mark_price) == ("rest", D(105))
+    live = only(combiner.apply_marks("linear", {"BTCUSDT": Mark(D("105"), 2000, 2200)}))
+    assert (live.source, live.mark_price, live.exchange_ts, live.received_ts, live.mark_age_ms) == (
+        "ticker", D(105), 2000, 2200, 0)
+
+
+def test_a_rest_records_own_mark_is_as_old_as_the_answer_not_as_its_updated_time():
+    """A REST list's ``markPrice`` is the mark when the list was read, however long ago the
+    position itself last changed: its age counts from the answer (a position untouched for
+    an hour must not look as if its price were an hour stale)."""
+    combiner = Combiner()
+    opened = only(combiner.apply_snapshot([pos(mark="110", ut=1000)], categories=["linear"], as_of_ms=3_600_000,
+                                          received_ts=3_600_100))
+    assert (opened.source, opened.mark_price, opened.mark_age_ms) == ("rest", D(110), 0)
+
+
+def test_resync_does_not_make_a_mark_younger_when_the_wall_clock_stepped_back():
+    """A close given again by ``resync`` ages the last shown mark by the time since it was shown,
+    never by a negative amount (the wall clock may step back between the two)."""
+    combiner = Combiner()
+    opened = only(combiner.apply_push([pos(ut=1000)], received_ts=5000))
+    combiner.apply_push([flat(ut=1100)], received_ts=5100, commit=False)
+    combiner.rollback()  # the crash came before the hand-over
+    closed = only(combiner.resync(4000))  # a second earlier than the open was received
+    assert type(closed) is PositionClosed and closed.mark_age_ms == opened.mark_age_ms == 4000
+
+
+def test_a_snapshot_reports_its_mark_even_when_the_price_is_the_one_held():
+    """A snapshot sets the mark, whatever was held before: it is returned (and so handed to
+    the combiner with the snapshot's exchange time), unlike a delta repeating the price."""
+    book = TickerBook("linear", fields=False)
+    assert book.apply(ticker("snapshot", cs=1, ts=1000, markPrice="100")) == D(100)
+    assert book.apply(ticker("delta", cs=2, ts=2000, markPrice="100")) is None
+    assert book.apply(ticker("snapshot", cs=3, ts=3000, markPrice="100")) == D(100)
+    assert book.last_ts["BTCUSDT"] == 3000
