@@ -789,3 +789,34 @@ def test_a_snapshot_reports_its_mark_even_when_the_price_is_the_one_held():
     assert book.apply(ticker("delta", cs=2, ts=2000, markPrice="100")) is None
     assert book.apply(ticker("snapshot", cs=3, ts=3000, markPrice="100")) == D(100)
     assert book.last_ts["BTCUSDT"] == 3000
+
+
+def test_a_stray_older_frame_right_after_a_cs_restart_is_dropped_not_taken_for_another_restart():
+    """A restart is the third behind delta in a row; the count starts again after it, so one
+    stray frame from before the restart is dropped, not accepted with its stale mark."""
+    book = TickerBook("linear", fields=False)
+    book.apply(ticker("snapshot", cs=1000, markPrice="100"))
+    assert book.apply(ticker("delta", cs=5, markPrice="101")) is None
+    assert book.apply(ticker("delta", cs=6, markPrice="102")) is None
+    assert book.apply(ticker("delta", cs=7, markPrice="103")) == D(103)  # the restart
+    assert book.apply(ticker("delta", cs=3, markPrice="99")) is None  # older than the restart's frames
+    assert (book.mark_price("BTCUSDT"), book.out_of_order, book.cs_resets) == (D(103), 3, 1)
+
+
+def test_forget_leaves_no_sequence_behind():
+    """``forget`` drops a symbol's ``cs`` and stray count too: a new subscription is followed
+    from its first delta even when its snapshot carries no ``cs``, and symbols churning
+    through subscriptions (options) leave nothing behind."""
+    book = TickerBook("linear", fields=False)
+    book.apply(ticker("snapshot", cs=500, markPrice="100"))
+    book.forget("BTCUSDT")
+    book.apply(ticker("snapshot", cs=None, markPrice="100"))
+    assert book.apply(ticker("delta", cs=1, markPrice="101")) == D(101)
+    assert book.out_of_order == 0
+    for i in range(50):
+        symbol = f"BTC-{i}-100000-C"
+        book.apply(ticker("snapshot", symbol, cs=10, markPrice="5"))
+        book.apply(ticker("delta", symbol, cs=9, markPrice="6"))  # a stray: counted
+        book.forget(symbol)
+    book.forget("BTCUSDT")
+    assert len(book) == 0 and not book.last_ts and not book._cs and not book._behind and not book._marks
