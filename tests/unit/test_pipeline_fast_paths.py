@@ -28,7 +28,7 @@ from hybrid_actors.actors.mailboxes import EventQueue
 from hybrid_actors.actors.switch import SourceSwitch
 from hybrid_actors.notices import StreamState
 from hybrid_actors.protocol.frames import Position
-from hybrid_actors.rollout import RolloutPolicy
+from hybrid_actors.rollout import RolloutPolicy, routes_hybrid
 from hybrid_actors.state import Combiner, Event, Mark, PositionClosed, PositionUpdate, plain_decimal
 from test_foundation_properties import FEWER, SETTINGS
 
@@ -209,3 +209,95 @@ def test_measuring_one_ticker_event_records_what_a_chunk_of_them_records(stamps)
         assert a.recent(3.0) == [c // 2 for c in b.recent(3.0)]
     assert 2 * one.health.events_by_kind[("position.update", "ticker")] == \
         chunk.health.events_by_kind[("position.update", "ticker")]
+
+
+# --- the switch's lifecycle rules (found by a mutation sweep) ------------------------------------
+
+def closed(event: PositionUpdate) -> PositionClosed:
+    return PositionClosed(**{**attrs.asdict(event, recurse=False), "size": Decimal(0), "source": "position"})
+
+
+def view(symbol: str, mark: str = "1", *, side: str = "Buy", size: str = "1") -> PositionUpdate:
+    return attrs.evolve(update(symbol, mark), side=side, size=Decimal(size), source="rest")
+
+
+def test_the_switch_passes_one_close_per_shown_position_and_none_for_one_never_shown():
+    """A close reaches the consumer only for a position it was shown open, once: a close the
+    combiner repeats (a resync after the hand-over) or one of a position it never saw would
+    be a second, or a phantom, ``position.closed``. Closed keys leave nothing behind."""
+    queue = EventQueue()
+    switch = SourceSwitch("production", RolloutPolicy(), queue)
+    opened = update("BTCUSDT", "1")
+    switch.offer_hybrid([closed(update("ETHUSDT", "1"))])
+    switch.offer_hybrid([opened, closed(opened)])
+    switch.offer_hybrid([closed(opened)])
+    assert [(type(e).__name__, e.symbol) for e in queue.drain()] == [("PositionUpdate", "BTCUSDT"),
+                                                                    ("PositionClosed", "BTCUSDT")]
+    assert switch.seen == {} and switch.delivered_by == {}
+
+
+def test_a_rest_sync_from_a_snapshot_older_than_the_routing_change_closes_nothing():
+    """After a rollback, only a REST snapshot fetched since may say a position is gone: an
+    older REST book would close positions the hybrid stream opened meanwhile."""
+    queue = EventQueue()
+    switch = SourceSwitch("production", RolloutPolicy(), queue)
+    switch.offer_hybrid([update("BTCUSDT", "1")])
+    queue.drain()
+    switch.rest_snapshot_taken(switch.epoch)
+    assert switch.roll_back("test", 0.0)
+    assert switch.sync("rest", [], [], 5) == 0 and queue.drain() == []
+    switch.rest_snapshot_taken(switch.epoch)
+    assert switch.sync("rest", [], [], 6) == 1
+    (gone,) = queue.drain()
+    assert (type(gone), gone.symbol, gone.source, gone.received_ts) == (PositionClosed, "BTCUSDT", "rest", 6)
+
+
+def test_a_sync_closes_only_the_positions_routed_to_its_source():
+    """At a partial cutover each source speaks for its own positions: the REST book not
+    holding a hybrid-routed position says nothing about it."""
+    keys = [("linear", f"S{i}USDT", 0) for i in range(40)]
+    hybrid = next(k for k in keys if routes_hybrid(k, 50))
+    rest = next(k for k in keys if not routes_hybrid(k, 50))
+    queue = EventQueue()
+    switch = SourceSwitch("production", RolloutPolicy(cutover_percent=50), queue)
+    switch.rest_snapshot_taken(switch.epoch)
+    switch.offer_hybrid([update(hybrid[1], "1")])
+    switch.sync("rest", [view(rest[1])], [rest], 1)
+    assert set(switch.seen) == {hybrid, rest}
+    queue.drain()
+    assert switch.sync("rest", [], [], 2) == 1  # the REST book lost the REST-routed one
+    assert [(type(e), e.symbol) for e in queue.drain()] == [(PositionClosed, rest[1])]
+    assert set(switch.seen) == {hybrid}
+
+
+def test_a_sync_labels_a_lifecycle_change_position_and_only_a_price_move_ticker():
+    """Returning to the hybrid stream, what the consumer missed goes out with a label: a
+    resize is lifecycle (``source="position"``: never conflated), a mark move alone is a
+    ``ticker`` update, which a later price update of the position may replace in the queue."""
+    queue = EventQueue()
+    switch = SourceSwitch("production", RolloutPolicy(), queue)
+    assert switch.roll_back("test", 0.0)
+    switch.rest_snapshot_taken(switch.epoch)
+    switch.sync("rest", [view("BTCUSDT", "1"), view("ETHUSDT", "1")], [("linear", "BTCUSDT", 0),
+                                                                       ("linear", "ETHUSDT", 0)], 1)
+    queue.drain()
+    assert switch.return_to_hybrid("test", 1.0)
+    switch.sync("hybrid", [view("BTCUSDT", "1", size="2"), view("ETHUSDT", "2")],
+                [("linear", "BTCUSDT", 0), ("linear", "ETHUSDT", 0)], 2)
+    assert [(e.symbol, e.source, e.size, e.mark_price, e.is_lifecycle) for e in queue.drain()] == [
+        ("BTCUSDT", "position", Decimal(2), Decimal(1), True), ("ETHUSDT", "ticker", Decimal(1), Decimal(2), False)]
+
+
+def test_a_sync_that_finds_a_position_reversed_closes_the_old_one_first():
+    """One-way mode: Buy when the consumer last saw it, Sell now: the Buy position closed and
+    a Sell one opened, in that order (not a Buy turned into a Sell in place)."""
+    queue = EventQueue()
+    switch = SourceSwitch("rest", RolloutPolicy(), queue)
+    switch.rest_snapshot_taken(switch.epoch)
+    key = ("linear", "BTCUSDT", 0)
+    switch.sync("rest", [view("BTCUSDT", side="Buy", size="2")], [key], 1)
+    queue.drain()
+    switch.sync("rest", [view("BTCUSDT", side="Sell", size="1")], [key], 2)
+    assert [(type(e), e.side, e.size) for e in queue.drain()] == [(PositionClosed, "Buy", Decimal(0)),
+                                                                  (PositionUpdate, "Sell", Decimal(1))]
+    assert switch.seen[key].side == "Sell"
