@@ -9,7 +9,9 @@ import pytest
 import trio
 import trio.testing
 
+from conftest import CUSHION_AUTOJUMP
 from hybrid_actors.errors import ConnectionLost
+from hybrid_actors.lean_transport import MAX_FRAGMENTS
 from transport_support import (
     OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT, OPENERS, close_frame, raw_server, read_until_lost,
     server_frame, text,
@@ -263,3 +265,60 @@ async def test_a_hostile_public_server_restarts_the_public_socket_and_the_stream
                     assert public["outages"] >= 3
                     assert "1002 PROTOCOL_ERROR (incorrect masking)" in public["last_error"]
                     assert actors["private"]["restarts"] == 0
+
+
+# --- the lean transport's own checks (found by a mutation sweep) -------------------------------------
+
+def fragmented(count: int) -> bytes:
+    """One text message ``{}`` in ``count`` fragments (the middle ones empty)."""
+    return (server_frame(OP_TEXT, b"{", fin=False) + server_frame(OP_CONTINUATION, b"", fin=False) * (count - 2)
+            + server_frame(OP_CONTINUATION, b"}"))
+
+
+LEAN_VIOLATIONS = {
+    "one fragment more than MAX_FRAGMENTS": (fragmented(MAX_FRAGMENTS + 1), 1009),
+    "invalid UTF-8": (server_frame(OP_TEXT, b"\xc3\x28 not utf-8"), 1007),
+    "invalid UTF-8 across fragments": (server_frame(OP_TEXT, b"\xe2\x82", fin=False)
+                                       + server_frame(OP_CONTINUATION, b"\x28"), 1007),
+}
+
+
+@pytest.mark.parametrize("case", sorted(LEAN_VIOLATIONS))
+async def test_lean_answers_a_violation_it_detects_itself_with_a_close_frame_of_its_code(loopback_clock, case):
+    """The checks the sans-IO core leaves to the lean transport (fragment count, UTF-8) fail
+    the connection like the core's own: the peer gets a close frame with the code, not just
+    a hang-up. A message of exactly ``MAX_FRAGMENTS`` fragments is fine."""
+    wire, code = LEAN_VIOLATIONS[case]
+    answered: list = []
+
+    async def script(peer):
+        await peer.handshake(then=fragmented(MAX_FRAGMENTS) + wire + text("never read"))
+        answered.append(await peer.close_code())
+
+    with trio.fail_after(20):
+        async with raw_server(script) as url:
+            lost, received = await read_until_lost(OPENERS["lean"], url)
+            while not answered:
+                await trio.sleep(0.01)
+    assert (received, lost.code, answered) == (["{}"], code, [code])
+
+
+async def test_lean_writes_nothing_more_after_a_send_cancelled_mid_frame(loopback_clock):
+    """A send cancelled while its frame was half written leaves the stream mid-frame: any
+    later frame would be read by the peer as the rest of that one. The transport refuses to
+    write again (a ConnectionLost, so the owner reconnects) instead of corrupting the stream."""
+    loopback_clock.autojump_threshold = CUSHION_AUTOJUMP  # a full socket buffer: see conftest
+
+    async def script(peer):
+        await peer.handshake()
+        await trio.sleep_forever()  # reads nothing: a big frame stops half-way
+
+    with trio.fail_after(60):
+        async with raw_server(script) as url:
+            async with OPENERS["lean"](url) as transport:
+                with trio.move_on_after(1) as scope:
+                    await transport.send("x" * (32 << 20))  # more than loopback's buffers hold
+                assert scope.cancelled_caught
+                with pytest.raises(ConnectionLost, match="broke off"):
+                    await transport.send("next")
+                transport.abandon()
