@@ -8,10 +8,13 @@ from __future__ import annotations
 import pytest
 import trio
 import trio.testing
+from websockets.client import ClientProtocol
+from websockets.protocol import State
+from websockets.uri import parse_uri
 
 from conftest import CUSHION_AUTOJUMP
 from hybrid_actors.errors import ConnectionLost
-from hybrid_actors.lean_transport import MAX_FRAGMENTS
+from hybrid_actors.lean_transport import MAX_FRAGMENTS, _LeanTransport
 from transport_support import (
     OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT, OPENERS, close_frame, raw_server, read_until_lost,
     server_frame, text,
@@ -322,3 +325,39 @@ async def test_lean_writes_nothing_more_after_a_send_cancelled_mid_frame(loopbac
                 with pytest.raises(ConnectionLost, match="broke off"):
                     await transport.send("next")
                 transport.abandon()
+
+
+class _WritesFail(trio.abc.Stream):
+    """A stream whose reads give ``wire`` (then EOF) and whose every write fails: a peer that
+    reset the connection right after sending."""
+
+    def __init__(self, wire: bytes) -> None:
+        self.wire = wire
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        await trio.lowlevel.checkpoint()
+        data, self.wire = self.wire, b""
+        return data
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await trio.lowlevel.checkpoint()
+        raise trio.BrokenResourceError("connection reset by peer")
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+    async def aclose(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+async def test_lean_hands_over_a_read_s_messages_before_the_failure_of_its_pong():
+    """A read that brought messages and a ping whose pong cannot be written: the messages
+    first, the loss on the next call (the owner stops reading at the loss, so raising first
+    would drop the last prices the connection delivered)."""
+    protocol = ClientProtocol(parse_uri("ws://test.invalid/"), state=State.OPEN)
+    stream = _WritesFail(text("a") + text("b") + server_frame(OP_PING, b"p"))
+    transport = _LeanTransport(stream, protocol, "ws://test.invalid/", "test", close_timeout=1.0)
+    assert await transport.receive_batch() == ["a", "b"]
+    with pytest.raises(ConnectionLost, match="send failed") as lost:
+        await transport.receive_batch()
+    assert lost.value.code == 1006
